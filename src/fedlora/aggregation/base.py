@@ -1,0 +1,133 @@
+"""The aggregator contract: validated client updates in, a new :class:`GlobalState` out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from fedlora.aggregation.state import GlobalState
+from fedlora.aggregation.validation import RoundLayout, validate_round
+from fedlora.aggregation.weights import Weighting, client_weights
+from fedlora.lora.factors import FoldedFactors
+from fedlora.lora.update import ClientUpdate
+
+
+class Aggregator(ABC):
+    """Combines one round of rank-heterogeneous client updates into a new global state.
+
+    Subclasses implement :meth:`combine` for one module on scale-folded factors.  Aggregation is
+    functional: ``previous`` is never modified, and invalid updates raise before any work.
+
+    Class flags tell the runner what the method needs from clients:
+    ``trains_A`` (False: clients freeze ``A``, as in FFA-LoRA) and ``merges_into_base`` (True: the
+    round's update is merged into the base weights and clients restart from fresh LoRA, as FLoRA).
+    """
+
+    name: ClassVar[str]
+    trains_A: ClassVar[bool] = True
+    merges_into_base: ClassVar[bool] = False
+
+    def __init__(self, *, weighting: Weighting = "num_examples") -> None:
+        self.weighting: Weighting = weighting
+
+    def aggregate(self, updates: Sequence[ClientUpdate], previous: GlobalState) -> GlobalState:
+        """Aggregate one round; the result's ``round`` is ``previous.round + 1``."""
+        layout = validate_round(updates, previous)
+        weights = client_weights(updates, self.weighting)
+        dtype = _compute_dtype(updates)
+        combined: dict[str, FoldedFactors] = {}
+        for name in layout.module_shapes:
+            folded = [_as_dtype(u.modules[name].folded(), dtype) for u in updates]
+            prior = previous.modules.get(name)
+            combined[name] = self.combine(
+                name, folded, weights.to(dtype), None if prior is None else _as_dtype(prior, dtype)
+            )
+        dense = {
+            name: _dense_mean([u.dense[name] for u in updates], weights)
+            for name in layout.dense_shapes
+        }
+        if self.merges_into_base:
+            fresh = {
+                n: FoldedFactors.empty(f.out_features, f.in_features, dtype)
+                for n, f in combined.items()
+            }
+            return GlobalState(
+                modules=fresh,
+                dense=dense,
+                round=previous.round + 1,
+                seed=previous.seed,
+                merge_into_base=combined,
+            )
+        return GlobalState(
+            modules=combined, dense=dense, round=previous.round + 1, seed=previous.seed
+        )
+
+    @abstractmethod
+    def combine(
+        self,
+        module: str,
+        factors: Sequence[FoldedFactors],
+        weights: Tensor,
+        previous: FoldedFactors | None,
+    ) -> FoldedFactors:
+        """Combine the round's folded factors of one module (``weights`` sum to 1)."""
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in sorted(vars(self).items()))
+        return f"{type(self).__name__}({options})"
+
+
+def pad_factors(factors: FoldedFactors, rank: int) -> FoldedFactors:
+    """Zero-pad ``A`` with rows and ``B`` with columns up to ``rank`` slots."""
+    missing = rank - factors.rank
+    if missing <= 0:
+        return factors
+    A = torch.cat([factors.A, factors.A.new_zeros(missing, factors.in_features)])
+    B = torch.cat([factors.B, factors.B.new_zeros(factors.out_features, missing)], dim=1)
+    return FoldedFactors(A=A, B=B)
+
+
+def weighted_zero_padded_mean(factors: Sequence[FoldedFactors], weights: Tensor) -> FoldedFactors:
+    """``sum_k w_k pad0(A_k)`` and ``sum_k w_k pad0(B_k)`` at the round's largest rank."""
+    rank = max(f.rank for f in factors)
+    padded = [pad_factors(f, rank) for f in factors]
+    return FoldedFactors(
+        A=weighted_sum([f.A for f in padded], weights),
+        B=weighted_sum([f.B for f in padded], weights),
+    )
+
+
+def weighted_sum(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
+    total = tensors[0] * weights[0]
+    for tensor, weight in zip(tensors[1:], weights[1:], strict=True):
+        total = total + tensor * weight
+    return total
+
+
+def _dense_mean(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return weighted_sum([t.to(dtype) for t in tensors], weights.to(dtype))
+
+
+def _compute_dtype(updates: Sequence[ClientUpdate]) -> torch.dtype:
+    """float32 at least (half-precision uploads are aggregated in float32), float64 if given."""
+    dtype = torch.float32
+    for update in updates:
+        for factors in update.modules.values():
+            dtype = torch.promote_types(
+                dtype, torch.promote_types(factors.A.dtype, factors.B.dtype)
+            )
+    return dtype
+
+
+def _as_dtype(factors: FoldedFactors, dtype: torch.dtype) -> FoldedFactors:
+    if factors.A.dtype == dtype and factors.B.dtype == dtype:
+        return factors
+    return FoldedFactors(A=factors.A.to(dtype), B=factors.B.to(dtype))
+
+
+__all__ = ["Aggregator", "RoundLayout", "pad_factors", "weighted_sum", "weighted_zero_padded_mean"]

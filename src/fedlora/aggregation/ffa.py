@@ -1,0 +1,50 @@
+"""FFA-LoRA (Sun et al., ICLR 2024): ``A`` frozen and shared, only ``B`` trained and averaged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from fedlora.aggregation.base import Aggregator, pad_factors, weighted_sum
+from fedlora.aggregation.weights import Weighting
+from fedlora.errors import FedloraError
+from fedlora.lora.factors import FoldedFactors
+
+
+class FFA(Aggregator):
+    """``B = sum_k p_k pad0(s_k B_k)`` with the shared ``A`` kept as it is.
+
+    Because every client's ``A_k`` is the first ``r_k`` rows of one shared ``A``, the result is
+    exactly ``sum_k p_k s_k B_k A_k``: averaging ``B`` loses nothing.  Clients must freeze ``A``
+    (``trains_A = False``); an update whose ``A`` differs from the shared one is rejected.
+    """
+
+    name = "ffa"
+    trains_A = False
+
+    def __init__(self, *, weighting: Weighting = "num_examples", atol: float = 1e-6) -> None:
+        super().__init__(weighting=weighting)
+        self.atol = atol
+
+    def combine(
+        self,
+        module: str,
+        factors: Sequence[FoldedFactors],
+        weights: Tensor,
+        previous: FoldedFactors | None,
+    ) -> FoldedFactors:
+        longest = max(factors, key=lambda f: f.rank)
+        shared = longest.A
+        if previous is not None and previous.rank > longest.rank:
+            shared = previous.A
+        for index, f in enumerate(factors):
+            if not torch.allclose(f.A, shared[: f.rank], rtol=0.0, atol=self.atol):
+                raise FedloraError(
+                    f"ffa: module {module!r}: update {index} of this round changed the frozen A; "
+                    "FFA-LoRA clients must train B only"
+                )
+        rank = shared.shape[0]
+        B = weighted_sum([pad_factors(f, rank).B for f in factors], weights)
+        return FoldedFactors(A=shared, B=B)

@@ -1,0 +1,80 @@
+"""FlexLoRA (Bai et al., NeurIPS 2024): average full-size updates, SVD back to each rank."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from fedlora.aggregation.base import Aggregator
+from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, top_svd_of_product
+from fedlora.aggregation.weights import Weighting
+from fedlora.errors import FedloraError
+from fedlora.lora.factors import FoldedFactors
+
+SigmaPlacement = Literal["B", "sqrt", "A"]
+SIGMA_PLACEMENTS: tuple[SigmaPlacement, ...] = ("B", "sqrt", "A")
+
+
+class FlexLoRA(Aggregator):
+    """``dW = sum_k p_k s_k B_k A_k``; its top singular triplets become the global factors.
+
+    A client of rank ``r`` receives the first ``r`` slots, whose product is the best rank-``r``
+    approximation of ``dW`` (Eckart–Young); if ``r >= rank(dW)`` it receives ``dW`` exactly.
+
+    Options
+    -------
+    sigma : "B" (the reference code: ``B = U S``, ``A = V^T``), "sqrt" (``U sqrt(S)``,
+        ``sqrt(S) V^T``) or "A" (``U``, ``S V^T``, as HLoRA).  The product is the same.
+    svd : "auto" (the cheaper exact path by shape), "dense" (form ``dW``, full SVD, the reference
+        method) or "factored" (QR of the stacked factors and an ``R x R`` core SVD).
+    max_rank : how many triplets the global state keeps per module; ``None`` keeps as many as the
+        round's largest client rank.  Set it to the federation's largest rank when clients that
+        are not sampled every round train a higher rank than this round's participants.
+    """
+
+    name = "flexlora"
+
+    def __init__(
+        self,
+        *,
+        weighting: Weighting = "num_examples",
+        sigma: SigmaPlacement = "B",
+        svd: SvdMethod = "auto",
+        max_rank: int | None = None,
+    ) -> None:
+        super().__init__(weighting=weighting)
+        if sigma not in SIGMA_PLACEMENTS:
+            raise FedloraError(
+                f"flexlora sigma {sigma!r} is not one of {', '.join(SIGMA_PLACEMENTS)}"
+            )
+        if svd not in SVD_METHODS:
+            raise FedloraError(f"flexlora svd {svd!r} is not one of {', '.join(SVD_METHODS)}")
+        if max_rank is not None and max_rank < 1:
+            raise FedloraError(f"flexlora max_rank must be a positive int, got {max_rank}")
+        self.sigma: SigmaPlacement = sigma
+        self.svd: SvdMethod = svd
+        self.max_rank = max_rank
+
+    def combine(
+        self,
+        module: str,
+        factors: Sequence[FoldedFactors],
+        weights: Tensor,
+        previous: FoldedFactors | None,
+    ) -> FoldedFactors:
+        P = torch.cat([w * f.B for f, w in zip(factors, weights, strict=True)], dim=1)
+        Q = torch.cat([f.A for f in factors])
+        # Triplets past the stacked rank R have singular value 0 whichever path computes them.
+        keep = self.max_rank if self.max_rank is not None else max(f.rank for f in factors)
+        keep = min(keep, Q.shape[0])
+        triplets = top_svd_of_product(P, Q, keep, self.svd)
+        U, S, Vh = triplets.U, triplets.S, triplets.Vh
+        if self.sigma == "B":
+            return FoldedFactors(A=Vh, B=U * S)
+        if self.sigma == "A":
+            return FoldedFactors(A=S[:, None] * Vh, B=U)
+        root = S.sqrt()
+        return FoldedFactors(A=root[:, None] * Vh, B=U * root)
