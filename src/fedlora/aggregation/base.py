@@ -41,7 +41,7 @@ class Aggregator(ABC):
         dtype = _compute_dtype(updates)
         combined: dict[str, FoldedFactors] = {}
         for name in layout.module_shapes:
-            folded = [_as_dtype(u.modules[name].folded(), dtype) for u in updates]
+            folded = [u.modules[name].folded(dtype) for u in updates]
             prior = previous.modules.get(name)
             combined[name] = self.combine(
                 name, folded, weights.to(dtype), None if prior is None else _as_dtype(prior, dtype)

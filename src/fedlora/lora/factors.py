@@ -34,9 +34,14 @@ class LoraFactors:
     def scale(self) -> float:
         return lora_scale(self.alpha, self.r, self.use_rslora)
 
-    def folded(self) -> FoldedFactors:
-        """The scale-folded factors ``(A, s * B)`` whose product is the effective update."""
-        return FoldedFactors(A=self.A, B=self.B * self.scale)
+    def folded(self, dtype: torch.dtype | None = None) -> FoldedFactors:
+        """The scale-folded factors ``(A, s * B)`` whose product is the effective update.
+
+        With ``dtype`` the factors are cast before folding, so half-precision uploads are
+        scaled at the precision they are aggregated in.
+        """
+        A, B = (self.A, self.B) if dtype is None else (self.A.to(dtype), self.B.to(dtype))
+        return FoldedFactors(A=A, B=B * self.scale)
 
     def delta(self) -> Tensor:
         """The effective weight update ``s * B @ A`` (``out x in``)."""

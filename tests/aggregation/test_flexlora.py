@@ -1,0 +1,166 @@
+"""FlexLoRA: exactness, the Eckart–Young bound, and the factored SVD against the dense one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fedlora.aggregation import (
+    FlexLoRA,
+    GlobalState,
+    choose_method,
+    get_aggregator,
+    top_svd_of_product,
+)
+from fedlora.errors import FedloraError
+from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
+
+
+@given(rounds(max_clients=4), st.sampled_from(["dense", "factored", "auto"]))
+def test_clients_covering_the_rank_receive_the_average_exactly(case, svd) -> None:  # type: ignore[no-untyped-def]
+    shapes, updates = case
+    state = get_aggregator("flexlora", svd=svd, max_rank=64).aggregate(updates, initial(shapes))
+    for name, (out, inp) in shapes.items():
+        expected = average_delta(updates, name)
+        true_rank = int(torch.linalg.matrix_rank(expected))
+        r = min(out, inp)  # a client whose rank covers rank(dW)
+        assert state.modules[name].rank >= true_rank
+        served = state.factors_for({n: min(s) for n, s in shapes.items()}, 16.0)[name]
+        assert served.r == r
+        torch.testing.assert_close(served.delta(), expected)
+
+
+@given(rounds(max_clients=4, max_dim=10), st.integers(1, 10), st.sampled_from(["B", "sqrt", "A"]))
+def test_truncation_error_equals_the_eckart_young_bound(case, r, sigma) -> None:  # type: ignore[no-untyped-def]
+    shapes, updates = case
+    name = next(iter(shapes))
+    r = min(r, *shapes[name])
+    state = get_aggregator("flexlora", sigma=sigma, max_rank=10).aggregate(updates, initial(shapes))
+    expected = average_delta(updates, name)
+    singular_values = torch.linalg.svdvals(expected)
+    ranks = {n: min(r, *s) for n, s in shapes.items()}
+    served = state.factors_for(ranks, 8.0)[name]
+    error = torch.linalg.matrix_norm(served.delta() - expected)
+    bound = singular_values[r:].square().sum().sqrt()
+    torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
+
+
+@given(
+    out=st.integers(2, 40),
+    inp=st.integers(2, 40),
+    ranks=st.lists(st.integers(1, 8), min_size=1, max_size=6),
+    seed=st.integers(0, 10_000),
+)
+def test_factored_svd_equals_dense_svd(out: int, inp: int, ranks: list[int], seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    total = sum(ranks)
+    P = torch.randn(out, total, generator=g, dtype=DTYPE)
+    Q = torch.randn(total, inp, generator=g, dtype=DTYPE)
+    k = min(out, inp, total)
+    dense = top_svd_of_product(P, Q, k, "dense")
+    factored = top_svd_of_product(P, Q, k, "factored")
+    torch.testing.assert_close(factored.S, dense.S, rtol=1e-9, atol=1e-9)
+    full = (factored.U * factored.S) @ factored.Vh
+    torch.testing.assert_close(full, P @ Q)
+    # Every truncation with a spectral gap spans the same subspace, hence the same product.
+    for j in range(1, k):
+        if dense.S[j - 1] - dense.S[j] > 1e-6 * dense.S[0]:
+            a = (factored.U[:, :j] * factored.S[:j]) @ factored.Vh[:j]
+            b = (dense.U[:, :j] * dense.S[:j]) @ dense.Vh[:j]
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8 * float(dense.S[0]))
+
+
+@given(seed=st.integers(0, 1000))
+def test_sigma_placement_changes_the_split_not_the_product(seed: int) -> None:
+    shapes = {"m": (9, 7)}
+    updates = [make_update(f"c{k}", shapes, k + 1, seed=seed + k) for k in range(3)]
+    states = {
+        s: get_aggregator("flexlora", sigma=s).aggregate(updates, initial(shapes))
+        for s in ("B", "sqrt", "A")
+    }
+    for s in ("sqrt", "A"):
+        torch.testing.assert_close(states[s].delta("m"), states["B"].delta("m"))
+    # "B" keeps V^T in A (orthonormal rows), "A" keeps U in B (orthonormal columns).
+    A = states["B"].modules["m"].A
+    torch.testing.assert_close(A @ A.T, torch.eye(A.shape[0], dtype=DTYPE))
+    B = states["A"].modules["m"].B
+    torch.testing.assert_close(B.T @ B, torch.eye(B.shape[1], dtype=DTYPE))
+
+
+def test_kept_rank_defaults_to_the_rounds_largest_client_rank() -> None:
+    shapes = {"m": (20, 20)}
+    updates = [make_update("a", shapes, 3, seed=0), make_update("b", shapes, 5, seed=1)]
+    assert get_aggregator("flexlora").aggregate(updates, initial(shapes)).rank_map() == {"m": 5}
+    wide = get_aggregator("flexlora", max_rank=12).aggregate(updates, initial(shapes))
+    assert wide.rank_map() == {"m": 8}  # capped at the stacked rank 3 + 5
+
+
+def test_single_client_of_full_kept_rank_gets_its_own_update_back() -> None:
+    shapes = {"m": (8, 6)}
+    update = make_update("a", shapes, 4, seed=3, alpha=32.0)
+    state = get_aggregator("flexlora").aggregate([update], initial(shapes))
+    torch.testing.assert_close(state.factors_for(4, 8.0)["m"].delta(), update.modules["m"].delta())
+
+
+def test_per_module_rank_tiers() -> None:
+    # FlexLoRA's Type 3: rank 3 on attention and 6 on the MLP in one client.
+    shapes = {"attn.q": (8, 8), "mlp.up": (12, 8)}
+    updates = [
+        make_update("t3", shapes, {"attn.q": 3, "mlp.up": 6}, seed=0),
+        make_update("t1", shapes, {"attn.q": 2, "mlp.up": 2}, seed=1),
+    ]
+    state = get_aggregator("flexlora", max_rank=8).aggregate(updates, initial(shapes))
+    assert state.rank_map() == {"attn.q": 5, "mlp.up": 8}
+    served = state.factors_for({"attn.q": 8, "mlp.up": 8}, 16.0)
+    for name in shapes:
+        torch.testing.assert_close(served[name].delta(), average_delta(updates, name))
+
+
+@pytest.mark.parametrize(
+    ("out", "inp", "total", "expected"),
+    [(4096, 4096, 360, "factored"), (64, 64, 4000, "dense"), (11008, 4096, 16000, "dense")],
+)
+def test_auto_path_picks_by_shape(out: int, inp: int, total: int, expected: str) -> None:
+    assert choose_method(out, inp, total) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"sigma": "C"}, "flexlora sigma 'C'"),
+        ({"svd": "randomized"}, "flexlora svd 'randomized'"),
+        ({"max_rank": 0}, "max_rank must be a positive int"),
+    ],
+)
+def test_bad_options_are_one_line_errors(options: dict[str, object], message: str) -> None:
+    with pytest.raises(FedloraError, match=message):
+        FlexLoRA(**options)  # type: ignore[arg-type]
+
+
+def test_float16_uploads_are_aggregated_in_float32() -> None:
+    shapes = {"m": (6, 6)}
+    updates = [make_update("a", shapes, 2, seed=0), make_update("b", shapes, 3, seed=1)]
+    half = [
+        type(u)(
+            u.client_id,
+            {
+                n: type(f)(f.A.half(), f.B.half(), f.alpha, f.r, f.use_rslora)
+                for n, f in u.modules.items()
+            },
+            u.num_examples,
+        )
+        for u in updates
+    ]
+    state = get_aggregator("flexlora", max_rank=5).aggregate(
+        half, GlobalState.initial(shapes, dtype=torch.float16)
+    )
+    assert state.modules["m"].A.dtype == torch.float32
+    weights = [u.num_examples / sum(v.num_examples for v in half) for u in half]
+    exact = sum(
+        w * f.scale * (f.B.double() @ f.A.double())
+        for w, u in zip(weights, half, strict=False)
+        for f in [u.modules["m"]]
+    ).float()
+    torch.testing.assert_close(state.delta("m"), exact, rtol=1e-4, atol=1e-4)
