@@ -1,4 +1,4 @@
-"""FedIT, zero padding, HetLoRA, replication padding, FFA-LoRA and FLoRA against their definitions."""
+"""FedIT, zero padding, HetLoRA, replication, FFA-LoRA and FLoRA against their definitions."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from tests.aggregation.builders import (
 
 def _folded_sum(updates: list[ClientUpdate], module: str, which: str) -> torch.Tensor:
     weights = weights_of(updates)
-    parts = [w * getattr(u.modules[module].folded(), which) for w, u in zip(weights, updates, strict=False)]
+    pairs = zip(weights, updates, strict=True)
+    parts = [w * getattr(u.modules[module].folded(), which) for w, u in pairs]
     return torch.stack(parts).sum(0)
 
 
