@@ -160,7 +160,7 @@ def test_float16_uploads_are_aggregated_in_float32() -> None:
     weights = [u.num_examples / sum(v.num_examples for v in half) for u in half]
     exact = sum(
         w * f.scale * (f.B.double() @ f.A.double())
-        for w, u in zip(weights, half, strict=False)
+        for w, u in zip(weights, half, strict=True)
         for f in [u.modules["m"]]
     ).float()
     torch.testing.assert_close(state.delta("m"), exact, rtol=1e-4, atol=1e-4)

@@ -159,7 +159,7 @@ def test_hetlora_weights_are_normalised_update_norms(case) -> None:  # type: ign
     name = next(iter(shapes))
     folded = [u.modules[name].folded() for u in updates]
     norms = torch.stack([torch.linalg.matrix_norm(f.B @ f.A) for f in folded])
-    for f, n in zip(folded, norms, strict=False):
+    for f, n in zip(folded, norms, strict=True):
         torch.testing.assert_close(update_norm(f), n)
     weights = norm_weights(folded, fallback=torch.full((len(folded),), 1 / len(folded)))
     torch.testing.assert_close(weights.sum(), torch.tensor(1.0, dtype=weights.dtype))
@@ -168,7 +168,7 @@ def test_hetlora_weights_are_normalised_update_norms(case) -> None:  # type: ign
     rank = max(f.rank for f in folded)
     expected_A = sum(
         w * torch.cat([f.A, torch.zeros(rank - f.rank, f.in_features, dtype=DTYPE)])
-        for w, f in zip(weights, folded, strict=False)
+        for w, f in zip(weights, folded, strict=True)
     )
     torch.testing.assert_close(state.modules[name].A, expected_A)
 
@@ -276,7 +276,7 @@ def test_dense_tensors_are_averaged_with_data_weights() -> None:
     for name in ("fedit", "zero_padding", "hetlora", "replication", "flexlora", "flora"):
         state = get_aggregator(name).aggregate(updates, start)
         for key in dense:
-            expected = sum(n / 10 * u.dense[key] for n, u in zip([1, 2, 7], updates, strict=False))
+            expected = sum(n / 10 * u.dense[key] for n, u in zip([1, 2, 7], updates, strict=True))
             torch.testing.assert_close(state.dense[key], expected)
 
 
