@@ -1,8 +1,149 @@
-"""Command-line interface (placeholder until the engine lands)."""
+"""The ``fedlora`` command: run, compare, plot, inspect, config.
+
+Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
 
-def main(argv: list[str] | None = None) -> int:
-    print("fedlora: the engine is not wired yet")
-    return 0
+from fedlora.errors import FedloraError
+
+EXIT_USAGE = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except FedloraError as error:
+        print(f"fedlora: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fedlora: interrupted; the last checkpoint is kept (use --resume)", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fedlora",
+        description="Federated LoRA fine-tuning with heterogeneous client ranks.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one federated fine-tuning experiment")
+    run.add_argument("config", nargs="?", type=Path, help="TOML config (default: built-in)")
+    _add_overrides(run)
+    run.add_argument("--out", type=Path, help="run directory (overrides run.out_dir)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(handler=_cmd_run)
+
+    compare = commands.add_parser(
+        "compare", help="run several aggregators on the same partitions, ranks and seeds"
+    )
+    compare.add_argument("config", nargs="?", type=Path, help="TOML config (default: built-in)")
+    compare.add_argument(
+        "--aggregators", required=True, help="comma-separated names, e.g. flexlora,replication"
+    )
+    compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    _add_overrides(compare)
+    compare.add_argument("--out", type=Path, help="comparison directory (default: run.out_dir)")
+    compare.add_argument("--overwrite", action="store_true", help="replace existing runs")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    compare.set_defaults(handler=_cmd_compare)
+
+    plot = commands.add_parser("plot", help="plot the metrics of one or more runs")
+    plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    plot.add_argument("--out", type=Path, help="PNG path (default: in the first run's plots/)")
+    plot.set_defaults(handler=_cmd_plot)
+
+    inspect = commands.add_parser("inspect", help="what a run did and how it ended")
+    inspect.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    inspect.set_defaults(handler=_cmd_inspect)
+
+    config = commands.add_parser("config", help="print the configuration schema or a config")
+    config.add_argument("config", nargs="?", type=Path, help="a TOML config to resolve and print")
+    config.add_argument("--defaults", action="store_true", help="every key, default and meaning")
+    _add_overrides(config)
+    config.set_defaults(handler=_cmd_config)
+    return parser
+
+
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from fedlora.commands.run import run_command
+
+    return run_command(
+        args.config,
+        args.overrides,
+        out=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from fedlora.commands.compare import compare_command
+
+    return compare_command(
+        args.config,
+        args.overrides,
+        aggregators=_split_list(args.aggregators, "--aggregators"),
+        seeds=[_int(s, "--seeds") for s in _split_list(args.seeds, "--seeds")],
+        out=args.out,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from fedlora.commands.inspect import plot_command
+
+    return plot_command(args.runs, args.out)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from fedlora.commands.inspect import inspect_command
+
+    return inspect_command(args.run_dir)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from fedlora.commands.inspect import config_command
+
+    return config_command(args.config, args.overrides, defaults=args.defaults)
+
+
+def _split_list(value: str, option: str) -> list[str]:
+    items = [part.strip() for part in value.split(",") if part.strip()]
+    if not items:
+        raise FedloraError(f"{option}: give at least one value")
+    return items
+
+
+def _int(value: str, option: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise FedloraError(f"{option}: {value!r} is not an integer") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

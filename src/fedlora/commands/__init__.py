@@ -1,0 +1,1 @@
+"""Implementations of the CLI's commands (imported lazily: torch loads only when needed)."""

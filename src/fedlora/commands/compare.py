@@ -1,0 +1,84 @@
+"""``fedlora compare``: several aggregators on the same partitions, ranks and seeds.
+
+Every run of the comparison gets its own run directory under the comparison directory; a
+finished run is reused and an interrupted one resumed, so a long comparison can be restarted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from fedlora.aggregation import aggregator_class
+from fedlora.commands.progress import RoundProgress
+from fedlora.config import ExperimentConfig, load_config
+from fedlora.errors import FedloraError
+from fedlora.report import comparison_rows, plot_comparison, write_comparison
+from fedlora.runs import RoundMetrics, RunDir
+
+
+def compare_command(
+    config_path: Path | None,
+    overrides: Sequence[str],
+    *,
+    aggregators: Sequence[str],
+    seeds: Sequence[int],
+    out: Path | None,
+    overwrite: bool,
+    progress: bool,
+) -> int:
+    console = Console(stderr=True)
+    base = load_config(config_path, overrides)
+    for name in aggregators:
+        aggregator_class(name)
+    if len(set(aggregators)) != len(aggregators):
+        raise FedloraError(f"--aggregators: a method is listed twice in {','.join(aggregators)}")
+    root = out if out is not None else Path(base.run.out_dir)
+    results: dict[str, list[list[RoundMetrics]]] = {}
+    for method in aggregators:
+        for seed in seeds:
+            config = comparison_config(base, method, seed, root)
+            rows = _run_or_reuse(config, overwrite=overwrite, progress=progress, console=console)
+            results.setdefault(method, []).append(rows)
+    table = write_comparison(comparison_rows(results), root)
+    plot = plot_comparison(results, root / "comparison.png", f"{base.data.dataset}: test accuracy")
+    console.print(table)
+    console.print(f"comparison: {root / 'comparison.md'}, {root / 'comparison.csv'}, {plot}")
+    return 0
+
+
+def comparison_config(
+    base: ExperimentConfig, method: str, seed: int, root: Path
+) -> ExperimentConfig:
+    """The config of one cell: only the method, the seed and the directory change."""
+    name = f"{method}-seed{seed}"
+    return base.replace(
+        {
+            "aggregation.method": method,
+            "run.seed": seed,
+            "run.name": name,
+            "run.out_dir": str(root / name),
+        }
+    )
+
+
+def _run_or_reuse(
+    config: ExperimentConfig, *, overwrite: bool, progress: bool, console: Console
+) -> list[RoundMetrics]:
+    from fedlora.engine import Simulation, build_experiment
+
+    path = Path(config.run.out_dir)
+    existing = RunDir(path)
+    resume = False
+    if not overwrite and existing.config_file.exists():
+        if existing.is_finished():
+            console.print(f"{config.run.name}: finished earlier, reusing {path}")
+            return existing.metrics()
+        resume = existing.has_checkpoint()
+    experiment = build_experiment(config)
+    run_dir = existing if resume else RunDir.create(path, config, overwrite=True)
+    with RoundProgress(config.run.name, config.run.rounds, enabled=progress) as bar:
+        result = Simulation(experiment, run_dir).run(resume=resume, on_round=bar.update)
+    return result.metrics

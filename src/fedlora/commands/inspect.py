@@ -1,0 +1,75 @@
+"""``fedlora inspect``, ``fedlora plot`` and ``fedlora config``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from fedlora.config import describe_defaults, load_config
+from fedlora.errors import FedloraError
+from fedlora.report import plot_comparison, plot_run
+from fedlora.runs import RunDir
+
+
+def inspect_command(path: Path) -> int:
+    run = RunDir(path)
+    if not run.config_file.exists():
+        raise FedloraError(f"{path}: no config.toml, so it is not a run directory")
+    config = load_config(run.config_file)
+    rows = run.metrics()
+    console = Console()
+    state = "finished" if run.is_finished() else "unfinished"
+    console.print(
+        f"[bold]{config.run.name}[/bold] ({state}, {len(rows)}/{config.run.rounds} rounds)"
+    )
+    console.print(
+        f"model {config.model.name}, data {config.data.dataset} ({config.data.partition}), "
+        f"aggregation {config.aggregation.method}, ranks {config.ranks.policy} "
+        f"{config.ranks.options}, {config.run.num_clients} clients, seed {config.run.seed}"
+    )
+    table = Table("round", "clients", "mean rank", "train loss", "test loss", "test acc", "MB up")
+    for row in rows:
+        table.add_row(
+            str(row.round),
+            str(len(row.clients)),
+            f"{sum(row.ranks) / max(1, len(row.ranks)):.1f}",
+            f"{row.train_loss:.4f}",
+            "" if row.test_loss is None else f"{row.test_loss:.4f}",
+            "" if row.test_accuracy is None else f"{row.test_accuracy:.4f}",
+            f"{row.bytes_up / 1e6:.2f}",
+        )
+    console.print(table)
+    return 0
+
+
+def plot_command(paths: Sequence[Path], out: Path | None) -> int:
+    runs = {}
+    for path in paths:
+        run = RunDir(path)
+        rows = run.metrics()
+        if not rows:
+            raise FedloraError(f"{path}: no metrics.jsonl with any round")
+        runs[path.name] = rows
+    if len(runs) == 1:
+        name, rows = next(iter(runs.items()))
+        target = out or RunDir(paths[0]).plots_dir / "metrics.png"
+        plot_run(rows, target, name)
+    else:
+        target = out or RunDir(paths[0]).plots_dir / "comparison.png"
+        plot_comparison({name: [rows] for name, rows in runs.items()}, target, "test accuracy")
+    print(target)
+    return 0
+
+
+def config_command(path: Path | None, overrides: Sequence[str], *, defaults: bool) -> int:
+    if defaults:
+        table = Table("key", "default", "meaning", show_lines=False)
+        for key, value, description in describe_defaults():
+            table.add_row(key, value, description)
+        Console(width=160).print(table)
+        return 0
+    print(load_config(path, overrides).to_toml(), end="")
+    return 0

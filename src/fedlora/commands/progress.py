@@ -1,0 +1,44 @@
+"""A rich progress bar over rounds that shows the latest loss and accuracy."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fedlora.runs import RoundMetrics
+
+
+class RoundProgress:
+    """``with RoundProgress(label, rounds) as bar: ... bar.update(row)``; silent if disabled."""
+
+    def __init__(self, label: str, rounds: int, *, enabled: bool = True) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.fields[label]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task("rounds", total=rounds, label=label, status="starting")
+
+    def __enter__(self) -> RoundProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._progress.stop()
+
+    def update(self, row: RoundMetrics) -> None:
+        status = f"{len(row.clients)} clients  loss {row.train_loss:.3f}"
+        if row.test_accuracy is not None:
+            status += f"  acc {row.test_accuracy:.3f}"
+        self._progress.update(self._task, completed=row.round, status=status)

@@ -1,0 +1,21 @@
+"""The in-process engine: build an experiment from a config and run its rounds."""
+
+from fedlora.engine.client import ClientResult, run_client, tensor_bytes, train_config
+from fedlora.engine.experiment import Experiment, build_experiment, load_data
+from fedlora.engine.seeds import derive_seed, sample_clients
+from fedlora.engine.simulation import RunResult, Simulation, run_simulation
+
+__all__ = [
+    "ClientResult",
+    "Experiment",
+    "RunResult",
+    "Simulation",
+    "build_experiment",
+    "derive_seed",
+    "load_data",
+    "run_client",
+    "run_simulation",
+    "sample_clients",
+    "tensor_bytes",
+    "train_config",
+]

@@ -1,0 +1,235 @@
+"""The in-process runner: every client of a round trains in turn on one shared base model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+
+from fedlora.aggregation import GlobalState
+from fedlora.config import ExperimentConfig
+from fedlora.data import label_distribution, write_label_distribution
+from fedlora.engine.client import ClientResult, evaluate_rows, run_client, tensor_bytes
+from fedlora.engine.experiment import Experiment, build_experiment
+from fedlora.engine.seeds import sample_clients
+from fedlora.lora import FoldedFactors
+from fedlora.model import EvalResult
+from fedlora.report import plot_run, run_summary
+from fedlora.runs import Checkpoint, RoundMetrics, RunDir, load_checkpoint, save_checkpoint
+
+RoundCallback = Callable[[RoundMetrics], None]
+
+
+@dataclass
+class RunResult:
+    metrics: list[RoundMetrics]
+    state: GlobalState
+    wall_seconds: float
+
+
+class Simulation:
+    """Runs the rounds of one experiment in this process and writes its run directory.
+
+    The global state, the round and the rank policy's state are checkpointed after every
+    ``checkpoint_every`` rounds; everything random in a round derives from ``(seed, round,
+    client)``, so a resumed run ends with the same numbers as an uninterrupted one.
+    """
+
+    def __init__(self, experiment: Experiment, run_dir: RunDir) -> None:
+        self.experiment = experiment
+        self.config: ExperimentConfig = experiment.config
+        self.run_dir = run_dir
+        self.base_deltas: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, *, resume: bool = False, on_round: RoundCallback | None = None) -> RunResult:
+        start = time.perf_counter()
+        if resume and self.run_dir.has_checkpoint():
+            state, rows = self._restore()
+        else:
+            state, rows = self._start()
+        for round_index in range(state.round + 1, self.config.run.rounds + 1):
+            state, row = self.run_round(state, round_index)
+            rows.append(row)
+            self.run_dir.append_metrics(row)
+            if (
+                round_index % self.config.run.checkpoint_every == 0
+                or round_index == self.config.run.rounds
+            ):
+                self._checkpoint(state)
+            if on_round is not None:
+                on_round(row)
+        wall = time.perf_counter() - start
+        self._finish(rows, wall)
+        return RunResult(metrics=rows, state=state, wall_seconds=wall)
+
+    def run_round(self, state: GlobalState, round_index: int) -> tuple[GlobalState, RoundMetrics]:
+        exp, config = self.experiment, self.config
+        clients = sample_clients(
+            config.run.seed, round_index, config.run.num_clients, config.run.sampled_per_round()
+        )
+        results: list[ClientResult] = []
+        bytes_down = 0
+        for client in clients:
+            rank_map = exp.rank_map(client)
+            factors = state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora)
+            bytes_down += tensor_bytes(factors, state.dense)
+            results.append(
+                run_client(
+                    exp.model,
+                    config,
+                    exp.aggregator,
+                    client=client,
+                    round_index=round_index,
+                    rank_map=rank_map,
+                    factors=factors,
+                    dense=state.dense,
+                    data=exp.train,
+                    indices=exp.partitions[client],
+                    validation=None if exp.validation is None else exp.validation[client],
+                )
+            )
+        seconds_train = sum(r.seconds for r in results)
+        tick = time.perf_counter()
+        new_state = exp.aggregator.aggregate([r.update for r in results], state)
+        if new_state.merge_into_base:
+            self._merge(new_state.merge_into_base)
+        seconds_aggregate = time.perf_counter() - tick
+        promoted = self._observe_losses(results, round_index)
+        evaluation, seconds_eval = None, 0.0
+        if round_index % config.run.eval_every == 0 or round_index == config.run.rounds:
+            tick = time.perf_counter()
+            evaluation = self.evaluate_global(new_state)
+            seconds_eval = time.perf_counter() - tick
+        total = sum(r.update.num_examples for r in results)
+        row = RoundMetrics(
+            round=round_index,
+            clients=clients,
+            ranks=[exp.tier(c).max_rank for c in clients],
+            train_loss=sum(r.train_loss * r.update.num_examples for r in results) / total,
+            test_loss=None if evaluation is None else evaluation.loss,
+            test_accuracy=None if evaluation is None else evaluation.accuracy,
+            test_macro_f1=None if evaluation is None else evaluation.macro_f1,
+            bytes_up=sum(tensor_bytes(r.update.modules, r.update.dense) for r in results),
+            bytes_down=bytes_down,
+            seconds_train=seconds_train,
+            seconds_aggregate=seconds_aggregate,
+            seconds_eval=seconds_eval,
+            global_rank=max(new_state.rank_map().values(), default=0),
+            extra={"tiers": [str(exp.tier(c)) for c in clients], **promoted},
+        )
+        return new_state, row
+
+    def evaluate_global(self, state: GlobalState) -> EvalResult:
+        """The global adapter (at its own rank per module) on the test split."""
+        exp, config = self.experiment, self.config
+        rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
+        factors = state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora)
+        exp.model.activate(rank_map, config.model.lora_alpha, config.model.use_rslora)
+        exp.model.load(factors, state.dense)
+        indices = torch.arange(len(exp.test)).numpy()
+        return evaluate_rows(exp.model, exp.test, indices, config.train.eval_batch_size)
+
+    # ------------------------------------------------------------------ rank policy
+
+    def _observe_losses(self, results: list[ClientResult], round_index: int) -> dict[str, object]:
+        """Loss-based allocation: promote after the first round (unless a probe already did)."""
+        losses = {int(r.update.client_id): r.validation_loss for r in results}
+        if round_index != 1 or self.experiment.validation is None:
+            return {}
+        return self._promote({c: loss for c, loss in losses.items() if loss is not None})
+
+    def _promote(self, losses: dict[int, float]) -> dict[str, object]:
+        changed = self.experiment.policy.observe_losses(losses)
+        if changed is None:
+            return {}
+        high = [
+            c for c, tier in enumerate(changed) if tier.max_rank == max(t.max_rank for t in changed)
+        ]
+        return {"promoted_clients": high}
+
+    def _probe(self, state: GlobalState) -> None:
+        """Score every client once before round 1 (Byun & Lee's setup): train, measure, discard."""
+        exp = self.experiment
+        if exp.validation is None:
+            return
+        losses: dict[int, float] = {}
+        for client in range(self.config.run.num_clients):
+            rank_map = exp.rank_map(client)
+            result = run_client(
+                exp.model,
+                self.config,
+                exp.aggregator,
+                client=client,
+                round_index=0,
+                rank_map=rank_map,
+                factors=state.factors_for(
+                    rank_map, self.config.model.lora_alpha, self.config.model.use_rslora
+                ),
+                dense=state.dense,
+                data=exp.train,
+                indices=exp.partitions[client],
+                validation=exp.validation[client],
+            )
+            if result.validation_loss is not None:
+                losses[client] = result.validation_loss
+        self._promote(losses)
+
+    # ------------------------------------------------------------------ state and files
+
+    def _start(self) -> tuple[GlobalState, list[RoundMetrics]]:
+        exp = self.experiment
+        counts = label_distribution(exp.train_labels, exp.partitions, len(exp.label_names))
+        write_label_distribution(counts, exp.label_names, self.run_dir.path)
+        state = exp.initial_state()
+        if exp.policy.needs_probe:
+            self._probe(state)
+        return state, []
+
+    def _restore(self) -> tuple[GlobalState, list[RoundMetrics]]:
+        checkpoint = load_checkpoint(self.run_dir.checkpoint_dir)
+        self.experiment.policy.load_state_dict(checkpoint.policy_state)
+        if checkpoint.base_deltas:
+            self._merge(
+                {
+                    name: FoldedFactors(A=torch.eye(delta.shape[1], dtype=delta.dtype), B=delta)
+                    for name, delta in checkpoint.base_deltas.items()
+                }
+            )
+        rows = self.run_dir.keep_metrics_until(checkpoint.state.round)
+        return checkpoint.state, rows
+
+    def _merge(self, updates: Mapping[str, FoldedFactors]) -> None:
+        """Merge into the base weights, remembering the total for checkpoints (FLoRA)."""
+        self.experiment.model.merge_into_base(updates)
+        for name, factors in updates.items():
+            delta = factors.delta()
+            self.base_deltas[name] = self.base_deltas.get(name, torch.zeros_like(delta)) + delta
+
+    def _checkpoint(self, state: GlobalState) -> None:
+        save_checkpoint(
+            Checkpoint(
+                state=state,
+                base_deltas=self.base_deltas,
+                policy_state=self.experiment.policy.state_dict(),
+            ),
+            self.run_dir.checkpoint_dir,
+        )
+
+    def _finish(self, rows: list[RoundMetrics], wall: float) -> None:
+        plot_run(rows, self.run_dir.plots_dir / "metrics.png", self.config.run.name)
+        self.run_dir.summary_file.write_text(run_summary(self.config, rows, wall), encoding="utf-8")
+
+
+def run_simulation(
+    config: ExperimentConfig,
+    run_dir: RunDir,
+    *,
+    resume: bool = False,
+    on_round: RoundCallback | None = None,
+) -> RunResult:
+    """Build the experiment from ``config`` and run it in this process."""
+    return Simulation(build_experiment(config), run_dir).run(resume=resume, on_round=on_round)

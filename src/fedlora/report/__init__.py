@@ -1,0 +1,14 @@
+"""Reports of finished runs: plots, summaries and comparison tables."""
+
+from fedlora.report.plots import plot_comparison, plot_run
+from fedlora.report.summary import run_summary
+from fedlora.report.tables import ComparisonRow, comparison_rows, write_comparison
+
+__all__ = [
+    "ComparisonRow",
+    "comparison_rows",
+    "plot_comparison",
+    "plot_run",
+    "run_summary",
+    "write_comparison",
+]

@@ -1,0 +1,65 @@
+"""PNG plots of runs (matplotlib's Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from fedlora.runs.metrics import RoundMetrics
+
+
+def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
+    """Test accuracy, and train/test loss, against the round."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    evaluated = [r for r in rows if r.test_accuracy is not None]
+    acc_ax.plot([r.round for r in evaluated], [r.test_accuracy for r in evaluated], marker="o")
+    acc_ax.set(xlabel="round", ylabel="test accuracy", title="global model")
+    loss_ax.plot([r.round for r in rows], [r.train_loss for r in rows], label="train (clients)")
+    loss_ax.plot(
+        [r.round for r in evaluated], [r.test_loss for r in evaluated], label="test (global)"
+    )
+    loss_ax.set(xlabel="round", ylabel="loss", title="loss")
+    loss_ax.legend()
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_comparison(
+    runs: Mapping[str, Sequence[Sequence[RoundMetrics]]], path: Path, title: str
+) -> Path:
+    """Accuracy against round, one line per method: the mean over seeds and a min–max band."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, seeds in runs.items():
+        rounds = sorted({r.round for rows in seeds for r in rows if r.test_accuracy is not None})
+        if not rounds:
+            continue
+        table = np.full((len(seeds), len(rounds)), np.nan)
+        for i, rows in enumerate(seeds):
+            by_round = {r.round: r.test_accuracy for r in rows if r.test_accuracy is not None}
+            for j, rnd in enumerate(rounds):
+                table[i, j] = by_round.get(rnd, np.nan)
+        mean = np.nanmean(table, axis=0)
+        (line,) = ax.plot(rounds, mean, marker="o", label=f"{method} (n={len(seeds)})")
+        if len(seeds) > 1:
+            low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
+            ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="round", ylabel="test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,67 @@
+"""One line of metrics per round, written as JSON lines and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fedlora.errors import FedloraError
+
+
+@dataclass
+class RoundMetrics:
+    """What happened in one round (``None`` where a value was not measured that round)."""
+
+    round: int
+    clients: list[int]
+    ranks: list[int]
+    train_loss: float
+    test_loss: float | None
+    test_accuracy: float | None
+    test_macro_f1: float | None
+    bytes_up: int
+    bytes_down: int
+    seconds_train: float
+    seconds_aggregate: float
+    seconds_eval: float
+    global_rank: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, line: str) -> RoundMetrics:
+        return cls(**json.loads(line))
+
+
+CSV_COLUMNS = [f.name for f in fields(RoundMetrics) if f.name not in ("clients", "ranks", "extra")]
+
+
+def read_metrics(path: Path) -> list[RoundMetrics]:
+    """All rounds of a ``metrics.jsonl`` file; a corrupt line is an error naming the line."""
+    rows: list[RoundMetrics] = []
+    if not path.exists():
+        return rows
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(RoundMetrics.from_json(line))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise FedloraError(f"{path} line {number}: not a metrics record ({error})") from None
+    return rows
+
+
+def write_metrics_csv(rows: Sequence[RoundMetrics], path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*CSV_COLUMNS, "num_clients", "mean_rank"])
+        for row in rows:
+            values = asdict(row)
+            mean_rank = sum(row.ranks) / len(row.ranks) if row.ranks else 0.0
+            writer.writerow([*(values[c] for c in CSV_COLUMNS), len(row.clients), mean_rank])

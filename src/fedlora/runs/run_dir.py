@@ -1,0 +1,111 @@
+"""The directory of one run: the layout every runner (in-process, Flower) writes."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedlora.config import ExperimentConfig, load_config
+from fedlora.errors import FedloraError
+from fedlora.runs.checkpoint import META
+from fedlora.runs.metrics import RoundMetrics, read_metrics, write_metrics_csv
+
+CONFIG = "config.toml"
+METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+SUMMARY = "summary.md"
+CHECKPOINT = "checkpoint"
+PLOTS = "plots"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths and file operations of a run directory.
+
+    ``summary.md`` marks a finished run: such a directory is never overwritten unless asked.
+    """
+
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY
+
+    def is_finished(self) -> bool:
+        return self.summary_file.exists()
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint_dir / META).exists()
+
+    @classmethod
+    def check_free(cls, path: Path, *, overwrite: bool) -> None:
+        """Refuse a directory that holds a run, unless ``overwrite`` (checked before any work)."""
+        run = cls(path)
+        if not overwrite and run.config_file.exists():
+            what = "a finished run" if run.is_finished() else "an unfinished run"
+            hint = "" if run.is_finished() else f", or continue it with --resume {path}"
+            raise FedloraError(
+                f"run directory {path} already holds {what}; pass --overwrite to replace it{hint}"
+            )
+
+    @classmethod
+    def create(cls, path: Path, config: ExperimentConfig, *, overwrite: bool) -> RunDir:
+        """A fresh run directory; refuses to replace an existing run unless ``overwrite``."""
+        cls.check_free(path, overwrite=overwrite)
+        run = cls(path)
+        if overwrite and path.exists():
+            for name in (CONFIG, METRICS, METRICS_CSV, SUMMARY):
+                (path / name).unlink(missing_ok=True)
+            for name in (CHECKPOINT, PLOTS):
+                shutil.rmtree(path / name, ignore_errors=True)
+        path.mkdir(parents=True, exist_ok=True)
+        run.config_file.write_text(config.to_toml(), encoding="utf-8")
+        return run
+
+    @classmethod
+    def open_for_resume(cls, path: Path) -> tuple[RunDir, ExperimentConfig]:
+        """An existing unfinished run and its resolved config."""
+        run = cls(path)
+        if not run.config_file.exists():
+            raise FedloraError(f"--resume {path}: no {CONFIG} there, so it is not a run directory")
+        if run.is_finished():
+            raise FedloraError(f"--resume {path}: that run already finished")
+        return run, load_config(run.config_file)
+
+    def metrics(self) -> list[RoundMetrics]:
+        return read_metrics(self.metrics_file)
+
+    def append_metrics(self, row: RoundMetrics) -> None:
+        with self.metrics_file.open("a", encoding="utf-8") as handle:
+            handle.write(row.to_json() + "\n")
+        write_metrics_csv(self.metrics(), self.path / METRICS_CSV)
+
+    def keep_metrics_until(self, last_round: int) -> list[RoundMetrics]:
+        """Drop metrics of rounds after the checkpoint (they are recomputed on resume)."""
+        rows = [row for row in self.metrics() if row.round <= last_round]
+        self.rewrite_metrics(rows)
+        return rows
+
+    def rewrite_metrics(self, rows: Sequence[RoundMetrics]) -> None:
+        tmp = self.metrics_file.with_suffix(".tmp")
+        tmp.write_text("".join(row.to_json() + "\n" for row in rows), encoding="utf-8")
+        tmp.replace(self.metrics_file)
+        write_metrics_csv(rows, self.path / METRICS_CSV)
