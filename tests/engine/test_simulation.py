@@ -1,0 +1,146 @@
+"""The in-process runner end to end on a tiny model: files, determinism, resume, every method."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedlora.aggregation import GlobalState, available_aggregators
+from fedlora.engine import Simulation, build_experiment, sample_clients
+from fedlora.runs import RunDir, load_checkpoint
+from tests.engine.helpers import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+class Stop(Exception):
+    """Raised from the round callback to simulate a killed run."""
+
+
+def _run(config, *, resume: bool = False, stop_after: int | None = None):  # type: ignore[no-untyped-def]
+    run_dir = (
+        RunDir(Path(config.run.out_dir))
+        if resume
+        else RunDir.create(Path(config.run.out_dir), config, overwrite=False)
+    )
+
+    def callback(row) -> None:  # type: ignore[no-untyped-def]
+        if stop_after is not None and row.round == stop_after:
+            raise Stop
+
+    return Simulation(build_experiment(config), run_dir).run(resume=resume, on_round=callback)
+
+
+def _assert_same_state(a: GlobalState, b: GlobalState) -> None:
+    assert a.round == b.round
+    assert a.rank_map() == b.rank_map()
+    for name in a.modules:
+        torch.testing.assert_close(a.modules[name].A, b.modules[name].A, rtol=0, atol=1e-6)
+        torch.testing.assert_close(a.modules[name].B, b.modules[name].B, rtol=0, atol=1e-6)
+    for name in a.dense:
+        torch.testing.assert_close(a.dense[name], b.dense[name], rtol=0, atol=1e-6)
+
+
+def test_run_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_bert_dir, tmp_path / "run")
+    result = _run(config)
+    run = RunDir(tmp_path / "run")
+    assert run.is_finished()
+    rows = run.metrics()
+    assert [r.round for r in rows] == [1, 2, 3]
+    for row in rows:
+        assert row.clients == sample_clients(0, row.round, 6, 3)
+        assert row.ranks == [[2, 4, 8, 2, 4, 8][c] for c in row.clients]
+        assert row.test_accuracy is not None and 0.0 <= row.test_accuracy <= 1.0
+        assert row.bytes_up > 0 and row.bytes_down > 0
+    csv_lines = (run.path / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 4
+    for name in ("config.toml", "summary.md", "label_distribution.csv", "label_distribution.png"):
+        assert (run.path / name).exists(), name
+    assert (run.plots_dir / "metrics.png").stat().st_size > 1000
+    checkpoint = load_checkpoint(run.checkpoint_dir)
+    _assert_same_state(checkpoint.state, result.state)
+
+
+def test_bytes_match_the_tensors_that_travel(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"run.rounds": 1})
+    result = _run(config)
+    experiment = build_experiment(config)
+    shapes = experiment.model.module_shapes()
+    row = result.metrics[0]
+    ranks = [[2, 4, 8, 2, 4, 8][c] for c in row.clients]
+    lora = sum(r * (out + inp) for r in ranks for out, inp in shapes.values()) * 4
+    dense = sum(t.numel() for t in experiment.model.initial_dense().values()) * 4 * len(ranks)
+    assert row.bytes_up == lora + dense
+    assert row.bytes_down == lora + dense
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    first = _run(tiny_config(tiny_bert_dir, tmp_path / "a", **{"run.rounds": 2}))
+    second = _run(tiny_config(tiny_bert_dir, tmp_path / "b", **{"run.rounds": 2}))
+    other = _run(tiny_config(tiny_bert_dir, tmp_path / "c", **{"run.rounds": 2, "run.seed": 1}))
+    assert [r.test_loss for r in first.metrics] == [r.test_loss for r in second.metrics]
+    _assert_same_state(first.state, second.state)
+    assert [r.test_loss for r in first.metrics] != [r.test_loss for r in other.metrics]
+
+
+@pytest.mark.parametrize("method", ["flexlora", "flora"])
+def test_resume_ends_with_the_same_numbers(
+    tiny_bert_dir: Path, tmp_path: Path, method: str
+) -> None:
+    overrides = {"aggregation.method": method, "model.lora_dropout": 0.1}
+    straight = _run(tiny_config(tiny_bert_dir, tmp_path / "straight", **overrides))
+    config = tiny_config(tiny_bert_dir, tmp_path / "killed", **overrides)
+    with pytest.raises(Stop):
+        _run(config, stop_after=2)
+    run = RunDir(tmp_path / "killed")
+    assert not run.is_finished()
+    assert load_checkpoint(run.checkpoint_dir).state.round == 2
+    resumed = _run(config, resume=True)
+    assert [r.round for r in resumed.metrics] == [1, 2, 3]
+    assert [r.test_loss for r in resumed.metrics] == [r.test_loss for r in straight.metrics]
+    assert [r.train_loss for r in resumed.metrics] == [r.train_loss for r in straight.metrics]
+    _assert_same_state(resumed.state, straight.state)
+    rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("method", sorted(available_aggregators()))
+def test_every_aggregator_runs_end_to_end(tiny_bert_dir: Path, tmp_path: Path, method: str) -> None:
+    ranks = [4] * 6 if method == "fedit" else [2, 4, 8, 2, 4, 8]
+    config = tiny_config(
+        tiny_bert_dir,
+        tmp_path / method,
+        **{"aggregation.method": method, "run.rounds": 2, "ranks.options": {"ranks": ranks}},
+    )
+    result = _run(config)
+    assert len(result.metrics) == 2
+    assert all(r.test_loss is not None and r.test_loss == r.test_loss for r in result.metrics)
+    if method == "flora":
+        assert result.state.rank_map() == dict.fromkeys(result.state.modules, 0)
+    else:
+        assert max(result.state.rank_map().values()) >= min(ranks)
+
+
+def test_loss_based_probe_promotes_the_best_clients(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        tiny_bert_dir,
+        tmp_path / "loss",
+        **{
+            "ranks.policy": "loss_based",
+            "ranks.options": {"low": 2, "high": 8, "fraction": 0.34},
+            "run.rounds": 1,
+        },
+    )
+    experiment = build_experiment(config)
+    assert experiment.validation is not None
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=False)
+    Simulation(experiment, run_dir).run()
+    allocation = experiment.policy.allocation
+    assert allocation is not None
+    assert sorted(t.max_rank for t in allocation) == [2, 2, 2, 2, 8, 8]
