@@ -16,7 +16,7 @@ from tests.engine.helpers import tiny_config
 pytestmark = pytest.mark.slow
 
 
-class Stop(Exception):
+class KilledRunError(Exception):
     """Raised from the round callback to simulate a killed run."""
 
 
@@ -29,7 +29,7 @@ def _run(config, *, resume: bool = False, stop_after: int | None = None):  # typ
 
     def callback(row) -> None:  # type: ignore[no-untyped-def]
         if stop_after is not None and row.round == stop_after:
-            raise Stop
+            raise KilledRunError
 
     return Simulation(build_experiment(config), run_dir).run(resume=resume, on_round=callback)
 
@@ -96,7 +96,7 @@ def test_resume_ends_with_the_same_numbers(
     overrides = {"aggregation.method": method, "model.lora_dropout": 0.1}
     straight = _run(tiny_config(tiny_bert_dir, tmp_path / "straight", **overrides))
     config = tiny_config(tiny_bert_dir, tmp_path / "killed", **overrides)
-    with pytest.raises(Stop):
+    with pytest.raises(KilledRunError):
         _run(config, stop_after=2)
     run = RunDir(tmp_path / "killed")
     assert not run.is_finished()
