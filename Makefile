@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The shared datasets live beside the repository unless the caller points elsewhere.
+export FEDLORA_DATA ?= $(abspath ../shared/data)
+export HF_HUB_DISABLE_TELEMETRY = 1
 
 .PHONY: run test lint bench clean
 

@@ -11,6 +11,11 @@ from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# Tests never reach a model or dataset hub: everything they load is local or built in the test.
+for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ[_offline] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
 settings.register_profile(
     "default",
     max_examples=40,

@@ -184,7 +184,7 @@ def build_config(data: Mapping[str, Any], source: str = "config") -> ExperimentC
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The defaults, updated from a TOML file, then from ``key=value`` overrides."""
     data: dict[str, Any] = {}
-    source = "defaults"
+    source = "config"
     if path is not None:
         source = str(path)
         try:

@@ -3,7 +3,7 @@
 from fedlora.engine.client import ClientResult, run_client, tensor_bytes, train_config
 from fedlora.engine.experiment import Experiment, build_experiment, load_data
 from fedlora.engine.seeds import derive_seed, sample_clients
-from fedlora.engine.simulation import RunResult, Simulation, run_simulation
+from fedlora.engine.simulation import RunResult, Simulation, run_in_process
 
 __all__ = [
     "ClientResult",
@@ -14,7 +14,7 @@ __all__ = [
     "derive_seed",
     "load_data",
     "run_client",
-    "run_simulation",
+    "run_in_process",
     "sample_clients",
     "tensor_bytes",
     "train_config",

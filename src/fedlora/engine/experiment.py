@@ -71,6 +71,15 @@ class Experiment:
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Load and tokenise the data, partition it, load the model, build the policy and method."""
     seed = config.run.seed
+    # Names and options first: a typo should fail before any data or model is loaded.
+    aggregator = get_aggregator(
+        config.aggregation.method,
+        weighting=config.aggregation.weighting,
+        **config.aggregation.options,
+    )
+    policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
+    policy.assign(config.run.num_clients)
+    partitioner = get_partitioner(config.data.partition, seed=seed, **config.data.partition_options)
     train_data, test_data = load_data(config)
     model, tokenizer = load_classifier(config.model.name, train_data.num_classes, seed=seed)
     adapted = AdaptedModel(
@@ -79,22 +88,14 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         lora_dropout=config.model.lora_dropout,
         init_seed=seed,
     )
-    partitioner = get_partitioner(config.data.partition, seed=seed, **config.data.partition_options)
+    _check_ranks_fit(policy, adapted)
     labels = np.asarray(train_data.labels, dtype=np.int64)
     partitions = [
         np.asarray(p, dtype=np.int64) for p in partitioner.partition(labels, config.run.num_clients)
     ]
-    policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
-    policy.assign(config.run.num_clients)
     validation = None
     if isinstance(policy, LossBasedRanks):
         partitions, validation = _split_validation(partitions, seed)
-    _check_ranks_fit(policy, adapted)
-    aggregator = get_aggregator(
-        config.aggregation.method,
-        weighting=config.aggregation.weighting,
-        **config.aggregation.options,
-    )
     max_length = config.model.max_length
     return Experiment(
         config=config,

@@ -224,7 +224,7 @@ class Simulation:
         self.run_dir.summary_file.write_text(run_summary(self.config, rows, wall), encoding="utf-8")
 
 
-def run_simulation(
+def run_in_process(
     config: ExperimentConfig,
     run_dir: RunDir,
     *,

@@ -1,0 +1,192 @@
+"""The fedlora command: one-line errors with exit code 2, no overwrite, every subcommand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedlora.cli import main
+from fedlora.config import describe_defaults
+
+
+def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedlora.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "train.lr=-1"], "train.lr: Input should be greater than 0"),
+        (["--set", "train.learning_rate=1"], "train.learning_rate: unknown key"),
+        (["--set", "run.rounds=many"], "run.rounds: Input should be a valid integer"),
+        (["--set", "run.fraction=1.5"], "run.fraction: Input should be less than or equal to 1"),
+        (["--set", "run.clients_per_round=50"], "clients_per_round (50) exceeds num_clients"),
+        (["--set", "train.steps=0", "--set", "train.epochs=0"], "steps or epochs must be positive"),
+        (["--set", "aggregation.method=flexlroa"], "did you mean 'flexlora'"),
+        (["--set", "ranks.policy=proportional"], "rank policy"),
+        (["--set", "ranks.options={high=0}"], "high"),
+        (["--set", "data.partition=dirichlett"], "partitioner"),
+        (["--set", "data.dataset=imagenet"], "unknown dataset 'imagenet'"),
+        (["--set", "data.dataset=/no/such/file.csv"], "data.test_file"),
+        (["--set", "model.name=/no/such/model"], "/no/such/model"),
+        (["--set", "run.num_clients=5000"], "5000 clients but only"),
+        (["nothing.toml"], "config file nothing.toml does not exist"),
+        (["--set", "lr"], "expected key=value"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    shared_data_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FEDLORA_DATA", str(shared_data_dir))
+    out = tmp_path / "run"
+    assert main(["run", *args, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("fedlora: error:")]
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    done = _fedlora("run", "--set", "train.lr=-1", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "fedlora: error: config: train.lr: Input should be greater than 0"
+    )
+    assert "Traceback" not in done.stderr
+
+
+def test_argument_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["run", "--no-such-flag"])
+    assert caught.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_rank_above_the_layer_dimension_is_refused(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            "--set",
+            f"model.name={tiny_bert_dir}",
+            "--set",
+            "data.dataset=synthetic",
+            "--set",
+            "ranks.policy=fixed",
+            "--set",
+            "ranks.options={rank=64}",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ]
+    )
+    assert code == 2
+    assert "asks rank 64" in capsys.readouterr().err
+
+
+def test_config_defaults_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--defaults"]) == 0
+    printed = capsys.readouterr().out
+    keys = [key for key, _, _ in describe_defaults()]
+    assert len(keys) > 30
+    for key in keys:
+        assert key in printed
+
+
+def test_config_prints_resolved_toml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--set", "train.lr=0.01", "--set", "run.rounds=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "lr = 0.01" in printed
+    assert "rounds = 3" in printed
+
+
+@pytest.mark.slow
+def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
+    tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        f"""
+[run]
+rounds = 2
+num_clients = 4
+clients_per_round = 2
+out_dir = "{tmp_path / "run"}"
+
+[model]
+name = "{tiny_bert_dir}"
+
+[data]
+dataset = "synthetic"
+partition = "iid"
+partition_options = {{}}
+max_test_samples = 32
+
+[ranks]
+policy = "list"
+options = {{ ranks = [2, 4, 4, 8] }}
+
+[train]
+steps = 1
+batch_size = 8
+""",
+        encoding="utf-8",
+    )
+    assert main(["run", str(config), "--no-progress"]) == 0
+    summary = (tmp_path / "run" / "summary.md").read_text()
+    assert "final test accuracy" in summary
+
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert main(["run", str(config), "--no-progress"]) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+    assert main(["inspect", str(tmp_path / "run")]) == 0
+    assert "test acc" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+    compare_dir = tmp_path / "cmp"
+    code = main(
+        [
+            "compare",
+            str(config),
+            "--aggregators",
+            "flexlora,replication",
+            "--seeds",
+            "0,1",
+            "--out",
+            str(compare_dir),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    table = (compare_dir / "comparison.md").read_text()
+    assert "| flexlora | 2 |" in table
+    assert "| replication | 2 |" in table
+    assert (compare_dir / "comparison.png").stat().st_size > 1000
+    assert len((compare_dir / "comparison.csv").read_text().splitlines()) == 3
+    assert sorted(p.name for p in compare_dir.iterdir() if p.is_dir()) == [
+        "flexlora-seed0",
+        "flexlora-seed1",
+        "replication-seed0",
+        "replication-seed1",
+    ]
