@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ[_offline] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# pytest-xdist runs one worker per core: one torch thread each avoids oversubscription.
+torch.set_num_threads(1)
 
 settings.register_profile(
     "default",

@@ -1,0 +1,298 @@
+"""A client's local training and the evaluation of a classifier, on an :class:`AdaptedModel`.
+
+Both take batches that are already tokenised and collated: dicts of tensors with ``input_ids``,
+``attention_mask`` and ``labels`` (and any other inputs the model accepts, e.g.
+``token_type_ids``).  Batching, shuffling and their seeded generators belong to the data layer;
+``TrainConfig.batch_size`` is carried here so that one config describes the client's training.
+
+Neither function seeds anything.  Dropout (the model's and the LoRA dropout) draws from torch's
+default generator, which the runner seeds once at process start; everything else is
+deterministic given the batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from fedlora.errors import ConfigError, FedloraError
+from fedlora.model.adapted import AdaptedModel
+
+Batch = Mapping[str, Tensor]
+Batches = Callable[[], Iterable[Batch]] | Iterable[Batch]
+"""An iterable of batches, or a function returning a fresh one per epoch (to reshuffle)."""
+
+OptimizerName = Literal["adamw", "sgd"]
+Schedule = Literal["constant", "linear", "cosine"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a client trains locally: for ``epochs`` passes or a fixed number of ``steps``.
+
+    Give at most one of ``epochs`` and ``steps``; with neither, one epoch.  The learning rate
+    warms up linearly over ``warmup_steps`` and then follows ``schedule`` down to (almost) zero
+    at the last step; linear and cosine schedules with ``epochs`` need batches with a length.
+    """
+
+    epochs: int | None = None
+    steps: int | None = None
+    batch_size: int = 16
+    lr: float = 5e-4
+    optimizer: OptimizerName = "adamw"
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    schedule: Schedule = "constant"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigError(
+                f"train: give epochs or steps, not both (epochs={self.epochs}, steps={self.steps})"
+            )
+        if self.epochs is None and self.steps is None:
+            object.__setattr__(self, "epochs", 1)
+        for key in ("epochs", "steps", "batch_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ConfigError(f"train.optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise ConfigError(
+                f"train.schedule must be 'constant', 'linear' or 'cosine', got {self.schedule!r}"
+            )
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError(
+                f"train.weight_decay must be >= 0 and train.momentum in [0, 1), got "
+                f"{self.weight_decay} and {self.momentum}"
+            )
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(
+                f"train.max_grad_norm must be positive or None, got {self.max_grad_norm}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean task loss over the examples seen (without any regulariser), steps and examples."""
+
+    mean_loss: float
+    steps: int
+    examples: int
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy, accuracy and macro-F1 over ``examples`` examples."""
+
+    loss: float
+    accuracy: float
+    macro_f1: float
+    examples: int
+
+
+class Classifier(Protocol):
+    """What :func:`evaluate` needs: a forward returning ``.logits``, and an eval mode."""
+
+    def __call__(self, **batch: Tensor) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+def lr_factor(step: int, total_steps: int | None, warmup_steps: int, schedule: Schedule) -> float:
+    """The learning-rate multiplier of 0-based ``step``: linear warmup, then the schedule.
+
+    Warmup reaches 1 at step ``warmup_steps - 1``; the decay never reaches 0 on a step that is
+    taken (the last step of a linear schedule of ``n`` decay steps uses ``1 / n``).
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if total_steps is None:
+        raise ConfigError(f"train.schedule {schedule!r} needs the total number of steps")
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_local(
+    model: AdaptedModel,
+    batches: Batches,
+    config: TrainConfig,
+    *,
+    regularizer: Callable[[], Tensor] | None = None,
+) -> TrainResult:
+    """Train the active adapter in place with a fresh optimizer; the model is left in eval mode.
+
+    ``regularizer`` is added to every step's loss (e.g. HetLoRA's self-pruning penalty computed
+    from ``model.lora_parameters()``).  Gradients are released at the end, so that inactive
+    adapters hold no gradient memory.
+    """
+    params = model.trainable_parameters()
+    optimizer = _optimizer(params, config)
+    epochs, total = _plan(batches, config)
+    device = model.device
+    steps = examples = 0
+    loss_sum = 0.0
+    model.train()
+    try:
+        for batch in epochs:
+            factor = lr_factor(steps, total, config.warmup_steps, config.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * factor
+            inputs = {key: value.to(device) for key, value in batch.items()}
+            loss = _loss(model(**inputs))
+            objective = loss if regularizer is None else loss + regularizer()
+            optimizer.zero_grad(set_to_none=True)
+            torch.autograd.backward(objective)
+            if config.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            count = int(inputs["labels"].shape[0])
+            steps += 1
+            examples += count
+            loss_sum += float(loss.detach()) * count
+            if config.steps is not None and steps >= config.steps:
+                break
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        model.eval()
+    if examples == 0:
+        raise FedloraError("train_local: the batches were empty")
+    return TrainResult(mean_loss=loss_sum / examples, steps=steps, examples=examples)
+
+
+def evaluate(model: AdaptedModel | Classifier, batches: Batches) -> EvalResult:
+    """Cross-entropy, accuracy and macro-F1 of the current model on labelled batches.
+
+    Runs in eval mode under ``torch.inference_mode``.  Macro-F1 is defined in :func:`macro_f1`.
+    """
+    model.eval()
+    device = _device(model)
+    loss_sum = 0.0
+    predictions: list[Tensor] = []
+    labels: list[Tensor] = []
+    with torch.inference_mode():
+        for batch in batches() if callable(batches) else batches:
+            target = batch["labels"].to(device)
+            inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
+            logits = model(**inputs).logits.float()
+            if logits.ndim != 2 or logits.shape[-1] < 2:
+                raise FedloraError(
+                    f"evaluate needs classification logits (batch x classes >= 2), got "
+                    f"{tuple(logits.shape)}"
+                )
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+            predictions.append(logits.argmax(dim=-1).cpu())
+            labels.append(target.cpu())
+    if not labels:
+        raise FedloraError("evaluate: the batches were empty")
+    predicted = torch.cat(predictions)
+    truth = torch.cat(labels)
+    count = int(truth.numel())
+    if count == 0:
+        raise FedloraError("evaluate: the batches were empty")
+    return EvalResult(
+        loss=loss_sum / count,
+        accuracy=float((predicted == truth).float().mean()),
+        macro_f1=macro_f1(predicted, truth),
+        examples=count,
+    )
+
+
+def macro_f1(predictions: Tensor, labels: Tensor) -> float:
+    """Unweighted mean of per-class F1 over the classes present in the labels or predictions.
+
+    A class nobody predicted and nobody has is not counted (it has no defined F1); a class that is
+    predicted but absent from the labels, or present but never predicted, counts with F1 = 0.
+    Per class ``F1 = 2 TP / (2 TP + FP + FN)``, which equals the harmonic mean of precision and
+    recall and is well defined for every counted class.
+    """
+    if predictions.shape != labels.shape or labels.numel() == 0:
+        raise FedloraError(
+            f"macro_f1 needs equal non-empty shapes, got {tuple(predictions.shape)} and "
+            f"{tuple(labels.shape)}"
+        )
+    scores = []
+    for cls in torch.unique(torch.cat([predictions, labels])):
+        predicted = predictions == cls
+        actual = labels == cls
+        tp = int((predicted & actual).sum())
+        fp = int((predicted & ~actual).sum())
+        fn = int((~predicted & actual).sum())
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / len(scores)
+
+
+def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise FedloraError("train_local: the active adapter has no trainable parameters")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[Batch], int | None]:
+    """The stream of batches over all epochs and, where known in advance, the number of steps."""
+    first = batches() if callable(batches) else batches
+    if config.steps is not None:
+        total: int | None = config.steps
+    elif isinstance(first, Sized):
+        total = len(first) * (config.epochs or 1)
+    else:
+        total = None
+    if total is None and config.schedule != "constant":
+        raise ConfigError(
+            f"train.schedule {config.schedule!r} with epochs needs batches with a length "
+            f"(a list, a DataLoader, or a function returning one)"
+        )
+    return _stream(batches, first, config.epochs), total
+
+
+def _stream(batches: Batches, first: Iterable[Batch], epochs: int | None) -> Iterator[Batch]:
+    """Epoch after epoch (forever when ``epochs`` is None: the caller counts steps)."""
+    epoch = 0
+    current = first
+    while epochs is None or epoch < epochs:
+        seen = False
+        for batch in current:
+            seen = True
+            yield batch
+        if not seen:
+            raise FedloraError(
+                f"train_local: epoch {epoch + 1} had no batches; pass a list or a function that "
+                f"returns fresh batches, not a one-shot iterator"
+            )
+        epoch += 1
+        if epochs is None or epoch < epochs:
+            current = batches() if callable(batches) else batches
+
+
+def _loss(output: Any) -> Tensor:
+    loss = getattr(output, "loss", None)
+    if not isinstance(loss, Tensor):
+        raise FedloraError("train_local: the model returned no loss; batches need 'labels'")
+    return loss
+
+
+def _device(model: AdaptedModel | Classifier) -> torch.device:
+    if isinstance(model, AdaptedModel):
+        return model.device
+    if isinstance(model, nn.Module):
+        return next(model.parameters()).device
+    return torch.device("cpu")

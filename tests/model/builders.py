@@ -1,0 +1,91 @@
+"""Tiny random classifiers built from configs (no downloads) and batches for them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+)
+
+VOCAB = 100
+HIDDEN = 32
+NUM_LABELS = 3
+ARCHITECTURES = ("bert", "distilbert", "albert")
+
+
+def tiny_model(kind: str, *, seed: int = 0, num_labels: int = NUM_LABELS) -> Any:
+    """A 2-layer, 2-head, hidden-32 classifier in eval mode, without dropout.
+
+    Without dropout, training is deterministic whatever state torch's global generator is in,
+    so the tests do not depend on their order.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "bert":
+            model: Any = BertForSequenceClassification(
+                BertConfig(
+                    vocab_size=VOCAB,
+                    hidden_size=HIDDEN,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    max_position_embeddings=64,
+                    num_labels=num_labels,
+                    hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0,
+                )
+            )
+        elif kind == "distilbert":
+            model = DistilBertForSequenceClassification(
+                DistilBertConfig(
+                    vocab_size=VOCAB,
+                    dim=HIDDEN,
+                    n_layers=2,
+                    n_heads=2,
+                    hidden_dim=64,
+                    max_position_embeddings=64,
+                    num_labels=num_labels,
+                    dropout=0.0,
+                    attention_dropout=0.0,
+                    seq_classif_dropout=0.0,
+                )
+            )
+        elif kind == "albert":
+            model = AlbertForSequenceClassification(
+                AlbertConfig(
+                    vocab_size=VOCAB,
+                    embedding_size=16,
+                    hidden_size=HIDDEN,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=64,
+                    max_position_embeddings=64,
+                    num_labels=num_labels,
+                    hidden_dropout_prob=0.0,
+                    attention_probs_dropout_prob=0.0,
+                    classifier_dropout_prob=0.0,
+                )
+            )
+        else:
+            raise ValueError(kind)
+    return model.eval()
+
+
+def batch(
+    size: int = 6, length: int = 8, *, seed: int = 1, num_labels: int = NUM_LABELS
+) -> dict[str, Tensor]:
+    """Random token ids with a padded tail on odd rows, and random labels."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, VOCAB, (size, length), generator=generator)
+    attention_mask = torch.ones(size, length, dtype=torch.long)
+    attention_mask[1::2, length - 2 :] = 0
+    labels = torch.randint(0, num_labels, (size,), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
