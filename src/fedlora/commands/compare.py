@@ -13,6 +13,7 @@ from rich.console import Console
 
 from fedlora.aggregation import aggregator_class
 from fedlora.commands.progress import RoundProgress
+from fedlora.commands.quiet import quiet_libraries
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
 from fedlora.report import comparison_rows, plot_comparison, write_comparison
@@ -68,6 +69,8 @@ def _run_or_reuse(
     config: ExperimentConfig, *, overwrite: bool, progress: bool, console: Console
 ) -> list[RoundMetrics]:
     from fedlora.engine import Simulation, build_experiment
+
+    quiet_libraries()
 
     path = Path(config.run.out_dir)
     existing = RunDir(path)

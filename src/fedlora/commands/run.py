@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fedlora.commands.progress import RoundProgress
+from fedlora.commands.quiet import quiet_libraries
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir
@@ -37,6 +38,8 @@ def run_command(
         run_dir = None
     console.print(_header(config))
     from fedlora.engine import Simulation, build_experiment
+
+    quiet_libraries()
 
     experiment = build_experiment(config)
     if run_dir is None:
