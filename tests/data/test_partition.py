@@ -219,9 +219,9 @@ def test_registry_lists_names_suggests_on_typo_and_rejects_unknown_options() -> 
         get_partitioner("dirichlet_", seed=0)
     with pytest.raises(ConfigError, match="'iid' has no option 'alpha'; its options: seed"):
         get_partitioner("iid", seed=0, alpha=1.0)
-    with pytest.raises(ConfigError, match="'dirichlet' needs option 'alpha'"):
+    with pytest.raises(ConfigError, match="'dirichlet' needs the option 'alpha'"):
         get_partitioner("dirichlet", seed=0)
-    with pytest.raises(ConfigError, match="needs option 'seed'"):
+    with pytest.raises(ConfigError, match="needs the option 'seed'"):
         get_partitioner("iid")
     assert partitioner_options("dirichlet")["alpha"] is True
     assert partitioner_options("dirichlet")["min_size"] is False
