@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fedlora run
+	$(BIN)/fedlora run --overwrite
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)

@@ -28,7 +28,7 @@ class RunSection(Section):
     name: str = Field("default", description="Run name, used in reports and plots.")
     out_dir: str = Field("runs/default", description="Run directory (metrics, checkpoints).")
     seed: int = Field(0, ge=0, description="Seed of every random choice in the run.")
-    rounds: int = Field(8, ge=1, description="Number of federated rounds.")
+    rounds: int = Field(6, ge=1, description="Number of federated rounds.")
     num_clients: int = Field(20, ge=1, description="Number of clients in the federation.")
     clients_per_round: int = Field(
         0, ge=0, description="Clients sampled per round; 0 means use `fraction`."
@@ -122,9 +122,9 @@ class AggregationSection(Section):
 
 class TrainSection(Section):
     epochs: int = Field(1, ge=0, description="Local epochs per round (used when steps = 0).")
-    steps: int = Field(0, ge=0, description="Local steps per round; 0 = use epochs.")
+    steps: int = Field(10, ge=0, description="Local steps per round; 0 = use epochs.")
     batch_size: int = Field(16, ge=1, description="Local batch size.")
-    lr: float = Field(5e-4, gt=0.0, description="Local learning rate.")
+    lr: float = Field(2e-3, gt=0.0, description="Local learning rate.")
     optimizer: Literal["adamw", "sgd"] = Field("adamw", description="Local optimizer.")
     weight_decay: float = Field(0.0, ge=0.0, description="Weight decay.")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum.")

@@ -11,12 +11,12 @@ import torch
 from fedlora.aggregation import GlobalState
 from fedlora.config import ExperimentConfig
 from fedlora.data import label_distribution, write_label_distribution
-from fedlora.engine.client import ClientResult, evaluate_rows, run_client, tensor_bytes
+from fedlora.engine.client import ClientResult, run_client, tensor_bytes
+from fedlora.engine.evaluation import evaluate_global
 from fedlora.engine.experiment import Experiment, build_experiment
 from fedlora.engine.seeds import sample_clients
 from fedlora.lora import FoldedFactors
-from fedlora.model import EvalResult
-from fedlora.report import plot_run, run_summary
+from fedlora.report import write_run_report
 from fedlora.runs import Checkpoint, RoundMetrics, RunDir, load_checkpoint, save_checkpoint
 
 RoundCallback = Callable[[RoundMetrics], None]
@@ -102,7 +102,7 @@ class Simulation:
         evaluation, seconds_eval = None, 0.0
         if round_index % config.run.eval_every == 0 or round_index == config.run.rounds:
             tick = time.perf_counter()
-            evaluation = self.evaluate_global(new_state)
+            evaluation = evaluate_global(exp, new_state)
             seconds_eval = time.perf_counter() - tick
         total = sum(r.update.num_examples for r in results)
         row = RoundMetrics(
@@ -122,16 +122,6 @@ class Simulation:
             extra={"tiers": [str(exp.tier(c)) for c in clients], **promoted},
         )
         return new_state, row
-
-    def evaluate_global(self, state: GlobalState) -> EvalResult:
-        """The global adapter (at its own rank per module) on the test split."""
-        exp, config = self.experiment, self.config
-        rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
-        factors = state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora)
-        exp.model.activate(rank_map, config.model.lora_alpha, config.model.use_rslora)
-        exp.model.load(factors, state.dense)
-        indices = torch.arange(len(exp.test)).numpy()
-        return evaluate_rows(exp.model, exp.test, indices, config.train.eval_batch_size)
 
     # ------------------------------------------------------------------ rank policy
 
@@ -192,13 +182,8 @@ class Simulation:
     def _restore(self) -> tuple[GlobalState, list[RoundMetrics]]:
         checkpoint = load_checkpoint(self.run_dir.checkpoint_dir)
         self.experiment.policy.load_state_dict(checkpoint.policy_state)
-        if checkpoint.base_deltas:
-            self._merge(
-                {
-                    name: FoldedFactors(A=torch.eye(delta.shape[1], dtype=delta.dtype), B=delta)
-                    for name, delta in checkpoint.base_deltas.items()
-                }
-            )
+        self.experiment.model.add_to_base(checkpoint.base_deltas)
+        self.base_deltas = dict(checkpoint.base_deltas)
         rows = self.run_dir.keep_metrics_until(checkpoint.state.round)
         return checkpoint.state, rows
 
@@ -220,8 +205,7 @@ class Simulation:
         )
 
     def _finish(self, rows: list[RoundMetrics], wall: float) -> None:
-        plot_run(rows, self.run_dir.plots_dir / "metrics.png", self.config.run.name)
-        self.run_dir.summary_file.write_text(run_summary(self.config, rows, wall), encoding="utf-8")
+        write_run_report(self.run_dir, self.config, rows, wall)
 
 
 def run_in_process(

@@ -327,21 +327,23 @@ class AdaptedModel:
 
         The base weight is shared by all adapters, so this changes the model for every client.
         """
-        unknown = sorted(set(updates) - set(self._linears))
+        self.add_to_base({name: f.delta() for name, f in updates.items() if f.rank > 0})
+
+    def add_to_base(self, deltas: Mapping[str, Tensor]) -> None:
+        """Add dense ``out x in`` deltas to the frozen base weights (restoring merged updates)."""
+        unknown = sorted(set(deltas) - set(self._linears))
         if unknown:
             raise FedloraError(f"merge_into_base: unknown modules {unknown[:3]}")
         with torch.no_grad():
-            for name, folded in updates.items():
+            for name, delta in deltas.items():
                 weight = self._linears[name].weight
                 expected = (int(weight.shape[0]), int(weight.shape[1]))
-                if (folded.out_features, folded.in_features) != expected:
+                if tuple(delta.shape) != expected:
                     raise FedloraError(
-                        f"merge_into_base: module {name!r} update is {folded.out_features} x "
-                        f"{folded.in_features}, its weight is {expected[0]} x {expected[1]}"
+                        f"merge_into_base: module {name!r} update is {delta.shape[0]} x "
+                        f"{delta.shape[1]}, its weight is {expected[0]} x {expected[1]}"
                     )
-                if folded.rank == 0:
-                    continue
-                weight.add_(folded.delta().to(device=weight.device, dtype=weight.dtype))
+                weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
 
     def base_weight(self, module: str) -> Tensor:
         """The live frozen weight (``out x in``) of an adapted module."""

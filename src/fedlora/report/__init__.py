@@ -1,7 +1,7 @@
 """Reports of finished runs: plots, summaries and comparison tables."""
 
 from fedlora.report.plots import plot_comparison, plot_run
-from fedlora.report.summary import run_summary
+from fedlora.report.summary import run_summary, write_run_report
 from fedlora.report.tables import ComparisonRow, comparison_rows, write_comparison
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "plot_run",
     "run_summary",
     "write_comparison",
+    "write_run_report",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fedlora.config import ExperimentConfig
+from fedlora.report.plots import plot_run
 from fedlora.runs.metrics import RoundMetrics
+from fedlora.runs.run_dir import RunDir
 
 
 def run_summary(config: ExperimentConfig, rows: Sequence[RoundMetrics], wall_seconds: float) -> str:
@@ -33,3 +35,11 @@ def run_summary(config: ExperimentConfig, rows: Sequence[RoundMetrics], wall_sec
     down = sum(r.bytes_down for r in rows)
     lines.append(f"- communication: {up / 1e6:.2f} MB up, {down / 1e6:.2f} MB down")
     return "\n".join(lines) + "\n"
+
+
+def write_run_report(
+    run_dir: RunDir, config: ExperimentConfig, rows: Sequence[RoundMetrics], wall_seconds: float
+) -> None:
+    """The plot and ``summary.md`` that mark a run as finished."""
+    plot_run(rows, run_dir.plots_dir / "metrics.png", config.run.name)
+    run_dir.summary_file.write_text(run_summary(config, rows, wall_seconds), encoding="utf-8")

@@ -1,0 +1,115 @@
+"""LoRA factors and client updates as Flower records (tensors, never pickles)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from torch import Tensor
+
+from fedlora.aggregation import GlobalState
+from fedlora.errors import InvalidUpdateError
+from fedlora.lora import ClientUpdate, LoraFactors
+
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+BASE = "base"
+
+
+def _pack(pairs: Mapping[str, tuple[Tensor, Tensor]], dense: Mapping[str, Tensor]) -> ArrayRecord:
+    tensors: dict[str, Tensor] = {}
+    for name, (A, B) in pairs.items():
+        tensors[f"lora/{name}/A"] = A.detach().float().contiguous()
+        tensors[f"lora/{name}/B"] = B.detach().float().contiguous()
+    for name, tensor in dense.items():
+        tensors[f"dense/{name}"] = tensor.detach().float().contiguous()
+    return ArrayRecord(torch_state_dict=tensors)
+
+
+def factors_to_record(
+    factors: Mapping[str, LoraFactors], dense: Mapping[str, Tensor]
+) -> ArrayRecord:
+    """``lora/<module>/A``, ``lora/<module>/B`` (PEFT shapes, unfolded) and ``dense/<name>``."""
+    return _pack({name: (f.A, f.B) for name, f in factors.items()}, dense)
+
+
+def record_to_factors(
+    record: ArrayRecord, alpha: float, use_rslora: bool, client_id: str
+) -> tuple[dict[str, LoraFactors], dict[str, Tensor]]:
+    """Inverse of :func:`factors_to_record`; the rank of each module is read from its arrays."""
+    pairs: dict[str, dict[str, Tensor]] = {}
+    dense: dict[str, Tensor] = {}
+    for key, tensor in record.to_torch_state_dict().items():
+        kind, _, rest = key.partition("/")
+        if kind == "lora":
+            name, _, which = rest.rpartition("/")
+            if which not in ("A", "B"):
+                raise InvalidUpdateError(f"unexpected array {key!r}", client_id=client_id)
+            pairs.setdefault(name, {})[which] = tensor
+        elif kind == "dense":
+            dense[rest] = tensor
+        else:
+            raise InvalidUpdateError(f"unexpected array {key!r}", client_id=client_id)
+    factors: dict[str, LoraFactors] = {}
+    for name, pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise InvalidUpdateError("needs both A and B", client_id=client_id, module=name)
+        A, B = pair["A"], pair["B"]
+        rank = int(A.shape[0]) if A.ndim == 2 else 0
+        factors[name] = LoraFactors(A=A, B=B, alpha=alpha, r=rank, use_rslora=use_rslora)
+    return factors, dense
+
+
+def state_to_record(state: GlobalState) -> ArrayRecord:
+    """The global state's folded factors and dense tensors (what ``Result.arrays`` holds)."""
+    return _pack({name: (f.A, f.B) for name, f in state.modules.items()}, state.dense)
+
+
+def base_to_record(deltas: Mapping[str, Tensor]) -> ArrayRecord:
+    """FLoRA's cumulative merged update per module (dense ``out x in``)."""
+    return ArrayRecord(
+        torch_state_dict={k: v.detach().float().contiguous() for k, v in deltas.items()}
+    )
+
+
+def reply_content(update: ClientUpdate, metrics: Mapping[str, float | int]) -> RecordDict:
+    """What a ClientApp sends back after training."""
+    alpha = next(iter(update.modules.values())).alpha if update.modules else 0.0
+    return RecordDict(
+        {
+            ARRAYS: factors_to_record(update.modules, update.dense),
+            METRICS: MetricRecord(
+                {
+                    "num-examples": update.num_examples,
+                    "client": int(update.client_id),
+                    "alpha": float(alpha),
+                    **metrics,
+                }
+            ),
+        }
+    )
+
+
+def update_from_reply(content: RecordDict, use_rslora: bool) -> ClientUpdate:
+    """Rebuild a :class:`ClientUpdate`; malformed content raises :class:`InvalidUpdateError`."""
+    metrics = content.metric_records.get(METRICS)
+    arrays = content.array_records.get(ARRAYS)
+    if metrics is None or arrays is None:
+        raise InvalidUpdateError("reply lacks arrays or metrics", client_id="?")
+    client_id = str(int(_scalar(metrics, "client", "?")))
+    alpha = _scalar(metrics, "alpha", client_id)
+    factors, dense = record_to_factors(arrays, alpha, use_rslora, client_id)
+    return ClientUpdate(
+        client_id=client_id,
+        modules=factors,
+        num_examples=int(_scalar(metrics, "num-examples", client_id)),
+        dense=dense,
+    )
+
+
+def _scalar(metrics: MetricRecord, key: str, client_id: str) -> float:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidUpdateError(f"metric {key!r} is missing or not a number", client_id=client_id)
+    return float(value)
