@@ -37,6 +37,8 @@ class Aggregator(ABC):
     def aggregate(self, updates: Sequence[ClientUpdate], previous: GlobalState) -> GlobalState:
         """Aggregate one round; the result's ``round`` is ``previous.round + 1``."""
         layout = validate_round(updates, previous)
+        for update in updates:
+            self.check_update(update, previous)
         weights = client_weights(updates, self.weighting)
         dtype = _compute_dtype(updates)
         combined: dict[str, FoldedFactors] = {}
@@ -65,6 +67,12 @@ class Aggregator(ABC):
         return GlobalState(
             modules=combined, dense=dense, round=previous.round + 1, seed=previous.seed
         )
+
+    def check_update(self, update: ClientUpdate, previous: GlobalState) -> None:  # noqa: B027
+        """Method-specific checks of one validated update (raise ``InvalidUpdateError``).
+
+        Most methods accept any validated update; FFA-LoRA checks that ``A`` stayed frozen.
+        """
 
     @abstractmethod
     def combine(

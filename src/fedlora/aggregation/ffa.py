@@ -8,9 +8,11 @@ import torch
 from torch import Tensor
 
 from fedlora.aggregation.base import Aggregator, pad_factors, weighted_sum
+from fedlora.aggregation.state import GlobalState
 from fedlora.aggregation.weights import Weighting
-from fedlora.errors import FedloraError
+from fedlora.errors import FedloraError, InvalidUpdateError
 from fedlora.lora.factors import FoldedFactors
+from fedlora.lora.update import ClientUpdate
 
 
 class FFA(Aggregator):
@@ -27,6 +29,17 @@ class FFA(Aggregator):
     def __init__(self, *, weighting: Weighting = "num_examples", atol: float = 1e-6) -> None:
         super().__init__(weighting=weighting)
         self.atol = atol
+
+    def check_update(self, update: ClientUpdate, previous: GlobalState) -> None:
+        """``A`` must be exactly what the client was served from ``previous``."""
+        for name, factors in update.modules.items():
+            served = previous.slots(name, factors.r).A.to(factors.A.dtype)
+            if not torch.allclose(factors.A, served, rtol=0.0, atol=self.atol):
+                raise InvalidUpdateError(
+                    "changed the frozen A; FFA-LoRA clients must train B only",
+                    client_id=update.client_id,
+                    module=name,
+                )
 
     def combine(
         self,

@@ -80,14 +80,15 @@ class GlobalState:
                     f"module {name!r}: rank {r} is outside 1..{limit}, the range of its "
                     f"{factors.out_features} x {factors.in_features} layer"
                 )
-            result[name] = self._padded(name, factors, r).unfold(float(a), r, use_rslora)
+            result[name] = self.slots(name, r).unfold(float(a), r, use_rslora)
         return result
 
-    def _padded(self, name: str, factors: FoldedFactors, r: int) -> FoldedFactors:
-        """The first ``r`` slots, with fresh slots appended where the state holds fewer."""
+    def slots(self, name: str, r: int) -> FoldedFactors:
+        """The first ``r`` folded slots of ``name``, with fresh slots where the state has fewer."""
+        factors = self.modules[name]
         missing = r - factors.rank
         if missing <= 0:
-            return factors
+            return FoldedFactors(A=factors.A[:r], B=factors.B[:, :r])
         fresh = fresh_lora_A(
             name,
             factors.in_features,

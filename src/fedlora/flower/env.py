@@ -9,6 +9,7 @@ test, script and CLI path that starts Flower or Ray goes through :func:`offline_
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def offline_environment(
         env.pop(name, None)
     env.update(FLOWER_OFFLINE)
     env["HOME"] = str(prepare_home(home))
+    # Flower starts its helpers (flower-superexec, flwr-clientapp) by name: our venv comes first.
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([scripts, env.get("PATH", "")])
     flwr_home.mkdir(parents=True, exist_ok=True)
     env["FLWR_HOME"] = str(flwr_home)
     return env

@@ -201,7 +201,14 @@ class FedLoraStrategy(Strategy):
             )
             return None, None
         tick = time.perf_counter()
-        state = self.aggregator.aggregate(updates, self.state)
+        try:
+            state = self.aggregator.aggregate(updates, self.state)
+        except FedloraError as error:
+            log.warning(
+                "round %d: aggregation failed, the global state is kept: %s", server_round, error
+            )
+            record.dropped.append(f"round: {error}")
+            return None, None
         for name, factors in state.merge_into_base.items():
             delta = factors.delta()
             self.base_deltas[name] = self.base_deltas.get(name, torch.zeros_like(delta)) + delta
@@ -231,6 +238,7 @@ class FedLoraStrategy(Strategy):
                     raise FedloraError(f"client {update.client_id} was not sampled this round")
                 validate_round([update], self.state)
                 self._check_rank(update)
+                self.aggregator.check_update(update, self.state)
             except FedloraError as error:
                 self._drop(record, node_id, str(error))
                 continue

@@ -1,0 +1,606 @@
+"""Start a SuperLink and SuperNodes on loopback, run the Flower app, tear everything down.
+
+Used by the Flower tests and benchmarks.  Every process gets the environment of
+:func:`fedlora.flower.env.offline_environment` (one ``HOME`` under the work folder, a separate
+``FLWR_HOME`` for the SuperLink, for every SuperNode and for the ``flwr`` CLI), listens on
+127.0.0.1 only and is started in its own session, so that :meth:`LocalFederation.close` can end
+it with everything it spawned (superexec, ServerApp and ClientApp processes, Ray).  Anything
+that still carries the work folder in its environment after that is killed by process id and
+reported.
+
+Typical use::
+
+    with LocalFederation(tmp_path, tls=write_tls_files(tmp_path / "certs")) as federation:
+        federation.start_superlink()
+        for i, rank in enumerate([2, 4, 8]):
+            federation.start_supernode({"partition-id": i, "num-partitions": 3, "lora-rank": rank})
+        federation.wait_for_nodes(3)
+        outcome = federation.run(APP_DIR, {"config": str(path), "out-dir": str(out)})
+        assert outcome.status == "finished:completed", outcome.describe()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedlora.flower.env import offline_environment
+
+#: The Flower app of this repository (``flower_app/pyproject.toml``).
+APP_DIR = Path(__file__).resolve().parents[3] / "flower_app"
+#: The name of the SuperLink connection written into the CLI's ``config.toml``.
+CONNECTION = "fedlora-local"
+LOOPBACK = "127.0.0.1"
+ConfigValue = str | int | float | bool
+
+
+class FlowerLaunchError(RuntimeError):
+    """A Flower process did not start, a CLI call failed, or a run did not finish in time."""
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def bin_path(name: str) -> str:
+    """A console script of the running interpreter's environment (``flwr``, ``flower-...``)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise FlowerLaunchError(f"{path} does not exist (is flwr installed in this environment?)")
+    return str(path)
+
+
+def config_string(values: Mapping[str, ConfigValue]) -> str:
+    """``key=value`` pairs as ``flwr run --run-config`` and ``--node-config`` parse them."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int | float):
+            text = repr(value)
+        else:
+            if "'" in value or value.endswith(".toml"):
+                # flwr takes a lone argument ending in ".toml" for a file name, and a quote
+                # would end the TOML literal string.
+                text = json.dumps(value)
+            else:
+                text = f"'{value}'"
+            if '"' in value:
+                raise FlowerLaunchError(f"{key}: value {value!r} holds both kinds of quote")
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A test CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def write_tls_files(directory: Path, *, days: int = 2) -> TlsFiles:
+    """Generate an EC P-256 CA and server certificate (SAN IP 127.0.0.1, DNS localhost)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedlora test CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.IPv4Address(LOOPBACK)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    files = TlsFiles(ca=directory / "ca.crt", cert=directory / "server.crt", key=directory / "server.key")
+    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    files.key.chmod(0o600)
+    return files
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+@dataclass
+class FlowerProcess:
+    """One process we started (in its own session), with its log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+    port: int
+    flwr_home: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        with contextlib.suppress(OSError):
+            self.log_file.flush()
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return text[-chars:]
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+
+@dataclass
+class RunOutcome:
+    """How a ``flwr run`` ended: its status (``finished:completed`` ...) and the ServerApp log."""
+
+    run_id: int
+    status: str
+    details: str
+    seconds: float
+    log: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
+
+    def describe(self) -> str:
+        return (
+            f"run {self.run_id}: {self.status} after {self.seconds:.1f} s"
+            f"{' (' + self.details + ')' if self.details else ''}\n--- flwr log ---\n{self.log}"
+        )
+
+
+class LocalFederation:
+    """A SuperLink (deployment or ``--simulation``), SuperNodes and a ``flwr`` CLI, on loopback.
+
+    Parameters
+    ----------
+    root : work folder (logs, ``HOME``, every ``FLWR_HOME``); must be private to this object.
+    tls : certificates for HTTPS (``None`` = ``--insecure`` everywhere).
+    base_env : environment to start from (default ``os.environ``; proxies are always removed).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        tls: TlsFiles | None = None,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.home = self.root / "home"
+        self.tls = tls
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.superlink: FlowerProcess | None = None
+        self.supernodes: list[FlowerProcess] = []
+        self.cli_home = self.root / "flwr-cli"
+        self.leftovers: list[str] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        leftovers = self.close()
+        if leftovers and exc is None:
+            raise FlowerLaunchError(f"processes survived the teardown: {leftovers}")
+
+    # ------------------------------------------------------------------ environment
+
+    def environment(self, flwr_home: Path) -> dict[str, str]:
+        """The offline environment with this federation's ``HOME`` and the given FLWR_HOME."""
+        env = offline_environment(self.home, flwr_home, self.base_env)
+        env["COLUMNS"] = "400"  # rich must not wrap the CLI's output
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    @property
+    def address(self) -> str:
+        if self.superlink is None:
+            raise FlowerLaunchError("the SuperLink is not running")
+        return f"{LOOPBACK}:{self.superlink.port}"
+
+    def _security_flags(self) -> list[str]:
+        return ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
+
+    def _spawn(self, name: str, args: list[str], port: int) -> FlowerProcess:
+        flwr_home = self.root / f"flwr-{name}"
+        log_path = self.root / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = log_path.open("ab")
+        try:
+            popen = subprocess.Popen(
+                args,
+                env=self.environment(flwr_home),
+                cwd=str(self.root),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except BaseException:
+            log_file.close()
+            raise
+        return FlowerProcess(name, popen, log_path, log_file, port, flwr_home)
+
+    # ------------------------------------------------------------------ SuperLink
+
+    def start_superlink(
+        self, *, simulation: bool = False, timeout: float = 60.0, attempts: int = 3
+    ) -> FlowerProcess:
+        """Start ``flower-superlink`` on a free port and wait until ``/health`` answers."""
+        if self.superlink is not None:
+            raise FlowerLaunchError("the SuperLink is already running")
+        for attempt in range(attempts):
+            port = free_port()
+            args = [bin_path("flower-superlink"), "--host", LOOPBACK, "--port", str(port)]
+            args += ["--disable-runtime-dependency-installation"]
+            if self.tls is None:
+                args.append("--insecure")
+            else:
+                args += ["--ssl-ca-certfile", str(self.tls.ca)]
+                args += ["--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)]
+            if simulation:
+                args.append("--simulation")
+            process = self._spawn(f"superlink{attempt or ''}", args, port)
+            self.superlink = process
+            if self._wait_healthy(process, timeout):
+                self._write_cli_config()
+                return process
+            # It exited: a port race is worth another try, anything else is not.
+            self.superlink = None
+            self._end([process])
+            if "address already in use" not in process.log_tail().lower():
+                break
+        raise FlowerLaunchError(f"the SuperLink did not start:\n{process.log_tail()}")
+
+    def _wait_healthy(self, process: FlowerProcess, timeout: float) -> bool:
+        scheme = "http" if self.tls is None else "https"
+        url = f"{scheme}://{LOOPBACK}:{process.port}/health"
+        verify: ssl.SSLContext | bool = False if self.tls is None else self.tls.ssl_context()
+        deadline = time.monotonic() + timeout
+        with httpx.Client(trust_env=False, verify=verify, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if not process.alive():
+                    return False
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(url).status_code == 200:
+                        return True
+                time.sleep(0.2)
+        raise FlowerLaunchError(
+            f"{process.name}: no healthy answer from {url} within {timeout:.0f} s\n"
+            f"{process.log_tail()}"
+        )
+
+    def _write_cli_config(self) -> None:
+        """``[superlink] default = CONNECTION`` and the connection block, in the CLI's home."""
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "[superlink]",
+            f'default = "{CONNECTION}"',
+            "",
+            f"[superlink.{CONNECTION}]",
+            f'address = "{self.address}"',
+        ]
+        if self.tls is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f"root-certificates = {json.dumps(str(self.tls.ca.resolve()))}")
+        (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    # ------------------------------------------------------------------ SuperNodes
+
+    def start_supernode(
+        self,
+        node_config: Mapping[str, ConfigValue],
+        *,
+        max_retries: int = 20,
+        max_wait_time: float = 60.0,
+        extra_args: Iterable[str] = (),
+    ) -> FlowerProcess:
+        """Start ``flower-supernode`` with its own Runtime API port and ``--node-config``."""
+        port = free_port()
+        name = f"supernode{len(self.supernodes)}"
+        args = [bin_path("flower-supernode"), *self._security_flags()]
+        args += ["--superlink", self.address, "--host", LOOPBACK, "--port", str(port)]
+        args += ["--max-retries", str(max_retries), "--max-wait-time", str(max_wait_time)]
+        args += ["--node-config", config_string(node_config), *extra_args]
+        process = self._spawn(name, args, port)
+        self.supernodes.append(process)
+        return process
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """``flwr supernode list`` as JSON: ``node-id``, ``status`` (``online`` ...) per node."""
+        nodes = self.flwr_json("supernode", "list", CONNECTION).get("nodes", [])
+        return list(nodes) if isinstance(nodes, list) else []
+
+    def wait_for_nodes(self, count: int, timeout: float = 90.0) -> list[dict[str, Any]]:
+        """Wait until ``count`` SuperNodes are online; a SuperNode that exits fails at once."""
+        deadline = time.monotonic() + timeout
+        online: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            for process in self.supernodes:
+                if not process.alive():
+                    raise FlowerLaunchError(
+                        f"{process.name} exited with {process.popen.returncode}:\n"
+                        f"{process.log_tail()}"
+                    )
+            online = [n for n in self.nodes() if n.get("status") == "online"]
+            if len(online) >= count:
+                return online
+            time.sleep(1.0)
+        raise FlowerLaunchError(f"only {len(online)} of {count} SuperNodes online in {timeout} s")
+
+    def stop_supernode(self, process: FlowerProcess, sig: signal.Signals = signal.SIGTERM) -> None:
+        """Stop one SuperNode (and its superexec and ClientApps) mid-run."""
+        process.signal_group(sig)
+
+    # ------------------------------------------------------------------ the CLI
+
+    def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> str:
+        """Run ``flwr ARGS`` with the CLI's home; its stdout (stderr is added on failure)."""
+        try:
+            result = subprocess.run(
+                [bin_path("flwr"), *args],
+                env=self.environment(self.cli_home),
+                cwd=str(self.root),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as error:
+            raise FlowerLaunchError(f"flwr {' '.join(args)} timed out after {timeout} s") from error
+        if check and result.returncode != 0:
+            raise FlowerLaunchError(
+                f"flwr {' '.join(args)} exited with {result.returncode}:\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+        return result.stdout
+
+    def flwr_json(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        """``flwr ARGS --format json``, parsed; ``"success": false`` raises."""
+        output = self.flwr(*args, "--format", "json", timeout=timeout, check=False)
+        start = output.find("{")
+        try:
+            data = json.loads(output[start:]) if start >= 0 else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise FlowerLaunchError(f"flwr {' '.join(args)}: no JSON in its output:\n{output}")
+        if data.get("success") is False:
+            raise FlowerLaunchError(f"flwr {' '.join(args)} failed: {data}")
+        return data
+
+    def submit(
+        self,
+        app: Path = APP_DIR,
+        run_config: Mapping[str, ConfigValue] | None = None,
+        federation_config: Mapping[str, ConfigValue] | None = None,
+    ) -> int:
+        """``flwr run APP`` (not streamed); the run id."""
+        args = ["run", str(app), CONNECTION]
+        if run_config:
+            args += ["--run-config", config_string(run_config)]
+        if federation_config:
+            args += ["--federation-config", config_string(federation_config)]
+        data = self.flwr_json(*args)
+        try:
+            return int(data["run-id"])
+        except (KeyError, TypeError, ValueError):
+            raise FlowerLaunchError(f"flwr run gave no run id: {data}") from None
+
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        """The run's row of ``flwr ls --run-id``: ``status``, ``status-details``, timings."""
+        runs = self.flwr_json("ls", CONNECTION, "--run-id", str(run_id)).get("runs") or [{}]
+        info = runs[0]
+        return dict(info) if isinstance(info, dict) else {}
+
+    def wait_run(self, run_id: int, timeout: float, poll: float = 1.0) -> RunOutcome:
+        """Poll until the run finishes; past ``timeout`` stop it and raise with its log."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            info = self.run_info(run_id)
+            status = str(info.get("status", ""))
+            if status.startswith("finished"):
+                outcome = RunOutcome(
+                    run_id=run_id,
+                    status=status,
+                    details=str(info.get("status-details", "") or ""),
+                    seconds=time.monotonic() - start,
+                    info=info,
+                )
+                if not outcome.completed:
+                    outcome.log = self.log(run_id)
+                return outcome
+            if self.superlink is not None and not self.superlink.alive():
+                raise FlowerLaunchError(f"the SuperLink died:\n{self.superlink.log_tail()}")
+            time.sleep(poll)
+        with contextlib.suppress(FlowerLaunchError):
+            self.flwr("stop", str(run_id), CONNECTION, check=False)
+        raise FlowerLaunchError(
+            f"run {run_id} did not finish within {timeout:.0f} s; stopped it\n--- flwr log ---\n"
+            f"{self.log(run_id)}"
+        )
+
+    def run(
+        self,
+        app: Path = APP_DIR,
+        run_config: Mapping[str, ConfigValue] | None = None,
+        federation_config: Mapping[str, ConfigValue] | None = None,
+        *,
+        timeout: float = 600.0,
+    ) -> RunOutcome:
+        """Submit the app and wait for it (:meth:`submit` + :meth:`wait_run`)."""
+        start = time.monotonic()
+        run_id = self.submit(app, run_config, federation_config)
+        outcome = self.wait_run(run_id, timeout)
+        outcome.seconds = time.monotonic() - start
+        return outcome
+
+    def log(self, run_id: int) -> str:
+        """The ServerApp's log (``flwr log --show``); never raises."""
+        try:
+            return self.flwr("log", str(run_id), CONNECTION, "--show", check=False)
+        except FlowerLaunchError as error:
+            return f"(no log: {error})"
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self, grace: float = 10.0) -> list[str]:
+        """SIGTERM the SuperNodes, then the SuperLink; SIGKILL what is left; reap everything.
+
+        Returns a description of every process that still carried this federation's
+        environment afterwards (they are SIGKILLed by pid as well); empty when all is clean.
+        """
+        if self._closed:
+            return self.leftovers
+        self._closed = True
+        processes = list(reversed(self.supernodes))
+        if self.superlink is not None:
+            processes.append(self.superlink)
+        self._end(processes, grace)
+        self.leftovers = self._kill_strays()
+        return self.leftovers
+
+    def _end(self, processes: list[FlowerProcess], grace: float = 10.0) -> None:
+        for process in processes:  # in order: SuperNodes first, the SuperLink last
+            if process.alive():
+                process.signal_group(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.popen.wait(timeout=grace)
+        for process in processes:  # whatever is left in each group (superexec, apps, Ray)
+            process.signal_group(signal.SIGKILL)
+        for process in processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.popen.wait(timeout=grace)
+            with contextlib.suppress(OSError):
+                process.log_file.close()
+
+    def _kill_strays(self, rounds: int = 10) -> list[str]:
+        """SIGKILL (by pid) anything outside the groups that still runs in our environment."""
+        strays: list[tuple[int, str]] = []
+        for _ in range(rounds):
+            strays = list(self.processes())
+            if not strays:
+                return []
+            for pid, _command in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        return [f"{pid} {command}" for pid, command in strays]
+
+    def processes(self) -> Iterator[tuple[int, str]]:
+        """Live (non-zombie) processes whose environment points into this work folder."""
+        markers = (f"HOME={self.home}".encode(), f"FLWR_HOME={self.root}".encode())
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
+                    continue
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                if not any(var == markers[0] or var.startswith(markers[1]) for var in environ):
+                    continue
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (OSError, IndexError):
+                continue
+            yield int(entry.name), command.strip()[:200]
