@@ -56,6 +56,8 @@ def test_run_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> No
         assert row.ranks == [[2, 4, 8, 2, 4, 8][c] for c in row.clients]
         assert row.test_accuracy is not None and 0.0 <= row.test_accuracy <= 1.0
         assert row.bytes_up > 0 and row.bytes_down > 0
+        assert len(row.extra["client_train_loss"]) == len(row.clients)
+        assert row.extra["tiers"] == [f"r{r}" for r in row.ranks]
     csv_lines = (run.path / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 4
     for name in ("config.toml", "summary.md", "label_distribution.csv", "label_distribution.png"):

@@ -119,7 +119,12 @@ class Simulation:
             seconds_aggregate=seconds_aggregate,
             seconds_eval=seconds_eval,
             global_rank=max(new_state.rank_map().values(), default=0),
-            extra={"tiers": [str(exp.tier(c)) for c in clients], **promoted},
+            extra={
+                "tiers": [str(exp.tier(c)) for c in clients],
+                "client_train_loss": [r.train_loss for r in results],
+                "client_examples": [r.update.num_examples for r in results],
+                **promoted,
+            },
         )
         return new_state, row
 

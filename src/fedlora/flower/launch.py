@@ -84,15 +84,10 @@ def config_string(values: Mapping[str, ConfigValue]) -> str:
             text = "true" if value else "false"
         elif isinstance(value, int | float):
             text = repr(value)
+        elif '"' in value and "'" in value:
+            raise FlowerLaunchError(f"{key}: value {value!r} holds both kinds of quote")
         else:
-            if "'" in value or value.endswith(".toml"):
-                # flwr takes a lone argument ending in ".toml" for a file name, and a quote
-                # would end the TOML literal string.
-                text = json.dumps(value)
-            else:
-                text = f"'{value}'"
-            if '"' in value:
-                raise FlowerLaunchError(f"{key}: value {value!r} holds both kinds of quote")
+            text = f'"{value}"' if "'" in value else f"'{value}'"
         parts.append(f"{key}={text}")
     return " ".join(parts)
 
@@ -167,7 +162,9 @@ def write_tls_files(directory: Path, *, days: int = 2) -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
 
-    files = TlsFiles(ca=directory / "ca.crt", cert=directory / "server.crt", key=directory / "server.key")
+    files = TlsFiles(
+        ca=directory / "ca.crt", cert=directory / "server.crt", key=directory / "server.key"
+    )
     files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.key.write_bytes(
@@ -589,7 +586,7 @@ class LocalFederation:
 
     def processes(self) -> Iterator[tuple[int, str]]:
         """Live (non-zombie) processes whose environment points into this work folder."""
-        markers = (f"HOME={self.home}".encode(), f"FLWR_HOME={self.root}".encode())
+        markers = (f"HOME={self.home}".encode(), f"FLWR_HOME={self.root}/".encode())
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue

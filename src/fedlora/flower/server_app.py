@@ -101,7 +101,12 @@ class RoundRecorder:
             seconds_aggregate=log.seconds_aggregate,
             seconds_eval=seconds_eval,
             global_rank=max(state.rank_map().values(), default=0),
-            extra={"tiers": log.tiers, "dropped": log.dropped, "runner": "flower"},
+            extra={
+                "tiers": log.tiers,
+                "client_train_loss": [log.client_train_loss.get(c) for c in log.clients],
+                "dropped": log.dropped,
+                "runner": "flower",
+            },
         )
         self.rows.append(row)
         self.run_dir.append_metrics(row)

@@ -65,6 +65,7 @@ class RoundLog:
     seconds_train: float = 0.0
     seconds_aggregate: float = 0.0
     dropped: list[str] = field(default_factory=list)
+    client_train_loss: dict[int, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -217,6 +218,7 @@ class FedLoraStrategy(Strategy):
         total = sum(u.num_examples for u in updates)
         record.train_loss = sum(losses[u.client_id] * u.num_examples for u in updates) / total
         record.bytes_up = sum(tensor_bytes(u.modules, u.dense) for u in updates)
+        record.client_train_loss = {int(u.client_id): losses[u.client_id] for u in updates}
         metrics = MetricRecord({"train-loss": record.train_loss, "num-replies": len(updates)})
         return state_to_record(state), metrics
 
