@@ -25,7 +25,7 @@ from fedlora.flower.records import (
 )
 from fedlora.flower.strategy import FedLoraStrategy
 from fedlora.lora import ClientUpdate, LoraFactors
-from fedlora.ranks import RankTier
+from fedlora.ranks import ListRanks, LossBasedRanks
 
 SHAPES = {"enc.0.query": (8, 8), "enc.0.value": (8, 8)}
 DENSE = {"classifier.weight": torch.zeros(3, 8), "classifier.bias": torch.zeros(3)}
@@ -93,7 +93,8 @@ def _trained(message: Message, context: Context, **corrupt: Any) -> Message:
         f = modules[name]
         modules[name] = LoraFactors(f.A[:1], f.B[:, :1], 16.0, 1)
     update = ClientUpdate(str(client), modules, 10 + client, {k: v + 1.0 for k, v in dense.items()})
-    return Message(content=reply_content(update, {"train-loss": 0.5 + client}), reply_to=message)
+    metrics = {"train-loss": 0.5 + client, "validation-loss": 1.0 / (1 + client)}
+    return Message(content=reply_content(update, metrics), reply_to=message)
 
 
 def _strategy(method: str = "replication", ranks: list[int] | None = None, **options: Any):  # type: ignore[no-untyped-def]
@@ -105,10 +106,16 @@ def _strategy(method: str = "replication", ranks: list[int] | None = None, **opt
         get_aggregator(method),
         config,
         module_names=list(SHAPES),
-        allocation=[RankTier.uniform(r) for r in ranks],
+        policy=_policy(ranks),
         initial=GlobalState.initial(SHAPES, dense=DENSE, seed=0),
         **options,
     )
+
+
+def _policy(ranks: list[int]) -> ListRanks:
+    policy = ListRanks(ranks)
+    policy.assign(len(ranks))
+    return policy
 
 
 def _nodes(**extra: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -276,3 +283,38 @@ def test_identify_reports_the_node_config() -> None:
     assert identity["partition-id"] == 1
     assert identity["num-partitions"] == NUM_CLIENTS
     assert identity["lora-rank"] == 8
+
+
+def _loss_based(probe: bool) -> FedLoraStrategy:
+    policy = LossBasedRanks(low=2, high=8, fraction=0.5, probe=probe)
+    policy.assign(NUM_CLIENTS)
+    config = load_config(None).replace({"run.num_clients": NUM_CLIENTS, "run.clients_per_round": 2})
+    return FedLoraStrategy(
+        get_aggregator("replication"),
+        config,
+        module_names=list(SHAPES),
+        policy=policy,
+        initial=GlobalState.initial(SHAPES, dense=DENSE, seed=0),
+    )
+
+
+def test_loss_based_probe_scores_every_node_before_round_one() -> None:
+    strategy = _loss_based(probe=True)
+    grid = FakeGrid(_nodes(), _trained)
+    before = strategy.state
+    strategy.discover(grid)
+    assert strategy.state is before  # probe updates are discarded
+    # validation loss 1 / (1 + client): the best half are clients 2 and 3
+    assert [strategy.tier(c).max_rank for c in range(NUM_CLIENTS)] == [2, 2, 8, 8]
+
+
+def test_loss_based_without_probe_promotes_among_round_one_participants() -> None:
+    strategy = _loss_based(probe=False)
+    grid = FakeGrid(_nodes(), _trained)
+    _round(strategy, grid)
+    participants = strategy.rounds[1].clients
+    best = max(participants)
+    assert strategy.rounds[1].promoted == [best]
+    assert [strategy.tier(c).max_rank for c in range(NUM_CLIENTS)] == [
+        8 if c == best else 2 for c in range(NUM_CLIENTS)
+    ]

@@ -72,8 +72,11 @@ def train(msg: Message, context: Context) -> Message:
         dense=dense,
         data=experiment.train,
         indices=experiment.partitions[client],
+        validation=None if experiment.validation is None else experiment.validation[client],
     )
     metrics = {"train-loss": result.train_loss, "steps": result.steps, "seconds": result.seconds}
+    if result.validation_loss is not None:
+        metrics["validation-loss"] = result.validation_loss
     return Message(content=reply_content(result.update, metrics), reply_to=msg)
 
 

@@ -43,7 +43,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
         experiment.aggregator,
         config,
         module_names=experiment.module_names,
-        allocation=experiment.policy.allocation or [],
+        policy=experiment.policy,
         initial=experiment.initial_state(),
         min_replies=int(run_config.get("min-replies", 1)),
     )
@@ -105,6 +105,7 @@ class RoundRecorder:
                 "tiers": log.tiers,
                 "client_train_loss": [log.client_train_loss.get(c) for c in log.clients],
                 "dropped": log.dropped,
+                **({"promoted_clients": log.promoted} if log.promoted else {}),
                 "runner": "flower",
             },
         )

@@ -12,6 +12,7 @@ corrupted.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,13 +33,14 @@ from fedlora.flower.records import (
     ARRAYS,
     BASE,
     CONFIG,
+    METRICS,
     base_to_record,
     factors_to_record,
     state_to_record,
     update_from_reply,
 )
 from fedlora.lora import ClientUpdate
-from fedlora.ranks import RankTier
+from fedlora.ranks import RankPolicy, RankTier
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ class RoundLog:
     seconds_aggregate: float = 0.0
     dropped: list[str] = field(default_factory=list)
     client_train_loss: dict[int, float] = field(default_factory=dict)
+    validation_loss: dict[int, float] = field(default_factory=dict)
+    promoted: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -77,7 +81,9 @@ class FedLoraStrategy(Strategy):
     aggregator : the fedlora aggregator (``get_aggregator(name, ...)``).
     config : the experiment config; sent to every node so that it trains exactly as configured.
     module_names : the adapted modules (tiers are resolved against them).
-    allocation : the rank policy's tier per client index, used for nodes that announce none.
+    policy : the rank policy (its allocation serves nodes that announce no rank); a loss-based
+        policy is fed the clients' validation losses after round 1, or after a probe of every
+        client before round 1, exactly as the in-process runner does.
     initial : the round-0 global state.
     min_replies : fewest valid replies a round needs to change the global state.
     """
@@ -88,14 +94,14 @@ class FedLoraStrategy(Strategy):
         config: ExperimentConfig,
         *,
         module_names: Sequence[str],
-        allocation: Sequence[RankTier],
+        policy: RankPolicy,
         initial: GlobalState,
         min_replies: int = 1,
     ) -> None:
         self.aggregator = aggregator
         self.config = config
         self.module_names = list(module_names)
-        self.allocation = list(allocation)
+        self.policy = policy
         self.state = initial
         self.min_replies = min_replies
         self.nodes: dict[int, NodeInfo] = {}
@@ -133,13 +139,25 @@ class FedLoraStrategy(Strategy):
         missing = sorted(set(range(needed)) - set(self.nodes))
         if missing:
             log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
+        if self.policy.needs_probe:
+            self.probe(grid, timeout)
         return self.nodes
+
+    def probe(self, grid: Grid, timeout: float) -> None:
+        """Byun & Lee's scoring: every client trains once from the initial state (round 0)."""
+        record = RoundLog(clients=sorted(self.nodes))
+        replies = grid.send_and_receive(self._train_messages(0, record), timeout=timeout)
+        self.valid_updates(replies, record)
+        self._promote(record)
 
     def tier(self, client: int) -> RankTier:
         info = self.nodes.get(client)
         if info is not None and info.announced is not None:
             return info.announced
-        return self.allocation[client]
+        allocation = self.policy.allocation
+        if allocation is None:
+            raise FedloraError("the rank policy has not assigned ranks yet")
+        return allocation[client]
 
     # ------------------------------------------------------------------ training
 
@@ -158,9 +176,12 @@ class FedLoraStrategy(Strategy):
         ]
         record = RoundLog(clients=clients)
         self.rounds[server_round] = record
+        return self._train_messages(server_round, record)
+
+    def _train_messages(self, server_round: int, record: RoundLog) -> list[Message]:
         alpha, rslora = self.config.model.lora_alpha, self.config.model.use_rslora
         messages = []
-        for client in clients:
+        for client in record.clients:
             tier = self.tier(client)
             factors = self.state.factors_for(tier.rank_map(self.module_names), alpha, rslora)
             record.ranks.append(tier.max_rank)
@@ -219,6 +240,8 @@ class FedLoraStrategy(Strategy):
         record.train_loss = sum(losses[u.client_id] * u.num_examples for u in updates) / total
         record.bytes_up = sum(tensor_bytes(u.modules, u.dense) for u in updates)
         record.client_train_loss = {int(u.client_id): losses[u.client_id] for u in updates}
+        if server_round == 1 and not self.policy.needs_probe:
+            self._promote(record)
         metrics = MetricRecord({"train-loss": record.train_loss, "num-replies": len(updates)})
         return state_to_record(state), metrics
 
@@ -244,13 +267,25 @@ class FedLoraStrategy(Strategy):
             except FedloraError as error:
                 self._drop(record, node_id, str(error))
                 continue
-            loss = reply.content.metric_records["metrics"].get("train-loss", float("nan"))
-            losses[update.client_id] = (
-                float(loss) if isinstance(loss, int | float) else float("nan")
-            )
+            metrics = reply.content.metric_records[METRICS]
+            loss = metrics.get("train-loss")
+            losses[update.client_id] = float(loss) if isinstance(loss, int | float) else math.nan
+            validation = metrics.get("validation-loss")
+            if isinstance(validation, int | float):
+                record.validation_loss[int(update.client_id)] = float(validation)
             updates.append(update)
         updates.sort(key=lambda u: int(u.client_id))
         return updates, losses
+
+    def _promote(self, record: RoundLog) -> None:
+        """Feed a loss-based policy the validation losses it asked for (others ignore them)."""
+        if not record.validation_loss:
+            return
+        changed = self.policy.observe_losses(record.validation_loss)
+        if changed is not None:
+            top = max(t.max_rank for t in changed)
+            record.promoted = [c for c, t in enumerate(changed) if t.max_rank == top]
+            log.info("rank policy: clients %s promoted to rank %d", record.promoted, top)
 
     def _check_rank(self, update: ClientUpdate) -> None:
         expected = self.tier(int(update.client_id)).rank_map(self.module_names)
