@@ -13,8 +13,10 @@ from fedlora.aggregation import (
     choose_method,
     get_aggregator,
     top_svd_of_product,
+    top_svd_of_sum,
 )
 from fedlora.errors import FedloraError
+from fedlora.lora import FoldedFactors
 from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
 
 
@@ -164,3 +166,31 @@ def test_float16_uploads_are_aggregated_in_float32() -> None:
         for f in [u.modules["m"]]
     ).float()
     torch.testing.assert_close(state.delta("m"), exact, rtol=1e-4, atol=1e-4)
+
+
+@given(
+    out=st.integers(2, 30),
+    inp=st.integers(2, 30),
+    ranks=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    method=st.sampled_from(["dense", "factored"]),
+    seed=st.integers(0, 10_000),
+)
+def test_svd_of_a_weighted_sum_matches_the_stacked_product(
+    out: int, inp: int, ranks: list[int], method: str, seed: int
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    factors = [
+        FoldedFactors(
+            A=torch.randn(r, inp, generator=g, dtype=DTYPE),
+            B=torch.randn(out, r, generator=g, dtype=DTYPE),
+        )
+        for r in ranks
+    ]
+    weights = torch.rand(len(ranks), generator=g, dtype=DTYPE)
+    P = torch.cat([w * f.B for f, w in zip(factors, weights, strict=True)], dim=1)
+    Q = torch.cat([f.A for f in factors])
+    k = min(out, inp, sum(ranks))
+    expected = top_svd_of_product(P, Q, k, "dense")
+    got = top_svd_of_sum(factors, weights, k, method)  # type: ignore[arg-type]
+    torch.testing.assert_close(got.S, expected.S, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close((got.U * got.S) @ got.Vh, P @ Q)

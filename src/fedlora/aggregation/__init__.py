@@ -14,7 +14,7 @@ from fedlora.aggregation.registry import (
 )
 from fedlora.aggregation.replication import Replication
 from fedlora.aggregation.state import GlobalState
-from fedlora.aggregation.svd import TruncatedSVD, choose_method, top_svd_of_product
+from fedlora.aggregation.svd import TruncatedSVD, choose_method, top_svd_of_product, top_svd_of_sum
 from fedlora.aggregation.weights import client_weights
 from fedlora.aggregation.zero_padding import ZeroPadding
 
@@ -38,5 +38,6 @@ __all__ = [
     "norm_weights",
     "self_pruning_penalty",
     "top_svd_of_product",
+    "top_svd_of_sum",
     "update_norm",
 ]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import torch
 from torch import Tensor
 
 from fedlora.aggregation.base import Aggregator
-from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, top_svd_of_product
+from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, top_svd_of_sum
 from fedlora.aggregation.weights import Weighting
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
@@ -65,12 +64,10 @@ class FlexLoRA(Aggregator):
         weights: Tensor,
         previous: FoldedFactors | None,
     ) -> FoldedFactors:
-        P = torch.cat([w * f.B for f, w in zip(factors, weights, strict=True)], dim=1)
-        Q = torch.cat([f.A for f in factors])
         # Triplets past the stacked rank R have singular value 0 whichever path computes them.
         keep = self.max_rank if self.max_rank is not None else max(f.rank for f in factors)
-        keep = min(keep, Q.shape[0])
-        triplets = top_svd_of_product(P, Q, keep, self.svd)
+        keep = min(keep, sum(f.rank for f in factors))
+        triplets = top_svd_of_sum(factors, weights, keep, self.svd)
         U, S, Vh = triplets.U, triplets.S, triplets.Vh
         if self.sigma == "B":
             return FoldedFactors(A=Vh, B=U * S)

@@ -9,11 +9,14 @@ FlexLoRA needs the SVD of ``dW = sum_k p_k B_k A_k = P @ Q`` with ``P = [p_1 B_1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
+
+from fedlora.lora.factors import FoldedFactors
 
 SvdMethod = Literal["auto", "dense", "factored"]
 SVD_METHODS: tuple[SvdMethod, ...] = ("auto", "dense", "factored")
@@ -54,19 +57,52 @@ def choose_method(
 
 def top_svd_of_product(P: Tensor, Q: Tensor, k: int, method: SvdMethod = "auto") -> TruncatedSVD:
     """The top ``k`` singular triplets of ``P @ Q`` (fewer if its inner dimension is smaller)."""
+    if _resolve(method, P.shape[0], Q.shape[1], P.shape[1]) == "dense":
+        return _dense_svd(P @ Q, k)
+    return _factored_svd(P, Q, k)
+
+
+def top_svd_of_sum(
+    factors: Sequence[FoldedFactors], weights: Tensor, k: int, method: SvdMethod = "auto"
+) -> TruncatedSVD:
+    """The top ``k`` singular triplets of ``sum_k w_k B_k @ A_k``, one layer in memory at a time.
+
+    The dense path accumulates the ``out x in`` sum in place; the factored path writes the
+    weighted ``B`` blocks and the ``A`` blocks straight into one preallocated ``P`` and ``Q``.
+    """
+    out_features, in_features = factors[0].out_features, factors[0].in_features
+    total = sum(f.rank for f in factors)
+    if _resolve(method, out_features, in_features, total) == "dense":
+        dense = factors[0].B.new_zeros(out_features, in_features)
+        for f, w in zip(factors, weights, strict=True):
+            dense.addmm_(f.B, f.A, alpha=float(w))
+        return _dense_svd(dense, k)
+    P = factors[0].B.new_empty(out_features, total)
+    Q = factors[0].A.new_empty(total, in_features)
+    offset = 0
+    for f, w in zip(factors, weights, strict=True):
+        torch.mul(f.B, w, out=P[:, offset : offset + f.rank])
+        Q[offset : offset + f.rank].copy_(f.A)
+        offset += f.rank
+    return _factored_svd(P, Q, k)
+
+
+def _resolve(method: SvdMethod, out_features: int, in_features: int, total_rank: int) -> str:
     if method == "auto":
-        method = choose_method(P.shape[0], Q.shape[1], P.shape[1])
-    if method == "dense":
-        U, S, Vh = torch.linalg.svd(P @ Q, full_matrices=False)
-    elif method == "factored":
-        U, S, Vh = _factored_svd(P, Q)
-    else:
+        return choose_method(out_features, in_features, total_rank)
+    if method not in SVD_METHODS:
         raise ValueError(f"unknown SVD method {method!r}; choose one of {', '.join(SVD_METHODS)}")
+    return method
+
+
+def _dense_svd(matrix: Tensor, k: int) -> TruncatedSVD:
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
     return TruncatedSVD(U=U[:, :k], S=S[:k], Vh=Vh[:k])
 
 
-def _factored_svd(P: Tensor, Q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _factored_svd(P: Tensor, Q: Tensor, k: int) -> TruncatedSVD:
     Q_P, R_P = torch.linalg.qr(P)
     Q_Q, R_Q = torch.linalg.qr(Q.T)
     U_c, S, Vh_c = torch.linalg.svd(R_P @ R_Q.T, full_matrices=False)
-    return Q_P @ U_c, S, Vh_c @ Q_Q.T
+    # Only the top k vectors are ever used: project back just those.
+    return TruncatedSVD(U=Q_P @ U_c[:, :k], S=S[:k], Vh=Vh_c[:k] @ Q_Q.T)
