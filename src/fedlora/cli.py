@@ -58,6 +58,21 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
     compare.set_defaults(handler=_cmd_compare)
 
+    flower = commands.add_parser(
+        "flower-sim", help="run the experiment through Flower's Ray simulation on this machine"
+    )
+    flower.add_argument("config", nargs="?", type=Path, help="TOML config (default: built-in)")
+    _add_overrides(flower)
+    flower.add_argument("--out", type=Path, help="run directory (overrides run.out_dir)")
+    flower.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    flower.add_argument(
+        "--cpus-per-client", type=int, default=1, help="Ray CPUs per ClientApp (default 1)"
+    )
+    flower.add_argument(
+        "--round-timeout", type=float, default=600.0, help="seconds to wait for a round's replies"
+    )
+    flower.set_defaults(handler=_cmd_flower_sim)
+
     plot = commands.add_parser("plot", help="plot the metrics of one or more runs")
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG path (default: in the first run's plots/)")
@@ -110,6 +125,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+    )
+
+
+def _cmd_flower_sim(args: argparse.Namespace) -> int:
+    from fedlora.commands.flower import flower_sim_command
+
+    return flower_sim_command(
+        args.config,
+        args.overrides,
+        out=args.out,
+        overwrite=args.overwrite,
+        cpus_per_client=args.cpus_per_client,
+        timeout=args.round_timeout,
     )
 
 

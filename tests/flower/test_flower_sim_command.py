@@ -1,0 +1,51 @@
+"""``fedlora flower-sim``: a Flower Ray simulation from one command, same run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlora.cli import main
+from fedlora.runs import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def test_flower_sim_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        f"""
+[run]
+rounds = 2
+num_clients = 3
+clients_per_round = 2
+
+[model]
+name = "{tiny_bert_dir}"
+
+[data]
+dataset = "synthetic"
+partition = "iid"
+partition_options = {{}}
+max_test_samples = 32
+
+[ranks]
+policy = "list"
+options = {{ ranks = [2, 4, 8] }}
+
+[train]
+steps = 1
+batch_size = 8
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    assert main(["flower-sim", str(config), "--set", "train.lr=0.01", "--out", str(out)]) == 0
+    run = RunDir(out)
+    assert run.is_finished()
+    rows = run.metrics()
+    assert [r.round for r in rows] == [1, 2]
+    assert all(r.extra["runner"] == "flower" for r in rows)
+    assert all(r.ranks == [[2, 4, 8][c] for c in r.clients] for r in rows)
+    assert "lr = 0.01" in run.config_file.read_text()
