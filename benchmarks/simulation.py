@@ -116,6 +116,7 @@ from fedlora.model import (  # noqa: E402
     resolve_model_path,
     train_local,
 )
+from fedlora.model.tiny import save_tiny_bert  # noqa: E402
 from fedlora.runs import RoundMetrics, RunDir  # noqa: E402
 
 TARGET_OVERHEAD = 0.05
@@ -582,27 +583,6 @@ def measure_train_step(args: argparse.Namespace, log: Log) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ part 3: peak RSS vs clients
-
-
-def save_tiny_bert(path: Path) -> None:
-    """A tiny random BERT classifier saved with the real MiniLM tokenizer (as tests/conftest)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("minilm"))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=4,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = BertForSequenceClassification(config)
-    model.save_pretrained(str(path))
-    tokenizer.save_pretrained(str(path))
 
 
 def rss_config(num_clients: int, rounds: int, seed: int, model: str, out: Path) -> Any:
