@@ -10,6 +10,7 @@ import pytest
 
 from fedlora.cli import main
 from fedlora.config import describe_defaults
+from tests.engine.helpers import write_tiny_config
 
 
 def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -122,34 +123,7 @@ def test_config_prints_resolved_toml(capsys: pytest.CaptureFixture[str]) -> None
 def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(
-        f"""
-[run]
-rounds = 2
-num_clients = 4
-clients_per_round = 2
-out_dir = "{tmp_path / "run"}"
-
-[model]
-name = "{tiny_bert_dir}"
-
-[data]
-dataset = "synthetic"
-partition = "iid"
-partition_options = {{}}
-max_test_samples = 32
-
-[ranks]
-policy = "list"
-options = {{ ranks = [2, 4, 4, 8] }}
-
-[train]
-steps = 1
-batch_size = 8
-""",
-        encoding="utf-8",
-    )
+    config = write_tiny_config(tmp_path / "tiny.toml", tiny_bert_dir)
     assert main(["run", str(config), "--no-progress"]) == 0
     summary = (tmp_path / "run" / "summary.md").read_text()
     assert "final test accuracy" in summary

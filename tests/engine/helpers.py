@@ -1,4 +1,7 @@
-"""Tiny end-to-end configs: a 2-layer BERT on synthetic data, a few steps per client."""
+"""Tiny end-to-end configs: a 2-layer BERT on synthetic data, a few steps per client.
+
+Shared by the engine, CLI and Flower tests, so that every path trains the same small experiment.
+"""
 
 from __future__ import annotations
 
@@ -27,3 +30,34 @@ def tiny_config(model_dir: Path, out_dir: Path, **overrides: Any) -> ExperimentC
     }
     settings.update(overrides)
     return load_config(None).replace(settings)
+
+
+def write_tiny_config(
+    path: Path,
+    model_dir: Path,
+    *,
+    rounds: int = 2,
+    num_clients: int = 4,
+    clients_per_round: int = 2,
+    policy: str = "list",
+    options: dict[str, Any] | None = None,
+    steps: int = 1,
+) -> Path:
+    """:func:`tiny_config` as a TOML file, for the CLI and for Flower's run config."""
+    config = tiny_config(
+        model_dir,
+        path.parent / "run",
+        **{
+            "run.rounds": rounds,
+            "run.num_clients": num_clients,
+            "run.clients_per_round": clients_per_round,
+            "data.max_test_samples": 32,
+            "ranks.policy": policy,
+            "ranks.options": options or {"ranks": [2, 4, 4, 8][:num_clients]},
+            "train.steps": steps,
+            "train.lr": 1e-3,
+        },
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_toml(), encoding="utf-8")
+    return path

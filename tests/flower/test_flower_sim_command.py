@@ -8,37 +8,14 @@ import pytest
 
 from fedlora.cli import main
 from fedlora.runs import RunDir
+from tests.engine.helpers import write_tiny_config
 
 pytestmark = pytest.mark.slow
 
 
 def test_flower_sim_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    config = tmp_path / "tiny.toml"
-    config.write_text(
-        f"""
-[run]
-rounds = 2
-num_clients = 3
-clients_per_round = 2
-
-[model]
-name = "{tiny_bert_dir}"
-
-[data]
-dataset = "synthetic"
-partition = "iid"
-partition_options = {{}}
-max_test_samples = 32
-
-[ranks]
-policy = "list"
-options = {{ ranks = [2, 4, 8] }}
-
-[train]
-steps = 1
-batch_size = 8
-""",
-        encoding="utf-8",
+    config = write_tiny_config(
+        tmp_path / "tiny.toml", tiny_bert_dir, num_clients=3, options={"ranks": [2, 4, 8]}
     )
     out = tmp_path / "run"
     assert main(["flower-sim", str(config), "--set", "train.lr=0.01", "--out", str(out)]) == 0

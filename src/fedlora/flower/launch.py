@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import ipaddress
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +56,7 @@ APP_DIR = Path(__file__).resolve().parents[3] / "flower_app"
 CONNECTION = "fedlora-local"
 LOOPBACK = "127.0.0.1"
 ConfigValue = str | int | float | bool
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class FlowerLaunchError(RuntimeError):
@@ -90,6 +95,26 @@ def config_string(values: Mapping[str, ConfigValue]) -> str:
             text = f'"{value}"' if "'" in value else f"'{value}'"
         parts.append(f"{key}={text}")
     return " ".join(parts)
+
+
+@contextlib.contextmanager
+def flower_lock(timeout: float = 3600.0) -> Iterator[None]:
+    """One Flower experiment at a time on this machine (tests under xdist, benchmarks)."""
+    path = Path(tempfile.gettempdir()) / "fedlora-flower.lock"
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FlowerLaunchError(f"{path} stayed locked for {timeout:.0f} s") from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -206,7 +231,18 @@ class FlowerProcess:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-        return text[-chars:]
+        return _ANSI.sub("", text[-chars:])
+
+    def wait_for_log(self, text: str, timeout: float = 120.0) -> None:
+        """Wait until ``text`` appears in this process's log (it must stay alive meanwhile)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_tail(1_000_000):
+                return
+            if not self.alive():
+                raise FlowerLaunchError(f"{self.name} exited before logging {text!r}")
+            time.sleep(0.2)
+        raise FlowerLaunchError(f"{self.name} did not log {text!r} within {timeout:.0f} s")
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -262,6 +298,9 @@ class LocalFederation:
         self.cli_home = self.root / "flwr-cli"
         self.leftovers: list[str] = []
         self._closed = False
+        # Ray's session folders (sockets, logs) go here, not into /tmp/ray; kept short because
+        # Unix socket paths are limited to 107 bytes.
+        self.ray_tmpdir = Path(tempfile.mkdtemp(prefix="fedlora-ray-"))
 
     # ------------------------------------------------------------------ context manager
 
@@ -285,6 +324,7 @@ class LocalFederation:
         env = offline_environment(self.home, flwr_home, self.base_env)
         env["COLUMNS"] = "400"  # rich must not wrap the CLI's output
         env["PYTHONUNBUFFERED"] = "1"
+        env["RAY_TMPDIR"] = str(self.ray_tmpdir)
         return env
 
     @property
@@ -535,7 +575,7 @@ class LocalFederation:
     def log(self, run_id: int) -> str:
         """The ServerApp's log (``flwr log --show``); never raises."""
         try:
-            return self.flwr("log", str(run_id), CONNECTION, "--show", check=False)
+            return _ANSI.sub("", self.flwr("log", str(run_id), CONNECTION, "--show", check=False))
         except FlowerLaunchError as error:
             return f"(no log: {error})"
 
@@ -555,6 +595,8 @@ class LocalFederation:
             processes.append(self.superlink)
         self._end(processes, grace)
         self.leftovers = self._kill_strays()
+        if not self.leftovers:
+            shutil.rmtree(self.ray_tmpdir, ignore_errors=True)
         return self.leftovers
 
     def _end(self, processes: list[FlowerProcess], grace: float = 10.0) -> None:

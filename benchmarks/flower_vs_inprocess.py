@@ -1,0 +1,353 @@
+"""Benchmark: the same experiment through the in-process runner and through Flower's Ray simulation.
+
+Both runs use one config and write a run directory of the same shape; the table compares their
+wall times, printed and written to ``benchmarks/results/flower_vs_inprocess.json`` (``--out``;
+``--quick`` writes ``flower_vs_inprocess_quick.json``).
+
+- *in-process*: ``fedlora run CONFIG --out DIR`` in a fresh process (Python start-up, imports,
+  data and model loading included), one client after the other on the shared base model, torch
+  with its default thread count.
+- *Flower*: our own ``flower-superlink --simulation`` on a free loopback port (its start-up is
+  reported on its own line and not counted in the total), then ``flwr run flower_app`` with
+  ``num-supernodes = num_clients`` and ``client-resources-num-cpus=1`` (as many Ray actors as
+  cores, each building the experiment once).  The ServerApp builds the experiment too, for the
+  server-side evaluation.  Process handling is :mod:`fedlora.flower.launch`, shared with the
+  tests (offline environment, process groups, nothing left behind).
+
+Times are taken by watching each run's ``metrics.jsonl`` (a line per round, polled every 50 ms)
+and ``summary.md`` (written last): *total* = launch (in-process) or submission (Flower) until
+``summary.md`` exists; *to round 1* = until the first metrics line; *steady round* = mean gap
+between consecutive metrics lines (rounds 2..R, i.e. training, aggregation, evaluation and
+checkpoint of a round once everything is warm).  Per-round overhead of Flower = its steady
+round minus the in-process one.  Both runs must agree on clients per round and on losses (the
+table reports the largest relative difference).  Other jobs share the 2 cores of the machine
+this was written on: compare within one run, not across runs.
+
+Usage::
+
+    .venv/bin/python benchmarks/flower_vs_inprocess.py            # MiniLM on AG News (minutes)
+    .venv/bin/python benchmarks/flower_vs_inprocess.py --quick    # tiny random BERT, synthetic
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+_REPO = Path(__file__).resolve().parents[1]
+if not os.environ.get("FEDLORA_DATA") and (_REPO.parent / "shared" / "data").is_dir():
+    os.environ["FEDLORA_DATA"] = str(_REPO.parent / "shared" / "data")  # as the Makefile does
+for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_offline, "1")
+
+from fedlora.flower.env import offline_environment  # noqa: E402
+from fedlora.flower.launch import (  # noqa: E402
+    APP_DIR,
+    FlowerLaunchError,
+    LocalFederation,
+    bin_path,
+    flower_lock,
+)
+from fedlora.model.tiny import save_tiny_bert  # noqa: E402
+from fedlora.runs import read_metrics  # noqa: E402
+
+RESULTS = _REPO / "benchmarks" / "results"
+
+
+# ---------------------------------------------------------------------------------- configs
+
+
+def full_config(args: argparse.Namespace) -> dict[str, Any]:
+    """MiniLM (packaged) on AG News: defaults of fedlora except the sizes below."""
+    return {
+        "run": {
+            "rounds": args.rounds,
+            "num_clients": args.clients,
+            "clients_per_round": args.per_round,
+        },
+        "model": {"name": "minilm"},
+        "data": {"dataset": "ag_news", "max_test_samples": args.test_samples},
+        "train": {"steps": args.steps},
+    }
+
+
+def quick_config(model_dir: Path) -> dict[str, Any]:
+    return {
+        "run": {"rounds": 3, "num_clients": 4, "clients_per_round": 2},
+        "model": {"name": str(model_dir)},
+        "data": {
+            "dataset": "synthetic",
+            "partition": "iid",
+            "partition_options": {},
+            "max_test_samples": 32,
+        },
+        "ranks": {"policy": "list", "options": {"ranks": [2, 4, 4, 8]}},
+        "train": {"steps": 1, "batch_size": 8},
+    }
+
+
+class RunWatcher:
+    """Polls a run's ``metrics.jsonl`` from a thread: when each round's line appeared."""
+
+    def __init__(self, out: Path, start: float, poll: float = 0.2) -> None:
+        self.path = out / "metrics.jsonl"
+        self.start = start
+        self.poll = poll
+        self.seen: dict[int, float] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.poll):
+            self._read()
+
+    def _read(self) -> None:
+        if not self.path.exists():
+            return
+        now = time.monotonic() - self.start
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                self.seen.setdefault(int(json.loads(line)["round"]), now)
+
+    def stop(self) -> dict[str, Any]:
+        """Total seconds, seconds to round 1, and the median steady round (after round 1)."""
+        self._done.set()
+        self._thread.join()
+        self._read()
+        rounds = sorted(self.seen)
+        gaps = [self.seen[b] - self.seen[a] for a, b in itertools.pairwise(rounds)]
+        return {
+            "total_s": time.monotonic() - self.start,
+            "to_round1_s": self.seen.get(1),
+            "steady_round_s": statistics.median(gaps) if gaps else None,
+            "round_seen_s": {str(r): self.seen[r] for r in rounds},
+        }
+
+
+def run_in_process(config_path: Path, out: Path, work: Path, log_path: Path) -> dict[str, Any]:
+    env = offline_environment(work / "home", work / "flwr-unused")
+    start = time.monotonic()
+    watcher = RunWatcher(out, start)
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [bin_path("fedlora"), "run", str(config_path), "--out", str(out), "--no-progress"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            code = process.wait(timeout=3600)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    exit_s = time.monotonic() - start
+    timing = watcher.stop()
+    if code != 0:
+        raise RuntimeError(f"fedlora run exited with {code}:\n{log_path.read_text()[-3000:]}")
+    return {**timing, "process_exit_s": exit_s}
+
+
+def run_flower(
+    config_path: Path, out: Path, work: Path, num_clients: int, timeout: float
+) -> dict[str, Any]:
+    with LocalFederation(work / "flower") as federation:
+        tick = time.monotonic()
+        federation.start_superlink(simulation=True)
+        superlink_s = time.monotonic() - tick
+        start = time.monotonic()
+        watcher = RunWatcher(out, start)
+        try:
+            outcome = federation.run(
+                APP_DIR,
+                {"config": str(config_path), "out-dir": str(out)},
+                {"num-supernodes": num_clients, "client-resources-num-cpus": 1},
+                timeout=timeout,
+            )
+        finally:
+            timing = watcher.stop()
+        if not outcome.completed:
+            raise FlowerLaunchError(outcome.describe())
+        info = outcome.info
+    if federation.leftovers:
+        raise FlowerLaunchError(f"processes left behind: {federation.leftovers}")
+    return {
+        **timing,
+        "superlink_start_s": superlink_s,
+        "status_seen_s": outcome.seconds,
+        "flwr_compute_time": info.get("compute-time", {}),
+    }
+
+
+def agreement(flower_dir: Path, reference_dir: Path) -> dict[str, Any]:
+    ours, theirs = (
+        read_metrics(flower_dir / "metrics.jsonl"),
+        read_metrics(reference_dir / "metrics.jsonl"),
+    )
+    same_clients = [a.clients for a in ours] == [b.clients for b in theirs]
+    same_ranks = [a.ranks for a in ours] == [b.ranks for b in theirs]
+    diffs = []
+    for a, b in zip(ours, theirs, strict=True):
+        for x, y in ((a.train_loss, b.train_loss), (a.test_loss, b.test_loss)):
+            if x is not None and y is not None:
+                diffs.append(abs(x - y) / max(abs(y), 1e-12))
+    return {
+        "same_clients": same_clients,
+        "same_ranks": same_ranks,
+        "max_rel_loss_diff": max(diffs, default=0.0),
+        "final_test_accuracy": [ours[-1].test_accuracy, theirs[-1].test_accuracy],
+    }
+
+
+def other_benchmarks() -> list[str]:
+    """Command lines of other benchmark processes (they would disturb the timings)."""
+    found = subprocess.run(
+        ["pgrep", "-af", r"benchmarks/\w+\.py"], capture_output=True, text=True, check=False
+    )
+    mine = str(os.getpid())
+    return [line for line in found.stdout.splitlines() if line.split()[0] != mine]
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:8.1f}"
+
+
+def print_table(report: dict[str, Any]) -> None:
+    inproc, flower = report["in_process"], report["flower"]
+    print(f"\n{report['experiment']}")
+    print(f"load average (1/5/15 min): {report['machine']['load_average']}")
+    print(f"{'runner':<26}{'total s':>10}{'to round 1 s':>14}{'steady round s':>16}")
+    for name, row in (("in-process (fedlora run)", inproc), ("Flower Ray simulation", flower)):
+        print(
+            f"{name:<26}{_fmt(row['total_s']):>10}{_fmt(row['to_round1_s']):>14}"
+            f"{_fmt(row['steady_round_s']):>16}"
+        )
+    print(f"{'SuperLink start (extra)':<26}{_fmt(flower['superlink_start_s']):>10}")
+    summary = report["summary"]
+    print(f"\nFlower / in-process total: {summary['total_ratio']:.2f}x")
+    if summary["overhead_per_round_s"] is not None:
+        print(
+            f"Flower overhead per steady round: {summary['overhead_per_round_s']:+.1f} s "
+            f"({summary['overhead_per_round_pct']:+.0f} % of an in-process round)"
+        )
+    print(f"Flower extra before round 1: {summary['startup_overhead_s']:+.1f} s")
+    check = report["agreement"]
+    print(
+        f"Same clients: {check['same_clients']}, same ranks: {check['same_ranks']}, "
+        f"largest relative loss difference: {check['max_rel_loss_diff']:.1e}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny random BERT, synthetic data")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=5, help="local steps per client and round")
+    parser.add_argument("--test-samples", type=int, default=500)
+    parser.add_argument("--timeout", type=float, default=1800.0, help="Flower run deadline (s)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument(
+        "--wait-for-others",
+        type=float,
+        default=0.0,
+        help="minutes to wait (polling every 30 s) for other benchmarks/*.py to finish",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or RESULTS / (
+        "flower_vs_inprocess_quick.json" if args.quick else "flower_vs_inprocess.json"
+    )
+    work = Path(tempfile.mkdtemp(prefix="fedlora-flower-bench-"))
+    print(f"work folder: {work}")
+    if args.quick:
+        config = quick_config(save_tiny_bert(work / "tiny-bert"))
+        experiment = "tiny random BERT (hidden 32, 2 layers), synthetic data"
+    else:
+        config = full_config(args)
+        experiment = "MiniLM (all-MiniLM-L6-v2) on AG News"
+    run = config["run"]
+    experiment += (
+        f": {run['num_clients']} clients, {run['clients_per_round']} per round, "
+        f"{run['rounds']} rounds, {config['train']['steps']} local steps"
+    )
+    config_path = work / "config.toml"
+    config_path.write_text(tomli_w.dumps(config), encoding="utf-8")
+
+    deadline = time.monotonic() + 60 * args.wait_for_others
+    while (others := other_benchmarks()) and time.monotonic() < deadline:
+        print(f"waiting for {len(others)} other benchmark process(es) to finish", flush=True)
+        time.sleep(30)
+    if others:
+        print(f"warning: other benchmarks are running, timings will be disturbed: {others}")
+    load = {"start": os.getloadavg()}
+    with flower_lock():
+        print("in-process run ...", flush=True)
+        inproc = run_in_process(config_path, work / "in-process", work, work / "in-process.log")
+        load["after_in_process"] = os.getloadavg()
+        print("Flower simulation ...", flush=True)
+        flower = run_flower(
+            config_path, work / "flower-run", work, run["num_clients"], args.timeout
+        )
+        load["after_flower"] = os.getloadavg()
+    check = agreement(work / "flower-run", work / "in-process")
+
+    steady = (inproc["steady_round_s"], flower["steady_round_s"])
+    overhead = None if None in steady else steady[1] - steady[0]
+    report: dict[str, Any] = {
+        "experiment": experiment,
+        "quick": args.quick,
+        "config": config,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average": load,
+            "other_benchmarks_at_start": others,
+            "python": platform.python_version(),
+        },
+        "in_process": inproc,
+        "flower": flower,
+        "summary": {
+            "total_ratio": flower["total_s"] / inproc["total_s"],
+            "overhead_per_round_s": overhead,
+            "overhead_per_round_pct": None if overhead is None else 100 * overhead / steady[0],
+            "startup_overhead_s": flower["to_round1_s"] - inproc["to_round1_s"],
+        },
+        "agreement": check,
+    }
+    print_table(report)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwritten: {out}")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if check["same_clients"] and check["same_ranks"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Test harness for real Flower runs: tiny configs, a federation fixture, run comparisons.
+
+The process handling (free ports, offline environment, ``/health`` readiness, ``flwr`` CLI
+calls, teardown by process group) lives in :mod:`fedlora.flower.launch`, shared with the
+benchmarks; this module adds what only the tests need.  Flower runs are serialised across
+pytest-xdist workers (and the benchmarks) by :func:`fedlora.flower.launch.flower_lock`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedlora.flower.launch import (
+    APP_DIR,
+    LocalFederation,
+    RunOutcome,
+    TlsFiles,
+    flower_lock,
+    write_tls_files,
+)
+from fedlora.runs import RoundMetrics, load_checkpoint, read_metrics
+from tests.engine.helpers import write_tiny_config
+
+__all__ = [
+    "APP_DIR",
+    "FederationFactory",
+    "LocalFederation",
+    "RunOutcome",
+    "assert_completed",
+    "assert_same_run",
+    "federations",
+    "write_tiny_config",
+    "write_tls_files",
+]
+
+FederationFactory = Callable[..., LocalFederation]
+
+
+def federations(tmp_path: Path) -> Iterator[FederationFactory]:
+    """Body of the ``flower_federation`` fixture: a factory whose federations are always closed.
+
+    Holding :func:`flower_lock` for the whole test keeps Flower experiments one at a time.  On
+    teardown every federation is closed (SuperNodes, then the SuperLink, then SIGKILL of each
+    process group) and the test fails if any of its processes survived.
+    """
+    created: list[LocalFederation] = []
+
+    def make(name: str = "flower", tls: bool = False) -> LocalFederation:
+        root = tmp_path / name
+        files: TlsFiles | None = write_tls_files(root / "certs") if tls else None
+        federation = LocalFederation(root / "run", tls=files)
+        created.append(federation)
+        return federation
+
+    with flower_lock():
+        try:
+            yield make
+        finally:
+            leftovers = [item for federation in created for item in federation.close()]
+    if leftovers:
+        pytest.fail(f"Flower processes survived the teardown: {leftovers}")
+
+
+def assert_completed(outcome: RunOutcome) -> None:
+    assert outcome.completed, outcome.describe()
+
+
+def assert_same_run(
+    flower_dir: Path,
+    reference_dir: Path,
+    *,
+    rel: float = 1e-6,
+    atol: float = 1e-5,
+) -> list[RoundMetrics]:
+    """Same clients, ranks and losses per round, and the same final global adapter."""
+    ours, theirs = (
+        read_metrics(flower_dir / "metrics.jsonl"),
+        read_metrics(reference_dir / "metrics.jsonl"),
+    )
+    assert [r.round for r in ours] == [r.round for r in theirs]
+    for a, b in zip(ours, theirs, strict=True):
+        assert a.clients == b.clients, f"round {a.round}"
+        assert a.ranks == b.ranks, f"round {a.round}"
+        _close(a.train_loss, b.train_loss, rel, f"round {a.round} train loss")
+        _close(a.test_loss, b.test_loss, rel, f"round {a.round} test loss")
+        _close(a.test_accuracy, b.test_accuracy, rel, f"round {a.round} test accuracy")
+        losses = zip(a.extra["client_train_loss"], b.extra["client_train_loss"], strict=True)
+        for client, (x, y) in zip(a.clients, losses, strict=True):
+            _close(x, y, rel, f"round {a.round} client {client} train loss")
+    state = load_checkpoint(flower_dir / "checkpoint").state
+    reference = load_checkpoint(reference_dir / "checkpoint").state
+    assert state.round == reference.round
+    assert state.rank_map() == reference.rank_map()
+    for name in reference.modules:
+        torch.testing.assert_close(state.delta(name), reference.delta(name), rtol=0, atol=atol)
+    assert set(state.dense) == set(reference.dense)
+    for name, tensor in reference.dense.items():
+        torch.testing.assert_close(state.dense[name], tensor, rtol=0, atol=atol)
+    return ours
+
+
+def _close(a: float | None, b: float | None, rel: float, what: str) -> None:
+    assert (a is None) == (b is None), what
+    if a is not None and b is not None:
+        assert math.isclose(a, b, rel_tol=rel, abs_tol=1e-12), f"{what}: {a} != {b}"
+
+
+def client_ranks(rows: Sequence[RoundMetrics]) -> dict[int, set[int]]:
+    """Every rank each client trained at, over all rounds."""
+    seen: dict[int, set[int]] = {}
+    for row in rows:
+        for client, rank in zip(row.clients, row.ranks, strict=True):
+            seen.setdefault(client, set()).add(rank)
+    return seen

@@ -1,0 +1,138 @@
+"""A real loopback deployment: one SuperLink, three SuperNodes announcing ranks 2, 4 and 8.
+
+The config's rank policy is ``fixed`` at rank 1, so a run in which every client trained at 1
+would show that the server ignored the ranks the nodes announced in ``--node-config``.  Every
+exchange with a SuperNode starts a fresh ``flwr-clientapp`` process (torch, transformers, PEFT
+imports, the experiment built again), so each run here is one round; the two-round equivalence
+with the in-process runner is checked through the Ray simulation (test_simulation.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlora.config import load_config
+from fedlora.engine import run_in_process
+from fedlora.runs import RunDir, read_metrics
+from tests.flower.harness import (
+    APP_DIR,
+    FederationFactory,
+    LocalFederation,
+    assert_completed,
+    assert_same_run,
+    client_ranks,
+    write_tiny_config,
+)
+
+pytestmark = pytest.mark.slow
+
+ANNOUNCED = [2, 4, 8]  # lora-rank of the SuperNodes serving partitions 0, 1, 2
+
+
+def _start(federation: LocalFederation) -> None:
+    federation.start_superlink()
+    for partition, rank in enumerate(ANNOUNCED):
+        federation.start_supernode(
+            {"partition-id": partition, "num-partitions": 3, "lora-rank": rank}
+        )
+    federation.wait_for_nodes(len(ANNOUNCED))
+
+
+def _config(tmp_path: Path, model_dir: Path, rounds: int) -> Path:
+    return write_tiny_config(
+        tmp_path / "deploy.toml",
+        model_dir,
+        rounds=rounds,
+        num_clients=3,
+        clients_per_round=3,
+        policy="fixed",
+        options={"rank": 1},
+    )
+
+
+def _assert_announced_ranks(out_dir: Path, rounds: int) -> None:
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    assert [row.round for row in rows] == list(range(1, rounds + 1))
+    for row in rows:
+        assert sorted(row.clients) == [0, 1, 2]
+        assert row.extra["dropped"] == []
+    assert client_ranks(rows) == {client: {rank} for client, rank in enumerate(ANNOUNCED)}
+
+
+def test_nodes_train_at_their_announced_ranks(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
+    out_dir = tmp_path / "deployed"
+    federation = flower_federation("insecure")
+    _start(federation)
+    outcome = federation.run(
+        APP_DIR,
+        {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0},
+        timeout=300.0,
+    )
+    assert_completed(outcome)
+    assert federation.close() == []
+    _assert_announced_ranks(out_dir, rounds=1)
+
+    # The in-process runner with the announced ranks as its rank list computes the same run.
+    reference_dir = tmp_path / "in-process"
+    reference = load_config(str(config_path)).replace(
+        {
+            "run.out_dir": str(reference_dir),
+            "ranks.policy": "list",
+            "ranks.options": {"ranks": ANNOUNCED},
+        }
+    )
+    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
+    assert_same_run(out_dir, reference_dir, rel=1e-6, atol=1e-5)
+
+
+def test_deployment_over_tls(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
+    out_dir = tmp_path / "deployed-tls"
+    federation = flower_federation("tls", tls=True)
+    _start(federation)
+    outcome = federation.run(
+        APP_DIR,
+        {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0},
+        timeout=300.0,
+    )
+    assert_completed(outcome)
+    _assert_announced_ranks(out_dir, rounds=1)
+
+
+def test_a_node_stopped_mid_round_is_dropped(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
+    out_dir = tmp_path / "deployed-fault"
+    federation = flower_federation("fault")
+    _start(federation)
+    run_id = federation.submit(
+        APP_DIR,
+        {
+            "config": str(config_path),
+            "out-dir": str(out_dir),
+            "round-timeout": 120.0,
+            "min-replies": 2,
+        },
+    )
+    victim = federation.supernodes[2]
+    victim.wait_for_log("Receiving: train message", timeout=180.0)
+    federation.stop_supernode(victim)
+    outcome = federation.wait_run(run_id, timeout=300.0)
+    assert_completed(outcome)
+
+    (row,) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1, 2]
+    assert len(row.extra["dropped"]) == 1, row.extra["dropped"]
+    assert "error reply" in row.extra["dropped"][0]
+    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
+    assert losses[2] is None  # the stopped node serves partition 2
+    assert losses[0] is not None and losses[1] is not None
+    assert "dropping the reply of node" in federation.log(run_id)

@@ -1,0 +1,55 @@
+"""Ray simulation via our own `--simulation` SuperLink equals the in-process runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fedlora.config import load_config
+from fedlora.engine import run_in_process, sample_clients
+from fedlora.runs import RunDir, read_metrics
+from tests.flower.harness import (
+    APP_DIR,
+    FederationFactory,
+    assert_completed,
+    assert_same_run,
+    write_tiny_config,
+)
+
+pytestmark = pytest.mark.slow
+
+RANKS = [2, 4, 4, 8]
+
+
+def test_ray_simulation_matches_in_process(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = write_tiny_config(tmp_path / "tiny.toml", tiny_bert_dir, options={"ranks": RANKS})
+    flower_dir = tmp_path / "flower-run"
+
+    federation = flower_federation("simulation")
+    federation.start_superlink(simulation=True)
+    outcome = federation.run(
+        APP_DIR,
+        {"config": str(config_path), "out-dir": str(flower_dir)},
+        {"num-supernodes": 4, "client-resources-num-cpus": 1},
+        timeout=300.0,
+    )
+    assert_completed(outcome)
+    assert federation.close() == []  # free the CPU before the reference run
+
+    config = load_config(str(config_path))
+    rows = read_metrics(flower_dir / "metrics.jsonl")
+    assert [row.round for row in rows] == [1, 2]
+    for row in rows:
+        assert row.clients == sample_clients(config.run.seed, row.round, 4, 2)
+        assert row.ranks == [RANKS[c] for c in row.clients]
+        assert row.extra["runner"] == "flower"
+        assert row.extra["dropped"] == []
+    assert (flower_dir / "summary.md").exists()
+
+    reference_dir = tmp_path / "in-process"
+    reference = config.replace({"run.out_dir": str(reference_dir)})
+    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
+    assert_same_run(flower_dir, reference_dir, rel=1e-6, atol=1e-5)
