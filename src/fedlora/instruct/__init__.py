@@ -1,0 +1,43 @@
+"""Instruction tuning: loaders, a download-free task generator, task splits, prompts, metrics."""
+
+from fedlora.instruct.examples import InstructionData, InstructionExample
+from fedlora.instruct.generator import TASK_FAMILIES, available_task_count, generate_tasks
+from fedlora.instruct.loaders import (
+    known_hub_datasets,
+    load_alpaca,
+    load_dolly,
+    load_instruction_dataset,
+    load_natural_instructions,
+)
+from fedlora.instruct.metrics import (
+    exact_match,
+    normalize_answer,
+    rouge_l,
+    score_predictions,
+    weighted_task_scores,
+)
+from fedlora.instruct.prompts import PROMPT_TEMPLATES, chat_messages, format_prompt
+from fedlora.instruct.split import task_partition, train_test_split_per_task
+
+__all__ = [
+    "PROMPT_TEMPLATES",
+    "TASK_FAMILIES",
+    "InstructionData",
+    "InstructionExample",
+    "available_task_count",
+    "chat_messages",
+    "exact_match",
+    "format_prompt",
+    "generate_tasks",
+    "known_hub_datasets",
+    "load_alpaca",
+    "load_dolly",
+    "load_instruction_dataset",
+    "load_natural_instructions",
+    "normalize_answer",
+    "rouge_l",
+    "score_predictions",
+    "task_partition",
+    "train_test_split_per_task",
+    "weighted_task_scores",
+]

@@ -1,0 +1,79 @@
+"""Generation metrics: Rouge-L (rouge-score), exact match, and FlexLoRA's data-size weighting."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+
+from rouge_score import rouge_scorer  # type: ignore[import-untyped]
+
+from fedlora.errors import ConfigError
+
+
+@lru_cache(maxsize=1)
+def _scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """Rouge-L F-measure of ``prediction`` against ``reference`` (rouge-score, no stemming).
+
+    rouge-score lower-cases and keeps only ``[a-z0-9]`` tokens, so punctuation is ignored and a
+    text with no such tokens scores 0.
+    """
+    return float(_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def normalize_answer(text: str) -> str:
+    """Whitespace collapsed and case folded: what :func:`exact_match` compares."""
+    return " ".join(text.split()).casefold()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when the texts are equal up to whitespace and case, else 0.0."""
+    return 1.0 if normalize_answer(prediction) == normalize_answer(reference) else 0.0
+
+
+def score_predictions(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Mean ``rouge_l`` and ``exact_match`` over paired generations and references."""
+    if len(predictions) != len(references):
+        raise ConfigError(
+            f"score_predictions: {len(predictions)} predictions but {len(references)} references"
+        )
+    if not predictions:
+        raise ConfigError("score_predictions: no predictions")
+    n = len(predictions)
+    pairs = list(zip(predictions, references, strict=True))
+    return {
+        "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / n,
+        "exact_match": sum(exact_match(p, r) for p, r in pairs) / n,
+    }
+
+
+def weighted_task_scores(per_task: Mapping[str, tuple[Sequence[float] | float, int]]) -> float:
+    """FlexLoRA's report: each task's mean score weighted by its data size ``n``.
+
+    ``per_task`` maps a task (client) to ``(scores, n)``: its per-example scores (or their mean)
+    and its data size.  Returns ``sum(n_t * mean_t) / sum(n_t)``.
+    """
+    if not per_task:
+        raise ConfigError("weighted_task_scores: no tasks")
+    total = 0.0
+    weight = 0
+    for task, (scores, n) in per_task.items():
+        if isinstance(scores, int | float):
+            mean = float(scores)
+        else:
+            if len(scores) == 0:
+                raise ConfigError(f"weighted_task_scores: task {task!r} has no scores")
+            mean = sum(float(s) for s in scores) / len(scores)
+        if not math.isfinite(mean):
+            raise ConfigError(f"weighted_task_scores: task {task!r} has a non-finite score")
+        if n < 0:
+            raise ConfigError(f"weighted_task_scores: task {task!r} has negative size {n}")
+        total += n * mean
+        weight += n
+    if weight == 0:
+        raise ConfigError("weighted_task_scores: all task sizes are zero")
+    return total / weight
