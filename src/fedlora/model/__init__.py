@@ -1,9 +1,13 @@
-"""The model layer: load a classifier, adapt it with swappable LoRA adapters, train, evaluate.
+"""The model layer: load a classifier or a causal LM, adapt it with swappable LoRA adapters,
+train, evaluate.
 
 Uses transformers and PEFT; imports only the LoRA state types from the layers above it.
 """
 
 from fedlora.model.adapted import AdaptedModel, AdapterLayout
+from fedlora.model.causal import load_causal_lm, tiered_ranks
+from fedlora.model.generation import GenerationResult, evaluate_generation, generate_greedy
+from fedlora.model.instructions import IGNORE_INDEX, TokenizedInstructions, apply_template
 from fedlora.model.loading import MINILM_ALIASES, load_classifier, resolve_model_path
 from fedlora.model.targets import (
     DEFAULT_TARGETS,
@@ -16,9 +20,11 @@ from fedlora.model.targets import (
 )
 from fedlora.model.training import (
     EvalResult,
+    LMEvalResult,
     TrainConfig,
     TrainResult,
     evaluate,
+    evaluate_lm,
     lr_factor,
     macro_f1,
     train_local,
@@ -27,21 +33,31 @@ from fedlora.model.training import (
 __all__ = [
     "DEFAULT_TARGETS",
     "HEAD_NAMES",
+    "IGNORE_INDEX",
     "MINILM_ALIASES",
     "AdaptedModel",
     "AdapterLayout",
     "EvalResult",
+    "GenerationResult",
+    "LMEvalResult",
+    "TokenizedInstructions",
     "TrainConfig",
     "TrainResult",
+    "apply_template",
     "default_head_modules",
     "default_target_modules",
     "evaluate",
+    "evaluate_generation",
+    "evaluate_lm",
+    "generate_greedy",
     "linear_module_names",
+    "load_causal_lm",
     "load_classifier",
     "lr_factor",
     "macro_f1",
     "resolve_head",
     "resolve_model_path",
     "resolve_targets",
+    "tiered_ranks",
     "train_local",
 ]

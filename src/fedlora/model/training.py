@@ -1,5 +1,10 @@
 """A client's local training and the evaluation of a classifier, on an :class:`AdaptedModel`.
 
+:func:`train_local` also trains causal LMs: it minimises whatever loss the model returns for
+the batch's ``labels`` (a Hugging Face causal LM's shifted next-token loss, averaged over the
+batch's labelled tokens).  :func:`evaluate_lm` is the causal LM's teacher-forced loss and
+perplexity; :func:`evaluate` stays a classifier's loss, accuracy and macro-F1.
+
 Both take batches that are already tokenised and collated: dicts of tensors with ``input_ids``,
 ``attention_mask`` and ``labels`` (and any other inputs the model accepts, e.g.
 ``token_type_ids``).  Batching, shuffling and their seeded generators belong to the data layer;
@@ -210,6 +215,58 @@ def evaluate(model: AdaptedModel | Classifier, batches: Batches) -> EvalResult:
         accuracy=float((predicted == truth).float().mean()),
         macro_f1=macro_f1(predicted, truth),
         examples=count,
+    )
+
+
+@dataclass(frozen=True)
+class LMEvalResult:
+    """Mean per-token cross-entropy of a causal LM on its labelled tokens, and its perplexity."""
+
+    loss: float
+    perplexity: float
+    tokens: int
+    examples: int
+
+
+def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalResult:
+    """Teacher-forced loss and perplexity of a causal LM, weighted by token (not by batch).
+
+    Batches hold ``input_ids``, ``attention_mask`` and ``labels`` with ``-100`` on the positions
+    that do not count (see :class:`~fedlora.model.instructions.TokenizedInstructions`); the
+    logits at position ``t`` are scored against ``labels[t + 1]``, as Hugging Face's loss does.
+    Runs in eval mode under ``torch.inference_mode``.  Quality of what the model *generates* is
+    measured by :func:`~fedlora.model.generation.evaluate_generation`, not here.
+    """
+    model.eval()
+    device = _device(model)
+    loss_sum = 0.0
+    tokens = examples = 0
+    with torch.inference_mode():
+        for batch in batches() if callable(batches) else batches:
+            target = batch["labels"].to(device)
+            inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
+            logits = model(**inputs).logits.float()
+            if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(target.shape):
+                raise FedloraError(
+                    f"evaluate_lm needs per-token logits (batch x length x vocab) matching the "
+                    f"labels {tuple(target.shape)}, got {tuple(logits.shape)}"
+                )
+            shifted = target[:, 1:]
+            loss_sum += float(
+                torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]),
+                    shifted.reshape(-1),
+                    ignore_index=-100,
+                    reduction="sum",
+                )
+            )
+            tokens += int((shifted != -100).sum())
+            examples += int(target.shape[0])
+    if tokens == 0:
+        raise FedloraError("evaluate_lm: the batches had no labelled tokens")
+    loss = loss_sum / tokens
+    return LMEvalResult(
+        loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=tokens, examples=examples
     )
 
 
