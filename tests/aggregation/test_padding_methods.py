@@ -190,7 +190,7 @@ def test_self_pruning_penalty_matches_definition_and_has_gradients(
     g = torch.Generator().manual_seed(seed)
     A = torch.randn(8, 5, generator=g, dtype=DTYPE, requires_grad=True)
     B = torch.randn(6, 8, generator=g, dtype=DTYPE, requires_grad=True)
-    keep = math.ceil(gamma * 8)
+    keep = math.floor(gamma * 8)
     value = self_pruning_penalty([(A, B)], gamma=gamma, lam=lam)
     expected = lam * torch.linalg.matrix_norm(B[:, keep:]) * torch.linalg.matrix_norm(A[keep:])
     torch.testing.assert_close(value, expected)
@@ -289,3 +289,11 @@ def test_uniform_weighting_ignores_data_sizes() -> None:
     state = get_aggregator("fedit", weighting="uniform").aggregate(updates, initial(shapes))
     expected = 0.5 * (updates[0].modules["m"].folded().A + updates[1].modules["m"].folded().A)
     torch.testing.assert_close(state.modules["m"].A, expected)
+
+
+@pytest.mark.parametrize("rank", [2, 5, 8, 20, 64])
+def test_self_pruning_penalty_is_active_at_the_default_gamma(rank: int) -> None:
+    g = torch.Generator().manual_seed(rank)
+    A = torch.randn(rank, 6, generator=g, dtype=DTYPE)
+    B = torch.randn(6, rank, generator=g, dtype=DTYPE)
+    assert self_pruning_penalty([(A, B)], gamma=0.99, lam=1e-3) > 0

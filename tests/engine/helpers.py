@@ -42,6 +42,7 @@ def write_tiny_config(
     policy: str = "list",
     options: dict[str, Any] | None = None,
     steps: int = 1,
+    method: str = "flexlora",
 ) -> Path:
     """:func:`tiny_config` as a TOML file, for the CLI and for Flower's run config."""
     config = tiny_config(
@@ -56,6 +57,7 @@ def write_tiny_config(
             "ranks.options": options or {"ranks": [2, 4, 4, 8][:num_clients]},
             "train.steps": steps,
             "train.lr": 1e-3,
+            "aggregation.method": method,
         },
     )
     path.parent.mkdir(parents=True, exist_ok=True)

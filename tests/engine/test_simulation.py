@@ -146,3 +146,29 @@ def test_loss_based_probe_promotes_the_best_clients(tiny_bert_dir: Path, tmp_pat
     allocation = experiment.policy.allocation
     assert allocation is not None
     assert sorted(t.max_rank for t in allocation) == [2, 2, 2, 2, 8, 8]
+
+
+def test_flexlora_keeps_the_federations_largest_rank(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    # A round of rank-2 clients must not truncate what the rank-8 clients get next time.
+    experiment = build_experiment(tiny_config(tiny_bert_dir, tmp_path / "x"))
+    assert experiment.aggregator.max_rank == 8  # type: ignore[attr-defined]
+    loss_based = tiny_config(
+        tiny_bert_dir,
+        tmp_path / "y",
+        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 6}},
+    )
+    assert build_experiment(loss_based).aggregator.max_rank == 6  # type: ignore[attr-defined]
+
+
+def test_resume_before_the_first_checkpoint_starts_over(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tiny_bert_dir, tmp_path / "early", **{"run.checkpoint_every": 3})
+    with pytest.raises(KilledRunError):
+        _run(config, stop_after=1)
+    run = RunDir(tmp_path / "early")
+    assert not run.has_checkpoint()
+    assert [r.round for r in run.metrics()] == [1]
+    resumed = _run(config, resume=True)
+    assert [r.round for r in run.metrics()] == [1, 2, 3]
+    assert [r.round for r in resumed.metrics] == [1, 2, 3]

@@ -22,10 +22,14 @@ pytestmark = pytest.mark.slow
 RANKS = [2, 4, 4, 8]
 
 
+@pytest.mark.parametrize("method", ["flexlora", "flora"])
 def test_ray_simulation_matches_in_process(
-    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory, method: str
 ) -> None:
-    config_path = write_tiny_config(tmp_path / "tiny.toml", tiny_bert_dir, options={"ranks": RANKS})
+    # FLoRA also checks that the server evaluates the base weights with the merged update.
+    config_path = write_tiny_config(
+        tmp_path / "tiny.toml", tiny_bert_dir, options={"ranks": RANKS}, method=method
+    )
     flower_dir = tmp_path / "flower-run"
 
     federation = flower_federation("simulation")

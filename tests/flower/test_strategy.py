@@ -14,7 +14,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedlora.aggregation import GlobalState, available_aggregators, get_aggregator
 from fedlora.config import load_config
 from fedlora.engine import sample_clients
-from fedlora.errors import FedloraError
 from fedlora.flower import client_app
 from fedlora.flower.records import (
     ARRAYS,
@@ -263,14 +262,6 @@ def test_an_unsampled_client_reply_is_dropped() -> None:
     assert any("was not sampled" in d for d in strategy.rounds[1].dropped)
 
 
-def test_a_node_with_a_bad_partition_id_is_refused() -> None:
-    strategy = _strategy()
-    nodes = _nodes()
-    nodes[1003]["partition-id"] = 9
-    with pytest.raises(FedloraError, match=r"partition-id 9 is not in 0\.\.3"):
-        strategy.discover(FakeGrid(nodes, _trained))
-
-
 def test_identify_reports_the_node_config() -> None:
     grid = FakeGrid(_nodes(n1001={"lora-rank": 8}), _trained)
     query = Message(
@@ -318,3 +309,53 @@ def test_loss_based_without_probe_promotes_among_round_one_participants() -> Non
     assert [strategy.tier(c).max_rank for c in range(NUM_CLIENTS)] == [
         8 if c == best else 2 for c in range(NUM_CLIENTS)
     ]
+
+
+def test_duplicate_and_impersonating_replies_are_dropped() -> None:
+    strategy = _strategy()
+    grid = FakeGrid(_nodes(), _trained)
+    messages = list(strategy.configure_train(1, None, ConfigRecord(), grid))
+    replies = grid.send_and_receive(messages)
+    first, second = strategy.rounds[1].clients[:2]
+    duplicate = _trained(messages[0], None)  # type: ignore[arg-type]
+    settings = dict(messages[1].content.config_records[CONFIG])
+    impostor_message = Message(
+        content=RecordDict({CONFIG: ConfigRecord({**settings, "client": first})}),
+        message_type=MessageType.TRAIN,
+        dst_node_id=1000 + second,
+    )
+    impostor_message.content.array_records[ARRAYS] = messages[0].content.array_records[ARRAYS]
+    impostor = _trained(impostor_message, None)  # type: ignore[arg-type]
+    _, metrics = strategy.aggregate_train(1, [*replies, duplicate, impostor])
+    assert metrics is not None and metrics["num-replies"] == 3
+    dropped = strategy.rounds[1].dropped
+    assert any(f"a second reply for client {first}" in d for d in dropped)
+    assert any(d.startswith(f"node {1000 + second}:") and "not its own" in d for d in dropped)
+
+
+def test_a_reply_with_another_alpha_is_dropped() -> None:
+    strategy = _strategy()
+
+    def other_alpha(message: Message, context: Context) -> Message:
+        reply = _trained(message, context)
+        reply.content.metric_records["metrics"]["alpha"] = 8.0
+        return reply
+
+    grid = FakeGrid(_nodes(), other_alpha)
+    _, _, (arrays, _) = _round(strategy, grid)
+    assert arrays is None
+    assert all("lora alpha 8.0 but the run uses 16.0" in d for d in strategy.rounds[1].dropped)
+
+
+def test_a_node_with_a_bad_identity_is_left_out() -> None:
+    strategy = _strategy()
+    nodes = _nodes()
+    nodes[1003]["partition-id"] = 9
+    assert sorted(strategy.discover(FakeGrid(nodes, _trained))) == [0, 1, 2]
+
+
+def test_flexlora_keeps_enough_triplets_for_announced_ranks() -> None:
+    strategy = _strategy("flexlora", ranks=[2, 2, 2, 2])
+    strategy.aggregator.max_rank = 2
+    strategy.discover(FakeGrid(_nodes(n1001={"lora-rank": 6}), _trained))
+    assert strategy.aggregator.max_rank == 6

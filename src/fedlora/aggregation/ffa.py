@@ -10,7 +10,7 @@ from torch import Tensor
 from fedlora.aggregation.base import Aggregator, pad_factors, weighted_sum
 from fedlora.aggregation.state import GlobalState
 from fedlora.aggregation.weights import Weighting
-from fedlora.errors import FedloraError, InvalidUpdateError
+from fedlora.errors import InvalidUpdateError
 from fedlora.lora.factors import FoldedFactors
 from fedlora.lora.update import ClientUpdate
 
@@ -48,16 +48,11 @@ class FFA(Aggregator):
         weights: Tensor,
         previous: FoldedFactors | None,
     ) -> FoldedFactors:
+        # check_update made sure every A is the served one: keep the full-precision copy.
         longest = max(factors, key=lambda f: f.rank)
         shared = longest.A
-        if previous is not None and previous.rank > longest.rank:
+        if previous is not None and previous.rank >= longest.rank:
             shared = previous.A
-        for index, f in enumerate(factors):
-            if not torch.allclose(f.A, shared[: f.rank], rtol=0.0, atol=self.atol):
-                raise FedloraError(
-                    f"ffa: module {module!r}: update {index} of this round changed the frozen A; "
-                    "FFA-LoRA clients must train B only"
-                )
         rank = shared.shape[0]
         B = weighted_sum([pad_factors(f, rank).B for f in factors], weights)
         return FoldedFactors(A=shared, B=B)

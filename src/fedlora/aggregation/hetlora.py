@@ -52,7 +52,8 @@ def self_pruning_penalty(
     """HetLoRA's rank self-pruning regulariser, to add to a client's training loss.
 
     For each module with ``A (r x in)`` and ``B (out x r)`` it adds
-    ``lam * ||B[:, k:]||_F * ||A[k:, :]||_F`` with ``k = ceil(gamma * r)``: it pushes the trailing
+    ``lam * ||B[:, k:]||_F * ||A[k:, :]||_F`` with ``k = floor(gamma * r)`` (so the default
+    ``gamma = 0.99`` penalises the last slot of any rank below 100): it pushes the trailing
     ``(1 - gamma)`` share of the rank towards zero so that the client can prune it.  Unlike the
     reference implementation it is computed on the live parameters, so gradients flow.
     """
@@ -62,7 +63,7 @@ def self_pruning_penalty(
         raise FedloraError(f"hetlora lambda must be non-negative, got {lam}")
     total: Tensor | None = None
     for A, B in factor_pairs:
-        keep = math.ceil(gamma * A.shape[0])
+        keep = math.floor(gamma * A.shape[0])
         term = torch.linalg.matrix_norm(B[:, keep:]) * torch.linalg.matrix_norm(A[keep:, :])
         total = term if total is None else total + term
     if total is None:

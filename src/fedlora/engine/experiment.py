@@ -12,7 +12,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedlora.aggregation import Aggregator, GlobalState, get_aggregator
+from fedlora.aggregation import (
+    Aggregator,
+    FlexLoRA,
+    GlobalState,
+    aggregator_class,
+    get_aggregator,
+)
 from fedlora.config import ExperimentConfig
 from fedlora.data import (
     TextClassificationData,
@@ -72,13 +78,13 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     """Load and tokenise the data, partition it, load the model, build the policy and method."""
     seed = config.run.seed
     # Names and options first: a typo should fail before any data or model is loaded.
+    policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
+    policy.assign(config.run.num_clients)
     aggregator = get_aggregator(
         config.aggregation.method,
         weighting=config.aggregation.weighting,
-        **config.aggregation.options,
+        **_aggregator_options(config, policy),
     )
-    policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
-    policy.assign(config.run.num_clients)
     partitioner = get_partitioner(config.data.partition, seed=seed, **config.data.partition_options)
     train_data, test_data = load_data(config)
     model, tokenizer = load_classifier(config.model.name, train_data.num_classes, seed=seed)
@@ -149,6 +155,25 @@ def _subsample(
         return data
     rng = np.random.default_rng(seed)
     return data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))
+
+
+def _aggregator_options(config: ExperimentConfig, policy: RankPolicy) -> dict[str, Any]:
+    """FlexLoRA keeps as many singular triplets as the federation's largest rank needs.
+
+    A round without the high-rank clients must not truncate what they receive next time.
+    """
+    options: dict[str, Any] = dict(config.aggregation.options)
+    if aggregator_class(config.aggregation.method) is FlexLoRA:
+        options.setdefault("max_rank", federation_max_rank(policy))
+    return options
+
+
+def federation_max_rank(policy: RankPolicy) -> int:
+    """The largest rank any client can hold under ``policy`` (including future promotions)."""
+    tiers = list(policy.allocation or [])
+    if isinstance(policy, LossBasedRanks):
+        tiers.append(policy.high)
+    return max(t.max_rank for t in tiers)
 
 
 def _policy_options(config: ExperimentConfig) -> dict[str, Any]:

@@ -177,6 +177,7 @@ class Simulation:
 
     def _start(self) -> tuple[GlobalState, list[RoundMetrics]]:
         exp = self.experiment
+        self.run_dir.rewrite_metrics([])  # a resume before the first checkpoint starts over
         counts = label_distribution(exp.train_labels, exp.partitions, len(exp.label_names))
         write_label_distribution(counts, exp.label_names, self.run_dir.path)
         state = exp.initial_state()

@@ -75,6 +75,7 @@ class RoundRecorder:
         self.run_dir = run_dir
         self.strategy = strategy
         self.rows: list[RoundMetrics] = []
+        self._merged_round = 0
 
     def after_round(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round == 0:
@@ -82,6 +83,10 @@ class RoundRecorder:
         config = self.experiment.config
         state = self.strategy.state
         log = self.strategy.rounds[server_round]
+        if state.merge_into_base and state.round > self._merged_round:
+            # FLoRA: the server's model must hold the merged update it evaluates.
+            self.experiment.model.merge_into_base(state.merge_into_base)
+            self._merged_round = state.round
         evaluation, seconds_eval = None, 0.0
         if server_round % config.run.eval_every == 0 or server_round == config.run.rounds:
             tick = time.perf_counter()
@@ -113,7 +118,11 @@ class RoundRecorder:
         self.run_dir.append_metrics(row)
         if server_round % config.run.checkpoint_every == 0 or server_round == config.run.rounds:
             save_checkpoint(
-                Checkpoint(state=state, base_deltas=dict(self.strategy.base_deltas)),
+                Checkpoint(
+                    state=state,
+                    base_deltas=dict(self.strategy.base_deltas),
+                    policy_state=self.strategy.policy.state_dict(),
+                ),
                 self.run_dir.checkpoint_dir,
             )
         if evaluation is None:

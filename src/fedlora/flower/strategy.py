@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from torch import Tensor
 
-from fedlora.aggregation import Aggregator, GlobalState
+from fedlora.aggregation import Aggregator, FlexLoRA, GlobalState
 from fedlora.aggregation.validation import validate_round
 from fedlora.config import ExperimentConfig
 from fedlora.engine.client import tensor_bytes
@@ -134,14 +134,35 @@ class FedLoraStrategy(Strategy):
             if reply.has_error():
                 log.warning("node %d did not identify itself: %s", node_id, reply.error.reason)
                 continue
-            info = _node_info(node_id, reply.content.config_records[CONFIG], needed)
+            try:
+                info = _node_info(node_id, reply.content.config_records[CONFIG], needed)
+            except FedloraError as error:
+                log.warning("node %d is left out: %s", node_id, error)
+                continue
+            if info.client in self.nodes:
+                log.warning(
+                    "nodes %d and %d both serve client %d; node %d is left out",
+                    self.nodes[info.client].node_id,
+                    node_id,
+                    info.client,
+                    node_id,
+                )
+                continue
             self.nodes[info.client] = info
         missing = sorted(set(range(needed)) - set(self.nodes))
         if missing:
             log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
+        self._cover_announced_ranks()
         if self.policy.needs_probe:
             self.probe(grid, timeout)
         return self.nodes
+
+    def _cover_announced_ranks(self) -> None:
+        """FlexLoRA must keep enough triplets for the highest rank a node announced."""
+        announced = [i.announced.max_rank for i in self.nodes.values() if i.announced is not None]
+        if isinstance(self.aggregator, FlexLoRA) and announced:
+            current = self.aggregator.max_rank or 0
+            self.aggregator.max_rank = max(current, *announced)
 
     def probe(self, grid: Grid, timeout: float) -> None:
         """Byun & Lee's scoring: every client trains once from the initial state (round 0)."""
@@ -261,6 +282,11 @@ class FedLoraStrategy(Strategy):
                 update = update_from_reply(reply.content, self.config.model.use_rslora)
                 if update.client_id not in expected:
                     raise FedloraError(f"client {update.client_id} was not sampled this round")
+                if node_id != self.nodes[int(update.client_id)].node_id:
+                    raise FedloraError(f"it answered for client {update.client_id}, not its own")
+                if update.client_id in losses:
+                    raise FedloraError(f"a second reply for client {update.client_id}")
+                self._check_alpha(update)
                 validate_round([update], self.state)
                 self._check_rank(update)
                 self.aggregator.check_update(update, self.state)
@@ -286,6 +312,15 @@ class FedLoraStrategy(Strategy):
             top = max(t.max_rank for t in changed)
             record.promoted = [c for c, t in enumerate(changed) if t.max_rank == top]
             log.info("rank policy: clients %s promoted to rank %d", record.promoted, top)
+
+    def _check_alpha(self, update: ClientUpdate) -> None:
+        alpha = self.config.model.lora_alpha
+        for name, factors in update.modules.items():
+            if not math.isclose(factors.alpha, alpha, rel_tol=1e-6):
+                raise FedloraError(
+                    f"client {update.client_id}, module {name!r}: lora alpha {factors.alpha} "
+                    f"but the run uses {alpha}"
+                )
 
     def _check_rank(self, update: ClientUpdate) -> None:
         expected = self.tier(int(update.client_id)).rank_map(self.module_names)
