@@ -7,6 +7,12 @@ Uses transformers and PEFT; imports only the LoRA state types from the layers ab
 from fedlora.model.adapted import AdaptedModel, AdapterLayout
 from fedlora.model.causal import load_causal_lm, tiered_ranks
 from fedlora.model.generation import GenerationResult, evaluate_generation, generate_greedy
+from fedlora.model.gguf import (
+    SMOLLM2_ALIASES,
+    cached_model_folder,
+    convert_gguf,
+    smollm2_gguf_path,
+)
 from fedlora.model.instructions import IGNORE_INDEX, TokenizedInstructions, apply_template
 from fedlora.model.loading import MINILM_ALIASES, load_classifier, resolve_model_path
 from fedlora.model.targets import (
@@ -35,6 +41,7 @@ __all__ = [
     "HEAD_NAMES",
     "IGNORE_INDEX",
     "MINILM_ALIASES",
+    "SMOLLM2_ALIASES",
     "AdaptedModel",
     "AdapterLayout",
     "EvalResult",
@@ -44,6 +51,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "apply_template",
+    "cached_model_folder",
+    "convert_gguf",
     "default_head_modules",
     "default_target_modules",
     "evaluate",
@@ -58,6 +67,7 @@ __all__ = [
     "resolve_head",
     "resolve_model_path",
     "resolve_targets",
+    "smollm2_gguf_path",
     "tiered_ranks",
     "train_local",
 ]

