@@ -87,7 +87,10 @@ def expected_output(task: str, text: str) -> str:
 
 @pytest.fixture(scope="module")
 def all_procedural() -> InstructionData:
-    return generate_tasks(num_tasks=available_task_count(), examples_per_task=6, seed=3)
+    # Module-scoped, so the autouse function fixture that hides $FEDLORA_DATA has not run yet.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("FEDLORA_DATA", raising=False)
+        return generate_tasks(num_tasks=available_task_count(), examples_per_task=6, seed=3)
 
 
 def test_word_pool_has_no_duplicates() -> None:
