@@ -7,7 +7,7 @@ client or per round, and each batch is only as wide as its longest row.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -122,26 +122,44 @@ class TokenizedData:
         """Batches of the rows at ``indices``: shuffled with ``generator`` if one is given, else in
         order; each trimmed to its longest row.  Tensors are copies, safe to modify.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
-        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
-            raise ConfigError(f"batch indices must be in [0, {len(self)})")
-        if generator is not None:
-            idx = idx[torch.randperm(len(idx), generator=generator)]
-        return self._iter_batches(idx, batch_size, drop_last)
+        rows = batch_order(indices, len(self), batch_size, generator)
+        tokens = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        return trimmed_batches(
+            rows, batch_size, drop_last, self.lengths, tokens, {"labels": self.labels}
+        )
 
-    def _iter_batches(
-        self, idx: Tensor, batch_size: int, drop_last: bool
-    ) -> Iterator[dict[str, Tensor]]:
-        # A separate generator so that bad arguments raise at the call, not at the first batch.
-        for start in range(0, len(idx), batch_size):
-            rows = idx[start : start + batch_size]
-            if drop_last and len(rows) < batch_size:
-                break
-            width = max(1, int(self.lengths[rows].max()))
-            yield {
-                "input_ids": self.input_ids[rows, :width],
-                "attention_mask": self.attention_mask[rows, :width],
-                "labels": self.labels[rows],
-            }
+
+def batch_order(
+    indices: Indices, num_rows: int, batch_size: int, generator: torch.Generator | None
+) -> Tensor:
+    """The checked row order of an epoch (shuffled with ``generator`` if given).
+
+    Checked eagerly, so that bad arguments raise at the call and not at the first batch.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= num_rows):
+        raise ConfigError(f"batch indices must be in [0, {num_rows})")
+    if generator is not None:
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+    return idx
+
+
+def trimmed_batches(
+    order: Tensor,
+    batch_size: int,
+    drop_last: bool,
+    lengths: Tensor,
+    per_token: Mapping[str, Tensor],
+    per_row: Mapping[str, Tensor],
+) -> Iterator[dict[str, Tensor]]:
+    """Batches in ``order``, token tensors cut to the batch's longest row (dynamic padding)."""
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        if drop_last and len(rows) < batch_size:
+            break
+        width = max(1, int(lengths[rows].max()))
+        batch = {key: tensor[rows, :width] for key, tensor in per_token.items()}
+        batch.update({key: tensor[rows] for key, tensor in per_row.items()})
+        yield batch

@@ -29,6 +29,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from fedlora.data.tokenized import batch_order, trimmed_batches
 from fedlora.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -169,25 +170,10 @@ class TokenizedInstructions:
         """Batches of the rows at ``indices``, shuffled with ``generator`` if one is given, each
         trimmed to its longest row (dynamic padding).  Tensors are copies, safe to modify.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        idx = torch.as_tensor(np.asarray(indices, dtype=np.int64)).reshape(-1)
-        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
-            raise ConfigError(f"batch indices must be in [0, {len(self)})")
-        if generator is not None:
-            idx = idx[torch.randperm(len(idx), generator=generator)]
-        return self._iter_batches(idx, batch_size, drop_last)
-
-    def _iter_batches(
-        self, idx: Tensor, batch_size: int, drop_last: bool
-    ) -> Iterator[dict[str, Tensor]]:
-        for start in range(0, len(idx), batch_size):
-            rows = idx[start : start + batch_size]
-            if drop_last and len(rows) < batch_size:
-                break
-            width = int(self.lengths[rows].max())
-            yield {
-                "input_ids": self.input_ids[rows, :width],
-                "attention_mask": self.attention_mask[rows, :width],
-                "labels": self.labels[rows, :width],
-            }
+        rows = batch_order(indices, len(self), batch_size, generator)
+        tokens = {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "labels": self.labels,
+        }
+        return trimmed_batches(rows, batch_size, drop_last, self.lengths, tokens, {})
