@@ -74,24 +74,9 @@ class Simulation:
         results: list[ClientResult] = []
         bytes_down = 0
         for client in clients:
-            rank_map = exp.rank_map(client)
-            factors = state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora)
-            bytes_down += tensor_bytes(factors, state.dense)
-            results.append(
-                run_client(
-                    exp.model,
-                    config,
-                    exp.aggregator,
-                    client=client,
-                    round_index=round_index,
-                    rank_map=rank_map,
-                    factors=factors,
-                    dense=state.dense,
-                    data=exp.train,
-                    indices=exp.partitions[client],
-                    validation=None if exp.validation is None else exp.validation[client],
-                )
-            )
+            result, sent = self._train(state, client, round_index)
+            results.append(result)
+            bytes_down += sent
         seconds_train = sum(r.seconds for r in results)
         tick = time.perf_counter()
         new_state = exp.aggregator.aggregate([r.update for r in results], state)
@@ -128,6 +113,26 @@ class Simulation:
         )
         return new_state, row
 
+    def _train(self, state: GlobalState, client: int, round_index: int) -> tuple[ClientResult, int]:
+        """One client's local training from ``state``; also the bytes it was sent."""
+        exp, model = self.experiment, self.config.model
+        rank_map = exp.rank_map(client)
+        factors = state.factors_for(rank_map, model.lora_alpha, model.use_rslora)
+        result = run_client(
+            exp.model,
+            self.config,
+            exp.aggregator,
+            client=client,
+            round_index=round_index,
+            rank_map=rank_map,
+            factors=factors,
+            dense=state.dense,
+            data=exp.train,
+            indices=exp.partitions[client],
+            validation=None if exp.validation is None else exp.validation[client],
+        )
+        return result, tensor_bytes(factors, state.dense)
+
     # ------------------------------------------------------------------ rank policy
 
     def _observe_losses(self, results: list[ClientResult], round_index: int) -> dict[str, object]:
@@ -141,9 +146,8 @@ class Simulation:
         changed = self.experiment.policy.observe_losses(losses)
         if changed is None:
             return {}
-        high = [
-            c for c, tier in enumerate(changed) if tier.max_rank == max(t.max_rank for t in changed)
-        ]
+        top = max(t.max_rank for t in changed)
+        high = [c for c, tier in enumerate(changed) if tier.max_rank == top]
         return {"promoted_clients": high}
 
     def _probe(self, state: GlobalState) -> None:
@@ -153,22 +157,7 @@ class Simulation:
             return
         losses: dict[int, float] = {}
         for client in range(self.config.run.num_clients):
-            rank_map = exp.rank_map(client)
-            result = run_client(
-                exp.model,
-                self.config,
-                exp.aggregator,
-                client=client,
-                round_index=0,
-                rank_map=rank_map,
-                factors=state.factors_for(
-                    rank_map, self.config.model.lora_alpha, self.config.model.use_rslora
-                ),
-                dense=state.dense,
-                data=exp.train,
-                indices=exp.partitions[client],
-                validation=exp.validation[client],
-            )
+            result, _ = self._train(state, client, round_index=0)
             if result.validation_loss is not None:
                 losses[client] = result.validation_loss
         self._promote(losses)
