@@ -65,10 +65,7 @@ class Experiment:
         )
 
     def tier(self, client: int) -> RankTier:
-        allocation = self.policy.allocation
-        if allocation is None:
-            raise RuntimeError("the rank policy has not assigned ranks yet")
-        return allocation[client]
+        return self.policy.tier_of(client)
 
     def rank_map(self, client: int) -> dict[str, int]:
         return self.tier(client).rank_map(self.module_names)

@@ -175,10 +175,7 @@ class FedLoraStrategy(Strategy):
         info = self.nodes.get(client)
         if info is not None and info.announced is not None:
             return info.announced
-        allocation = self.policy.allocation
-        if allocation is None:
-            raise FedloraError("the rank policy has not assigned ranks yet")
-        return allocation[client]
+        return self.policy.tier_of(client)
 
     # ------------------------------------------------------------------ training
 

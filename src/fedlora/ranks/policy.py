@@ -136,6 +136,10 @@ class RankPolicy(ABC):
         """Restores :meth:`_extra_state` output."""
         del extra
 
+    def tier_of(self, client: int) -> RankTier:
+        """The tier client ``client`` trains now."""
+        return self._require_allocation()[client]
+
     def _require_allocation(self) -> list[RankTier]:
         if self._allocation is None:
             raise FedloraError(f"rank policy {self.name!r}: call assign(num_clients) first")
