@@ -37,6 +37,14 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with a byte-level BPE tokenizer and a chat template (no downloads)."""
+    from fedlora.model.tiny import save_tiny_causal_lm
+
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The real AG News / DBpedia subsets beside the repository (or $FEDLORA_DATA)."""
     candidates = [os.environ.get("FEDLORA_DATA", ""), str(REPO_ROOT.parent / "shared" / "data")]

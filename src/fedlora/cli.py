@@ -53,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     _add_overrides(compare)
+    compare.add_argument(
+        "--set-for",
+        dest="method_overrides",
+        action="append",
+        nargs=2,
+        default=[],
+        metavar=("METHOD", "KEY=VALUE"),
+        help="override a key for one method only, e.g. --set-for fedit ranks.policy=fixed "
+        "(repeatable)",
+    )
     compare.add_argument("--out", type=Path, help="comparison directory (default: run.out_dir)")
     compare.add_argument("--overwrite", action="store_true", help="replace existing runs")
     compare.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -122,6 +132,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         args.overrides,
         aggregators=_split_list(args.aggregators, "--aggregators"),
         seeds=[_int(s, "--seeds") for s in _split_list(args.seeds, "--seeds")],
+        method_overrides=[(method, item) for method, item in args.method_overrides],
         out=args.out,
         overwrite=args.overwrite,
         progress=not args.no_progress,

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fedlora.errors import ConfigError
 
@@ -57,7 +64,8 @@ class RunSection(Section):
 class ModelSection(Section):
     name: str = Field(
         "minilm",
-        description="Model: 'minilm' (the packaged all-MiniLM-L6-v2), a local folder or a hub id.",
+        description="Model: 'minilm' (all-MiniLM-L6-v2) or 'smollm2' (SmolLM2-135M-Instruct), "
+        "both packaged, a local folder or a hub id.",
     )
     target_modules: list[str] = Field(
         default_factory=list, description="LoRA target modules; empty = the architecture default."
@@ -71,7 +79,9 @@ class ModelSection(Section):
 class DataSection(Section):
     dataset: str = Field(
         "ag_news",
-        description="'ag_news', 'dbpedia_14', 'synthetic', or a path to a .csv/.jsonl file.",
+        description="'ag_news', 'dbpedia_14', 'synthetic', or a path to a .csv/.jsonl file; "
+        "causal-lm: 'generated' (built-in tasks), an Alpaca/Dolly/Natural-Instructions file or "
+        "folder, or a hub name.",
     )
     data_dir: str = Field(
         "", description="Folder with local copies of the datasets; empty = $FEDLORA_DATA."
@@ -88,7 +98,9 @@ class DataSection(Section):
         500, ge=0, description="Evaluate on at most this many test rows (0 = all)."
     )
     partition: str = Field(
-        "dirichlet", description="Partitioner: iid, dirichlet, size_skew, quality, natural."
+        "dirichlet",
+        description="Partitioner: iid, dirichlet, size_skew, quality; natural (causal-lm: "
+        "whole tasks per client; other partitioners treat the task as the label).",
     )
     partition_options: dict[str, Scalar] = Field(
         default_factory=lambda: dict[str, Scalar](alpha=0.5),
@@ -148,20 +160,100 @@ class TrainSection(Section):
         return self
 
 
+class InstructSection(Section):
+    """Instruction tuning of causal LMs (``task = "causal-lm"``); ignored by classification."""
+
+    template: Literal["alpaca", "plain", "chat"] = Field(
+        "alpaca",
+        description="Prompt format: 'alpaca', 'plain', or the tokenizer's 'chat' template.",
+    )
+    response_only: bool = Field(
+        True, description="Train on the response tokens only (the prompt is masked out)."
+    )
+    max_new_tokens: int = Field(
+        32, ge=1, description="Tokens generated (greedily) per test prompt."
+    )
+    num_tasks: int = Field(
+        0,
+        ge=0,
+        description="Generated tasks; 0 = one per client plus the unseen ones.",
+    )
+    examples_per_task: list[int] = Field(
+        default_factory=lambda: [20, 60],
+        description="Generated examples per task: [low, high], drawn per task.",
+    )
+    unseen_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of tasks held out of every client, the test set (0: see test_fraction).",
+    )
+    test_fraction: float = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="With unseen_fraction = 0: share of each task's examples held out for testing.",
+    )
+    eval_per_task: int = Field(
+        20, ge=0, description="Evaluate at most this many examples per test task (0 = all)."
+    )
+
+    @field_validator("examples_per_task")
+    @classmethod
+    def _examples_range(cls, value: list[int]) -> list[int]:
+        if len(value) != 2 or not 1 <= value[0] <= value[1]:
+            raise ValueError(f"must be [low, high] with 1 <= low <= high, got {value}")
+        return value
+
+
+CAUSAL_LM_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"name": "smollm2", "max_length": 256},
+    "data": {"dataset": "generated", "partition": "natural", "partition_options": {}},
+    "train": {"batch_size": 8, "lr": 3e-4, "eval_batch_size": 16},
+}
+"""The defaults that differ for ``task = "causal-lm"`` (keys the config leaves unset)."""
+
+
 class ExperimentConfig(Section):
+    task: Literal["classification", "causal-lm"] = Field(
+        "classification",
+        description="'classification' (sequence classifier) or 'causal-lm' (instruction tuning).",
+    )
     run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
     model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
     data: DataSection = Field(default_factory=DataSection)  # type: ignore[arg-type]
     ranks: RanksSection = Field(default_factory=RanksSection)  # type: ignore[arg-type]
     aggregation: AggregationSection = Field(default_factory=AggregationSection)  # type: ignore[arg-type]
     train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
+    instruct: InstructSection = Field(default_factory=InstructSection)  # type: ignore[arg-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_defaults(cls, data: Any) -> Any:
+        """``task = "causal-lm"`` changes the defaults of :data:`CAUSAL_LM_DEFAULTS`."""
+        if not isinstance(data, Mapping) or data.get("task") != "causal-lm":
+            return data
+        filled = dict(data)
+        for section, defaults in CAUSAL_LM_DEFAULTS.items():
+            given = filled.get(section, {})
+            if isinstance(given, Mapping):
+                filled[section] = {**defaults, **given}
+        return filled
+
+    @property
+    def is_causal_lm(self) -> bool:
+        return self.task == "causal-lm"
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump())
 
     def replace(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
-        """A copy with dotted-key overrides applied (validated again)."""
-        data = self.model_dump()
+        """A copy with dotted-key overrides applied (validated again).
+
+        Keys never set keep following their defaults, so ``{"task": "causal-lm"}`` also brings
+        the causal-LM defaults.
+        """
+        data = self.model_dump(exclude_unset=True)
         for key, value in overrides.items():
             _set_dotted(data, key, value)
         return build_config(data)
@@ -225,9 +317,19 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def describe_defaults() -> Iterator[tuple[str, str, str]]:
     """``(key, default, description)`` for every key, section by section."""
-    defaults = ExperimentConfig()
-    for section_name in ExperimentConfig.model_fields:
+    defaults = ExperimentConfig.model_validate({})
+    for section_name, field in ExperimentConfig.model_fields.items():
         section = getattr(defaults, section_name)
-        for key, field in type(section).model_fields.items():
-            value = tomli_w.dumps({"v": getattr(section, key)}).strip().removeprefix("v = ")
-            yield f"{section_name}.{key}", value, field.description or ""
+        if not isinstance(section, Section):
+            yield section_name, _toml_value(section), field.description or ""
+            continue
+        causal = CAUSAL_LM_DEFAULTS.get(section_name, {})
+        for key, key_field in type(section).model_fields.items():
+            description = key_field.description or ""
+            if key in causal:
+                description += f" causal-lm default: `{_toml_value(causal[key])}`."
+            yield f"{section_name}.{key}", _toml_value(getattr(section, key)), description
+
+
+def _toml_value(value: Any) -> str:
+    return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")

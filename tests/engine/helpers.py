@@ -32,6 +32,31 @@ def tiny_config(model_dir: Path, out_dir: Path, **overrides: Any) -> ExperimentC
     return load_config(None).replace(settings)
 
 
+def tiny_causal_config(model_dir: Path, out_dir: Path, **overrides: Any) -> ExperimentConfig:
+    """Instruction tuning of a tiny causal LM on 5 generated tasks (4 clients, 1 task unseen)."""
+    settings: dict[str, Any] = {
+        "task": "causal-lm",
+        "model.name": str(model_dir),
+        "model.max_length": 128,
+        "data.data_dir": str(out_dir / "no-topic-data"),
+        "run.out_dir": str(out_dir),
+        "run.num_clients": 4,
+        "run.clients_per_round": 2,
+        "run.rounds": 2,
+        "train.steps": 2,
+        "train.batch_size": 4,
+        "train.lr": 5e-3,
+        "instruct.template": "plain",
+        "instruct.examples_per_task": [6, 10],
+        "instruct.max_new_tokens": 6,
+        "instruct.eval_per_task": 4,
+        "ranks.policy": "list",
+        "ranks.options": {"ranks": [2, 4, {"attention": 2, "mlp": 8}, 8]},
+    }
+    settings.update(overrides)
+    return load_config(None).replace(settings)
+
+
 def write_tiny_config(
     path: Path,
     model_dir: Path,

@@ -6,15 +6,16 @@ finished run is reused and an interrupted one resumed, so a long comparison can 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from fedlora.aggregation import aggregator_class
 from fedlora.commands.progress import RoundProgress
 from fedlora.commands.quiet import quiet_libraries
-from fedlora.config import ExperimentConfig, load_config
+from fedlora.config import ExperimentConfig, load_config, parse_override
 from fedlora.errors import FedloraError
 from fedlora.report import comparison_rows, plot_comparison, write_comparison
 from fedlora.runs import RoundMetrics, RunDir
@@ -26,6 +27,7 @@ def compare_command(
     *,
     aggregators: Sequence[str],
     seeds: Sequence[int],
+    method_overrides: Sequence[tuple[str, str]] = (),
     out: Path | None,
     overwrite: bool,
     progress: bool,
@@ -36,27 +38,41 @@ def compare_command(
         aggregator_class(name)
     if len(set(aggregators)) != len(aggregators):
         raise FedloraError(f"--aggregators: a method is listed twice in {','.join(aggregators)}")
+    per_method: dict[str, dict[str, Any]] = {}
+    for method, item in method_overrides:
+        if method not in aggregators:
+            raise FedloraError(
+                f"--set-for {method} {item}: {method!r} is not in --aggregators "
+                f"({','.join(aggregators)})"
+            )
+        key, value = parse_override(item)
+        per_method.setdefault(method, {})[key] = value
     root = out if out is not None else Path(base.run.out_dir)
     results: dict[str, list[list[RoundMetrics]]] = {}
     for method in aggregators:
         for seed in seeds:
-            config = comparison_config(base, method, seed, root)
+            config = comparison_config(base, method, seed, root, per_method.get(method, {}))
             rows = _run_or_reuse(config, overwrite=overwrite, progress=progress, console=console)
             results.setdefault(method, []).append(rows)
     table = write_comparison(comparison_rows(results), root)
-    plot = plot_comparison(results, root / "comparison.png", f"{base.data.dataset}: test accuracy")
+    plot = plot_comparison(results, root / "comparison.png", base.data.dataset)
     console.print(table)
     console.print(f"comparison: {root / 'comparison.md'}, {root / 'comparison.csv'}, {plot}")
     return 0
 
 
 def comparison_config(
-    base: ExperimentConfig, method: str, seed: int, root: Path
+    base: ExperimentConfig,
+    method: str,
+    seed: int,
+    root: Path,
+    method_overrides: Mapping[str, Any] | None = None,
 ) -> ExperimentConfig:
-    """The config of one cell: only the method, the seed and the directory change."""
+    """The config of one cell: the method (with its own overrides), the seed and the directory."""
     name = f"{method}-seed{seed}"
     return base.replace(
         {
+            **(method_overrides or {}),
             "aggregation.method": method,
             "run.seed": seed,
             "run.name": name,

@@ -11,7 +11,7 @@ from rich.table import Table
 from fedlora.config import describe_defaults, load_config
 from fedlora.errors import FedloraError
 from fedlora.report import plot_comparison, plot_run
-from fedlora.runs import RunDir
+from fedlora.runs import RunDir, headline
 
 
 def inspect_command(path: Path) -> int:
@@ -30,15 +30,17 @@ def inspect_command(path: Path) -> int:
         f"aggregation {config.aggregation.method}, ranks {config.ranks.policy} "
         f"{config.ranks.options}, {config.run.num_clients} clients, seed {config.run.seed}"
     )
-    table = Table("round", "clients", "mean rank", "train loss", "test loss", "test acc", "MB up")
+    metric = headline(rows)
+    table = Table("round", "clients", "mean rank", "train loss", "test loss", metric.label, "MB up")
     for row in rows:
+        score = metric.value(row)
         table.add_row(
             str(row.round),
             str(len(row.clients)),
             f"{sum(row.ranks) / max(1, len(row.ranks)):.1f}",
             f"{row.train_loss:.4f}",
             "" if row.test_loss is None else f"{row.test_loss:.4f}",
-            "" if row.test_accuracy is None else f"{row.test_accuracy:.4f}",
+            "" if score is None else f"{score:.4f}",
             f"{row.bytes_up / 1e6:.2f}",
         )
     console.print(table)
@@ -59,7 +61,7 @@ def plot_command(paths: Sequence[Path], out: Path | None) -> int:
         plot_run(rows, target, name)
     else:
         target = out or RunDir(paths[0]).plots_dir / "comparison.png"
-        plot_comparison({name: [rows] for name, rows in runs.items()}, target, "test accuracy")
+        plot_comparison({name: [rows] for name, rows in runs.items()}, target, "runs")
     print(target)
     return 0
 

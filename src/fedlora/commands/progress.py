@@ -39,6 +39,8 @@ class RoundProgress:
 
     def update(self, row: RoundMetrics) -> None:
         status = f"{len(row.clients)} clients  loss {row.train_loss:.3f}"
-        if row.test_accuracy is not None:
+        if row.test_rouge_l is not None:
+            status += f"  rouge-L {row.test_rouge_l:.3f}"
+        elif row.test_accuracy is not None:
             status += f"  acc {row.test_accuracy:.3f}"
         self._progress.update(self._task, completed=row.round, status=status)

@@ -17,9 +17,13 @@ from fedlora.aggregation import Aggregator, self_pruning_penalty
 from fedlora.aggregation.hetlora import HetLoRA
 from fedlora.config import ExperimentConfig
 from fedlora.data import TokenizedData
+from fedlora.engine.evaluation import held_out_loss
 from fedlora.engine.seeds import batch_generator, client_torch_rng
 from fedlora.lora import ClientUpdate, LoraFactors
-from fedlora.model import AdaptedModel, EvalResult, TrainConfig, evaluate, train_local
+from fedlora.model import AdaptedModel, TrainConfig, train_local
+from fedlora.model.instructions import TokenizedInstructions
+
+TrainingRows = TokenizedData | TokenizedInstructions
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def run_client(
     rank_map: Mapping[str, int],
     factors: Mapping[str, LoraFactors],
     dense: Mapping[str, Tensor],
-    data: TokenizedData,
+    data: TrainingRows,
     indices: npt.NDArray[np.int64],
     validation: npt.NDArray[np.int64] | None = None,
 ) -> ClientResult:
@@ -80,7 +84,7 @@ def run_client(
     update = model.extract(str(client), len(indices))
     validation_loss = None
     if validation is not None and len(validation):
-        validation_loss = evaluate_rows(model, data, validation, config.train.eval_batch_size).loss
+        validation_loss = held_out_loss(model, data, validation, config.train.eval_batch_size)
     return ClientResult(
         update=update,
         train_loss=result.mean_loss,
@@ -88,12 +92,6 @@ def run_client(
         seconds=time.perf_counter() - start,
         validation_loss=validation_loss,
     )
-
-
-def evaluate_rows(
-    model: AdaptedModel, data: TokenizedData, indices: npt.NDArray[np.int64], batch_size: int
-) -> EvalResult:
-    return evaluate(model, data.batches(indices, batch_size))
 
 
 def _regularizer(

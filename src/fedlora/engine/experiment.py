@@ -6,7 +6,7 @@ so they train the same clients on the same data with the same ranks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,8 +30,16 @@ from fedlora.data import (
     stratified_split,
     synthetic_classification,
 )
+from fedlora.engine.client import TrainingRows
+from fedlora.engine.evaluation import ClassificationEvaluator, Evaluator
+from fedlora.engine.instruction import (
+    GenerationEvaluator,
+    load_instructions,
+    split_instructions,
+    tokenize_instructions,
+)
 from fedlora.errors import ConfigError
-from fedlora.model import AdaptedModel, load_classifier
+from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
 from fedlora.ranks import LossBasedRanks, RankPolicy, RankTier, get_rank_policy
 
 Indices = npt.NDArray[np.int64]
@@ -40,18 +48,24 @@ VALIDATION_SHARE = 0.1
 
 @dataclass
 class Experiment:
-    """The static world of a run; the global state and the round loop live in the runners."""
+    """The static world of a run; the global state and the round loop live in the runners.
+
+    ``groups`` gives every training row its label (classification) or task (causal LM), named by
+    ``group_names``: what the data summary counts per client.  ``data_notes`` are facts about the
+    data worth a line in the report (rows, tasks, truncation).
+    """
 
     config: ExperimentConfig
-    train: TokenizedData
-    test: TokenizedData
-    label_names: list[str]
-    train_labels: npt.NDArray[np.int64]
+    train: TrainingRows
+    groups: npt.NDArray[np.int64]
+    group_names: list[str]
     partitions: list[Indices]
     validation: list[Indices] | None
     model: AdaptedModel
     aggregator: Aggregator
     policy: RankPolicy
+    evaluator: Evaluator
+    data_notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def module_names(self) -> list[str]:
@@ -71,6 +85,19 @@ class Experiment:
         return self.tier(client).rank_map(self.module_names)
 
 
+@dataclass(frozen=True)
+class _TaskWorld:
+    """What differs between the tasks: the model, the training rows and the test set."""
+
+    model: AdaptedModel
+    train: TrainingRows
+    groups: npt.NDArray[np.int64]
+    group_names: list[str]
+    partitions: list[Indices]
+    evaluator: Evaluator
+    data_notes: dict[str, Any]
+
+
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Load and tokenise the data, partition it, load the model, build the policy and method."""
     seed = config.run.seed
@@ -82,35 +109,92 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         weighting=config.aggregation.weighting,
         **_aggregator_options(config, policy),
     )
+    world = _causal_lm_world(config) if config.is_causal_lm else _classification_world(config)
+    _check_ranks_fit(policy, world.model)
+    partitions, validation = world.partitions, None
+    if isinstance(policy, LossBasedRanks):
+        partitions, validation = _split_validation(partitions, seed)
+    return Experiment(
+        config=config,
+        train=world.train,
+        groups=world.groups,
+        group_names=world.group_names,
+        partitions=partitions,
+        validation=validation,
+        model=world.model,
+        aggregator=aggregator,
+        policy=policy,
+        evaluator=world.evaluator,
+        data_notes=world.data_notes,
+    )
+
+
+def _adapt(config: ExperimentConfig, model: Any, head: list[str] | None) -> AdaptedModel:
+    return AdaptedModel(
+        model,
+        config.model.target_modules or None,
+        head,
+        lora_dropout=config.model.lora_dropout,
+        init_seed=config.run.seed,
+    )
+
+
+def _classification_world(config: ExperimentConfig) -> _TaskWorld:
+    seed = config.run.seed
     partitioner = get_partitioner(config.data.partition, seed=seed, **config.data.partition_options)
     train_data, test_data = load_data(config)
     model, tokenizer = load_classifier(config.model.name, train_data.num_classes, seed=seed)
-    adapted = AdaptedModel(
-        model,
-        config.model.target_modules or None,
-        lora_dropout=config.model.lora_dropout,
-        init_seed=seed,
-    )
-    _check_ranks_fit(policy, adapted)
     labels = np.asarray(train_data.labels, dtype=np.int64)
-    partitions = [
-        np.asarray(p, dtype=np.int64) for p in partitioner.partition(labels, config.run.num_clients)
-    ]
-    validation = None
-    if isinstance(policy, LossBasedRanks):
-        partitions, validation = _split_validation(partitions, seed)
     max_length = config.model.max_length
-    return Experiment(
-        config=config,
-        train=TokenizedData.from_dataset(train_data, tokenizer, max_length),
-        test=TokenizedData.from_dataset(test_data, tokenizer, max_length),
-        label_names=list(train_data.label_names),
-        train_labels=labels,
-        partitions=partitions,
-        validation=validation,
-        model=adapted,
-        aggregator=aggregator,
-        policy=policy,
+    train = TokenizedData.from_dataset(train_data, tokenizer, max_length)
+    test = TokenizedData.from_dataset(test_data, tokenizer, max_length)
+    return _TaskWorld(
+        model=_adapt(config, model, None),
+        train=train,
+        groups=labels,
+        group_names=list(train_data.label_names),
+        partitions=[
+            np.asarray(p, dtype=np.int64)
+            for p in partitioner.partition(labels, config.run.num_clients)
+        ],
+        evaluator=ClassificationEvaluator(test, config.train.eval_batch_size),
+        data_notes={
+            "train rows": len(train),
+            "test rows": len(test),
+            "texts cut to model.max_length": f"{train.num_truncated} train, "
+            f"{test.num_truncated} test",
+        },
+    )
+
+
+def _causal_lm_world(config: ExperimentConfig) -> _TaskWorld:
+    partitioner = None
+    if config.data.partition != "natural":
+        partitioner = get_partitioner(
+            config.data.partition, seed=config.run.seed, **config.data.partition_options
+        )
+    elif config.data.partition_options:
+        raise ConfigError("data.partition_options: the natural partition takes no options")
+    instructions = load_instructions(config)
+    model, tokenizer = load_causal_lm(config.model.name, seed=config.run.seed)
+    split = split_instructions(config, instructions, partitioner)
+    train = tokenize_instructions(split.train, tokenizer, config)
+    evaluator = GenerationEvaluator(split, tokenizer, config)
+    return _TaskWorld(
+        model=_adapt(config, model, []),
+        train=train,
+        groups=split.task_ids,
+        group_names=split.task_names,
+        partitions=split.partitions,
+        evaluator=evaluator,
+        data_notes={
+            "train rows": f"{len(train)} in {len(split.task_names)} tasks",
+            "test rows": f"{len(split.test)} of {split.held_out}",
+            "rows cut to model.max_length": f"{train.num_truncated} train "
+            f"({train.num_response_truncated} with the response cut), "
+            f"{evaluator.tokens.num_truncated} test; "
+            f"{evaluator.num_truncated_prompts} test prompts cut for generation",
+        },
     )
 
 

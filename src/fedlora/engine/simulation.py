@@ -12,7 +12,7 @@ from fedlora.aggregation import GlobalState
 from fedlora.config import ExperimentConfig
 from fedlora.data import label_distribution, write_label_distribution
 from fedlora.engine.client import ClientResult, run_client, tensor_bytes
-from fedlora.engine.evaluation import evaluate_global
+from fedlora.engine.evaluation import evaluate_global, test_metrics
 from fedlora.engine.experiment import Experiment, build_experiment
 from fedlora.engine.seeds import sample_clients
 from fedlora.lora import FoldedFactors
@@ -95,20 +95,19 @@ class Simulation:
             clients=clients,
             ranks=[exp.tier(c).max_rank for c in clients],
             train_loss=sum(r.train_loss * r.update.num_examples for r in results) / total,
-            test_loss=None if evaluation is None else evaluation.loss,
-            test_accuracy=None if evaluation is None else evaluation.accuracy,
-            test_macro_f1=None if evaluation is None else evaluation.macro_f1,
             bytes_up=sum(tensor_bytes(r.update.modules, r.update.dense) for r in results),
             bytes_down=bytes_down,
             seconds_train=seconds_train,
             seconds_aggregate=seconds_aggregate,
             seconds_eval=seconds_eval,
             global_rank=max(new_state.rank_map().values(), default=0),
+            **test_metrics(evaluation),
             extra={
                 "tiers": [str(exp.tier(c)) for c in clients],
                 "client_train_loss": [r.train_loss for r in results],
                 "client_examples": [r.update.num_examples for r in results],
                 **promoted,
+                **(evaluation.extra if evaluation else {}),
             },
         )
         return new_state, row
@@ -167,8 +166,8 @@ class Simulation:
     def _start(self) -> tuple[GlobalState, list[RoundMetrics]]:
         exp = self.experiment
         self.run_dir.rewrite_metrics([])  # a resume before the first checkpoint starts over
-        counts = label_distribution(exp.train_labels, exp.partitions, len(exp.label_names))
-        write_label_distribution(counts, exp.label_names, self.run_dir.path)
+        counts = label_distribution(exp.groups, exp.partitions, len(exp.group_names))
+        write_label_distribution(counts, exp.group_names, self.run_dir.path)
         state = exp.initial_state()
         if exp.policy.needs_probe:
             self._probe(state)
@@ -200,7 +199,7 @@ class Simulation:
         )
 
     def _finish(self, rows: list[RoundMetrics], wall: float) -> None:
-        write_run_report(self.run_dir, self.config, rows, wall)
+        write_run_report(self.run_dir, self.config, rows, wall, self.experiment.data_notes)
 
 
 def run_in_process(

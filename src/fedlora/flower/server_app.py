@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedlora.config import ExperimentConfig, load_config
-from fedlora.engine import Experiment, build_experiment, evaluate_global
+from fedlora.engine import Experiment, build_experiment, evaluate_global, test_metrics
 from fedlora.flower.records import state_to_record
 from fedlora.flower.strategy import FedLoraStrategy
 from fedlora.report import write_run_report
@@ -55,7 +55,9 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
         timeout=float(run_config.get("round-timeout", 600.0)),
         evaluate_fn=recorder.after_round,
     )
-    write_run_report(run_dir, config, recorder.rows, time.perf_counter() - start)
+    write_run_report(
+        run_dir, config, recorder.rows, time.perf_counter() - start, experiment.data_notes
+    )
     return recorder.rows
 
 
@@ -97,21 +99,20 @@ class RoundRecorder:
             clients=log.clients,
             ranks=log.ranks,
             train_loss=log.train_loss,
-            test_loss=None if evaluation is None else evaluation.loss,
-            test_accuracy=None if evaluation is None else evaluation.accuracy,
-            test_macro_f1=None if evaluation is None else evaluation.macro_f1,
             bytes_up=log.bytes_up,
             bytes_down=log.bytes_down,
             seconds_train=log.seconds_train,
             seconds_aggregate=log.seconds_aggregate,
             seconds_eval=seconds_eval,
             global_rank=max(state.rank_map().values(), default=0),
+            **test_metrics(evaluation),
             extra={
                 "tiers": log.tiers,
                 "client_train_loss": [log.client_train_loss.get(c) for c in log.clients],
                 "dropped": log.dropped,
                 **({"promoted_clients": log.promoted} if log.promoted else {}),
                 "runner": "flower",
+                **(evaluation.extra if evaluation else {}),
             },
         )
         self.rows.append(row)
@@ -127,4 +128,7 @@ class RoundRecorder:
             )
         if evaluation is None:
             return None
-        return MetricRecord({"accuracy": evaluation.accuracy, "loss": evaluation.loss})
+        scores: dict[str, int | float | list[int] | list[float]] = {
+            key: value for key, value in evaluation.metric_fields().items() if value is not None
+        }
+        return MetricRecord(scores)

@@ -17,7 +17,12 @@ from fedlora.instruct.metrics import (
     weighted_task_scores,
 )
 from fedlora.instruct.prompts import PROMPT_TEMPLATES, chat_messages, format_prompt
-from fedlora.instruct.split import task_partition, train_test_split_per_task
+from fedlora.instruct.split import (
+    task_partition,
+    tasks_needed,
+    train_test_split_per_task,
+    unseen_count,
+)
 
 __all__ = [
     "PROMPT_TEMPLATES",
@@ -38,6 +43,8 @@ __all__ = [
     "rouge_l",
     "score_predictions",
     "task_partition",
+    "tasks_needed",
     "train_test_split_per_task",
+    "unseen_count",
     "weighted_task_scores",
 ]

@@ -29,9 +29,7 @@ def task_partition(
         )
     groups = data.by_task()
     tasks = list(groups)
-    num_unseen = round(unseen_fraction * len(tasks))
-    if unseen_fraction > 0:
-        num_unseen = max(num_unseen, 1)
+    num_unseen = unseen_count(len(tasks), unseen_fraction)
     num_seen = len(tasks) - num_unseen
     if num_seen < num_clients:
         raise ConfigError(
@@ -47,6 +45,21 @@ def task_partition(
         idx = np.concatenate([groups[seen[int(j)]] for j in chunk])
         clients.append(np.sort(idx).astype(np.int64))
     return clients, [t for t in tasks if t in unseen]
+
+
+def unseen_count(num_tasks: int, unseen_fraction: float) -> int:
+    """How many of ``num_tasks`` :func:`task_partition` holds out: the rounded share, at least
+    one when the share is positive."""
+    count = round(unseen_fraction * num_tasks)
+    return max(count, 1) if unseen_fraction > 0 else count
+
+
+def tasks_needed(num_clients: int, unseen_fraction: float) -> int:
+    """The fewest tasks that leave one seen task per client once the unseen ones are held out."""
+    total = num_clients
+    while total - unseen_count(total, unseen_fraction) < num_clients:
+        total += 1
+    return total
 
 
 def train_test_split_per_task(

@@ -11,15 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from fedlora.runs.metrics import RoundMetrics
+from fedlora.runs.metrics import RoundMetrics, headline
 
 
 def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
-    """Test accuracy, and train/test loss, against the round."""
+    """The headline test metric (accuracy or Rouge-L), and train/test loss, against the round."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    evaluated = [r for r in rows if r.test_accuracy is not None]
-    acc_ax.plot([r.round for r in evaluated], [r.test_accuracy for r in evaluated], marker="o")
-    acc_ax.set(xlabel="round", ylabel="test accuracy", title="global model")
+    metric = headline(rows)
+    evaluated = [r for r in rows if r.evaluated]
+    acc_ax.plot([r.round for r in evaluated], [metric.value(r) for r in evaluated], marker="o")
+    acc_ax.set(xlabel="round", ylabel=metric.label, title="global model")
     loss_ax.plot([r.round for r in rows], [r.train_loss for r in rows], label="train (clients)")
     loss_ax.plot(
         [r.round for r in evaluated], [r.test_loss for r in evaluated], label="test (global)"
@@ -39,15 +40,16 @@ def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
 def plot_comparison(
     runs: Mapping[str, Sequence[Sequence[RoundMetrics]]], path: Path, title: str
 ) -> Path:
-    """Accuracy against round, one line per method: the mean over seeds and a min–max band."""
+    """The headline metric against round, one line per method: mean over seeds, min–max band."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    metric = headline(r for seeds in runs.values() for rows in seeds for r in rows)
     for method, seeds in runs.items():
-        rounds = sorted({r.round for rows in seeds for r in rows if r.test_accuracy is not None})
+        rounds = sorted({r.round for rows in seeds for r in rows if r.evaluated})
         if not rounds:
             continue
         table = np.full((len(seeds), len(rounds)), np.nan)
         for i, rows in enumerate(seeds):
-            by_round = {r.round: r.test_accuracy for r in rows if r.test_accuracy is not None}
+            by_round = {r.round: metric.value(r) for r in rows if r.evaluated}
             for j, rnd in enumerate(rounds):
                 table[i, j] = by_round.get(rnd, np.nan)
         mean = np.nanmean(table, axis=0)
@@ -55,7 +57,7 @@ def plot_comparison(
         if len(seeds) > 1:
             low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="round", ylabel="test accuracy", title=title)
+    ax.set(xlabel="round", ylabel=metric.label, title=f"{title}: {metric.label}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -1,13 +1,17 @@
 """Run directories: resolved config, per-round metrics, checkpoints, summaries and plots."""
 
 from fedlora.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedlora.runs.metrics import RoundMetrics, read_metrics
+from fedlora.runs.metrics import ACCURACY, ROUGE_L, Headline, RoundMetrics, headline, read_metrics
 from fedlora.runs.run_dir import RunDir
 
 __all__ = [
+    "ACCURACY",
+    "ROUGE_L",
     "Checkpoint",
+    "Headline",
     "RoundMetrics",
     "RunDir",
+    "headline",
     "load_checkpoint",
     "read_metrics",
     "save_checkpoint",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,13 @@ class RoundMetrics:
     seconds_aggregate: float
     seconds_eval: float
     global_rank: int = 0
+    test_rouge_l: float | None = None
+    test_exact_match: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def evaluated(self) -> bool:
+        return self.test_loss is not None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -37,6 +43,27 @@ class RoundMetrics:
     @classmethod
     def from_json(cls, line: str) -> RoundMetrics:
         return cls(**json.loads(line))
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The metric a run is judged by: accuracy for classifiers, Rouge-L for causal LMs."""
+
+    field: str
+    label: str
+
+    def value(self, row: RoundMetrics) -> float | None:
+        value: float | None = getattr(row, self.field)
+        return value
+
+
+ACCURACY = Headline("test_accuracy", "test accuracy")
+ROUGE_L = Headline("test_rouge_l", "test Rouge-L")
+
+
+def headline(rows: Iterable[RoundMetrics]) -> Headline:
+    """Rouge-L when any round measured it (a causal-LM run), else accuracy."""
+    return ROUGE_L if any(r.test_rouge_l is not None for r in rows) else ACCURACY
 
 
 CSV_COLUMNS = [f.name for f in fields(RoundMetrics) if f.name not in ("clients", "ranks", "extra")]

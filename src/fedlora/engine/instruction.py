@@ -1,0 +1,239 @@
+"""The causal-LM side of an experiment: instruction data, task splits, tokenisation, evaluation.
+
+FlexLoRA's setting: every task is a client's data (the ``natural`` partition), a share of the tasks
+is held out of every client, and the global model is scored by greedy generation on those unseen
+tasks: Rouge-L and exact match per task, averaged with each task's data size as weight.  With
+``instruct.unseen_fraction = 0`` the test set is instead a held-out share of every task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedlora.config import ExperimentConfig
+from fedlora.data import Partitioner
+from fedlora.engine.evaluation import Evaluation
+from fedlora.errors import ConfigError
+from fedlora.instruct import (
+    InstructionData,
+    InstructionExample,
+    chat_messages,
+    exact_match,
+    format_prompt,
+    generate_tasks,
+    load_instruction_dataset,
+    rouge_l,
+    task_partition,
+    tasks_needed,
+    train_test_split_per_task,
+    weighted_task_scores,
+)
+from fedlora.model import AdaptedModel, TokenizedInstructions, evaluate_lm, generate_greedy
+
+Indices = npt.NDArray[np.int64]
+CLASSIFICATION_DATASETS = ("ag_news", "dbpedia_14", "synthetic")
+
+
+@dataclass(frozen=True)
+class InstructionSplit:
+    """Training rows (with their task ids and client partitions) and the test examples."""
+
+    train: InstructionData
+    task_ids: Indices
+    task_names: list[str]
+    partitions: list[Indices]
+    test: InstructionData
+    test_task_sizes: dict[str, int]
+    held_out: str
+
+
+def load_instructions(config: ExperimentConfig) -> InstructionData:
+    """The instruction examples named by ``data.dataset`` (``generated`` = the built-in tasks)."""
+    name = config.data.dataset
+    if name in CLASSIFICATION_DATASETS:
+        raise ConfigError(
+            f"data.dataset: {name!r} is a classification dataset; with task = 'causal-lm' use "
+            f"'generated' or an Alpaca/Dolly/Natural-Instructions file, folder or hub name"
+        )
+    if name == "generated":
+        instruct = config.instruct
+        num_tasks = instruct.num_tasks or tasks_needed(
+            config.run.num_clients, instruct.unseen_fraction
+        )
+        low, high = instruct.examples_per_task
+        data = generate_tasks(
+            num_tasks=num_tasks,
+            examples_per_task=(low, high),
+            seed=config.run.seed,
+            data_dir=config.data.data_dir or None,
+        )
+    else:
+        data = load_instruction_dataset(name)
+    for i, example in enumerate(data.examples):
+        if not example.output.strip():
+            raise ConfigError(
+                f"data.dataset {name!r}: example {i} (task {example.task!r}) has an empty "
+                f"response; drop it or fill it in"
+            )
+    return data
+
+
+def split_instructions(
+    config: ExperimentConfig, data: InstructionData, partitioner: Partitioner | None
+) -> InstructionSplit:
+    """Hold out the test examples, then deal the training rows to the clients.
+
+    ``partitioner=None`` is the natural partition (whole tasks per client); any other partitioner
+    sees a row's task as its label.
+    """
+    seed, instruct = config.run.seed, config.instruct
+    if instruct.unseen_fraction > 0:
+        (seen,), unseen = task_partition(
+            data, num_clients=1, unseen_fraction=instruct.unseen_fraction, seed=seed
+        )
+        test_rows = np.flatnonzero([ex.task in set(unseen) for ex in data.examples])
+        held_out = f"{len(unseen)} unseen tasks"
+        train_rows = seen
+    else:
+        train_rows, test_rows = train_test_split_per_task(data, instruct.test_fraction, seed)
+        held_out = f"{instruct.test_fraction:g} of every task"
+    sizes = {task: len(rows) for task, rows in data.by_task().items()}
+    train = _subsample(data.subset(train_rows), config.data.max_train_samples, seed)
+    test = _test_examples(data.subset(test_rows), config, seed)
+    names = train.tasks()
+    position = {task: i for i, task in enumerate(names)}
+    task_ids = np.asarray([position[ex.task] for ex in train.examples], dtype=np.int64)
+    num_clients = config.run.num_clients
+    if partitioner is None:
+        partitions, _ = task_partition(
+            train, num_clients=num_clients, unseen_fraction=0.0, seed=seed
+        )
+    else:
+        partitions = partitioner.partition(task_ids, num_clients)
+    return InstructionSplit(
+        train=train,
+        task_ids=task_ids,
+        task_names=names,
+        partitions=[np.asarray(p, dtype=np.int64) for p in partitions],
+        test=test,
+        test_task_sizes={task: sizes[task] for task in test.tasks()},
+        held_out=held_out,
+    )
+
+
+def _subsample(data: InstructionData, limit: int, seed: int) -> InstructionData:
+    if limit == 0 or len(data) <= limit:
+        return data
+    rng = np.random.default_rng(seed)
+    return data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))
+
+
+def _test_examples(data: InstructionData, config: ExperimentConfig, seed: int) -> InstructionData:
+    """At most ``instruct.eval_per_task`` examples of every test task, then ``max_test_samples``."""
+    if len(data) == 0:
+        raise ConfigError("instruct: the split leaves no test examples; hold out more tasks")
+    rng = np.random.default_rng(seed + 1)
+    per_task = config.instruct.eval_per_task
+    kept = [
+        rows if per_task == 0 or len(rows) <= per_task else rng.choice(rows, per_task, False)
+        for rows in data.by_task().values()
+    ]
+    subset = data.subset(np.sort(np.concatenate(kept)))
+    return _subsample(subset, config.data.max_test_samples, seed + 2)
+
+
+def render_prompts(
+    examples: Sequence[InstructionExample], template: str, tokenizer: Any
+) -> list[str]:
+    """Each example's prompt: a named template, or the tokenizer's chat template."""
+    if template != "chat":
+        return [format_prompt(example, template) for example in examples]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(
+            "instruct.template: 'chat' needs a tokenizer with a chat template, and this model's "
+            "has none; use 'alpaca' or 'plain'"
+        )
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    prompts = []
+    for example in examples:
+        text = str(
+            tokenizer.apply_chat_template(
+                chat_messages(example), add_generation_prompt=True, tokenize=False
+            )
+        )
+        # The tokenizer adds its BOS itself; a second one from the template would be a new token.
+        prompts.append(text.removeprefix(bos) if adds_bos else text)
+    return prompts
+
+
+def tokenize_instructions(
+    data: InstructionData, tokenizer: Any, config: ExperimentConfig
+) -> TokenizedInstructions:
+    return TokenizedInstructions.from_pairs(
+        render_prompts(data.examples, config.instruct.template, tokenizer),
+        [example.output for example in data.examples],
+        tokenizer,
+        config.model.max_length,
+        response_only=config.instruct.response_only,
+    )
+
+
+class GenerationEvaluator:
+    """Greedy generation on the test examples, scored per task and weighted by task size.
+
+    ``test_loss`` is the teacher-forced loss of the references (response tokens), reported next to
+    the generation metrics, never instead of them.
+    """
+
+    def __init__(self, split: InstructionSplit, tokenizer: Any, config: ExperimentConfig) -> None:
+        self.tokenizer = tokenizer
+        self.tokens = tokenize_instructions(split.test, tokenizer, config)
+        prompts = render_prompts(split.test.examples, config.instruct.template, tokenizer)
+        # Longest prompts first: batches of similar length waste the least padding.
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        self.prompts = [prompts[i] for i in order]
+        self.examples = [split.test.examples[i] for i in order]
+        self.task_sizes = split.test_task_sizes
+        self.max_new_tokens = config.instruct.max_new_tokens
+        self.max_prompt_length = config.model.max_length
+        self.batch_size = config.train.eval_batch_size
+        prompt_rows = tokenizer(self.prompts, add_special_tokens=True)["input_ids"]
+        self.num_truncated_prompts = sum(len(row) > self.max_prompt_length for row in prompt_rows)
+
+    def __call__(self, model: AdaptedModel) -> Evaluation:
+        indices = np.arange(len(self.tokens), dtype=np.int64)
+        lm = evaluate_lm(model, self.tokens.batches(indices, self.batch_size))
+        outputs = generate_greedy(
+            model,
+            self.tokenizer,
+            self.prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            max_prompt_length=self.max_prompt_length,
+        )
+        rouge: dict[str, list[float]] = {}
+        exact: dict[str, list[float]] = {}
+        for example, output in zip(self.examples, outputs, strict=True):
+            rouge.setdefault(example.task, []).append(rouge_l(output, example.output))
+            exact.setdefault(example.task, []).append(exact_match(output, example.output))
+        return Evaluation(
+            loss=lm.loss,
+            rouge_l=weighted_task_scores({t: (s, self.task_sizes[t]) for t, s in rouge.items()}),
+            exact_match=weighted_task_scores(
+                {t: (s, self.task_sizes[t]) for t, s in exact.items()}
+            ),
+            extra={
+                "test_perplexity": lm.perplexity,
+                "task_rouge_l": {t: sum(s) / len(s) for t, s in rouge.items()},
+                "samples": [
+                    {"task": ex.task, "reference": ex.output, "output": out}
+                    for ex, out in list(zip(self.examples, outputs, strict=True))[:3]
+                ],
+            },
+        )

@@ -1,0 +1,309 @@
+"""Causal-LM instruction tuning through the engine: tiers, every method, evaluation, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedlora.aggregation import available_aggregators
+from fedlora.config import describe_defaults, load_config
+from fedlora.engine import Simulation, build_experiment, evaluate_global, run_client
+from fedlora.errors import ConfigError
+from fedlora.instruct import exact_match, rouge_l, tasks_needed, unseen_count
+from fedlora.model import IGNORE_INDEX, generate_greedy
+from fedlora.runs import RunDir
+from tests.engine.helpers import tiny_causal_config
+
+pytestmark = pytest.mark.slow
+
+
+def _simulate(config):  # type: ignore[no-untyped-def]
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
+    return Simulation(build_experiment(config), run_dir).run()
+
+
+# ---------------------------------------------------------------------- config
+
+
+def test_causal_lm_brings_its_own_defaults_and_keeps_explicit_keys() -> None:
+    config = load_config(None, ["task=causal-lm"])
+    assert (config.model.name, config.data.dataset, config.data.partition) == (
+        "smollm2",
+        "generated",
+        "natural",
+    )
+    assert config.model.max_length == 256
+    explicit = load_config(None, ["task=causal-lm", "model.name=my/model", "model.max_length=99"])
+    assert (explicit.model.name, explicit.model.max_length) == ("my/model", 99)
+    switched = load_config(None).replace({"task": "causal-lm"})
+    assert switched.model.name == "smollm2"
+    assert load_config(None).model.name == "minilm"
+    documented = {key: text for key, _, text in describe_defaults()}
+    assert 'causal-lm default: `"smollm2"`' in documented["model.name"]
+
+
+def test_examples_per_task_must_be_a_range() -> None:
+    with pytest.raises(ConfigError, match=r"instruct.examples_per_task: .*\[low, high\]"):
+        load_config(None, ["task=causal-lm", "instruct.examples_per_task=[9, 3]"])
+
+
+@pytest.mark.parametrize(
+    ("clients", "unseen"), [(1, 0.1), (4, 0.1), (20, 0.1), (80, 0.1), (7, 0.5)]
+)
+def test_tasks_needed_leaves_one_seen_task_per_client(clients: int, unseen: float) -> None:
+    total = tasks_needed(clients, unseen)
+    assert total - unseen_count(total, unseen) >= clients
+    assert total - 1 - unseen_count(total - 1, unseen) < clients  # and no more than needed
+
+
+# ---------------------------------------------------------------------- the world
+
+
+def test_natural_partition_gives_whole_tasks_and_holds_unseen_ones_out(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    experiment = build_experiment(tiny_causal_config(tiny_llama_dir, tmp_path / "run"))
+    tasks_of = [set(experiment.groups[p].tolist()) for p in experiment.partitions]
+    assert all(len(tasks) == 1 for tasks in tasks_of)
+    assert len(set.union(*tasks_of)) == 4
+    seen = set(experiment.group_names)
+    evaluator = experiment.evaluator
+    test_tasks = {ex.task for ex in evaluator.examples}  # type: ignore[attr-defined]
+    assert test_tasks and not test_tasks & seen
+    assert all(len(experiment.partitions[c]) > 0 for c in range(4))
+
+
+def test_response_only_labels_mask_the_prompt(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    masked = build_experiment(tiny_causal_config(tiny_llama_dir, tmp_path / "a")).train
+    full = build_experiment(
+        tiny_causal_config(tiny_llama_dir, tmp_path / "b", **{"instruct.response_only": False})
+    ).train
+    for row in range(len(masked)):
+        start, length = int(masked.prompt_lengths[row]), int(masked.lengths[row])
+        assert (masked.labels[row, :start] == IGNORE_INDEX).all()
+        assert (masked.labels[row, start:length] == masked.input_ids[row, start:length]).all()
+        assert (full.labels[row, :length] == full.input_ids[row, :length]).all()
+
+
+def test_per_module_tiers_reach_the_client_update(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run")
+    experiment = build_experiment(config)
+    state = experiment.initial_state()
+    rank_map = experiment.rank_map(2)  # tier {attention = 2, mlp = 8}
+    result = run_client(
+        experiment.model,
+        config,
+        experiment.aggregator,
+        client=2,
+        round_index=1,
+        rank_map=rank_map,
+        factors=state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora),
+        dense=state.dense,
+        data=experiment.train,
+        indices=experiment.partitions[2],
+    )
+    ranks = {name: factors.r for name, factors in result.update.modules.items()}
+    projections = {name.rsplit(".", 1)[-1] for name in ranks}
+    assert projections == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    for name, rank in ranks.items():
+        assert rank == (8 if ".mlp." in name else 2), name
+    assert result.update.dense == {}  # the LM head stays frozen: only LoRA factors travel
+
+
+@pytest.mark.parametrize("method", available_aggregators())
+def test_every_aggregator_runs_instruction_tuning(
+    tiny_llama_dir: Path, tmp_path: Path, method: str
+) -> None:
+    mixed = [2, 4, {"attention": 2, "mlp": 8}, 8]
+    ranks = [{"attention": 2, "mlp": 4}] * 4 if method == "fedit" else mixed  # FedIT: one tier
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{"aggregation.method": method, "ranks.options": {"ranks": ranks}},
+    )
+    result = _simulate(config)
+    assert [row.round for row in result.metrics] == [1, 2]
+    for row in result.metrics:
+        assert row.test_accuracy is None and row.test_macro_f1 is None
+        assert row.test_rouge_l is not None and 0.0 <= row.test_rouge_l <= 1.0
+        assert row.test_exact_match is not None and 0.0 <= row.test_exact_match <= 1.0
+        assert row.test_loss is not None and math.isfinite(row.test_loss)
+        assert {sample["task"] for sample in row.extra["samples"]} <= set(row.extra["task_rouge_l"])
+    summary = RunDir(Path(config.run.out_dir)).summary_file.read_text(encoding="utf-8")
+    assert "final test Rouge-L" in summary and "unseen tasks" in summary
+
+
+def test_training_lowers_the_held_out_loss_of_seen_tasks(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{
+            "instruct.unseen_fraction": 0.0,
+            "instruct.test_fraction": 0.2,
+            "run.rounds": 3,
+            "run.clients_per_round": 4,
+            "train.steps": 8,
+            "train.lr": 1e-2,
+            "train.schedule": "constant",
+        },
+    )
+    experiment = build_experiment(config)
+    before = evaluate_global(experiment, experiment.initial_state()).loss
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
+    rows = Simulation(experiment, run_dir).run().metrics
+    losses = [row.test_loss for row in rows]
+    assert losses == sorted(losses, reverse=True)  # type: ignore[type-var]
+    assert losses[-1] is not None and losses[-1] < 0.95 * before
+
+
+def test_generation_metric_scores_the_greedy_output_weighted_by_task_size(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{
+            "instruct.unseen_fraction": 0.4,
+            "run.num_clients": 3,
+            "ranks.options": {"ranks": [2, 4, 8]},
+        },
+    )
+    experiment = build_experiment(config)
+    evaluation = evaluate_global(experiment, experiment.initial_state())
+    evaluator = experiment.evaluator
+    outputs = generate_greedy(
+        experiment.model,
+        evaluator.tokenizer,  # type: ignore[attr-defined]
+        evaluator.prompts,  # type: ignore[attr-defined]
+        max_new_tokens=config.instruct.max_new_tokens,
+    )
+    examples = evaluator.examples  # type: ignore[attr-defined]
+    sizes = evaluator.task_sizes  # type: ignore[attr-defined]
+    assert len(sizes) >= 2  # the weighting matters
+    per_task: dict[str, list[tuple[float, float]]] = {}
+    for example, output in zip(examples, outputs, strict=True):
+        scores = (rouge_l(output, example.output), exact_match(output, example.output))
+        per_task.setdefault(example.task, []).append(scores)
+    weight = sum(sizes[t] for t in per_task)
+    expected_rouge = sum(sizes[t] * np.mean([s[0] for s in v]) for t, v in per_task.items())
+    expected_exact = sum(sizes[t] * np.mean([s[1] for s in v]) for t, v in per_task.items())
+    assert evaluation.rouge_l == pytest.approx(expected_rouge / weight)
+    assert evaluation.exact_match == pytest.approx(expected_exact / weight)
+
+
+def test_a_model_that_answers_right_scores_one(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """The metric is computed on what the model generates: make it generate the references."""
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run")
+    experiment = build_experiment(config)
+    evaluator = experiment.evaluator
+    answers = {p: ex.output for p, ex in zip(evaluator.prompts, evaluator.examples, strict=True)}  # type: ignore[attr-defined]
+
+    def oracle(model, tokenizer, prompts, **_):  # type: ignore[no-untyped-def]
+        return [answers[p] for p in prompts]
+
+    import fedlora.engine.instruction as instruction
+
+    original = instruction.generate_greedy
+    instruction.generate_greedy = oracle  # type: ignore[assignment]
+    try:
+        perfect = evaluate_global(experiment, experiment.initial_state())
+    finally:
+        instruction.generate_greedy = original
+    assert perfect.rouge_l == pytest.approx(1.0) and perfect.exact_match == pytest.approx(1.0)
+    real = evaluate_global(experiment, experiment.initial_state())
+    assert real.exact_match is not None and real.exact_match < 1.0
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_long_prompts_are_cut_counted_and_reported(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{"model.max_length": 24, "instruct.template": "alpaca", "run.rounds": 1},
+    )
+    experiment = build_experiment(config)
+    assert int(experiment.train.lengths.max()) <= 24
+    assert experiment.train.num_truncated == len(experiment.train)  # the Alpaca preamble alone
+    note = experiment.data_notes["rows cut to model.max_length"]
+    assert note.startswith(f"{len(experiment.train)} train")
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
+    Simulation(experiment, run_dir).run()
+    assert note in run_dir.summary_file.read_text(encoding="utf-8")
+
+
+def test_an_empty_response_is_named(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    rows = [
+        {"instruction": f"Say {w}.", "input": "", "output": w, "task": f"t{i % 6}"}
+        for i, w in enumerate(["one", "two", "three"] * 8)
+    ]
+    rows[5]["output"] = "  "
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run", **{"data.dataset": str(path)})
+    with pytest.raises(ConfigError, match=r"example 5 \(task 't5'\) has an empty response"):
+        build_experiment(config)
+
+
+def test_a_classification_dataset_is_refused(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run", **{"data.dataset": "ag_news"})
+    with pytest.raises(ConfigError, match=r"data\.dataset: 'ag_news' is a classification dataset"):
+        build_experiment(config)
+
+
+def test_missing_target_modules_list_the_models_linear_layers(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir, tmp_path / "run", **{"model.target_modules": ["query", "value"]}
+    )
+    with pytest.raises(ConfigError, match=r"'query' matches no linear layer.*gate_proj.*q_proj"):
+        build_experiment(config)
+
+
+def test_a_tokenizer_without_pad_token_pads_with_eos(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "no-pad"
+    model_dir.mkdir()
+    for file in tiny_llama_dir.iterdir():
+        (model_dir / file.name).write_bytes(file.read_bytes())
+    settings = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    settings.pop("pad_token", None)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps(settings), encoding="utf-8")
+    special = model_dir / "special_tokens_map.json"
+    if special.exists():
+        tokens = json.loads(special.read_text(encoding="utf-8"))
+        tokens.pop("pad_token", None)
+        special.write_text(json.dumps(tokens), encoding="utf-8")
+    config = tiny_causal_config(model_dir, tmp_path / "run", **{"run.rounds": 1})
+    experiment = build_experiment(config)
+    eos = experiment.evaluator.tokenizer.eos_token_id  # type: ignore[attr-defined]
+    assert experiment.train.pad_token_id == eos
+    result = _simulate(config)
+    assert result.metrics[0].test_rouge_l is not None
+
+
+def test_chat_template_prompts(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir, tmp_path / "run", **{"instruct.template": "chat", "run.rounds": 1}
+    )
+    experiment = build_experiment(config)
+    prompt = experiment.evaluator.prompts[0]  # type: ignore[attr-defined]
+    assert prompt.startswith("user\n") and prompt.endswith("<s>assistant\n")
+    bos = experiment.evaluator.tokenizer.bos_token_id  # type: ignore[attr-defined]
+    first = experiment.train.input_ids[0].tolist()
+    assert first[0] == bos and first[1] != bos  # the template's BOS is not doubled
