@@ -9,6 +9,7 @@ import pytest
 from fedlora.config import load_config
 from fedlora.engine import run_in_process, sample_clients
 from fedlora.runs import RunDir, read_metrics
+from tests.engine.helpers import tiny_causal_config
 from tests.flower.harness import (
     APP_DIR,
     FederationFactory,
@@ -22,14 +23,25 @@ pytestmark = pytest.mark.slow
 RANKS = [2, 4, 4, 8]
 
 
-@pytest.mark.parametrize("method", ["flexlora", "flora"])
+@pytest.mark.parametrize("case", ["flexlora", "flora", "causal-lm"])
 def test_ray_simulation_matches_in_process(
-    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory, method: str
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    tiny_llama_dir: Path,
+    flower_federation: FederationFactory,
+    case: str,
 ) -> None:
-    # FLoRA also checks that the server evaluates the base weights with the merged update.
-    config_path = write_tiny_config(
-        tmp_path / "tiny.toml", tiny_bert_dir, options={"ranks": RANKS}, method=method
-    )
+    # FLoRA also checks that the server evaluates the base weights with the merged update;
+    # causal-lm runs instruction tuning of a tiny Llama (per-module tiers, Rouge-L evaluation).
+    config_path = tmp_path / "tiny.toml"
+    if case == "causal-lm":
+        tiers = [2, {"attention": 2, "mlp": 4}, 4, 8]
+        causal = tiny_causal_config(
+            tiny_llama_dir, tmp_path / "run", **{"ranks.options": {"ranks": tiers}}
+        )
+        config_path.write_text(causal.to_toml(), encoding="utf-8")
+    else:
+        write_tiny_config(config_path, tiny_bert_dir, options={"ranks": RANKS}, method=case)
     flower_dir = tmp_path / "flower-run"
 
     federation = flower_federation("simulation")
@@ -48,7 +60,7 @@ def test_ray_simulation_matches_in_process(
     assert [row.round for row in rows] == [1, 2]
     for row in rows:
         assert row.clients == sample_clients(config.run.seed, row.round, 4, 2)
-        assert row.ranks == [RANKS[c] for c in row.clients]
+        assert row.ranks == [RANKS[c] for c in row.clients]  # a tier's largest rank
         assert row.extra["runner"] == "flower"
         assert row.extra["dropped"] == []
     assert (flower_dir / "summary.md").exists()
