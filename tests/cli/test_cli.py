@@ -10,7 +10,7 @@ import pytest
 
 from fedlora.cli import main
 from fedlora.config import describe_defaults
-from tests.engine.helpers import write_tiny_config
+from tests.engine.helpers import tiny_causal_config, write_tiny_config
 
 
 def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,6 +43,16 @@ def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         (["--set", "run.num_clients=5000"], "5000 clients but only"),
         (["nothing.toml"], "config file nothing.toml does not exist"),
         (["--set", "lr"], "expected key=value"),
+        (["--set", "task=llm"], "task: Input should be 'classification' or 'causal-lm'"),
+        (
+            ["--set", "task=causal-lm", "--set", "data.dataset=ag_news"],
+            "data.dataset: 'ag_news' is a classification dataset",
+        ),
+        (["--set", "task=causal-lm", "--set", "instruct.template=chatml"], "instruct.template"),
+        (
+            ["--set", "task=causal-lm", "--set", "data.dataset=/no/such/instructions.json"],
+            "no such file or folder",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(
@@ -164,3 +174,35 @@ def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
         "replication-seed0",
         "replication-seed1",
     ]
+
+
+@pytest.mark.slow
+def test_causal_lm_run_inspect_and_compare_with_a_method_override(
+    tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run", **{"run.rounds": 1})
+    path = tmp_path / "causal.toml"
+    path.write_text(config.to_toml(), encoding="utf-8")
+    assert main(["run", str(path), "--no-progress"]) == 0
+    assert "final test Rouge-L" in (tmp_path / "run" / "summary.md").read_text()
+    assert main(["inspect", str(tmp_path / "run")]) == 0
+    assert "test Rouge-L" in capsys.readouterr().out
+
+    compare_dir = tmp_path / "cmp"
+    args = ["compare", str(path), "--aggregators", "flexlora,fedit", "--out", str(compare_dir)]
+    fixed = [
+        "--set-for",
+        "fedit",
+        "ranks.policy=fixed",
+        "--set-for",
+        "fedit",
+        "ranks.options={rank=2}",
+    ]
+    assert main([*args, "--set-for", "hetlora", "train.lr=1", "--no-progress"]) == 2
+    assert "'hetlora' is not in --aggregators" in capsys.readouterr().err
+    assert main([*args, *fixed, "--no-progress"]) == 0
+    table = (compare_dir / "comparison.md").read_text()
+    assert "final test Rouge-L" in table and "| fedit | 1 |" in table
+    fedit = (compare_dir / "fedit-seed0" / "config.toml").read_text()
+    assert 'policy = "fixed"' in fedit
+    assert 'policy = "list"' in (compare_dir / "flexlora-seed0" / "config.toml").read_text()

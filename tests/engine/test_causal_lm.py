@@ -145,6 +145,26 @@ def test_every_aggregator_runs_instruction_tuning(
     assert "final test Rouge-L" in summary and "unseen tasks" in summary
 
 
+def test_loss_based_ranks_score_clients_by_their_lm_loss(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{
+            "ranks.policy": "loss_based",
+            "ranks.options": {"low": 2, "high": 8, "fraction": 0.25},
+            "run.rounds": 1,
+        },
+    )
+    experiment = build_experiment(config)
+    assert experiment.validation is not None
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
+    Simulation(experiment, run_dir).run()
+    tiers = [experiment.tier(c).max_rank for c in range(4)]
+    assert sorted(tiers) == [2, 2, 2, 8]
+
+
 def test_training_lowers_the_held_out_loss_of_seen_tasks(
     tiny_llama_dir: Path, tmp_path: Path
 ) -> None:

@@ -96,7 +96,8 @@ def split_instructions(
         (seen,), unseen = task_partition(
             data, num_clients=1, unseen_fraction=instruct.unseen_fraction, seed=seed
         )
-        test_rows = np.flatnonzero([ex.task in set(unseen) for ex in data.examples])
+        held = set(unseen)
+        test_rows = np.flatnonzero([example.task in held for example in data.examples])
         held_out = f"{len(unseen)} unseen tasks"
         train_rows = seen
     else:
