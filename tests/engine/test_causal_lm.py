@@ -327,3 +327,23 @@ def test_chat_template_prompts(tiny_llama_dir: Path, tmp_path: Path) -> None:
     bos = experiment.evaluator.tokenizer.bos_token_id  # type: ignore[attr-defined]
     first = experiment.train.input_ids[0].tolist()
     assert first[0] == bos and first[1] != bos  # the template's BOS is not doubled
+
+
+def test_a_tier_pattern_matching_no_target_warns(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir, tmp_path / "run", **{"model.target_modules": ["q_proj", "v_proj"]}
+    )
+    with pytest.warns(UserWarning, match=r"tier attention2-mlp8 has pattern\(s\) \['mlp'\]"):
+        build_experiment(config)
+
+
+def test_a_loss_based_high_rank_above_a_layer_is_refused_up_front(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 40}},
+    )
+    with pytest.raises(ConfigError, match=r"asks rank 40 on .*k_proj', above its limit 32"):
+        build_experiment(config)

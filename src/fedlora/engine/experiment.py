@@ -6,6 +6,7 @@ so they train the same clients on the same data with the same ranks.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -278,7 +279,19 @@ def _split_validation(partitions: list[Indices], seed: int) -> tuple[list[Indice
 
 def _check_ranks_fit(policy: RankPolicy, model: AdaptedModel) -> None:
     shapes = model.module_shapes()
-    for tier in set(policy.allocation or []):
+    tiers = list(policy.allocation or [])
+    if isinstance(policy, LossBasedRanks):
+        tiers.append(policy.high)
+    for tier in set(tiers):
+        unused = tier.unused_patterns(shapes)
+        if unused:
+            warnings.warn(
+                f"ranks: tier {tier} has pattern(s) {unused} that match no adapted module "
+                f"(LoRA targets: {', '.join(model.target_modules[:3])}, ...), so those ranks are "
+                f"never used; add the modules to model.target_modules or drop the pattern",
+                UserWarning,
+                stacklevel=2,
+            )
         for name, rank in tier.rank_map(shapes).items():
             limit = min(shapes[name])
             if rank > limit:
