@@ -347,3 +347,17 @@ def test_a_loss_based_high_rank_above_a_layer_is_refused_up_front(
     )
     with pytest.raises(ConfigError, match=r"asks rank 40 on .*k_proj', above its limit 32"):
         build_experiment(config)
+
+
+def test_the_example_config_is_valid_and_fits_smollm2() -> None:
+    from fedlora.instruct import available_task_count
+    from fedlora.ranks import get_rank_policy
+    from tests.conftest import REPO_ROOT
+
+    config = load_config(REPO_ROOT / "configs" / "instruct_smollm2.toml")
+    assert config.is_causal_lm and config.model.name == "smollm2"
+    policy = get_rank_policy(config.ranks.policy, **config.ranks.options)
+    policy.assign(config.run.num_clients)
+    assert max(tier.max_rank for tier in policy.allocation or []) <= 192  # k/v_proj: 576 x 192
+    needed = tasks_needed(config.run.num_clients, config.instruct.unseen_fraction)
+    assert needed <= available_task_count(data_dir=Path("/nonexistent"))  # no topic data needed
