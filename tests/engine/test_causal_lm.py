@@ -361,3 +361,72 @@ def test_the_example_config_is_valid_and_fits_smollm2() -> None:
     assert max(tier.max_rank for tier in policy.allocation or []) <= 192  # k/v_proj: 576 x 192
     needed = tasks_needed(config.run.num_clients, config.instruct.unseen_fraction)
     assert needed <= available_task_count(data_dir=Path("/nonexistent"))  # no topic data needed
+
+
+# ---------------------------------------------------------------------- GPT-2 (Conv1D layers)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fedlora.model.tiny import save_tiny_causal_lm
+
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-gpt2"), kind="gpt2")
+
+
+def test_gpt2_conv1d_adapter_equals_its_merged_update(tiny_gpt2_dir: Path) -> None:
+    """Conv1D stores its weight in x out: the adapter and the merged base must still agree."""
+    import torch
+
+    from fedlora.lora import LoraFactors
+    from fedlora.model import AdaptedModel, load_causal_lm
+
+    model, _ = load_causal_lm(str(tiny_gpt2_dir))
+    adapted = AdaptedModel(model, None, [])
+    shapes = adapted.module_shapes()
+    assert shapes["transformer.h.0.attn.c_attn"] == (192, 64)  # q, k, v fused: out x in
+    assert shapes["transformer.h.0.mlp.c_proj"] == (64, 256)
+    adapted.activate(dict.fromkeys(shapes, 4), 16.0, False)
+    generator = torch.Generator().manual_seed(0)
+    factors = {
+        name: LoraFactors(
+            0.1 * torch.randn(4, d_in, generator=generator),
+            0.1 * torch.randn(d_out, 4, generator=generator),
+            16.0,
+            4,
+        )
+        for name, (d_out, d_in) in shapes.items()
+    }
+    adapted.load(factors, {})
+    tokens = torch.tensor([[0, 5, 9, 33, 120, 7]])
+    with torch.no_grad():
+        with_adapter = adapted(input_ids=tokens).logits
+    adapted.merge_into_base({name: f.folded() for name, f in factors.items()})
+    adapted.load(
+        {n: LoraFactors(f.A, torch.zeros_like(f.B), 16.0, 4) for n, f in factors.items()}, {}
+    )
+    with torch.no_grad():
+        merged = adapted(input_ids=tokens).logits
+    torch.testing.assert_close(merged, with_adapter, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["flexlora", "flora"])
+def test_gpt2_instruction_tuning_with_tiers(
+    tiny_gpt2_dir: Path, tmp_path: Path, method: str
+) -> None:
+    config = tiny_causal_config(tiny_gpt2_dir, tmp_path / "run", **{"aggregation.method": method})
+    experiment = build_experiment(config)
+    rank_map = experiment.rank_map(2)  # {attention = 2, mlp = 8}
+    assert {rank_map[n] for n in rank_map if ".attn." in n} == {2}
+    assert {rank_map[n] for n in rank_map if ".mlp." in n} == {8}
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
+    rows = Simulation(experiment, run_dir).run().metrics
+    assert all(row.test_rouge_l is not None for row in rows)
+    assert all(math.isfinite(row.train_loss) for row in rows)
+
+
+def test_mixing_linear_and_conv1d_targets_is_refused(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    config = tiny_causal_config(
+        tiny_gpt2_dir, tmp_path / "run", **{"model.target_modules": ["c_attn", "lm_head"]}
+    )
+    with pytest.raises(ConfigError, match=r"mixes layer kinds \['Conv1D', 'Linear'\]"):
+        build_experiment(config)

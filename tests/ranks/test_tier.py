@@ -88,8 +88,11 @@ def test_regex_patterns_are_searched() -> None:
 
 
 def test_unused_patterns_flag_aliases_that_miss_the_model() -> None:
-    gpt2 = ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc"]
-    assert FLEX_TYPE3.unused_patterns(gpt2) == ["attention", "mlp"]
+    falcon = ["transformer.h.0.self_attention.query_key_value", "transformer.h.0.mlp.dense_h_to_4h"]
+    assert FLEX_TYPE3.unused_patterns(falcon) == ["attention", "mlp"]
+    gpt2 = ["transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_fc", "transformer.h.0.mlp.c_proj"]
+    assert FLEX_TYPE3.unused_patterns(gpt2) == []
+    assert FLEX_TYPE3.rank_map(gpt2) == dict(zip(gpt2, [30, 200, 200], strict=True))
     assert FLEX_TYPE3.unused_patterns(LLAMA_ATTENTION) == ["mlp"]
     assert FLEX_TYPE3.unused_patterns(LLAMA_ATTENTION + LLAMA_MLP) == []
 

@@ -42,6 +42,8 @@ from fedlora.lora.update import ClientUpdate
 from fedlora.model.targets import (
     default_head_modules,
     default_target_modules,
+    is_projection,
+    projection_shape,
     resolve_head,
     resolve_targets,
 )
@@ -127,9 +129,16 @@ class AdaptedModel:
         self.model = base_model
         self._targets = tuple(targets)
         self._head = tuple(head)
-        self._linears: dict[str, nn.Linear] = {
-            name: _linear(base_model.get_submodule(name), name) for name in targets
+        self._linears: dict[str, nn.Module] = {
+            name: _projection(base_model.get_submodule(name), name) for name in targets
         }
+        kinds = {type(module).__name__ for module in self._linears.values()}
+        if len(kinds) > 1:
+            raise ConfigError(
+                f"target_modules mixes layer kinds {sorted(kinds)}: PEFT adapts Conv1D layers "
+                f"(weights stored in x out) only when no nn.Linear is targeted with them"
+            )
+        self._transposed = kinds == {"Conv1D"}
         self._head_originals = {name: base_model.get_submodule(name) for name in head}
         self._dropout = lora_dropout
         self._max_adapters = max_adapters
@@ -157,10 +166,7 @@ class AdaptedModel:
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """``(out, in)`` of every adapted layer, the input of ``GlobalState.initial``."""
-        return {
-            name: (linear.out_features, linear.in_features)
-            for name, linear in self._linears.items()
-        }
+        return {name: projection_shape(layer) for name, layer in self._linears.items()}
 
     def dense_shapes(self) -> dict[str, tuple[int, ...]]:
         """Shapes of the head's trainable tensors, by canonical parameter name."""
@@ -336,7 +342,7 @@ class AdaptedModel:
             raise FedloraError(f"merge_into_base: unknown modules {unknown[:3]}")
         with torch.no_grad():
             for name, delta in deltas.items():
-                weight = self._linears[name].weight
+                weight = self.base_weight(name)
                 expected = (int(weight.shape[0]), int(weight.shape[1]))
                 if tuple(delta.shape) != expected:
                     raise FedloraError(
@@ -346,8 +352,10 @@ class AdaptedModel:
                 weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
 
     def base_weight(self, module: str) -> Tensor:
-        """The live frozen weight (``out x in``) of an adapted module."""
-        return self._linears[module].weight
+        """The live frozen weight (``out x in``) of an adapted module (a transposed view for
+        Conv1D layers, whose weight is stored ``in x out``)."""
+        weight = _weight(self._linears[module])
+        return weight.T if self._transposed else weight
 
     # ------------------------------------------------------------------ forward
 
@@ -363,7 +371,7 @@ class AdaptedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(iter(self._linears.values())).weight.device
+        return _weight(next(iter(self._linears.values()))).device
 
     # ------------------------------------------------------------------ internals
 
@@ -399,6 +407,7 @@ class AdaptedModel:
             "modules_to_save": list(self._head) or None,
             "lora_dropout": self._dropout,
             "bias": "none",
+            "fan_in_fan_out": self._transposed,
         }
         config = LoraConfig(**options)
         training = self.model.training
@@ -445,10 +454,19 @@ class AdaptedModel:
         return _AdapterSlot(name=name, factors=factors, dense=dense)
 
 
-def _linear(module: nn.Module, name: str) -> nn.Linear:
-    if not isinstance(module, nn.Linear):
-        raise ConfigError(f"target {name!r} is a {type(module).__name__}, not an nn.Linear")
+def _projection(module: nn.Module, name: str) -> nn.Module:
+    if not is_projection(module):
+        raise ConfigError(
+            f"target {name!r} is a {type(module).__name__}, not an nn.Linear or Conv1D"
+        )
     return module
+
+
+def _weight(layer: nn.Module) -> Tensor:
+    weight = layer.weight
+    if not isinstance(weight, Tensor):
+        raise FedloraError(f"internal: a {type(layer).__name__} without a weight tensor")
+    return weight
 
 
 def _check_names(

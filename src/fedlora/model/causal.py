@@ -3,10 +3,10 @@
 A causal LM is adapted like a classifier, with :class:`~fedlora.model.adapted.AdaptedModel`,
 but with no densely trained head (``head_modules=[]``): its ``lm_head`` is pretrained and stays
 frozen, so a client's whole trainable state is its LoRA factors.  The default targets of the
-decoder families are the seven projections ``q/k/v/o_proj`` and ``gate/up/down_proj``
-(:data:`~fedlora.model.targets.DEFAULT_TARGETS`); other models (GPT-2's ``c_attn``, ...) need
-``target_modules`` given explicitly, and a name that matches no linear layer is reported with the
-model's linear layer names.
+decoder families are the seven projections ``q/k/v/o_proj`` and ``gate/up/down_proj``, GPT-2's
+its four ``Conv1D`` projections (:data:`~fedlora.model.targets.DEFAULT_TARGETS`); other models
+need ``target_modules`` given explicitly, and a name that matches no projection is reported with
+the model's projection names.
 
 Rank tiers (e.g. attention 30, MLP 200) are turned into the per-module rank map that
 :meth:`AdaptedModel.activate` takes by :func:`tiered_ranks`.

@@ -1,8 +1,9 @@
 """Which layers get LoRA adapters and which head layers are trained densely.
 
 Targets follow PEFT's matching rule for a list of names: a target matches a module whose full name
-equals it or ends with ``"." + target``.  Only ``torch.nn.Linear`` layers can be targeted, so the
-adapter's ``A (r x in)`` and ``B (out x r)`` line up with the layer's ``weight (out x in)``.
+equals it or ends with ``"." + target``.  Only projections can be targeted: ``torch.nn.Linear``
+(weight ``out x in``) and GPT-2's ``Conv1D`` (weight stored transposed, ``in x out``), so that the
+adapter's ``A (r x in)`` and ``B (out x r)`` line up with the layer's ``(out, in)``.
 
 Defaults by ``model.config.model_type``:
 
@@ -10,7 +11,9 @@ Defaults by ``model.config.model_type``:
   projections of the original LoRA paper and of FlexLoRA's and Byun & Lee's encoder experiments;
 - DistilBERT: ``q_lin`` and ``v_lin``, its names for the same projections;
 - LLaMA, Qwen2, Mistral: all seven projections (``q/k/v/o_proj``, ``gate/up/down_proj``), the
-  usual choice for decoder LLMs.
+  usual choice for decoder LLMs;
+- GPT-2: its four projections ``attn.c_attn`` (q, k, v fused), ``attn.c_proj``, ``mlp.c_fc`` and
+  ``mlp.c_proj``.
 
 The classification head is trained densely (PEFT ``modules_to_save``): it is freshly initialised
 for the task, so a low-rank update of it would make no sense.  By default it is every top-level
@@ -24,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from fedlora.errors import ConfigError
 
@@ -47,6 +51,7 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "llama": _DECODER_PROJECTIONS,
     "qwen2": _DECODER_PROJECTIONS,
     "mistral": _DECODER_PROJECTIONS,
+    "gpt2": ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
 }
 """LoRA target layers per ``model_type`` (leaf names, matched as suffixes)."""
 
@@ -60,9 +65,25 @@ def model_type(model: nn.Module) -> str:
     return str(getattr(config, "model_type", ""))
 
 
+def is_projection(module: nn.Module) -> bool:
+    """An ``nn.Linear`` or a GPT-2 style ``Conv1D``: a layer LoRA can adapt."""
+    return isinstance(module, nn.Linear | Conv1D)
+
+
+def projection_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out, in)`` of a projection, whichever way its weight is stored."""
+    if isinstance(module, Conv1D):
+        inputs, outputs = module.weight.shape  # Conv1D computes x @ W with W: in x out
+        return int(outputs), int(inputs)
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    raise ConfigError(f"a {type(module).__name__} is not a projection (nn.Linear or Conv1D)")
+
+
 def linear_module_names(model: nn.Module) -> list[str]:
-    """Full names of the model's ``nn.Linear`` layers, in module order (call before wrapping)."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    """Full names of the model's projections (``nn.Linear``, ``Conv1D``), in module order (call
+    before wrapping)."""
+    return [name for name, module in model.named_modules() if is_projection(module)]
 
 
 def default_target_modules(model: nn.Module) -> list[str]:

@@ -44,7 +44,7 @@ TINY_CHAT_TEMPLATE = (
 
 
 def save_tiny_causal_lm(path: Path, *, kind: str = "llama", seed: int = 0) -> Path:
-    """Write a 2-layer, 64-wide random Llama or Qwen2 and a small byte-level BPE tokenizer.
+    """Write a 2-layer, 64-wide random Llama, Qwen2 or GPT-2 and a small byte-level BPE tokenizer.
 
     The tokenizer (512 tokens, trained on the built-in instruction tasks and the prompt
     templates, BOS prepended, a pad token and a chat template) tokenises any text, so the model
@@ -52,6 +52,8 @@ def save_tiny_causal_lm(path: Path, *, kind: str = "llama", seed: int = 0) -> Pa
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
         PreTrainedTokenizerFast,
@@ -90,27 +92,34 @@ def save_tiny_causal_lm(path: Path, *, kind: str = "llama", seed: int = 0) -> Pa
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
     tokenizer.chat_template = TINY_CHAT_TEMPLATE
-    common = {
+    tokens = {
         "vocab_size": backend.get_vocab_size(),
+        "bos_token_id": backend.token_to_id("<s>"),
+        "eos_token_id": backend.token_to_id("</s>"),
+        "pad_token_id": backend.token_to_id("<pad>"),
+        "initializer_range": 0.2,  # logits large enough to be moved by LoRA alone
+    }
+    decoder = {
         "hidden_size": 64,
         "intermediate_size": 128,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 512,
-        "bos_token_id": backend.token_to_id("<s>"),
-        "eos_token_id": backend.token_to_id("</s>"),
-        "pad_token_id": backend.token_to_id("<pad>"),
         "tie_word_embeddings": False,
-        "initializer_range": 0.2,  # logits large enough to be moved by LoRA alone
     }
-    builders = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    gpt2 = {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 512}
+    builders: dict[str, tuple[Any, Any, dict[str, Any]]] = {
+        "llama": (LlamaConfig, LlamaForCausalLM, decoder),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, decoder),
+        "gpt2": (GPT2Config, GPT2LMHeadModel, gpt2),
+    }
     if kind not in builders:
         raise ValueError(f"kind must be one of {sorted(builders)}, got {kind!r}")
-    config_class, model_class = builders[kind]
+    config_class, model_class, shape = builders[kind]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = model_class(config_class(**common))
+        model = model_class(config_class(**tokens, **shape))
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))

@@ -29,6 +29,8 @@ _ATTENTION = (
     r"(?:^|\.)(?:query|key|value|q_lin|k_lin|v_lin|out_lin|q_proj|k_proj|v_proj|o_proj)$"
     # BERT's attention output projection (attention.output.dense) and ALBERT's (attention.dense).
     r"|(?:^|\.)attention\.(?:output\.)?dense$"
+    # GPT-2 (attn.c_attn, the fused q/k/v, and attn.c_proj).
+    r"|(?:^|\.)attn\.c_(?:attn|proj)$"
 )
 _MLP = (
     # BERT (intermediate.dense), DistilBERT (ffn.lin1/lin2), Llama/Qwen/Mistral (mlp.gate/up/
@@ -36,6 +38,8 @@ _MLP = (
     r"(?:^|\.)(?:intermediate\.dense|lin1|lin2|gate_proj|up_proj|down_proj|ffn|ffn_output)$"
     # BERT's layer output (layer.N.output.dense) but not attention.output.dense.
     r"|(?:^|(?<!attention)\.)output\.dense$"
+    # GPT-2 (mlp.c_fc, mlp.c_proj).
+    r"|(?:^|\.)mlp\.c_(?:fc|proj)$"
 )
 
 GROUP_ALIASES: Mapping[str, str] = MappingProxyType({"attention": _ATTENTION, "mlp": _MLP})
@@ -44,10 +48,11 @@ GROUP_ALIASES: Mapping[str, str] = MappingProxyType({"attention": _ATTENTION, "m
 ``attention`` matches the query/key/value/output projections: module names ending in ``query``,
 ``key``, ``value``, ``attention.dense``, ``attention.output.dense`` (BERT, ALBERT), ``q_lin``,
 ``k_lin``, ``v_lin``, ``out_lin`` (DistilBERT), ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``
-(Llama, Qwen, Mistral). ``mlp`` matches the feed-forward layers: names ending in
-``intermediate.dense`` or ``output.dense`` other than ``attention.output.dense`` (BERT), ``lin1``,
-``lin2`` (DistilBERT), ``gate_proj``, ``up_proj``, ``down_proj`` (Llama), ``ffn``, ``ffn_output``
-(ALBERT). Each name is matched as whole dotted components, so ``xq_proj`` is neither.
+(Llama, Qwen, Mistral), ``attn.c_attn``, ``attn.c_proj`` (GPT-2). ``mlp`` matches the
+feed-forward layers: names ending in ``intermediate.dense`` or ``output.dense`` other than
+``attention.output.dense`` (BERT), ``lin1``, ``lin2`` (DistilBERT), ``gate_proj``, ``up_proj``,
+``down_proj`` (Llama), ``ffn``, ``ffn_output`` (ALBERT), ``mlp.c_fc``, ``mlp.c_proj`` (GPT-2).
+Each name is matched as whole dotted components, so ``xq_proj`` is neither.
 """
 
 _RESERVED_SHORT_KEYS = ("default", "name")
