@@ -47,27 +47,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_env import RESULTS  # first: the offline environment, before any HF import
+
+# isort: split
+
 import tomli_w
 
-_REPO = Path(__file__).resolve().parents[1]
-if not os.environ.get("FEDLORA_DATA") and (_REPO.parent / "shared" / "data").is_dir():
-    os.environ["FEDLORA_DATA"] = str(_REPO.parent / "shared" / "data")  # as the Makefile does
-for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_offline, "1")
-
-from fedlora.flower.env import offline_environment  # noqa: E402
-from fedlora.flower.launch import (  # noqa: E402
+from fedlora.flower.env import offline_environment
+from fedlora.flower.launch import (
     APP_DIR,
     FlowerLaunchError,
     LocalFederation,
     bin_path,
     flower_lock,
 )
-from fedlora.model.tiny import save_tiny_bert  # noqa: E402
-from fedlora.runs import read_metrics  # noqa: E402
-
-RESULTS = _REPO / "benchmarks" / "results"
-
+from fedlora.model.tiny import save_tiny_bert
+from fedlora.runs import read_metrics
 
 # ---------------------------------------------------------------------------------- configs
 

@@ -59,9 +59,7 @@ No thresholds.
    the engine's ``run_client`` and ``train_local``, nothing in ``src/`` edited).
    Linux carries ``ru_maxrss`` over ``execve`` (the old address space's peak), so part 2 runs
    first, while this process holds only the imported libraries; a ``ru_maxrss`` above the child's
-   own ``VmHWM`` is flagged as inherited.  Part 2 needs the engine's causal-LM support; with
-   ``--wait-engine MINUTES`` the script polls for it (every 2 minutes), otherwise part 2 is
-   skipped with a note when the config does not know ``task = "causal-lm"``.
+   own ``VmHWM`` is flagged as inherited.
 
 Usage::
 
@@ -88,27 +86,26 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-# Everything this benchmark loads is local: never wait on a hub.
-for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_offline, "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-_REPO = Path(__file__).resolve().parents[1]
-if not os.environ.get("FEDLORA_DATA") and (_REPO.parent / "shared" / "data").is_dir():
-    os.environ["FEDLORA_DATA"] = str(_REPO.parent / "shared" / "data")  # as the Makefile does
+from bench_env import (  # first: the offline environment, before any HF import
+    proc_status_mb,
+    quiet_transformers,
+)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# isort: split
 
-from fedlora.instruct import format_prompt, generate_tasks  # noqa: E402
-from fedlora.model import (  # noqa: E402
+import numpy as np
+import torch
+
+from fedlora.instruct import format_prompt, generate_tasks
+from fedlora.model import (
     AdaptedModel,
     TokenizedInstructions,
     TrainConfig,
     load_causal_lm,
     train_local,
 )
-from fedlora.ranks import RankTier  # noqa: E402
-from fedlora.ranks.distribution import FLEXLORA_TIERS  # noqa: E402
+from fedlora.ranks import RankTier
+from fedlora.ranks.distribution import FLEXLORA_TIERS
 
 MODEL = "smollm2"
 ALPHA = 16.0
@@ -127,33 +124,11 @@ CAPPED_TIERS: list[Any] = [
     {"attention": 30, "mlp": 200},
     {"name": "r200-kv192", "default": 200, "patterns": {KV_PATTERN: 192}},
 ]
-ENGINE_CHECK = (
-    "from fedlora.config import load_config; "
-    "c = load_config(None, ['task=causal-lm']); print(c.model.name)"
-)
 
 Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------------- utilities
-
-
-def proc_status_mb() -> dict[str, float]:
-    """``VmRSS`` (current) and ``VmHWM`` (peak) of this process, in MiB."""
-    values: dict[str, float] = {}
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024  # kB
-    return {"rss_mb": values.get("VmRSS", float("nan")), "hwm_mb": values.get("VmHWM", 0.0)}
-
-
-def quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def set_threads(threads: int) -> None:
@@ -530,20 +505,6 @@ def per_tier(clients: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
-def engine_ready() -> tuple[bool, str]:
-    """Whether the config knows ``task = "causal-lm"`` with SmolLM2 as its model."""
-    config_file = _REPO / "src" / "fedlora" / "config.py"
-    if "causal-lm" not in config_file.read_text(encoding="utf-8"):
-        return False, "src/fedlora/config.py does not mention causal-lm"
-    done = subprocess.run(
-        [sys.executable, "-c", ENGINE_CHECK], capture_output=True, text=True, check=False
-    )
-    name = done.stdout.strip()
-    if done.returncode != 0 or name != MODEL:
-        return False, f"load_config(task=causal-lm) gave {name!r} {done.stderr.strip()[-300:]}"
-    return True, ""
-
-
 def run_child(args: argparse.Namespace, capped: bool, log: Log) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fedlora-llm-result-") as tmp:
         result_file = Path(tmp) / "round.json"
@@ -570,15 +531,6 @@ def run_child(args: argparse.Namespace, capped: bool, log: Log) -> dict[str, Any
 
 
 def measure_round(args: argparse.Namespace, log: Log) -> dict[str, Any]:
-    deadline = time.monotonic() + 60 * args.wait_engine
-    ready, why = engine_ready()
-    while not ready and time.monotonic() < deadline:
-        log(f"round: engine not ready ({why}); checking again in 120 s")
-        time.sleep(120)
-        ready, why = engine_ready()
-    if not ready:
-        log(f"round: skipped, the engine has no causal-LM support yet ({why})")
-        return {"skipped": why}
     attempts: list[dict[str, Any]] = []
     child = run_child(args, capped=False, log=log)
     attempts.append(child)
@@ -763,12 +715,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-steps", action="store_true", help="skip part 1")
     parser.add_argument("--skip-round", action="store_true", help="skip part 2")
-    parser.add_argument(
-        "--wait-engine",
-        type=float,
-        default=0.0,
-        help="minutes to wait (polling every 2 minutes) for the engine's causal-LM support",
-    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--capped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -92,32 +92,31 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-# Everything this benchmark loads is local: never wait on a hub.
-for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
-    os.environ.setdefault(_offline, "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-_REPO = Path(__file__).resolve().parents[1]
-if not os.environ.get("FEDLORA_DATA") and (_REPO.parent / "shared" / "data").is_dir():
-    os.environ["FEDLORA_DATA"] = str(_REPO.parent / "shared" / "data")  # as the Makefile does
+from bench_env import (  # first: the offline environment, before any HF import
+    proc_status_mb,
+    quiet_transformers,
+)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+# isort: split
 
-import fedlora.engine.client as engine_client  # noqa: E402
-import fedlora.engine.simulation as engine_simulation  # noqa: E402
-from fedlora.aggregation import GlobalState  # noqa: E402
-from fedlora.config import ExperimentConfig, load_config  # noqa: E402
-from fedlora.data import TokenizedData, load_named_dataset  # noqa: E402
-from fedlora.engine import Simulation, build_experiment  # noqa: E402
-from fedlora.model import (  # noqa: E402
+import numpy as np
+import torch
+
+import fedlora.engine.client as engine_client
+import fedlora.engine.simulation as engine_simulation
+from fedlora.aggregation import GlobalState
+from fedlora.config import ExperimentConfig, load_config
+from fedlora.data import TokenizedData, load_named_dataset
+from fedlora.engine import Simulation, build_experiment
+from fedlora.model import (
     AdaptedModel,
     TrainConfig,
     load_classifier,
     resolve_model_path,
     train_local,
 )
-from fedlora.model.tiny import save_tiny_bert  # noqa: E402
-from fedlora.runs import RoundMetrics, RunDir  # noqa: E402
+from fedlora.model.tiny import save_tiny_bert
+from fedlora.runs import RoundMetrics, RunDir
 
 TARGET_OVERHEAD = 0.05
 TARGET_STEP_RATIO = 1.10
@@ -138,30 +137,12 @@ Log = Callable[[str], None]
 # ---------------------------------------------------------------------------------- utilities
 
 
-def proc_status_mb() -> dict[str, float]:
-    """``VmRSS`` (current) and ``VmHWM`` (peak) of this process, in MiB."""
-    values: dict[str, float] = {}
-    with open("/proc/self/status", encoding="ascii") as handle:
-        for line in handle:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024  # kB
-    return {"rss_mb": values.get("VmRSS", float("nan")), "hwm_mb": values.get("VmHWM", 0.0)}
-
-
 def other_benchmarks() -> list[str]:
     """Command lines of other benchmark processes (they would disturb the timings)."""
     found = subprocess.run(
         ["pgrep", "-af", "benchmarks/aggregation.py"], capture_output=True, text=True, check=False
     )
     return [line for line in found.stdout.splitlines() if str(os.getpid()) != line.split()[0]]
-
-
-def quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
 
 
 def threads_label(threads: int) -> int:

@@ -36,19 +36,17 @@ class Evaluation:
 
     def metric_fields(self) -> dict[str, float | None]:
         """The ``test_*`` fields of :class:`~fedlora.runs.RoundMetrics`."""
-        return {
-            "test_loss": self.loss,
-            "test_accuracy": self.accuracy,
-            "test_macro_f1": self.macro_f1,
-            "test_rouge_l": self.rouge_l,
-            "test_exact_match": self.exact_match,
-        }
+        values = (self.loss, self.accuracy, self.macro_f1, self.rouge_l, self.exact_match)
+        return dict(zip(TEST_FIELDS, values, strict=True))
+
+
+TEST_FIELDS = ("test_loss", "test_accuracy", "test_macro_f1", "test_rouge_l", "test_exact_match")
+"""The metric columns an :class:`Evaluation` fills, in the order of its fields."""
 
 
 def test_metrics(evaluation: Evaluation | None) -> dict[str, float | None]:
     """The ``test_*`` fields of a round's metrics (all ``None`` when it was not evaluated)."""
-    fields = Evaluation(loss=0.0).metric_fields()
-    return dict.fromkeys(fields) if evaluation is None else evaluation.metric_fields()
+    return dict.fromkeys(TEST_FIELDS) if evaluation is None else evaluation.metric_fields()
 
 
 class Evaluator(Protocol):

@@ -174,10 +174,14 @@ def render_prompts(
 
 
 def tokenize_instructions(
-    data: InstructionData, tokenizer: Any, config: ExperimentConfig
+    data: InstructionData,
+    tokenizer: Any,
+    config: ExperimentConfig,
+    prompts: Sequence[str] | None = None,
 ) -> TokenizedInstructions:
+    """The examples tokenised for training; ``prompts`` if they were already rendered."""
     return TokenizedInstructions.from_pairs(
-        render_prompts(data.examples, config.instruct.template, tokenizer),
+        prompts or render_prompts(data.examples, config.instruct.template, tokenizer),
         [example.output for example in data.examples],
         tokenizer,
         config.model.max_length,
@@ -194,8 +198,8 @@ class GenerationEvaluator:
 
     def __init__(self, split: InstructionSplit, tokenizer: Any, config: ExperimentConfig) -> None:
         self.tokenizer = tokenizer
-        self.tokens = tokenize_instructions(split.test, tokenizer, config)
         prompts = render_prompts(split.test.examples, config.instruct.template, tokenizer)
+        self.tokens = tokenize_instructions(split.test, tokenizer, config, prompts)
         # Longest prompts first: batches of similar length waste the least padding.
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         self.prompts = [prompts[i] for i in order]
