@@ -10,19 +10,16 @@ missing ones: ``A`` rows uniform in ``±1/sqrt(in)`` (kaiming-uniform with ``a=s
 from __future__ import annotations
 
 import math
-import zlib
 
 import torch
 from torch import Tensor
 
-_MIX = 0x9E3779B97F4A7C15
-_MASK = (1 << 63) - 1
+from fedlora.seeds import derive_seed, name_part
 
 
 def slot_seed(seed: int, round_index: int, module: str) -> int:
-    """A stable 63-bit seed for one module in one round (independent of Python's hash salt)."""
-    mixed = (seed * _MIX) ^ (round_index * 0x632BE59BD9B4E019) ^ zlib.crc32(module.encode("utf-8"))
-    return mixed & _MASK
+    """The seed of one module's fresh slots in one round (:mod:`fedlora.seeds`, ``"slots"``)."""
+    return derive_seed(seed, "slots", round_index, name_part(module))
 
 
 def fresh_lora_A(
