@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -15,6 +15,9 @@ from fedlora.aggregation.weights import Weighting, client_weights
 from fedlora.lora.factors import FoldedFactors
 from fedlora.lora.update import ClientUpdate
 
+Regularizer = Callable[[Sequence[tuple[Tensor, Tensor]]], Tensor]
+"""A client-side loss term from the live ``(A, B)`` parameters of every adapted module."""
+
 
 class Aggregator(ABC):
     """Combines one round of rank-heterogeneous client updates into a new global state.
@@ -22,9 +25,11 @@ class Aggregator(ABC):
     Subclasses implement :meth:`combine` for one module on scale-folded factors.  Aggregation is
     functional: ``previous`` is never modified, and invalid updates raise before any work.
 
-    Class flags tell the runner what the method needs from clients:
-    ``trains_A`` (False: clients freeze ``A``, as in FFA-LoRA) and ``merges_into_base`` (True: the
-    round's update is merged into the base weights and clients restart from fresh LoRA, as FLoRA).
+    The method's needs are hooks, so that runners never ask which method is in use:
+    ``trains_A`` (False: clients freeze ``A``, as in FFA-LoRA), ``merges_into_base`` (True: the
+    round's update is merged into the base weights and clients restart from fresh LoRA, as FLoRA),
+    :meth:`client_regularizer` (a term a client adds to its training loss, as HetLoRA) and
+    :meth:`configure_federation` (the largest rank any client of the federation may train).
     """
 
     name: ClassVar[str]
@@ -34,11 +39,30 @@ class Aggregator(ABC):
     def __init__(self, *, weighting: Weighting = "num_examples") -> None:
         self.weighting: Weighting = weighting
 
-    def aggregate(self, updates: Sequence[ClientUpdate], previous: GlobalState) -> GlobalState:
-        """Aggregate one round; the result's ``round`` is ``previous.round + 1``."""
-        layout = validate_round(updates, previous)
-        for update in updates:
-            self.check_update(update, previous)
+    def configure_federation(self, max_rank: int) -> None:  # noqa: B027 (an optional hook)
+        """Learn the largest rank any client of the federation may train, before round 1."""
+
+    def client_regularizer(self) -> Regularizer | None:
+        """A term every client adds to its local loss (``None``: plain training)."""
+        return None
+
+    def validate_update(self, update: ClientUpdate, previous: GlobalState) -> None:
+        """All checks of one update against the state it was served from (raise on a bad one)."""
+        validate_round([update], previous)
+        self.check_update(update, previous)
+
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], previous: GlobalState, *, validated: bool = False
+    ) -> GlobalState:
+        """Aggregate one round; the result's ``round`` is ``previous.round + 1``.
+
+        ``validated=True`` says every update already passed :meth:`validate_update`; only the
+        round-level checks (no update twice, one layout) are repeated.
+        """
+        layout = validate_round(updates, previous, contents=not validated)
+        if not validated:
+            for update in updates:
+                self.check_update(update, previous)
         weights = client_weights(updates, self.weighting)
         dtype = _compute_dtype(updates)
         combined: dict[str, FoldedFactors] = {}
@@ -138,4 +162,11 @@ def _as_dtype(factors: FoldedFactors, dtype: torch.dtype) -> FoldedFactors:
     return FoldedFactors(A=factors.A.to(dtype), B=factors.B.to(dtype))
 
 
-__all__ = ["Aggregator", "RoundLayout", "pad_factors", "weighted_sum", "weighted_zero_padded_mean"]
+__all__ = [
+    "Aggregator",
+    "Regularizer",
+    "RoundLayout",
+    "pad_factors",
+    "weighted_sum",
+    "weighted_zero_padded_mean",
+]

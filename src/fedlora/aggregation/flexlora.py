@@ -57,6 +57,15 @@ class FlexLoRA(Aggregator):
         self.svd: SvdMethod = svd
         self.max_rank = max_rank
 
+    def configure_federation(self, max_rank: int) -> None:
+        """Keep the triplets of the federation's largest rank unless ``max_rank`` was given.
+
+        As the reference code slices one SVD for every rank of the federation, a client of a
+        high rank then receives its best approximation even after rounds without its peers.
+        """
+        if self.max_rank is None:
+            self.max_rank = max_rank
+
     def combine(
         self,
         module: str,

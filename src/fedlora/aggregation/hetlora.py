@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
 
-from fedlora.aggregation.base import Aggregator, weighted_zero_padded_mean
+from fedlora.aggregation.base import Aggregator, Regularizer, weighted_zero_padded_mean
+from fedlora.aggregation.weights import Weighting
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
 
@@ -18,10 +20,30 @@ class HetLoRA(Aggregator):
 
     Clients whose update is larger (less sparse) count more.  The client weights (data size) do
     not enter; dense tensors are still averaged with them.  If every update of a module is zero
-    the data-size weights are used.
+    the data-size weights are used.  Clients add HetLoRA's rank self-pruning regulariser
+    (:func:`self_pruning_penalty`) to their loss.
+
+    Options
+    -------
+    gamma : share of each client's rank the regulariser leaves alone (γ; the trailing
+        ``r - floor(gamma * r)`` slots are pushed towards zero).
+    lam : weight of the regulariser (λ); 0 switches it off.
     """
 
     name = "hetlora"
+
+    def __init__(
+        self, *, weighting: Weighting = "num_examples", gamma: float = 0.99, lam: float = 1e-3
+    ) -> None:
+        super().__init__(weighting=weighting)
+        _check_penalty(gamma, lam)
+        self.gamma = gamma
+        self.lam = lam
+
+    def client_regularizer(self) -> Regularizer | None:
+        if self.lam == 0.0:
+            return None
+        return partial(self_pruning_penalty, gamma=self.gamma, lam=self.lam)
 
     def combine(
         self,
@@ -57,10 +79,7 @@ def self_pruning_penalty(
     ``(1 - gamma)`` share of the rank towards zero so that the client can prune it.  Unlike the
     reference implementation it is computed on the live parameters, so gradients flow.
     """
-    if not 0.0 < gamma <= 1.0:
-        raise FedloraError(f"hetlora gamma must be in (0, 1], got {gamma}")
-    if lam < 0.0:
-        raise FedloraError(f"hetlora lambda must be non-negative, got {lam}")
+    _check_penalty(gamma, lam)
     total: Tensor | None = None
     for A, B in factor_pairs:
         keep = math.floor(gamma * A.shape[0])
@@ -69,3 +88,10 @@ def self_pruning_penalty(
     if total is None:
         raise FedloraError("hetlora self-pruning penalty needs at least one LoRA module")
     return lam * total
+
+
+def _check_penalty(gamma: float, lam: float) -> None:
+    if not 0.0 < gamma <= 1.0:
+        raise FedloraError(f"hetlora gamma must be in (0, 1], got {gamma}")
+    if not lam >= 0.0:
+        raise FedloraError(f"hetlora lam must be non-negative, got {lam}")
