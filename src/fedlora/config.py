@@ -45,6 +45,9 @@ class RunSection(Section):
     )
     eval_every: int = Field(1, ge=1, description="Evaluate the global model every k rounds.")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every k rounds.")
+    min_replies: int = Field(
+        1, ge=1, description="Fewest valid client updates a round needs to change the model."
+    )
 
     @model_validator(mode="after")
     def _clients_fit(self) -> RunSection:
@@ -128,7 +131,9 @@ class AggregationSection(Section):
         "num_examples", description="Client weights: local training-set size, or uniform."
     )
     options: dict[str, Scalar] = Field(
-        default_factory=dict, description="Options of the aggregator, e.g. {sigma = 'sqrt'}."
+        default_factory=dict,
+        description="Options of the aggregator, e.g. {sigma = 'sqrt'} (flexlora), "
+        "{gamma = 0.99, lam = 0.001} (hetlora's self-pruning regulariser).",
     )
 
 
@@ -146,12 +151,6 @@ class TrainSection(Section):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps within a round.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 = off.")
     eval_batch_size: int = Field(64, ge=1, description="Batch size of evaluation.")
-    hetlora_gamma: float = Field(
-        0.99, gt=0.0, le=1.0, description="HetLoRA self-pruning: share of the rank kept."
-    )
-    hetlora_lambda: float = Field(
-        1e-3, ge=0.0, description="HetLoRA self-pruning regulariser weight."
-    )
 
     @model_validator(mode="after")
     def _some_training(self) -> TrainSection:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fedlora.aggregation import GlobalState, available_aggregators
-from fedlora.engine import Simulation, build_experiment, sample_clients
+from fedlora.engine import build_experiment, run_experiment, sample_clients
 from fedlora.runs import RunDir, load_checkpoint
 from tests.engine.helpers import tiny_config
 
@@ -31,17 +31,18 @@ def _run(config, *, resume: bool = False, stop_after: int | None = None):  # typ
         if stop_after is not None and row.round == stop_after:
             raise KilledRunError
 
-    return Simulation(build_experiment(config), run_dir).run(resume=resume, on_round=callback)
+    return run_experiment(build_experiment(config), run_dir, resume=resume, on_round=callback)
 
 
 def _assert_same_state(a: GlobalState, b: GlobalState) -> None:
+    """Bit for bit: same seed, same config, same numbers."""
     assert a.round == b.round
     assert a.rank_map() == b.rank_map()
     for name in a.modules:
-        torch.testing.assert_close(a.modules[name].A, b.modules[name].A, rtol=0, atol=1e-6)
-        torch.testing.assert_close(a.modules[name].B, b.modules[name].B, rtol=0, atol=1e-6)
+        assert torch.equal(a.modules[name].A, b.modules[name].A), name
+        assert torch.equal(a.modules[name].B, b.modules[name].B), name
     for name in a.dense:
-        torch.testing.assert_close(a.dense[name], b.dense[name], rtol=0, atol=1e-6)
+        assert torch.equal(a.dense[name], b.dense[name]), name
 
 
 def test_run_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> None:
@@ -50,8 +51,9 @@ def test_run_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> No
     run = RunDir(tmp_path / "run")
     assert run.is_finished()
     rows = run.metrics()
-    assert [r.round for r in rows] == [1, 2, 3]
-    for row in rows:
+    assert [r.round for r in rows] == [0, 1, 2, 3]
+    assert rows[0].clients == [] and rows[0].train_loss is None
+    for row in rows[1:]:
         assert row.clients == sample_clients(0, row.round, 6, 3)
         assert row.ranks == [[2, 4, 8, 2, 4, 8][c] for c in row.clients]
         assert row.test_accuracy is not None and 0.0 <= row.test_accuracy <= 1.0
@@ -59,7 +61,7 @@ def test_run_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> No
         assert len(row.extra["client_train_loss"]) == len(row.clients)
         assert row.extra["tiers"] == [f"r{r}" for r in row.ranks]
     csv_lines = (run.path / "metrics.csv").read_text().splitlines()
-    assert len(csv_lines) == 4
+    assert len(csv_lines) == 5
     for name in ("config.toml", "summary.md", "label_distribution.csv", "label_distribution.png"):
         assert (run.path / name).exists(), name
     assert (run.plots_dir / "metrics.png").stat().st_size > 1000
@@ -67,17 +69,43 @@ def test_run_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> No
     _assert_same_state(checkpoint.state, result.state)
 
 
-def test_bytes_match_the_tensors_that_travel(tiny_bert_dir: Path, tmp_path: Path) -> None:
+def test_traffic_counts_lora_and_dense_apart(tiny_bert_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"run.rounds": 1})
     result = _run(config)
     experiment = build_experiment(config)
     shapes = experiment.model.module_shapes()
-    row = result.metrics[0]
-    ranks = [[2, 4, 8, 2, 4, 8][c] for c in row.clients]
-    lora = sum(r * (out + inp) for r in ranks for out, inp in shapes.values()) * 4
-    dense = sum(t.numel() for t in experiment.model.initial_dense().values()) * 4 * len(ranks)
-    assert row.bytes_up == lora + dense
-    assert row.bytes_down == lora + dense
+    row = result.metrics[1]
+    ranks = {c: [2, 4, 8, 2, 4, 8][c] for c in row.clients}
+    lora = {c: r * sum(out + inp for out, inp in shapes.values()) for c, r in ranks.items()}
+    head = sum(t.numel() for t in experiment.model.initial_dense().values())
+    assert row.lora_params_up == row.lora_params_down == sum(lora.values())
+    assert row.dense_params_up == row.dense_params_down == head * len(ranks)
+    assert row.merged_params_down == 0
+    assert row.bytes_up == row.bytes_down == 4 * (sum(lora.values()) + head * len(ranks))
+    for entry in row.extra["traffic"]:
+        expected = {"lora_params": lora[entry["client"]], "dense_params": head, "merged_params": 0}
+        assert entry["up"] == entry["down"] == {**expected, "bytes": 4 * (sum(expected.values()))}
+
+
+def test_flora_counts_the_merges_each_client_must_apply(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # A client receives every merged round it has not applied yet, as stacked factors.
+    config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"aggregation.method": "flora"})
+    rows = _run(config).metrics
+    merged = {m.round: m.num_parameters() for m in RunDir(tmp_path / "run").merged.load(3)}
+    assert sorted(merged) == [1, 2, 3]
+    last_seen: dict[int, int] = {}
+    for row in rows[1:]:
+        expected = {}
+        for client in row.clients:
+            after = last_seen.get(client, 0)
+            expected[client] = sum(n for r, n in merged.items() if after < r < row.round)
+            last_seen[client] = row.round - 1
+        got = {e["client"]: e["down"]["merged_params"] for e in row.extra["traffic"]}
+        assert got == expected, f"round {row.round}"
+        assert row.merged_params_down == sum(expected.values())
+    assert rows[3].merged_params_down > 0
 
 
 def test_same_seed_same_numbers_other_seed_other_numbers(
@@ -104,12 +132,13 @@ def test_resume_ends_with_the_same_numbers(
     assert not run.is_finished()
     assert load_checkpoint(run.checkpoint_dir).state.round == 2
     resumed = _run(config, resume=True)
-    assert [r.round for r in resumed.metrics] == [1, 2, 3]
+    assert [r.round for r in resumed.metrics] == [0, 1, 2, 3]
     assert [r.test_loss for r in resumed.metrics] == [r.test_loss for r in straight.metrics]
     assert [r.train_loss for r in resumed.metrics] == [r.train_loss for r in straight.metrics]
+    assert [r.bytes_down for r in resumed.metrics] == [r.bytes_down for r in straight.metrics]
     _assert_same_state(resumed.state, straight.state)
     rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
-    assert [row["round"] for row in rows] == [1, 2, 3]
+    assert [row["round"] for row in rows] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("method", sorted(available_aggregators()))
@@ -121,43 +150,13 @@ def test_every_aggregator_runs_end_to_end(tiny_bert_dir: Path, tmp_path: Path, m
         **{"aggregation.method": method, "run.rounds": 2, "ranks.options": {"ranks": ranks}},
     )
     result = _run(config)
-    assert len(result.metrics) == 2
+    assert [r.round for r in result.metrics] == [0, 1, 2]
     assert all(r.test_loss is not None and r.test_loss == r.test_loss for r in result.metrics)
+    assert all(r.extra["dropped"] == [] for r in result.metrics[1:])
     if method == "flora":
         assert result.state.rank_map() == dict.fromkeys(result.state.modules, 0)
     else:
         assert max(result.state.rank_map().values()) >= min(ranks)
-
-
-def test_loss_based_probe_promotes_the_best_clients(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config(
-        tiny_bert_dir,
-        tmp_path / "loss",
-        **{
-            "ranks.policy": "loss_based",
-            "ranks.options": {"low": 2, "high": 8, "fraction": 0.34},
-            "run.rounds": 1,
-        },
-    )
-    experiment = build_experiment(config)
-    assert experiment.validation is not None
-    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=False)
-    Simulation(experiment, run_dir).run()
-    allocation = experiment.policy.allocation
-    assert allocation is not None
-    assert sorted(t.max_rank for t in allocation) == [2, 2, 2, 2, 8, 8]
-
-
-def test_flexlora_keeps_the_federations_largest_rank(tiny_bert_dir: Path, tmp_path: Path) -> None:
-    # A round of rank-2 clients must not truncate what the rank-8 clients get next time.
-    experiment = build_experiment(tiny_config(tiny_bert_dir, tmp_path / "x"))
-    assert experiment.aggregator.max_rank == 8  # type: ignore[attr-defined]
-    loss_based = tiny_config(
-        tiny_bert_dir,
-        tmp_path / "y",
-        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 6}},
-    )
-    assert build_experiment(loss_based).aggregator.max_rank == 6  # type: ignore[attr-defined]
 
 
 def test_resume_before_the_first_checkpoint_starts_over(
@@ -168,7 +167,7 @@ def test_resume_before_the_first_checkpoint_starts_over(
         _run(config, stop_after=1)
     run = RunDir(tmp_path / "early")
     assert not run.has_checkpoint()
-    assert [r.round for r in run.metrics()] == [1]
+    assert [r.round for r in run.metrics()] == [0, 1]
     resumed = _run(config, resume=True)
-    assert [r.round for r in run.metrics()] == [1, 2, 3]
-    assert [r.round for r in resumed.metrics] == [1, 2, 3]
+    assert [r.round for r in run.metrics()] == [0, 1, 2, 3]
+    assert [r.round for r in resumed.metrics] == [0, 1, 2, 3]

@@ -9,6 +9,7 @@ with the in-process runner is checked through the Ray simulation (test_simulatio
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -54,8 +55,8 @@ def _config(tmp_path: Path, model_dir: Path, rounds: int) -> Path:
 
 def _assert_announced_ranks(out_dir: Path, rounds: int) -> None:
     rows = read_metrics(out_dir / "metrics.jsonl")
-    assert [row.round for row in rows] == list(range(1, rounds + 1))
-    for row in rows:
+    assert [row.round for row in rows] == list(range(rounds + 1))
+    for row in rows[1:]:
         assert sorted(row.clients) == [0, 1, 2]
         assert row.extra["dropped"] == []
     assert client_ranks(rows) == {client: {rank} for client, rank in enumerate(ANNOUNCED)}
@@ -119,7 +120,7 @@ def test_a_node_stopped_mid_round_is_dropped(
             "config": str(config_path),
             "out-dir": str(out_dir),
             "round-timeout": 120.0,
-            "min-replies": 2,
+            "overrides": "run.min_replies=2",
         },
     )
     victim = federation.supernodes[2]
@@ -128,11 +129,12 @@ def test_a_node_stopped_mid_round_is_dropped(
     outcome = federation.wait_run(run_id, timeout=300.0)
     assert_completed(outcome)
 
-    (row,) = read_metrics(out_dir / "metrics.jsonl")
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
     assert sorted(row.clients) == [0, 1, 2]
     assert len(row.extra["dropped"]) == 1, row.extra["dropped"]
-    assert "error reply" in row.extra["dropped"][0]
+    # Flower answers for a node that went away with an error, or not at all, depending on timing.
+    assert re.fullmatch(r"client 2: (no reply|node \d+ sent an error: .*)", row.extra["dropped"][0])
     losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
     assert losses[2] is None  # the stopped node serves partition 2
     assert losses[0] is not None and losses[1] is not None
-    assert "dropping the reply of node" in federation.log(run_id)
+    assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)

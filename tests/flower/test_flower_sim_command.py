@@ -22,7 +22,8 @@ def test_flower_sim_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path
     run = RunDir(out)
     assert run.is_finished()
     rows = run.metrics()
-    assert [r.round for r in rows] == [1, 2]
-    assert all(r.extra["runner"] == "flower" for r in rows)
+    assert [r.round for r in rows] == [0, 1, 2]
+    assert rows[0].extra["transport"] == "flower"
     assert all(r.ranks == [[2, 4, 8][c] for c in r.clients] for r in rows)
+    assert (out / "label_distribution.csv").exists()
     assert "lr = 0.01" in run.config_file.read_text()

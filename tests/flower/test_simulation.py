@@ -57,12 +57,13 @@ def test_ray_simulation_matches_in_process(
 
     config = load_config(str(config_path))
     rows = read_metrics(flower_dir / "metrics.jsonl")
-    assert [row.round for row in rows] == [1, 2]
-    for row in rows:
+    assert [row.round for row in rows] == [0, 1, 2]
+    assert rows[0].extra["transport"] == "flower"
+    for row in rows[1:]:
         assert row.clients == sample_clients(config.run.seed, row.round, 4, 2)
-        assert row.ranks == [RANKS[c] for c in row.clients]  # a tier's largest rank
-        assert row.extra["runner"] == "flower"
         assert row.extra["dropped"] == []
+    if case != "causal-lm":
+        assert all(row.ranks == [RANKS[c] for c in row.clients] for row in rows[1:])
     assert (flower_dir / "summary.md").exists()
 
     reference_dir = tmp_path / "in-process"

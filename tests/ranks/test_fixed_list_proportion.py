@@ -33,7 +33,7 @@ def test_default_policies_never_adapt_or_probe() -> None:
     policy = FixedRanks(5)
     policy.assign(3)
     assert policy.observe_losses({0: 1.0, 1: 0.5, 2: 0.1}) is None
-    assert policy.needs_probe is False
+    assert not any(policy.wants_scores(r) for r in (0, 1, 2)) and policy.scoring is None
     assert ranks_of(policy.allocation or []) == [5, 5, 5]
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedlora.errors import FedloraError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.ranks import LossBasedRanks
 
 
@@ -169,8 +169,13 @@ def test_assign_starts_over() -> None:
 
 def test_probe_flag_defaults_to_scoring_every_client() -> None:
     # Byun & Lee rank all clients; without a probe only round-1 participants are scored.
-    assert LossBasedRanks().needs_probe is True
-    assert LossBasedRanks(probe=False).needs_probe is False
+    probing, plain = LossBasedRanks(), LossBasedRanks(probe=False)
+    probing.assign(4)
+    plain.assign(4)
+    assert [probing.wants_scores(r) for r in (0, 1, 2)] == [True, False, False]
+    assert [plain.wants_scores(r) for r in (0, 1, 2)] == [False, True, False]
+    plain.observe_losses({0: 1.0, 1: 2.0})
+    assert plain.wants_scores(1) is False  # once promoted, never asks again
 
 
 @pytest.mark.parametrize(
@@ -255,3 +260,20 @@ def test_partial_observation_promotes_exactly_the_k_lowest_observed(
     # Promotion happened (even if of nobody): later observations change nothing.
     assert policy.observe_losses(dict.fromkeys(range(num_clients), -1.0)) is None
     assert high_ids(policy) == expected
+
+
+def test_scoring_options_are_validated_and_saved() -> None:
+    policy = LossBasedRanks(score_on="local", score_rows=50)
+    assert (policy.scoring.on, policy.scoring.rows) == ("local", 50)
+    assert policy.options()["score_on"] == "local" and policy.options()["score_rows"] == 50
+    assert LossBasedRanks().scoring.on == "server"
+    with pytest.raises(ConfigError, match="score_on must be one of server, local, got 'both'"):
+        LossBasedRanks(score_on="both")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="score_rows must be a positive integer, got 0"):
+        LossBasedRanks(score_rows=0)
+
+
+def test_possible_tiers_include_the_promotion() -> None:
+    policy = LossBasedRanks(low=2, high=9)
+    policy.assign(3)
+    assert sorted({t.max_rank for t in policy.possible_tiers()}) == [2, 9]

@@ -84,7 +84,7 @@ def comparison_config(
 def _run_or_reuse(
     config: ExperimentConfig, *, overwrite: bool, progress: bool, console: Console
 ) -> list[RoundMetrics]:
-    from fedlora.engine import Simulation, build_experiment
+    from fedlora.engine import build_experiment, run_experiment
 
     quiet_libraries()
 
@@ -99,5 +99,5 @@ def _run_or_reuse(
     experiment = build_experiment(config)
     run_dir = existing if resume else RunDir.create(path, config, overwrite=True)
     with RoundProgress(config.run.name, config.run.rounds, enabled=progress) as bar:
-        result = Simulation(experiment, run_dir).run(resume=resume, on_round=bar.update)
+        result = run_experiment(experiment, run_dir, resume=resume, on_round=bar.update)
     return result.metrics

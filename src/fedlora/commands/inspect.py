@@ -38,7 +38,7 @@ def inspect_command(path: Path) -> int:
             str(row.round),
             str(len(row.clients)),
             f"{sum(row.ranks) / max(1, len(row.ranks)):.1f}",
-            f"{row.train_loss:.4f}",
+            "" if row.train_loss is None else f"{row.train_loss:.4f}",
             "" if row.test_loss is None else f"{row.test_loss:.4f}",
             "" if score is None else f"{score:.4f}",
             f"{row.bytes_up / 1e6:.2f}",

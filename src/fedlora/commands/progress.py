@@ -38,7 +38,8 @@ class RoundProgress:
         self._progress.stop()
 
     def update(self, row: RoundMetrics) -> None:
-        status = f"{len(row.clients)} clients  loss {row.train_loss:.3f}"
+        loss = "no update" if row.train_loss is None else f"loss {row.train_loss:.3f}"
+        status = f"{len(row.clients)} clients  {loss}"
         if row.test_rouge_l is not None:
             status += f"  rouge-L {row.test_rouge_l:.3f}"
         elif row.test_accuracy is not None:

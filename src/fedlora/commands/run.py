@@ -37,7 +37,7 @@ def run_command(
         RunDir.check_free(Path(config.run.out_dir), overwrite=overwrite)
         run_dir = None
     console.print(_header(config))
-    from fedlora.engine import Simulation, build_experiment
+    from fedlora.engine import build_experiment, run_experiment
 
     quiet_libraries()
 
@@ -45,7 +45,7 @@ def run_command(
     if run_dir is None:
         run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=overwrite)
     with RoundProgress(config.run.name, config.run.rounds, enabled=progress) as bar:
-        result = Simulation(experiment, run_dir).run(resume=resume is not None, on_round=bar.update)
+        result = run_experiment(experiment, run_dir, resume=resume is not None, on_round=bar.update)
     console.print(run_dir.summary_file.read_text(encoding="utf-8"))
     console.print(f"run directory: {run_dir.path}  ({result.wall_seconds:.1f} s)")
     return 0

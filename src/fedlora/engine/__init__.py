@@ -1,25 +1,37 @@
-"""The in-process engine: build an experiment from a config and run its rounds."""
+"""The engine: build an experiment from a config and drive its rounds through a transport."""
 
-from fedlora.engine.client import ClientResult, run_client, tensor_bytes, train_config
+from fedlora.engine.client import ClientTrainer, train_config
+from fedlora.engine.driver import PHASES, RoundDriver, RunResult
 from fedlora.engine.evaluation import Evaluation, evaluate_global, test_metrics
 from fedlora.engine.experiment import Experiment, build_experiment, load_data
-from fedlora.engine.seeds import derive_seed, sample_clients
-from fedlora.engine.simulation import RunResult, Simulation, run_in_process
+from fedlora.engine.merging import MergedBase
+from fedlora.engine.seeds import sample_clients
+from fedlora.engine.simulation import run_experiment, run_in_process
+from fedlora.engine.traffic import Traffic
+from fedlora.engine.transport import ClientReply, InProcessTransport, Roster, TrainTask, Transport
+from fedlora.lora import MergedRound
 
 __all__ = [
-    "ClientResult",
+    "PHASES",
+    "ClientReply",
+    "ClientTrainer",
     "Evaluation",
     "Experiment",
+    "InProcessTransport",
+    "MergedBase",
+    "MergedRound",
+    "Roster",
+    "RoundDriver",
     "RunResult",
-    "Simulation",
+    "Traffic",
+    "TrainTask",
+    "Transport",
     "build_experiment",
-    "derive_seed",
     "evaluate_global",
     "load_data",
-    "run_client",
+    "run_experiment",
     "run_in_process",
     "sample_clients",
-    "tensor_bytes",
     "test_metrics",
     "train_config",
 ]

@@ -1,38 +1,30 @@
-"""One client's round: start from the served factors, train locally, return the update.
+"""A client's round: apply missing merges, load the served factors, train, return the update.
 
-Shared by the in-process runner and the Flower ClientApp: only the transport differs.
+The same :class:`ClientTrainer` serves every simulated client of the in-process runner and the
+one client of a Flower node: only the transport that hands it a :class:`TrainTask` differs.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
-from torch import Tensor
 
-from fedlora.aggregation import Aggregator, self_pruning_penalty
-from fedlora.aggregation.hetlora import HetLoRA
+from fedlora.aggregation import Aggregator
 from fedlora.config import ExperimentConfig
 from fedlora.data import TokenizedData
 from fedlora.engine.evaluation import held_out_loss
+from fedlora.engine.merging import MergedBase
 from fedlora.engine.seeds import batch_generator, client_torch_rng
-from fedlora.lora import ClientUpdate, LoraFactors
+from fedlora.engine.transport import ClientReply, TrainTask
+from fedlora.errors import FedloraError
 from fedlora.model import AdaptedModel, TrainConfig, train_local
 from fedlora.model.instructions import TokenizedInstructions
 
 TrainingRows = TokenizedData | TokenizedInstructions
-
-
-@dataclass(frozen=True)
-class ClientResult:
-    update: ClientUpdate
-    train_loss: float
-    steps: int
-    seconds: float
-    validation_loss: float | None
+Indices = npt.NDArray[np.int64]
 
 
 def train_config(config: ExperimentConfig) -> TrainConfig:
@@ -51,61 +43,75 @@ def train_config(config: ExperimentConfig) -> TrainConfig:
     )
 
 
-def run_client(
-    model: AdaptedModel,
-    config: ExperimentConfig,
-    aggregator: Aggregator,
-    *,
-    client: int,
-    round_index: int,
-    rank_map: Mapping[str, int],
-    factors: Mapping[str, LoraFactors],
-    dense: Mapping[str, Tensor],
-    data: TrainingRows,
-    indices: npt.NDArray[np.int64],
-    validation: npt.NDArray[np.int64] | None = None,
-) -> ClientResult:
-    """Load the served adapter, train it on the client's rows, and extract the update."""
-    start = time.perf_counter()
-    seed = config.run.seed
-    model.activate(rank_map, config.model.lora_alpha, config.model.use_rslora)
-    model.freeze_A(not aggregator.trains_A)
-    model.load(factors, dense)
-    settings = train_config(config)
-    regularizer = _regularizer(model, config, aggregator)
-    generator = batch_generator(seed, round_index, client)
-    with client_torch_rng(seed, round_index, client):
-        result = train_local(
-            model,
-            lambda: list(data.batches(indices, settings.batch_size, generator=generator)),
-            settings,
-            regularizer=regularizer,
+class ClientTrainer:
+    """Trains the clients whose rows it holds, one task at a time, on one shared model.
+
+    Parameters
+    ----------
+    model : the base model with its adapters (shared by every client this trainer serves).
+    config : the experiment config (training settings, seed, LoRA alpha).
+    aggregator : the method; its hooks say whether ``A`` is frozen and what regulariser to add.
+    rows : the tokenised training rows.
+    partitions : each client's row indices into ``rows``.
+    held_out : each client's own held-out rows, for ``score_on = "local"`` (else empty).
+    base : the merges the model's base weights hold (FLoRA).
+    """
+
+    def __init__(
+        self,
+        model: AdaptedModel,
+        config: ExperimentConfig,
+        aggregator: Aggregator,
+        rows: TrainingRows,
+        partitions: Mapping[int, Indices],
+        *,
+        held_out: Mapping[int, Indices] | None = None,
+        base: MergedBase | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.aggregator = aggregator
+        self.rows = rows
+        self.partitions = partitions
+        self.held_out = held_out or {}
+        self.base = base or MergedBase(model)
+        self.settings = train_config(config)
+
+    def train(self, task: TrainTask) -> ClientReply:
+        """Train ``task.client`` from the served factors; the reply carries its update."""
+        start = time.perf_counter()
+        if task.client not in self.partitions:
+            raise FedloraError(f"this trainer holds no rows of client {task.client}")
+        self.base.apply(task.merged, task.merged_after)
+        model, seed, lora = self.model, self.config.run.seed, self.config.model
+        indices = self.partitions[task.client]
+        model.activate({n: f.r for n, f in task.factors.items()}, lora.lora_alpha, lora.use_rslora)
+        model.freeze_A(not self.aggregator.trains_A)
+        model.load(task.factors, task.dense)
+        regularizer = self.aggregator.client_regularizer()
+        penalty = None if regularizer is None else lambda: regularizer(model.lora_parameters())
+        generator = batch_generator(seed, task.round, task.client)
+        batch_size = self.settings.batch_size
+        with client_torch_rng(seed, task.round, task.client):
+            result = train_local(
+                model,
+                lambda: list(self.rows.batches(indices, batch_size, generator=generator)),
+                self.settings,
+                regularizer=penalty,
+            )
+        update = model.extract(str(task.client), len(indices))
+        score = None
+        if task.score:
+            held = self.held_out.get(task.client)
+            if held is None or not len(held):
+                raise FedloraError(f"client {task.client} holds no rows to score itself on")
+            score = held_out_loss(model, self.rows, held, self.config.train.eval_batch_size)
+        return ClientReply(
+            client=task.client,
+            update=update,
+            train_loss=result.mean_loss,
+            steps=result.steps,
+            seconds=time.perf_counter() - start,
+            local_score=score,
+            merged_round=self.base.round,
         )
-    update = model.extract(str(client), len(indices))
-    validation_loss = None
-    if validation is not None and len(validation):
-        validation_loss = held_out_loss(model, data, validation, config.train.eval_batch_size)
-    return ClientResult(
-        update=update,
-        train_loss=result.mean_loss,
-        steps=result.steps,
-        seconds=time.perf_counter() - start,
-        validation_loss=validation_loss,
-    )
-
-
-def _regularizer(
-    model: AdaptedModel, config: ExperimentConfig, aggregator: Aggregator
-) -> Callable[[], Tensor] | None:
-    if not isinstance(aggregator, HetLoRA) or config.train.hetlora_lambda == 0.0:
-        return None
-    gamma, lam = config.train.hetlora_gamma, config.train.hetlora_lambda
-    return lambda: self_pruning_penalty(model.lora_parameters(), gamma=gamma, lam=lam)
-
-
-def tensor_bytes(factors: Mapping[str, LoraFactors], dense: Mapping[str, Tensor]) -> int:
-    """Bytes of the tensors that travel: the factors and the dense head."""
-    total = sum(t.numel() * t.element_size() for t in dense.values())
-    for f in factors.values():
-        total += f.A.numel() * f.A.element_size() + f.B.numel() * f.B.element_size()
-    return total

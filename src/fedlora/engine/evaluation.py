@@ -9,7 +9,7 @@ held-out tasks (:class:`~fedlora.engine.instruction.GenerationEvaluator`).  Both
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -27,32 +27,55 @@ if TYPE_CHECKING:
 class Evaluation:
     """Test metrics of one model; ``None`` where the task does not define a metric."""
 
-    loss: float
+    loss: float | None
     accuracy: float | None = None
     macro_f1: float | None = None
     rouge_l: float | None = None
     exact_match: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def metric_fields(self) -> dict[str, float | None]:
+    def metric_fields(self) -> MetricColumns:
         """The ``test_*`` fields of :class:`~fedlora.runs.RoundMetrics`."""
-        values = (self.loss, self.accuracy, self.macro_f1, self.rouge_l, self.exact_match)
-        return dict(zip(TEST_FIELDS, values, strict=True))
+        return MetricColumns(
+            test_loss=self.loss,
+            test_accuracy=self.accuracy,
+            test_macro_f1=self.macro_f1,
+            test_rouge_l=self.rouge_l,
+            test_exact_match=self.exact_match,
+        )
 
 
-TEST_FIELDS = ("test_loss", "test_accuracy", "test_macro_f1", "test_rouge_l", "test_exact_match")
-"""The metric columns an :class:`Evaluation` fills, in the order of its fields."""
+class MetricColumns(TypedDict):
+    """The metric columns an :class:`Evaluation` fills."""
+
+    test_loss: float | None
+    test_accuracy: float | None
+    test_macro_f1: float | None
+    test_rouge_l: float | None
+    test_exact_match: float | None
 
 
-def test_metrics(evaluation: Evaluation | None) -> dict[str, float | None]:
+def test_metrics(evaluation: Evaluation | None) -> MetricColumns:
     """The ``test_*`` fields of a round's metrics (all ``None`` when it was not evaluated)."""
-    return dict.fromkeys(TEST_FIELDS) if evaluation is None else evaluation.metric_fields()
+    if evaluation is None:
+        return MetricColumns(
+            test_loss=None,
+            test_accuracy=None,
+            test_macro_f1=None,
+            test_rouge_l=None,
+            test_exact_match=None,
+        )
+    return evaluation.metric_fields()
 
 
 class Evaluator(Protocol):
     """Scores the model's active adapter on the experiment's test set."""
 
     def __call__(self, model: AdaptedModel) -> Evaluation: ...
+
+    def baselines(self) -> dict[str, Evaluation]:
+        """Model-free trivial baselines on the same test rows (e.g. the majority class)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,9 @@ class ClassificationEvaluator:
         indices = np.arange(len(self.test), dtype=np.int64)
         result = evaluate(model, self.test.batches(indices, self.batch_size))
         return Evaluation(loss=result.loss, accuracy=result.accuracy, macro_f1=result.macro_f1)
+
+    def baselines(self) -> dict[str, Evaluation]:
+        return {}
 
 
 def held_out_loss(

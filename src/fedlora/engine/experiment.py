@@ -13,15 +13,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedlora.aggregation import (
-    Aggregator,
-    FlexLoRA,
-    GlobalState,
-    aggregator_class,
-    get_aggregator,
-)
+from fedlora.aggregation import Aggregator, GlobalState, get_aggregator
 from fedlora.config import ExperimentConfig
 from fedlora.data import (
+    QualityPartitioner,
     TextClassificationData,
     TokenizedData,
     get_partitioner,
@@ -31,7 +26,8 @@ from fedlora.data import (
     stratified_split,
     synthetic_classification,
 )
-from fedlora.engine.client import TrainingRows
+from fedlora.data.holdout import hold_out_balanced, split_own_rows
+from fedlora.engine.client import ClientTrainer, TrainingRows
 from fedlora.engine.evaluation import ClassificationEvaluator, Evaluator
 from fedlora.engine.instruction import (
     GenerationEvaluator,
@@ -39,21 +35,25 @@ from fedlora.engine.instruction import (
     split_instructions,
     tokenize_instructions,
 )
+from fedlora.engine.merging import MergedBase
 from fedlora.errors import ConfigError
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
-from fedlora.ranks import LossBasedRanks, RankPolicy, RankTier, get_rank_policy
+from fedlora.ranks import RankPolicy, get_rank_policy
+from fedlora.seeds import derive_seed, rng
 
 Indices = npt.NDArray[np.int64]
-VALIDATION_SHARE = 0.1
+OWN_HELD_OUT_SHARE = 0.1
 
 
 @dataclass
 class Experiment:
-    """The static world of a run; the global state and the round loop live in the runners.
+    """The static world of a run; the global state and the round loop live in the driver.
 
     ``groups`` gives every training row its label (classification) or task (causal LM), named by
-    ``group_names``: what the data summary counts per client.  ``data_notes`` are facts about the
-    data worth a line in the report (rows, tasks, truncation).
+    ``group_names``: what the data summary counts per client.  ``score_rows`` are the server's
+    validation rows of a loss-based policy scoring on the server (held out of every partition);
+    ``held_out`` each client's own held-out rows when it scores itself.  ``data_notes`` are facts
+    about the data worth a line in the report (rows, tasks, truncation).
     """
 
     config: ExperimentConfig
@@ -61,16 +61,22 @@ class Experiment:
     groups: npt.NDArray[np.int64]
     group_names: list[str]
     partitions: list[Indices]
-    validation: list[Indices] | None
     model: AdaptedModel
     aggregator: Aggregator
     policy: RankPolicy
     evaluator: Evaluator
+    score_rows: Indices = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    held_out: dict[int, Indices] = field(default_factory=dict)
+    high_quality_clients: list[int] | None = None
     data_notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def module_names(self) -> list[str]:
         return list(self.model.module_shapes())
+
+    @property
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        return self.model.module_shapes()
 
     def initial_state(self) -> GlobalState:
         return GlobalState.initial(
@@ -79,11 +85,17 @@ class Experiment:
             seed=self.config.run.seed,
         )
 
-    def tier(self, client: int) -> RankTier:
-        return self.policy.tier_of(client)
-
-    def rank_map(self, client: int) -> dict[str, int]:
-        return self.tier(client).rank_map(self.module_names)
+    def client_trainer(self, base: MergedBase | None = None) -> ClientTrainer:
+        """A trainer of every client on this experiment's model (the in-process clients)."""
+        return ClientTrainer(
+            self.model,
+            self.config,
+            self.aggregator,
+            self.train,
+            dict(enumerate(self.partitions)),
+            held_out=self.held_out,
+            base=base,
+        )
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class _TaskWorld:
     partitions: list[Indices]
     evaluator: Evaluator
     data_notes: dict[str, Any]
+    high_quality_clients: list[int] | None = None
 
 
 def build_experiment(config: ExperimentConfig) -> Experiment:
@@ -108,24 +121,34 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
     aggregator = get_aggregator(
         config.aggregation.method,
         weighting=config.aggregation.weighting,
-        **_aggregator_options(config, policy),
+        **config.aggregation.options,
     )
     world = _causal_lm_world(config) if config.is_causal_lm else _classification_world(config)
     _check_ranks_fit(policy, world.model)
-    partitions, validation = world.partitions, None
-    if isinstance(policy, LossBasedRanks):
-        partitions, validation = _split_validation(partitions, seed)
+    partitions = world.partitions
+    score_rows: Indices = np.empty(0, dtype=np.int64)
+    held_out: dict[int, Indices] = {}
+    scoring = policy.scoring
+    if scoring is not None and scoring.on == "server":
+        score_rows, partitions = hold_out_balanced(
+            world.groups, partitions, scoring.rows, rng(seed, "score_rows")
+        )
+    elif scoring is not None:
+        partitions, own = split_own_rows(partitions, OWN_HELD_OUT_SHARE, rng(seed, "held_out"))
+        held_out = dict(enumerate(own))
     return Experiment(
         config=config,
         train=world.train,
         groups=world.groups,
         group_names=world.group_names,
         partitions=partitions,
-        validation=validation,
         model=world.model,
         aggregator=aggregator,
         policy=policy,
         evaluator=world.evaluator,
+        score_rows=score_rows,
+        held_out=held_out,
+        high_quality_clients=world.high_quality_clients,
         data_notes=world.data_notes,
     )
 
@@ -136,15 +159,21 @@ def _adapt(config: ExperimentConfig, model: Any, head: list[str] | None) -> Adap
         config.model.target_modules or None,
         head,
         lora_dropout=config.model.lora_dropout,
-        init_seed=config.run.seed,
+        init_seed=derive_seed(config.run.seed, "model_init", 1),
     )
 
 
 def _classification_world(config: ExperimentConfig) -> _TaskWorld:
     seed = config.run.seed
-    partitioner = get_partitioner(config.data.partition, seed=seed, **config.data.partition_options)
+    partitioner = get_partitioner(
+        config.data.partition,
+        seed=derive_seed(seed, "partition"),
+        **config.data.partition_options,
+    )
     train_data, test_data = load_data(config)
-    model, tokenizer = load_classifier(config.model.name, train_data.num_classes, seed=seed)
+    model, tokenizer = load_classifier(
+        config.model.name, train_data.num_classes, seed=derive_seed(seed, "model_init", 0)
+    )
     labels = np.asarray(train_data.labels, dtype=np.int64)
     max_length = config.model.max_length
     train = TokenizedData.from_dataset(train_data, tokenizer, max_length)
@@ -159,6 +188,11 @@ def _classification_world(config: ExperimentConfig) -> _TaskWorld:
             for p in partitioner.partition(labels, config.run.num_clients)
         ],
         evaluator=ClassificationEvaluator(test, config.train.eval_batch_size),
+        high_quality_clients=(
+            partitioner.high_quality_clients(config.run.num_clients)
+            if isinstance(partitioner, QualityPartitioner)
+            else None
+        ),
         data_notes={
             "train rows": len(train),
             "test rows": len(test),
@@ -172,12 +206,16 @@ def _causal_lm_world(config: ExperimentConfig) -> _TaskWorld:
     partitioner = None
     if config.data.partition != "natural":
         partitioner = get_partitioner(
-            config.data.partition, seed=config.run.seed, **config.data.partition_options
+            config.data.partition,
+            seed=derive_seed(config.run.seed, "partition"),
+            **config.data.partition_options,
         )
     elif config.data.partition_options:
         raise ConfigError("data.partition_options: the natural partition takes no options")
     instructions = load_instructions(config)
-    model, tokenizer = load_causal_lm(config.model.name, seed=config.run.seed)
+    model, tokenizer = load_causal_lm(
+        config.model.name, seed=derive_seed(config.run.seed, "model_init", 0)
+    )
     split = split_instructions(config, instructions, partitioner)
     train = tokenize_instructions(split.train, tokenizer, config)
     evaluator = GenerationEvaluator(split, tokenizer, config)
@@ -205,17 +243,21 @@ def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextCla
     seed = config.run.seed
     name = data.dataset
     if name == "synthetic":
-        full = synthetic_classification(num_samples=2000, seed=seed)
-        train_rows, test_rows = stratified_split(full.labels, test_size=400, seed=seed)
+        full = synthetic_classification(num_samples=2000, seed=derive_seed(seed, "synthetic"))
+        train_rows, test_rows = stratified_split(
+            full.labels, test_size=400, seed=derive_seed(seed, "test_split")
+        )
         train, test = full.subset(train_rows), full.subset(test_rows)
     elif name.endswith((".csv", ".jsonl")):
         if not data.test_file:
             raise ConfigError(f"data.test_file: a test file is required with dataset {name!r}")
         train, test = _load_file(name, config), _load_file(data.test_file, config)
     else:
-        train, test = load_named_dataset(name, data_dir=data.data_dir or None, seed=seed)
-    train = _subsample(train, data.max_train_samples, seed, "data.max_train_samples")
-    test = _subsample(test, data.max_test_samples, seed + 1, "data.max_test_samples")
+        train, test = load_named_dataset(
+            name, data_dir=data.data_dir or None, seed=derive_seed(seed, "test_split")
+        )
+    train = _subsample(train, data.max_train_samples, rng(seed, "train_subsample"))
+    test = _subsample(test, data.max_test_samples, rng(seed, "test_subsample"))
     if len(train) < config.run.num_clients:
         raise ConfigError(
             f"run.num_clients: {config.run.num_clients} clients but only {len(train)} training rows"
@@ -231,58 +273,23 @@ def _load_file(path: str, config: ExperimentConfig) -> TextClassificationData:
 
 
 def _subsample(
-    data: TextClassificationData, limit: int, seed: int, key: str
+    data: TextClassificationData, limit: int, generator: np.random.Generator
 ) -> TextClassificationData:
     if limit == 0 or len(data) <= limit:
         return data
-    rng = np.random.default_rng(seed)
-    return data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))
-
-
-def _aggregator_options(config: ExperimentConfig, policy: RankPolicy) -> dict[str, Any]:
-    """FlexLoRA keeps as many singular triplets as the federation's largest rank needs.
-
-    A round without the high-rank clients must not truncate what they receive next time.
-    """
-    options: dict[str, Any] = dict(config.aggregation.options)
-    if aggregator_class(config.aggregation.method) is FlexLoRA:
-        options.setdefault("max_rank", federation_max_rank(policy))
-    return options
-
-
-def federation_max_rank(policy: RankPolicy) -> int:
-    """The largest rank any client can hold under ``policy`` (including future promotions)."""
-    tiers = list(policy.allocation or [])
-    if isinstance(policy, LossBasedRanks):
-        tiers.append(policy.high)
-    return max(t.max_rank for t in tiers)
+    return data.subset(np.sort(generator.choice(len(data), size=limit, replace=False)))
 
 
 def _policy_options(config: ExperimentConfig) -> dict[str, Any]:
     options = dict(config.ranks.options)
     if config.ranks.policy in ("proportion", "distribution", "loss_based"):
-        options.setdefault("seed", config.run.seed)
+        options.setdefault("seed", derive_seed(config.run.seed, "ranks"))
     return options
-
-
-def _split_validation(partitions: list[Indices], seed: int) -> tuple[list[Indices], list[Indices]]:
-    """Hold out a share of each client's rows for the loss-based rank allocation."""
-    rng = np.random.default_rng(seed)
-    train, validation = [], []
-    for part in partitions:
-        shuffled = rng.permutation(part)
-        held = max(1, round(VALIDATION_SHARE * len(part))) if len(part) > 1 else 0
-        validation.append(np.sort(shuffled[:held]) if held else np.sort(shuffled))
-        train.append(np.sort(shuffled[held:]) if held else np.sort(shuffled))
-    return train, validation
 
 
 def _check_ranks_fit(policy: RankPolicy, model: AdaptedModel) -> None:
     shapes = model.module_shapes()
-    tiers = list(policy.allocation or [])
-    if isinstance(policy, LossBasedRanks):
-        tiers.append(policy.high)
-    for tier in set(tiers):
+    for tier in set(policy.possible_tiers()):
         unused = tier.unused_patterns(shapes)
         if unused:
             warnings.warn(

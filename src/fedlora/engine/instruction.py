@@ -211,6 +211,9 @@ class GenerationEvaluator:
         prompt_rows = tokenizer(self.prompts, add_special_tokens=True)["input_ids"]
         self.num_truncated_prompts = sum(len(row) > self.max_prompt_length for row in prompt_rows)
 
+    def baselines(self) -> dict[str, Evaluation]:
+        return {}
+
     def __call__(self, model: AdaptedModel) -> Evaluation:
         indices = np.arange(len(self.tokens), dtype=np.int64)
         lm = evaluate_lm(model, self.tokens.batches(indices, self.batch_size))

@@ -1,31 +1,39 @@
-"""The Flower ClientApp: one node = one client, trained with the engine's client trainer.
+"""The Flower ClientApp: one node = one client, trained by the engine's :class:`ClientTrainer`.
 
 A node learns everything from the server's message (the resolved experiment config, its factors,
-the round) and from its own ``--node-config``: ``partition-id`` and ``num-partitions`` (filled in
-by Flower's simulation), optionally ``lora-rank`` (the rank it can afford) and ``data-dir`` (where
-its copy of the datasets lives).  The experiment (data, tokenisation, base model) is built once
-per process and reused across rounds.
+the merges it lacks, the round) and from its own ``--node-config``: ``partition-id`` and
+``num-partitions`` (filled in by Flower's simulation), optionally ``lora-rank`` (the rank it can
+afford) and ``data-dir`` (where its copy of the datasets lives).  The node's world (data, base
+model) is built once per process and reused across rounds; the merged rounds it applied (FLoRA)
+are kept on its disk, so a node that starts a fresh process per message applies each merge once.
 """
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from torch import Tensor
 
 from fedlora.config import ExperimentConfig, build_config
-from fedlora.engine import Experiment, build_experiment, run_client
+from fedlora.engine import ClientTrainer, MergedBase, TrainTask, build_experiment
 from fedlora.errors import FedloraError
-from fedlora.flower.records import ARRAYS, BASE, CONFIG, record_to_factors, reply_content
-from fedlora.flower.strategy import announced_rank
+from fedlora.flower.records import (
+    ARRAYS,
+    CONFIG,
+    MERGED,
+    record_to_factors,
+    record_to_merged,
+    reply_content,
+)
+from fedlora.model.gguf import cache_dir
+from fedlora.runs.merged import MergedStore
 
 app = ClientApp()
 
-_CACHE: dict[str, tuple[Experiment, dict[str, Tensor]]] = {}
+_TRAINERS: dict[tuple[str, str], ClientTrainer] = {}
 
 
 @app.query()
@@ -44,7 +52,7 @@ def identify(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Load the served factors, train locally, reply with the update."""
+    """Apply the merges this node lacks, load the served factors, train, reply with the update."""
     settings = msg.content.config_records[CONFIG]
     config = _config(str(settings["fedlora-config"]), context.node_config)
     client = int(settings["client"])  # type: ignore[arg-type]
@@ -52,37 +60,45 @@ def train(msg: Message, context: Context) -> Message:
         raise FedloraError(
             f"this node serves partition {context.node_config.get('partition-id')}, not {client}"
         )
-    experiment, applied = _experiment(config)
-    if BASE in msg.content.array_records:
-        _sync_base(experiment, applied, msg.content.array_records[BASE].to_torch_state_dict())
+    trainer = _trainer(config, str(settings["run-key"]))
     factors, dense = record_to_factors(
         msg.content.array_records[ARRAYS],
         config.model.lora_alpha,
         config.model.use_rslora,
         str(client),
     )
-    result = run_client(
-        experiment.model,
-        config,
-        experiment.aggregator,
+    merged = msg.content.array_records.get(MERGED)
+    task = TrainTask(
         client=client,
-        round_index=int(settings["server-round"]),  # type: ignore[arg-type]
-        rank_map={name: f.r for name, f in factors.items()},
+        round=int(settings["server-round"]),  # type: ignore[arg-type]
         factors=factors,
         dense=dense,
-        data=experiment.train,
-        indices=experiment.partitions[client],
-        validation=None if experiment.validation is None else experiment.validation[client],
+        merged=[] if merged is None else record_to_merged(merged),
+        merged_after=int(settings["merged-after"]),  # type: ignore[arg-type]
+        score=bool(settings["score"]),
     )
-    metrics = {"train-loss": result.train_loss, "steps": result.steps, "seconds": result.seconds}
-    if result.validation_loss is not None:
-        metrics["validation-loss"] = result.validation_loss
-    return Message(content=reply_content(result.update, metrics), reply_to=msg)
+    reply = trainer.train(task)
+    update = reply.update
+    if update is None:
+        raise FedloraError(f"client {client}: training produced no update")
+    metrics: dict[str, float | int] = {
+        "train-loss": reply.train_loss,
+        "steps": reply.steps,
+        "seconds": reply.seconds,
+        "merged-round": reply.merged_round,
+    }
+    if reply.local_score is not None:
+        metrics["local-score"] = reply.local_score
+    return Message(content=reply_content(update, metrics), reply_to=msg)
+
+
+def announced_rank(node_config: Mapping[str, object]) -> str | int:
+    """A node's announced rank from its ``--node-config`` (``lora-rank=8`` or ``"r8"``)."""
+    value = node_config.get("lora-rank", 0)
+    return value if isinstance(value, int | str) else 0
 
 
 def _config(toml_text: str, node: Mapping[str, Any]) -> ExperimentConfig:
-    import tomllib
-
     config = build_config(tomllib.loads(toml_text), "server config")
     data_dir = node.get("data-dir")
     if isinstance(data_dir, str) and data_dir:
@@ -90,23 +106,15 @@ def _config(toml_text: str, node: Mapping[str, Any]) -> ExperimentConfig:
     return config
 
 
-def _experiment(config: ExperimentConfig) -> tuple[Experiment, dict[str, Tensor]]:
-    key = config.to_toml()
-    if key not in _CACHE:
-        _CACHE.clear()
-        _CACHE[key] = (build_experiment(config), {})
-    return _CACHE[key]
-
-
-def _sync_base(
-    experiment: Experiment, applied: dict[str, Tensor], target: Mapping[str, Tensor]
-) -> None:
-    """Bring this process's base weights to the server's merged total (FLoRA)."""
-    differences = {}
-    for name, total in target.items():
-        differences[name] = total - applied.get(name, torch.zeros_like(total))
-        applied[name] = total.clone()
-    experiment.model.add_to_base(differences)
+def _trainer(config: ExperimentConfig, run_key: str) -> ClientTrainer:
+    """This process's trainer for the run (built on first use, kept for later messages)."""
+    key = (config.to_toml(), run_key)
+    if key not in _TRAINERS:
+        _TRAINERS.clear()
+        experiment = build_experiment(config)
+        store = MergedStore(cache_dir() / "nodes" / run_key / "merged")
+        _TRAINERS[key] = experiment.client_trainer(MergedBase(experiment.model, store))
+    return _TRAINERS[key]
 
 
 def _int(node: Mapping[str, Any], key: str) -> int:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import Tensor
 
 from fedlora.aggregation import GlobalState
-from fedlora.errors import InvalidUpdateError
-from fedlora.lora import ClientUpdate, LoraFactors
+from fedlora.errors import FedloraError, InvalidUpdateError
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, MergedRound
 
 ARRAYS = "arrays"
 CONFIG = "config"
 METRICS = "metrics"
-BASE = "base"
+MERGED = "merged"
+_MERGED_KEY = re.compile(r"round-(\d+)/(.+)/([AB])")
 
 
 def _pack(pairs: Mapping[str, tuple[Tensor, Tensor]], dense: Mapping[str, Tensor]) -> ArrayRecord:
@@ -66,11 +68,34 @@ def state_to_record(state: GlobalState) -> ArrayRecord:
     return _pack({name: (f.A, f.B) for name, f in state.modules.items()}, state.dense)
 
 
-def base_to_record(deltas: Mapping[str, Tensor]) -> ArrayRecord:
-    """FLoRA's cumulative merged update per module (dense ``out x in``)."""
-    return ArrayRecord(
-        torch_state_dict={k: v.detach().float().contiguous() for k, v in deltas.items()}
-    )
+def merged_to_record(merged: Sequence[MergedRound]) -> ArrayRecord:
+    """FLoRA's merged rounds as their stacked factors: ``round-<n>/<module>/A`` and ``.../B``."""
+    tensors: dict[str, Tensor] = {}
+    for entry in merged:
+        for name, factors in entry.modules.items():
+            tensors[f"round-{entry.round}/{name}/A"] = factors.A.detach().contiguous()
+            tensors[f"round-{entry.round}/{name}/B"] = factors.B.detach().contiguous()
+    return ArrayRecord(torch_state_dict=tensors)
+
+
+def record_to_merged(record: ArrayRecord) -> list[MergedRound]:
+    """Inverse of :func:`merged_to_record`, in round order."""
+    rounds: dict[int, dict[str, dict[str, Tensor]]] = {}
+    for key, tensor in record.to_torch_state_dict().items():
+        match = _MERGED_KEY.fullmatch(key)
+        if match is None:
+            raise FedloraError(f"merged rounds: unexpected array {key!r}")
+        round_text, name, which = match.groups()
+        rounds.setdefault(int(round_text), {}).setdefault(name, {})[which] = tensor
+    merged = []
+    for round_index in sorted(rounds):
+        modules = {}
+        for name, pair in rounds[round_index].items():
+            if set(pair) != {"A", "B"}:
+                raise FedloraError(f"merged round {round_index}: module {name!r} lacks A or B")
+            modules[name] = FoldedFactors(A=pair["A"], B=pair["B"])
+        merged.append(MergedRound(round=round_index, modules=modules))
+    return merged
 
 
 def reply_content(update: ClientUpdate, metrics: Mapping[str, float | int]) -> RecordDict:

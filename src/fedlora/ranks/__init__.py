@@ -10,7 +10,7 @@ from fedlora.ranks.distribution import (
 from fedlora.ranks.explicit import ListRanks
 from fedlora.ranks.fixed import FixedRanks
 from fedlora.ranks.loss_based import LossBasedRanks
-from fedlora.ranks.policy import RankPolicy
+from fedlora.ranks.policy import RankPolicy, Scoring
 from fedlora.ranks.proportion import ProportionRanks
 from fedlora.ranks.registry import (
     available_rank_policies,
@@ -32,6 +32,7 @@ __all__ = [
     "ProportionRanks",
     "RankPolicy",
     "RankTier",
+    "Scoring",
     "available_rank_policies",
     "get_rank_policy",
     "largest_remainder_counts",

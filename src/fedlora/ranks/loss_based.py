@@ -4,6 +4,12 @@ Byun & Lee (NAACL 2025) start every client at rank 5; after a client's first loc
 validation loss is a proxy for its data quality, and the best 10 % get rank 20 for the rest of the
 run. Promotion happens once: re-allocation in later rounds is not described in the paper.
 
+The loss is a proxy for data quality only on data that is the same for every client: a client
+scored on a slice of its own data looks best when its data is most skewed (it fits its few
+classes easily).  So by default (``score_on = "server"``) every client's trained adapter is
+scored by the server on one common validation set of ``score_rows`` rows, balanced over the
+labels and held out of every client; ``score_on = "local"`` keeps the own-slice score.
+
 With partial participation only the round's participants have a loss after round 1. The policy
 promotes ``fraction`` of the clients it has observed (rounded half up), never an unobserved one:
 with 10 % participation and a 10 % fraction that is the best 10 % of round 1's participants, i.e.
@@ -23,8 +29,10 @@ import numpy as np
 
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.ranks._checks import check_fraction, check_seed, count_for_fraction
-from fedlora.ranks.policy import RankPolicy
+from fedlora.ranks.policy import RankPolicy, ScoreOn, Scoring
 from fedlora.ranks.tier import RankTier
+
+SCORE_ON: tuple[ScoreOn, ...] = ("server", "local")
 
 
 class LossBasedRanks(RankPolicy):
@@ -39,11 +47,17 @@ class LossBasedRanks(RankPolicy):
         without one, the clients that trained in round 1 (promoting ``fraction * N`` of only
         those would promote all of them whenever participation equals the fraction).
     probe
-        Ask the runner to score every client before round 1 (:attr:`needs_probe`; the default,
-        as in Byun & Lee, who rank all clients).
+        Ask the runner to score every client before round 1 (:meth:`wants_scores` round 0; the
+        default, as in Byun & Lee, who rank all clients).
     seed
         Breaks exact loss ties: a seeded permutation of the client ids orders tied clients, so
         ties favour neither low nor high ids, and the same seed gives the same choice.
+    score_on
+        ``"server"``: the loss of each client's trained adapter on the server's common
+        validation set; ``"local"``: on a held-out tenth of the client's own rows.
+    score_rows
+        Size of the server's validation set (rows held out of every client, balanced over the
+        labels or tasks).
     """
 
     name = "loss_based"
@@ -55,6 +69,8 @@ class LossBasedRanks(RankPolicy):
         fraction: float = 0.1,
         probe: bool = True,
         seed: int = 0,
+        score_on: ScoreOn = "server",
+        score_rows: int = 256,
     ) -> None:
         super().__init__()
         self.low = RankTier.parse(low, "low")
@@ -64,6 +80,11 @@ class LossBasedRanks(RankPolicy):
             raise ConfigError(f"probe must be true or false, got {probe!r}")
         self.probe = probe
         self.seed = check_seed(seed)
+        if score_on not in SCORE_ON:
+            raise ConfigError(f"score_on must be one of {', '.join(SCORE_ON)}, got {score_on!r}")
+        if isinstance(score_rows, bool) or not isinstance(score_rows, int) or score_rows < 1:
+            raise ConfigError(f"score_rows must be a positive integer, got {score_rows!r}")
+        self._scoring = Scoring(on=score_on, rows=score_rows)
         self._promoted: list[int] | None = None
 
     def options(self) -> dict[str, Any]:
@@ -73,11 +94,22 @@ class LossBasedRanks(RankPolicy):
             "fraction": self.fraction,
             "probe": self.probe,
             "seed": self.seed,
+            "score_on": self._scoring.on,
+            "score_rows": self._scoring.rows,
         }
 
+    def wants_scores(self, round_index: int) -> bool:
+        """Round 0 (the probe of every client) or, without a probe, round 1's participants."""
+        if self._promoted is not None:
+            return False
+        return round_index == (0 if self.probe else 1)
+
     @property
-    def needs_probe(self) -> bool:
-        return self.probe
+    def scoring(self) -> Scoring:
+        return self._scoring
+
+    def possible_tiers(self) -> list[RankTier]:
+        return [*super().possible_tiers(), self.high]
 
     @property
     def promoted_clients(self) -> list[int] | None:

@@ -12,11 +12,25 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.ranks._checks import check_num_clients
 from fedlora.ranks.tier import RankTier
+
+ScoreOn = Literal["server", "local"]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Where a client's score is measured: ``"server"``, the loss of its trained adapter on one
+    common validation set of ``rows`` rows held out of every client; or ``"local"``, on a share
+    of the client's own rows."""
+
+    on: ScoreOn
+    rows: int
+
 
 _STATE_KEYS = frozenset({"policy", "options", "num_clients", "tiers", "assignment", "extra"})
 
@@ -50,10 +64,20 @@ class RankPolicy(ABC):
         del losses
         return None
 
-    @property
-    def needs_probe(self) -> bool:
-        """True when the runner should score every client once before round 1."""
+    def wants_scores(self, round_index: int) -> bool:
+        """True when the runner should score the clients that train in ``round_index`` and pass
+        the scores to :meth:`observe_losses` (round 0: every client, before round 1)."""
+        del round_index
         return False
+
+    @property
+    def scoring(self) -> Scoring | None:
+        """How clients are scored when :meth:`wants_scores` (``None``: the policy never asks)."""
+        return None
+
+    def possible_tiers(self) -> list[RankTier]:
+        """Every tier a client may train during the run (the allocation and any promotion)."""
+        return list(self._require_allocation())
 
     @property
     def allocation(self) -> list[RankTier] | None:

@@ -21,7 +21,10 @@ def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
     evaluated = [r for r in rows if r.evaluated]
     acc_ax.plot([r.round for r in evaluated], [metric.value(r) for r in evaluated], marker="o")
     acc_ax.set(xlabel="round", ylabel=metric.label, title="global model")
-    loss_ax.plot([r.round for r in rows], [r.train_loss for r in rows], label="train (clients)")
+    trained = [r for r in rows if r.train_loss is not None]
+    loss_ax.plot(
+        [r.round for r in trained], [r.train_loss for r in trained], label="train (clients)"
+    )
     loss_ax.plot(
         [r.round for r in evaluated], [r.test_loss for r in evaluated], label="test (global)"
     )

@@ -42,7 +42,7 @@ def comparison_rows(runs: Mapping[str, Sequence[Sequence[RoundMetrics]]]) -> lis
         finals = [float(metric.value(_final(rows)) or 0.0) for rows in seeds]
         bests = [max(float(metric.value(r) or 0.0) for r in rows if r.evaluated) for rows in seeds]
         losses = [float(_final(rows).test_loss or 0.0) for rows in seeds]
-        every = [r for rows in seeds for r in rows]
+        every = [r for rows in seeds for r in rows if r.round > 0]  # round 0 trains nothing
         seconds = [r.seconds_train + r.seconds_aggregate + r.seconds_eval for r in every]
         table.append(
             ComparisonRow(

@@ -26,10 +26,13 @@ META = "state.json"
 
 @dataclass
 class Checkpoint:
-    """The global state after ``state.round`` rounds, plus what the runner must restore."""
+    """The global state after ``state.round`` rounds, plus what the runner must restore.
+
+    FLoRA's merged rounds are not part of it: the run directory keeps one file per merged round
+    (:meth:`fedlora.runs.RunDir.save_merged`), re-applied in order on resume.
+    """
 
     state: GlobalState
-    base_deltas: dict[str, Tensor] = field(default_factory=dict)
     policy_state: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -44,8 +47,6 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path) -> None:
         tensors[f"lora/{name}/B"] = factors.B.contiguous()
     for name, tensor in state.dense.items():
         tensors[f"dense/{name}"] = tensor.contiguous()
-    for name, tensor in checkpoint.base_deltas.items():
-        tensors[f"base/{name}"] = tensor.contiguous()
     meta = {
         "round": state.round,
         "seed": state.seed,
@@ -77,7 +78,6 @@ def load_checkpoint(directory: Path) -> Checkpoint:
         raise FedloraError(f"checkpoint file {tensor_path} is corrupt ({error})") from None
     factors: dict[str, dict[str, Tensor]] = {}
     dense: dict[str, Tensor] = {}
-    base: dict[str, Tensor] = {}
     for key, tensor in tensors.items():
         kind, _, rest = key.partition("/")
         if kind == "lora":
@@ -85,8 +85,6 @@ def load_checkpoint(directory: Path) -> Checkpoint:
             factors.setdefault(name, {})[which] = tensor
         elif kind == "dense":
             dense[rest] = tensor
-        elif kind == "base":
-            base[rest] = tensor
         else:
             raise FedloraError(f"checkpoint file {tensor_path}: unexpected tensor {key!r}")
     modules = {}
@@ -97,7 +95,6 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     state = GlobalState(modules=modules, dense=dense, round=round_index, seed=seed)
     return Checkpoint(
         state=state,
-        base_deltas=base,
         policy_state=dict(meta.get("policy_state", {})),
         extra=dict(meta.get("extra", {})),
     )

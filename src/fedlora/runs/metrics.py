@@ -14,12 +14,21 @@ from fedlora.errors import FedloraError
 
 @dataclass
 class RoundMetrics:
-    """What happened in one round (``None`` where a value was not measured that round)."""
+    """What happened in one round (``None`` where a value was not measured that round).
+
+    Round 0 is the run's starting point: the untuned global model's test metrics, the trivial
+    baselines on the same test set (``extra["baselines"]``) and, for a loss-based rank policy
+    with a probe, every client's score and who was promoted.  ``ranks`` are the ranks the
+    clients trained with.  Communication is counted per kind: ``lora_params_*`` (LoRA factors),
+    ``dense_params_*`` (dense tensors such as a classification head), ``merged_params_down``
+    (FLoRA's merged updates a client must apply), and ``bytes_*`` of everything that travelled;
+    ``extra["traffic"]`` has the same per client.
+    """
 
     round: int
     clients: list[int]
     ranks: list[int]
-    train_loss: float
+    train_loss: float | None
     test_loss: float | None
     test_accuracy: float | None
     test_macro_f1: float | None
@@ -31,6 +40,11 @@ class RoundMetrics:
     global_rank: int = 0
     test_rouge_l: float | None = None
     test_exact_match: float | None = None
+    lora_params_up: int = 0
+    dense_params_up: int = 0
+    lora_params_down: int = 0
+    dense_params_down: int = 0
+    merged_params_down: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,13 +11,16 @@ from pathlib import Path
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
 from fedlora.runs.checkpoint import META
+from fedlora.runs.merged import MergedStore
 from fedlora.runs.metrics import RoundMetrics, read_metrics, write_metrics_csv
 
 CONFIG = "config.toml"
+RUN_ID = "run_id"
 METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 SUMMARY = "summary.md"
 CHECKPOINT = "checkpoint"
+MERGED = "merged"
 PLOTS = "plots"
 
 
@@ -42,6 +46,10 @@ class RunDir:
         return self.path / CHECKPOINT
 
     @property
+    def merged_dir(self) -> Path:
+        return self.path / MERGED
+
+    @property
     def plots_dir(self) -> Path:
         return self.path / PLOTS
 
@@ -56,14 +64,24 @@ class RunDir:
         return (self.checkpoint_dir / META).exists()
 
     @classmethod
-    def check_free(cls, path: Path, *, overwrite: bool) -> None:
-        """Refuse a directory that holds a run, unless ``overwrite`` (checked before any work)."""
+    def check_free(
+        cls,
+        path: Path,
+        *,
+        overwrite: bool,
+        how: tuple[str, str] = ("pass --overwrite", "--resume {path}"),
+    ) -> None:
+        """Refuse a directory that holds a run, unless ``overwrite`` (checked before any work).
+
+        ``how`` says, in the caller's terms, how to overwrite and how to resume.
+        """
         run = cls(path)
         if not overwrite and run.config_file.exists():
             what = "a finished run" if run.is_finished() else "an unfinished run"
-            hint = "" if run.is_finished() else f", or continue it with --resume {path}"
+            resume = how[1].format(path=path)
+            hint = "" if run.is_finished() else f", or continue it with {resume}"
             raise FedloraError(
-                f"run directory {path} already holds {what}; pass --overwrite to replace it{hint}"
+                f"run directory {path} already holds {what}; {how[0]} to replace it{hint}"
             )
 
     @classmethod
@@ -72,12 +90,13 @@ class RunDir:
         cls.check_free(path, overwrite=overwrite)
         run = cls(path)
         if overwrite and path.exists():
-            for name in (CONFIG, METRICS, METRICS_CSV, SUMMARY):
+            for name in (CONFIG, RUN_ID, METRICS, METRICS_CSV, SUMMARY):
                 (path / name).unlink(missing_ok=True)
-            for name in (CHECKPOINT, PLOTS):
+            for name in (CHECKPOINT, MERGED, PLOTS):
                 shutil.rmtree(path / name, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
         run.config_file.write_text(config.to_toml(), encoding="utf-8")
+        (path / RUN_ID).write_text(uuid.uuid4().hex, encoding="utf-8")
         return run
 
     @classmethod
@@ -109,3 +128,16 @@ class RunDir:
         tmp.write_text("".join(row.to_json() + "\n" for row in rows), encoding="utf-8")
         tmp.replace(self.metrics_file)
         write_metrics_csv(rows, self.path / METRICS_CSV)
+
+    @property
+    def run_id(self) -> str:
+        """A random id given to the run when its directory was created (kept on resume)."""
+        path = self.path / RUN_ID
+        if not path.exists():
+            path.write_text(uuid.uuid4().hex, encoding="utf-8")
+        return path.read_text(encoding="utf-8").strip()
+
+    @property
+    def merged(self) -> MergedStore:
+        """FLoRA's merged rounds, one file each, re-applied in order on resume."""
+        return MergedStore(self.merged_dir)

@@ -1,0 +1,486 @@
+"""The round driver: the federated run written once, whatever carries the tasks to the clients.
+
+One :class:`RoundDriver` does every step of a round: sample the clients, decide each one's rank
+map, serve its factors (and the merges it lacks), hand the tasks to a transport, validate each
+reply once, score the clients for a loss-based policy, aggregate, merge into the base (FLoRA),
+promote, evaluate, record the metrics, checkpoint; and it starts (round 0: the untuned model and
+the trivial baselines) and resumes runs.  The in-process pool and Flower are transports
+(:mod:`fedlora.engine.transport`), so both runners produce the same run directory from the same
+decisions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fedlora.aggregation import GlobalState
+from fedlora.data import label_distribution, write_label_distribution
+from fedlora.engine.evaluation import Evaluation, evaluate_global, held_out_loss, test_metrics
+from fedlora.engine.experiment import Experiment
+from fedlora.engine.merging import MergedBase
+from fedlora.engine.seeds import sample_clients
+from fedlora.engine.traffic import Traffic, total
+from fedlora.engine.transport import ClientReply, Roster, TrainTask, Transport
+from fedlora.errors import FedloraError
+from fedlora.lora import ClientUpdate, MergedRound
+from fedlora.ranks import RankTier, Scoring
+from fedlora.report import write_run_report
+from fedlora.runs import Checkpoint, RoundMetrics, RunDir, load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[RoundMetrics], None]
+PhaseCallback = Callable[[int, str, float], None]
+"""``(round, phase, seconds)`` for every phase the driver times (see :data:`PHASES`)."""
+
+PHASES = ("serve", "train", "validate", "score", "aggregate", "evaluate", "record")
+"""The phases of a round, in order; ``train`` is the transport's whole exchange."""
+
+
+@dataclass
+class RunResult:
+    metrics: list[RoundMetrics]
+    state: GlobalState
+    wall_seconds: float
+
+
+class _Timer:
+    """Times the phases of one round and reports each to the phase callback."""
+
+    def __init__(self, round_index: int, callback: PhaseCallback | None) -> None:
+        self.round = round_index
+        self.callback = callback
+        self.seconds: dict[str, float] = {}
+        self._phase: str | None = None
+        self._tick = 0.0
+
+    def start(self, phase: str) -> None:
+        self.stop()
+        self._phase, self._tick = phase, time.perf_counter()
+
+    def stop(self) -> None:
+        if self._phase is None:
+            return
+        elapsed = time.perf_counter() - self._tick
+        self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + elapsed
+        if self.callback is not None:
+            self.callback(self.round, self._phase, elapsed)
+        self._phase = None
+
+
+class RoundDriver:
+    """Runs the rounds of one experiment through a transport and writes its run directory.
+
+    Everything random in a round derives from ``(seed, round, client)`` and the checkpoint holds
+    the global state, the rank policy's state and which merges every client holds, so a resumed
+    run ends with the same numbers as an uninterrupted one, through either transport.
+
+    Parameters
+    ----------
+    experiment : the server's side of the run: model (to evaluate, score and merge), test set,
+        rank policy, aggregator.
+    run_dir : where the config, metrics, merges and checkpoints go.
+    on_phase : called with ``(round, phase, seconds)`` after every timed phase (benchmarks).
+    """
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        run_dir: RunDir,
+        *,
+        on_phase: PhaseCallback | None = None,
+    ) -> None:
+        self.experiment = experiment
+        self.config = experiment.config
+        self.run_dir = run_dir
+        self.on_phase = on_phase
+        self.base = MergedBase(experiment.model)
+        self.merged: list[MergedRound] = []
+        self.known_merged: dict[int, int] = {}
+        self.roster = Roster(clients=frozenset())
+
+    # ------------------------------------------------------------------ the run
+
+    def run(
+        self,
+        transport: Transport,
+        *,
+        resume: bool = False,
+        on_round: RoundCallback | None = None,
+    ) -> RunResult:
+        start = time.perf_counter()
+        self.roster = transport.connect(self.config.run.num_clients)
+        self._check_roster()
+        self.experiment.aggregator.configure_federation(self._federation_max_rank())
+        if resume and self.run_dir.has_checkpoint():
+            state, rows = self._restore()
+        else:
+            state, rows = self._start(transport)
+        for round_index in range(state.round + 1, self.config.run.rounds + 1):
+            state, row = self.run_round(transport, state, round_index)
+            rows.append(row)
+            if on_round is not None:
+                on_round(row)
+        wall = time.perf_counter() - start
+        write_run_report(self.run_dir, self.config, rows, wall, self.experiment.data_notes)
+        return RunResult(metrics=rows, state=state, wall_seconds=wall)
+
+    def run_round(
+        self, transport: Transport, state: GlobalState, round_index: int
+    ) -> tuple[GlobalState, RoundMetrics]:
+        """One round from ``state``; its metrics row is written and the state checkpointed."""
+        exp, run = self.experiment, self.config.run
+        timer = _Timer(round_index, self.on_phase)
+        timer.start("serve")
+        clients = [
+            c
+            for c in sample_clients(run.seed, round_index, run.num_clients, run.sampled_per_round())
+            if c in self.roster.clients
+        ]
+        tiers = {c: self.tier(c) for c in clients}
+        scoring = exp.policy.wants_scores(round_index)
+        tasks = [self._task(state, c, tiers[c], round_index, scoring) for c in clients]
+        timer.start("train")
+        replies = transport.train(tasks)
+        timer.start("validate")
+        accepted, dropped = self._accept(replies, tasks, state)
+        scores, promoted = self._scores_and_promotion(accepted, scoring, timer)
+        timer.start("aggregate")
+        new_state = self._aggregate(accepted, state, round_index, dropped)
+        timer.start("evaluate")
+        evaluation = None
+        if round_index % run.eval_every == 0 or round_index == run.rounds:
+            evaluation = evaluate_global(exp, new_state)
+        timer.stop()
+        row = self._row(
+            round_index, new_state, tasks, tiers, accepted, dropped, evaluation, timer.seconds
+        )
+        row.extra.update(_score_extra(scores, promoted))
+        timer.start("record")
+        self._record(row, new_state)
+        timer.stop()
+        return new_state, row
+
+    def tier(self, client: int) -> RankTier:
+        """The tier ``client`` trains now: the one its node announced, else the policy's."""
+        announced = self.roster.announced.get(client)
+        return announced if announced is not None else self.experiment.policy.tier_of(client)
+
+    # ------------------------------------------------------------------ a round's steps
+
+    def _task(
+        self, state: GlobalState, client: int, tier: RankTier, round_index: int, scoring: bool
+    ) -> TrainTask:
+        model = self.config.model
+        rank_map = tier.rank_map(self.experiment.module_names)
+        after = self.known_merged.get(client, 0)
+        return TrainTask(
+            client=client,
+            round=round_index,
+            factors=state.factors_for(rank_map, model.lora_alpha, model.use_rslora),
+            dense=state.dense,
+            merged=[m for m in self.merged if m.round > after],
+            merged_after=after,
+            score=scoring and _scores_locally(self.experiment.policy.scoring),
+        )
+
+    def _accept(
+        self, replies: Sequence[ClientReply], tasks: Sequence[TrainTask], state: GlobalState
+    ) -> tuple[list[ClientReply], list[str]]:
+        """The replies that can be aggregated, by client; why each other one was dropped."""
+        served = {task.client: task for task in tasks}
+        accepted: dict[int, ClientReply] = {}
+        dropped: list[str] = []
+        for reply in replies:
+            problem = reply.error or self._problem(reply, served, accepted, state)
+            if problem is not None:
+                log.warning("dropping client %d: %s", reply.client, problem)
+                dropped.append(f"client {reply.client}: {problem}")
+                if reply.error is not None:
+                    self.known_merged.pop(reply.client, None)  # start it over next time
+                continue
+            accepted[reply.client] = reply
+            self.known_merged[reply.client] = reply.merged_round
+        answered = {reply.client for reply in replies}
+        for client in sorted(set(served) - answered):
+            log.warning("dropping client %d: no reply", client)
+            dropped.append(f"client {client}: no reply")
+        return [accepted[c] for c in sorted(accepted)], dropped
+
+    def _problem(
+        self,
+        reply: ClientReply,
+        served: dict[int, TrainTask],
+        accepted: dict[int, ClientReply],
+        state: GlobalState,
+    ) -> str | None:
+        task = served.get(reply.client)
+        update = reply.update
+        if task is None:
+            return "it was not sampled this round"
+        if reply.client in accepted:
+            return "a second reply"
+        if update is None:
+            return "no update"
+        if update.client_id != str(reply.client):
+            return f"the update is labelled client {update.client_id!r}"
+        alpha = self.config.model.lora_alpha
+        for name, factors in update.modules.items():
+            expected = task.factors.get(name)
+            if expected is not None and factors.r != expected.r:
+                return f"module {name!r}: rank {factors.r} but it was served rank {expected.r}"
+            if not math.isclose(factors.alpha, alpha, rel_tol=1e-6):
+                return f"module {name!r}: lora alpha {factors.alpha} but the run uses {alpha}"
+        try:
+            self.experiment.aggregator.validate_update(update, state)
+        except FedloraError as error:
+            return str(error)
+        return None
+
+    def _scores_and_promotion(
+        self, accepted: Sequence[ClientReply], scoring: bool, timer: _Timer
+    ) -> tuple[dict[int, float], list[int] | None]:
+        """Score the clients and feed a loss-based policy, when it asked for this round."""
+        if not scoring:
+            return {}, None
+        timer.start("score")
+        scores = {reply.client: self._score(reply) for reply in accepted}
+        policy = self.experiment.policy
+        changed = policy.observe_losses(scores)
+        promoted = None
+        if changed is not None:
+            top = max(t.max_rank for t in changed)
+            promoted = [c for c, t in enumerate(changed) if t.max_rank == top]
+            log.info("rank policy: clients %s promoted to rank %d", promoted, top)
+        return scores, promoted
+
+    def _score(self, reply: ClientReply) -> float:
+        """A client's score: its own held-out loss, or the server's validation loss of it."""
+        if _scores_locally(self.experiment.policy.scoring):
+            if reply.local_score is None:
+                raise FedloraError(f"client {reply.client} sent no score of its own")
+            return reply.local_score
+        update = _required(reply.update)
+        exp, model = self.experiment, self.config.model
+        exp.model.activate(
+            {n: f.r for n, f in update.modules.items()}, model.lora_alpha, model.use_rslora
+        )
+        exp.model.load(update.modules, update.dense)
+        return held_out_loss(
+            exp.model, exp.train, exp.score_rows, self.config.train.eval_batch_size
+        )
+
+    def _aggregate(
+        self,
+        accepted: Sequence[ClientReply],
+        state: GlobalState,
+        round_index: int,
+        dropped: list[str],
+    ) -> GlobalState:
+        """The new state, or ``state`` moved to this round when the round cannot change it."""
+        kept = replace(state, round=round_index, merge_into_base={})
+        needed = self.config.run.min_replies
+        if len(accepted) < needed:
+            problem = (
+                f"{len(accepted)} valid replies, fewer than the {needed} needed; "
+                "the global state is kept"
+            )
+            log.warning("round %d: %s", round_index, problem)
+            dropped.append(f"round: {problem}")
+            return kept
+        updates = [_required(reply.update) for reply in accepted]
+        try:
+            new_state = self.experiment.aggregator.aggregate(updates, state, validated=True)
+        except FedloraError as error:
+            log.warning("round %d: aggregation failed, the state is kept: %s", round_index, error)
+            dropped.append(f"round: {error}")
+            return kept
+        if new_state.merge_into_base:
+            merged = MergedRound(round=round_index, modules=dict(new_state.merge_into_base))
+            self.merged.append(merged)
+            self.base.apply([merged], after=self.base.round)
+        return new_state
+
+    def _row(
+        self,
+        round_index: int,
+        state: GlobalState,
+        tasks: Sequence[TrainTask],
+        tiers: dict[int, RankTier],
+        accepted: Sequence[ClientReply],
+        dropped: list[str],
+        evaluation: Evaluation | None,
+        seconds: dict[str, float],
+    ) -> RoundMetrics:
+        """The one place a round's metrics are assembled."""
+        updates = {r.client: _required(r.update) for r in accepted}
+        down = {t.client: Traffic.of(t.factors, t.dense, t.merged) for t in tasks}
+        up = {c: Traffic.of(u.modules, u.dense) for c, u in updates.items()}
+        total_down, total_up = total(down.values()), total(up.values())
+        examples = sum(u.num_examples for u in updates.values())
+        train_loss = None
+        if examples:
+            train_loss = (
+                sum(r.train_loss * _required(r.update).num_examples for r in accepted) / examples
+            )
+        clients = [t.client for t in tasks]
+        losses = {r.client: r.train_loss for r in accepted}
+        return RoundMetrics(
+            round=round_index,
+            clients=clients,
+            ranks=[tiers[c].max_rank for c in clients],
+            train_loss=train_loss,
+            bytes_up=total_up.bytes,
+            bytes_down=total_down.bytes,
+            seconds_train=seconds.get("train", 0.0),
+            seconds_aggregate=seconds.get("aggregate", 0.0),
+            seconds_eval=seconds.get("evaluate", 0.0),
+            global_rank=max(state.rank_map().values(), default=0),
+            lora_params_up=total_up.lora_params,
+            dense_params_up=total_up.dense_params,
+            lora_params_down=total_down.lora_params,
+            dense_params_down=total_down.dense_params,
+            merged_params_down=total_down.merged_params,
+            **test_metrics(evaluation),
+            extra={
+                "tiers": [str(tiers[c]) for c in clients],
+                "client_train_loss": [losses.get(c) for c in clients],
+                "client_examples": [
+                    updates[c].num_examples if c in updates else None for c in clients
+                ],
+                "traffic": [
+                    {
+                        "client": c,
+                        "down": down[c].as_dict(),
+                        "up": up[c].as_dict() if c in up else None,
+                    }
+                    for c in clients
+                ],
+                "dropped": dropped,
+                "seconds": seconds,
+                **(evaluation.extra if evaluation else {}),
+            },
+        )
+
+    def _record(self, row: RoundMetrics, state: GlobalState) -> None:
+        self.run_dir.append_metrics(row)
+        run = self.config.run
+        if row.round % run.checkpoint_every == 0 or row.round == run.rounds:
+            save_checkpoint(
+                Checkpoint(
+                    state=state,
+                    policy_state=self.experiment.policy.state_dict(),
+                    extra={"known_merged": {str(c): r for c, r in self.known_merged.items()}},
+                ),
+                self.run_dir.checkpoint_dir,
+            )
+
+    # ------------------------------------------------------------------ start and resume
+
+    def _start(self, transport: Transport) -> tuple[GlobalState, list[RoundMetrics]]:
+        """Round 0: a fresh directory, the untuned model, the baselines and the probe."""
+        exp = self.experiment
+        self.run_dir.rewrite_metrics([])  # a resume before the first checkpoint starts over
+        self.run_dir.merged.clear()
+        self.base.store = self.run_dir.merged
+        counts = label_distribution(exp.groups, exp.partitions, len(exp.group_names))
+        write_label_distribution(counts, exp.group_names, self.run_dir.path)
+        state = exp.initial_state()
+        timer = _Timer(0, self.on_phase)
+        extra: dict[str, Any] = {"transport": transport.name}
+        if exp.high_quality_clients is not None:
+            extra["high_quality_clients"] = exp.high_quality_clients
+        if exp.policy.wants_scores(0):
+            extra.update(self._probe(transport, state, timer))
+        timer.start("evaluate")
+        evaluation = evaluate_global(exp, state)
+        baselines = exp.evaluator.baselines()
+        timer.stop()
+        row = RoundMetrics(
+            round=0,
+            clients=[],
+            ranks=[],
+            train_loss=None,
+            bytes_up=0,
+            bytes_down=0,
+            seconds_train=timer.seconds.get("train", 0.0),
+            seconds_aggregate=0.0,
+            seconds_eval=timer.seconds.get("evaluate", 0.0),
+            **test_metrics(evaluation),
+            extra={
+                "baselines": {name: b.metric_fields() for name, b in baselines.items()},
+                **extra,
+                **evaluation.extra,
+            },
+        )
+        self.run_dir.append_metrics(row)
+        return state, [row]
+
+    def _probe(self, transport: Transport, state: GlobalState, timer: _Timer) -> dict[str, Any]:
+        """Byun & Lee's scoring before round 1: every client trains once from ``state``."""
+        timer.start("serve")
+        clients = sorted(self.roster.clients)
+        tasks = [self._task(state, c, self.tier(c), 0, scoring=True) for c in clients]
+        timer.start("train")
+        replies = transport.train(tasks)
+        timer.start("validate")
+        accepted, dropped = self._accept(replies, tasks, state)
+        scores, promoted = self._scores_and_promotion(accepted, True, timer)
+        timer.stop()
+        return {**_score_extra(scores, promoted), "probe_dropped": dropped}
+
+    def _restore(self) -> tuple[GlobalState, list[RoundMetrics]]:
+        checkpoint = load_checkpoint(self.run_dir.checkpoint_dir)
+        state = checkpoint.state
+        self.experiment.policy.load_state_dict(checkpoint.policy_state)
+        self.merged = self.run_dir.merged.load(until=state.round)
+        self.run_dir.merged.drop_after(state.round)
+        self.base.apply(self.merged, after=0)
+        self.base.store = self.run_dir.merged
+        known = checkpoint.extra.get("known_merged", {})
+        self.known_merged = {int(c): int(r) for c, r in known.items()}
+        rows = self.run_dir.keep_metrics_until(state.round)
+        return state, rows
+
+    # ------------------------------------------------------------------ the federation
+
+    def _check_roster(self) -> None:
+        if not self.roster.clients:
+            raise FedloraError("no client of the federation can be reached")
+        top = self.experiment.module_shapes
+        for client, tier in self.roster.announced.items():
+            for name, rank in tier.rank_map(top).items():
+                limit = min(top[name])
+                if rank > limit:
+                    raise FedloraError(
+                        f"client {client} announced rank {rank} on {name!r}, above its limit "
+                        f"{limit}"
+                    )
+
+    def _federation_max_rank(self) -> int:
+        tiers = [*self.experiment.policy.possible_tiers(), *self.roster.announced.values()]
+        return max(t.max_rank for t in tiers)
+
+
+def _score_extra(scores: dict[int, float], promoted: list[int] | None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if scores:
+        extra["client_scores"] = {str(c): s for c, s in sorted(scores.items())}
+    if promoted is not None:
+        extra["promoted_clients"] = promoted
+    return extra
+
+
+def _scores_locally(scoring: Scoring | None) -> bool:
+    return scoring is not None and scoring.on == "local"
+
+
+def _required(update: ClientUpdate | None) -> ClientUpdate:
+    if update is None:
+        raise FedloraError("internal: an accepted reply without an update")
+    return update

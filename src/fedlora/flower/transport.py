@@ -1,0 +1,209 @@
+"""Flower as a transport of the round driver: train tasks out as messages, replies back.
+
+Each Flower node is one client (its ``partition-id``).  :meth:`FlowerTransport.connect` asks
+every connected node once, with a query message, which client it is and which rank it
+announces; :meth:`FlowerTransport.train` sends each task to its client's node and decodes the
+replies.  What only a network can get wrong is checked here (an error reply, malformed arrays, a
+node answering for another client) and becomes a failed :class:`~fedlora.engine.ClientReply`;
+everything else (ranks, alpha, NaN, duplicates) the driver checks for both transports alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from fedlora.config import ExperimentConfig
+from fedlora.engine import ClientReply, Roster, TrainTask
+from fedlora.errors import FedloraError
+from fedlora.flower.records import (
+    ARRAYS,
+    CONFIG,
+    MERGED,
+    METRICS,
+    factors_to_record,
+    merged_to_record,
+    update_from_reply,
+)
+from fedlora.ranks import RankTier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node as it introduced itself: its client index and the tier it announced, if any."""
+
+    node_id: int
+    client: int
+    announced: RankTier | None
+
+
+class FlowerTransport:
+    """Carries the driver's tasks to Flower nodes over a :class:`flwr.serverapp.Grid`.
+
+    Parameters
+    ----------
+    grid : the ServerApp's grid.
+    config : the experiment config, sent to every node so that it trains exactly as configured.
+    run_key : names this run on the nodes' disks (their cache of merged rounds); the same for a
+        resumed run.
+    timeout : seconds to wait for the replies of one exchange.
+    connect_timeout : seconds to wait for every client's node to connect.
+    """
+
+    name = "flower"
+
+    def __init__(
+        self,
+        grid: Grid,
+        config: ExperimentConfig,
+        *,
+        run_key: str,
+        timeout: float = 600.0,
+        connect_timeout: float = 120.0,
+    ) -> None:
+        self.grid = grid
+        self.config = config
+        self.run_key = run_key
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.nodes: dict[int, NodeInfo] = {}
+        self._config_toml = config.to_toml()
+
+    # ------------------------------------------------------------------ connect
+
+    def connect(self, num_clients: int) -> Roster:
+        """Ask every connected node which client it is and which rank it announces."""
+        deadline = time.monotonic() + self.connect_timeout
+        while len(node_ids := list(self.grid.get_node_ids())) < num_clients:
+            if time.monotonic() > deadline:
+                raise FedloraError(
+                    f"only {len(node_ids)} of {num_clients} nodes connected within "
+                    f"{self.connect_timeout:.0f} s"
+                )
+            time.sleep(1.0)
+        queries = [
+            Message(
+                content=RecordDict({CONFIG: ConfigRecord({"query": "identity"})}),
+                message_type=MessageType.QUERY,
+                dst_node_id=node_id,
+            )
+            for node_id in node_ids
+        ]
+        for reply in self.grid.send_and_receive(queries, timeout=self.connect_timeout):
+            node_id = reply.metadata.src_node_id
+            if reply.has_error():
+                log.warning("node %d did not identify itself: %s", node_id, reply.error.reason)
+                continue
+            try:
+                info = _node_info(node_id, reply.content.config_records[CONFIG], num_clients)
+            except FedloraError as error:
+                log.warning("node %d is left out: %s", node_id, error)
+                continue
+            if info.client in self.nodes:
+                log.warning(
+                    "nodes %d and %d both serve client %d; node %d is left out",
+                    self.nodes[info.client].node_id,
+                    node_id,
+                    info.client,
+                    node_id,
+                )
+                continue
+            self.nodes[info.client] = info
+        missing = sorted(set(range(num_clients)) - set(self.nodes))
+        if missing:
+            log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
+        announced = {c: i.announced for c, i in self.nodes.items() if i.announced is not None}
+        return Roster(clients=frozenset(self.nodes), announced=announced)
+
+    # ------------------------------------------------------------------ train
+
+    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
+        messages = [self._message(task) for task in tasks]
+        by_node = {self.nodes[task.client].node_id: task.client for task in tasks}
+        replies = []
+        for message in self.grid.send_and_receive(messages, timeout=self.timeout):
+            node_id = message.metadata.src_node_id
+            client = by_node.get(node_id)
+            if client is None:
+                log.warning("node %d replied without being asked; ignored", node_id)
+                continue
+            replies.append(_decode(message, client, self.config.model.use_rslora))
+        return replies
+
+    def _message(self, task: TrainTask) -> Message:
+        content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {
+            ARRAYS: factors_to_record(task.factors, task.dense),
+            CONFIG: ConfigRecord(
+                {
+                    "server-round": task.round,
+                    "client": task.client,
+                    "merged-after": task.merged_after,
+                    "score": task.score,
+                    "run-key": self.run_key,
+                    "fedlora-config": self._config_toml,
+                }
+            ),
+        }
+        if task.merged:
+            content[MERGED] = merged_to_record(task.merged)
+        return Message(
+            content=RecordDict(content),
+            message_type=MessageType.TRAIN,
+            dst_node_id=self.nodes[task.client].node_id,
+        )
+
+
+def _decode(message: Message, client: int, use_rslora: bool) -> ClientReply:
+    """The node's reply as a :class:`ClientReply`; whatever is wrong with it becomes its error."""
+    node_id = message.metadata.src_node_id
+    if message.has_error():
+        return ClientReply.failed(client, f"node {node_id} sent an error: {message.error.reason}")
+    try:
+        update = update_from_reply(message.content, use_rslora)
+        metrics = message.content.metric_records[METRICS]
+    except (FedloraError, KeyError) as error:
+        return ClientReply.failed(client, f"node {node_id} sent a malformed reply: {error}")
+    if update.client_id != str(client):
+        return ClientReply.failed(
+            client, f"node {node_id} answered for client {update.client_id}, not its own"
+        )
+    score = metrics.get("local-score")
+    return ClientReply(
+        client=client,
+        update=update,
+        train_loss=_number(metrics, "train-loss", math.nan),
+        steps=int(_number(metrics, "steps", 0)),
+        seconds=_number(metrics, "seconds", 0.0),
+        local_score=float(score) if isinstance(score, int | float) else None,
+        merged_round=int(_number(metrics, "merged-round", 0)),
+    )
+
+
+def _number(metrics: MetricRecord, key: str, default: float) -> float:
+    value = metrics.get(key)
+    return float(value) if isinstance(value, int | float) else default
+
+
+def _node_info(node_id: int, identity: ConfigRecord, num_clients: int) -> NodeInfo:
+    client = identity.get("partition-id")
+    partitions = identity.get("num-partitions")
+    if not isinstance(client, int) or not 0 <= client < num_clients:
+        raise FedloraError(
+            f"node {node_id}: partition-id {client!r} is not in 0..{num_clients - 1}"
+        )
+    if partitions is not None and partitions != num_clients:
+        raise FedloraError(
+            f"node {node_id}: num-partitions {partitions!r} but the config has {num_clients} "
+            "clients"
+        )
+    announced = identity.get("lora-rank")
+    tier = None if announced in (None, "", 0) else RankTier.parse(announced, "lora-rank")
+    return NodeInfo(node_id=node_id, client=client, announced=tier)

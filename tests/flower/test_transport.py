@@ -1,0 +1,299 @@
+"""Flower as a transport: messages through a fake grid to the real ClientApp, and back.
+
+The grid routes each message to ``fedlora.flower.client_app`` in this process, as Flower routes
+it to a node; the ClientApp builds its own model and data, so the round driver with the Flower
+transport must end exactly where the in-process runner ends, for every aggregator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedlora.aggregation import available_aggregators
+from fedlora.config import ExperimentConfig
+from fedlora.engine import RoundDriver, TrainTask, build_experiment, run_experiment
+from fedlora.flower import client_app
+from fedlora.flower.records import ARRAYS, CONFIG, MERGED, METRICS, record_to_factors
+from fedlora.flower.transport import FlowerTransport
+from fedlora.runs import RunDir, load_checkpoint
+from tests.engine.helpers import tiny_config
+
+NUM_CLIENTS = 4
+Handler = Callable[[Message, Context], Message | None]
+
+
+@pytest.fixture(autouse=True)
+def _server_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps messages with the running task's identity; fake a ServerApp's.  The nodes
+    keep their merged rounds under a cache of this test."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path / "node-cache"))
+    client_app._TRAINERS.clear()
+
+
+class FakeGrid:
+    """Routes messages to handlers in this process as Flower routes them to nodes."""
+
+    def __init__(self, node_configs: dict[int, dict[str, Any]], train: Handler) -> None:
+        self.node_configs = node_configs
+        self.train = train
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_configs)
+
+    def send_and_receive(self, messages: Iterable[Message], timeout: float = 0.0) -> list[Message]:
+        replies = []
+        for message in messages:
+            self.sent.append(message)
+            node_id = message.metadata.dst_node_id
+            context = Context(
+                run_id=1,
+                node_id=node_id,
+                node_config=self.node_configs[node_id],
+                state=RecordDict(),
+                run_config={},
+            )
+            if message.metadata.message_type == MessageType.QUERY:
+                replies.append(client_app.identify(message, context))
+                continue
+            reply = self.train(message, context)
+            if reply is not None:
+                replies.append(reply)  # reply_to= makes it come from the node it was sent to
+        return replies
+
+
+def _nodes(count: int = NUM_CLIENTS, **extra: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    nodes = {1000 + i: {"partition-id": i, "num-partitions": count} for i in range(count)}
+    for key, config in extra.items():
+        nodes[int(key.removeprefix("n"))].update(config)
+    return nodes
+
+
+def _config(model_dir: Path, out: Path, **overrides: Any) -> ExperimentConfig:
+    return tiny_config(
+        model_dir,
+        out,
+        **{
+            "run.num_clients": NUM_CLIENTS,
+            "run.clients_per_round": 2,
+            "run.rounds": 2,
+            "ranks.options": {"ranks": [2, 4, 4, 8]},
+            "model.lora_dropout": 0.1,
+            **overrides,
+        },
+    )
+
+
+def _flower_run(config: ExperimentConfig, grid: FakeGrid, *, resume: bool = False) -> Any:
+    path = Path(config.run.out_dir)
+    run_dir = RunDir(path) if resume else RunDir.create(path, config, overwrite=False)
+    transport = FlowerTransport(grid, config, run_key=run_dir.run_id, connect_timeout=1.0)
+    return RoundDriver(build_experiment(config), run_dir).run(transport, resume=resume)
+
+
+def _in_process(config: ExperimentConfig) -> Any:
+    run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=False)
+    return run_experiment(build_experiment(config), run_dir)
+
+
+def _assert_same(flower: Any, reference: Any) -> None:
+    """Same clients, ranks, losses, traffic and adapter, bit for bit."""
+    for a, b in zip(flower.metrics, reference.metrics, strict=True):
+        assert (a.round, a.clients, a.ranks) == (b.round, b.clients, b.ranks)
+        assert (a.train_loss, a.test_loss, a.test_accuracy) == (
+            b.train_loss,
+            b.test_loss,
+            b.test_accuracy,
+        )
+        assert (a.bytes_up, a.bytes_down, a.merged_params_down) == (
+            b.bytes_up,
+            b.bytes_down,
+            b.merged_params_down,
+        )
+        assert a.extra.get("client_train_loss") == b.extra.get("client_train_loss")
+    for name, factors in reference.state.modules.items():
+        assert torch.equal(flower.state.modules[name].A, factors.A), name
+        assert torch.equal(flower.state.modules[name].B, factors.B), name
+    for name, tensor in reference.state.dense.items():
+        assert torch.equal(flower.state.dense[name], tensor), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(available_aggregators()))
+def test_flower_transport_ends_where_the_in_process_runner_ends(
+    tiny_bert_dir: Path, tmp_path: Path, method: str
+) -> None:
+    ranks = [4, 4, 4, 4] if method == "fedit" else [2, 4, 4, 8]
+    overrides = {"aggregation.method": method, "ranks.options": {"ranks": ranks}}
+    if method == "flora":
+        overrides["run.rounds"] = 3  # clients catch up on merges they missed
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **overrides),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **overrides))
+    _assert_same(flower, reference)
+    if method == "flora":
+        assert flower.metrics[3].merged_params_down > 0
+
+
+@pytest.mark.slow
+def test_flora_nodes_receive_only_the_merges_they_lack(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert_dir, tmp_path / "run", **{"aggregation.method": "flora"})
+    config = config.replace({"run.rounds": 3})
+    grid = FakeGrid(_nodes(), client_app.train)
+    rows = _flower_run(config, grid).metrics
+    stored = RunDir(tmp_path / "run").merged.load(3)
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    for message in trains:
+        settings = message.content.config_records[CONFIG]
+        after, round_index = int(settings["merged-after"]), int(settings["server-round"])
+        record = message.content.array_records.get(MERGED)
+        keys = set() if record is None else set(record)
+        expected = {
+            f"round-{m.round}/{name}/{which}"
+            for m in stored
+            if after < m.round < round_index
+            for name in m.modules
+            for which in "AB"
+        }
+        assert keys == expected
+    node_store = tmp_path / "node-cache" / "nodes" / RunDir(tmp_path / "run").run_id / "merged"
+    assert sorted(p.name for p in node_store.iterdir()) == [
+        "round-00001.safetensors",
+        "round-00002.safetensors",
+    ]
+    assert rows[3].merged_params_down > 0
+
+
+@pytest.mark.slow
+def test_a_killed_flower_run_resumes_to_the_same_numbers(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    overrides = {"aggregation.method": "flora", "run.rounds": 3}
+    straight = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "straight", **overrides),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    config = _config(tiny_bert_dir, tmp_path / "killed", **overrides)
+    calls = {"train": 0}
+
+    def dies_in_round_three(message: Message, context: Context) -> Message | None:
+        calls["train"] += 1
+        if int(message.content.config_records[CONFIG]["server-round"]) == 3:  # type: ignore[arg-type]
+            raise KeyboardInterrupt  # the ServerApp is killed while round 3 trains
+        return client_app.train(message, context)
+
+    with pytest.raises(KeyboardInterrupt):
+        _flower_run(config, FakeGrid(_nodes(), dies_in_round_three))
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint").state.round == 2
+    client_app._TRAINERS.clear()  # the nodes start new processes too
+    resumed = _flower_run(config, FakeGrid(_nodes(), client_app.train), resume=True)
+    _assert_same(resumed, straight)
+
+
+def test_connect_learns_the_clients_and_their_announced_ranks() -> None:
+    nodes = _nodes(n1000={"lora-rank": 5}, n1002={"lora-rank": "r3"})
+    nodes[1004] = {"partition-id": 1, "num-partitions": NUM_CLIENTS}  # a second node for 1
+    nodes[1005] = {"partition-id": 9, "num-partitions": NUM_CLIENTS}  # no such client
+    transport = FlowerTransport(
+        FakeGrid(nodes, client_app.train), _plain_config(), run_key="ab12", connect_timeout=1.0
+    )
+    roster = transport.connect(NUM_CLIENTS)
+    assert roster.clients == frozenset(range(NUM_CLIENTS))
+    assert {c: t.max_rank for c, t in roster.announced.items()} == {0: 5, 2: 3}
+    assert transport.nodes[1].node_id == 1001
+
+
+def _plain_config() -> ExperimentConfig:
+    from fedlora.config import load_config
+
+    return load_config(None).replace({"run.num_clients": NUM_CLIENTS})
+
+
+def _tasks() -> list[TrainTask]:
+    A, B = torch.randn(2, 8), torch.zeros(8, 2)
+    from fedlora.lora import LoraFactors
+
+    factors = {"enc.query": LoraFactors(A=A, B=B, alpha=16.0, r=2)}
+    return [
+        TrainTask(client=c, round=1, factors=factors, dense={}, merged_after=0, score=c == 1)
+        for c in (0, 1, 2)
+    ]
+
+
+def _echo(message: Message, context: Context, **change: Any) -> Message:
+    """A node that sends its factors back untouched, as client ``change['client']`` if given."""
+    from fedlora.flower.records import reply_content
+    from fedlora.lora import ClientUpdate
+
+    settings = message.content.config_records[CONFIG]
+    client = int(change.get("client", settings["client"]))  # type: ignore[arg-type]
+    factors, dense = record_to_factors(message.content.array_records[ARRAYS], 16.0, False, "x")
+    update = ClientUpdate(str(client), factors, 10, dense)
+    return Message(content=reply_content(update, {"train-loss": 0.5}), reply_to=message)
+
+
+def test_each_task_reaches_its_clients_node_with_its_settings() -> None:
+    grid = FakeGrid(_nodes(), _echo)
+    transport = FlowerTransport(grid, _plain_config(), run_key="ab12", connect_timeout=1.0)
+    transport.connect(NUM_CLIENTS)
+    replies = transport.train(_tasks())
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert [m.metadata.dst_node_id for m in trains] == [1000, 1001, 1002]
+    assert [m.content.config_records[CONFIG]["score"] for m in trains] == [False, True, False]
+    assert {m.content.config_records[CONFIG]["run-key"] for m in trains} == {"ab12"}
+    assert [r.client for r in replies] == [0, 1, 2]
+    assert all(r.error is None and r.train_loss == 0.5 for r in replies)
+
+
+def test_a_bad_reply_becomes_a_failed_reply_of_its_nodes_client() -> None:
+    def node(message: Message, context: Context) -> Message | None:
+        client = int(message.content.config_records[CONFIG]["client"])  # type: ignore[arg-type]
+        if client == 0:
+            return Message(Error(code=1, reason="CUDA out of memory"), reply_to=message)
+        if client == 1:
+            return _echo(message, context, client=2)  # answers for another client
+        reply = _echo(message, context)
+        del reply.content.metric_records[METRICS]["client"]
+        return reply
+
+    transport = FlowerTransport(
+        FakeGrid(_nodes(), node), _plain_config(), run_key="ab12", connect_timeout=1.0
+    )
+    transport.connect(NUM_CLIENTS)
+    replies = {r.client: r for r in transport.train(_tasks())}
+    assert replies[0].error == "node 1000 sent an error: CUDA out of memory"
+    assert replies[1].error == "node 1001 answered for client 2, not its own"
+    assert replies[2].error is not None and "malformed" in replies[2].error
+    assert all(r.update is None for r in replies.values())
+
+
+def test_a_silent_node_has_no_reply() -> None:
+    transport = FlowerTransport(
+        FakeGrid(_nodes(), lambda m, c: None), _plain_config(), run_key="ab12", connect_timeout=1.0
+    )
+    transport.connect(NUM_CLIENTS)
+    assert transport.train(_tasks()) == []
+
+
+def test_identify_reports_the_node_config() -> None:
+    grid = FakeGrid(_nodes(n1001={"lora-rank": 8}), client_app.train)
+    query = Message(
+        content=RecordDict({CONFIG: ConfigRecord({"query": "identity"})}),
+        message_type=MessageType.QUERY,
+        dst_node_id=1001,
+    )
+    (reply,) = grid.send_and_receive([query])
+    identity = reply.content.config_records[CONFIG]
+    assert identity["partition-id"] == 1
+    assert identity["num-partitions"] == NUM_CLIENTS
+    assert identity["lora-rank"] == 8
