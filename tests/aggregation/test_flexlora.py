@@ -91,12 +91,53 @@ def test_sigma_placement_changes_the_split_not_the_product(seed: int) -> None:
     torch.testing.assert_close(B.T @ B, torch.eye(B.shape[1], dtype=DTYPE))
 
 
-def test_kept_rank_defaults_to_the_rounds_largest_client_rank() -> None:
+def test_kept_rank_defaults_to_the_rounds_largest_client_rank_from_an_empty_state() -> None:
     shapes = {"m": (20, 20)}
     updates = [make_update("a", shapes, 3, seed=0), make_update("b", shapes, 5, seed=1)]
     assert get_aggregator("flexlora").aggregate(updates, initial(shapes)).rank_map() == {"m": 5}
     wide = get_aggregator("flexlora", max_rank=12).aggregate(updates, initial(shapes))
     assert wide.rank_map() == {"m": 8}  # capped at the stacked rank 3 + 5
+
+
+def _best_rank_approximation(matrix: torch.Tensor, r: int) -> torch.Tensor:
+    """Eckart–Young: the truncated SVD, unique when ``s_r > s_{r+1}`` or ``s_{r+1} = 0``."""
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    if r < len(S) and S[r] > 1e-12 * S[0]:
+        assert S[r - 1] - S[r] > 1e-6 * S[0], "no spectral gap: the oracle is not unique"
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+@pytest.mark.parametrize("low_rounds", [[3], [5], [3, 5]])
+def test_rounds_without_high_rank_clients_do_not_truncate_what_they_are_served(
+    low_rounds: list[int],
+) -> None:
+    # Round 1 has a rank-8 client; then rounds of only rank-2 clients, whose stacked rank is
+    # 6 (below 8) or 10 (above 8).
+    shapes = {"m": (16, 12)}
+    first = [make_update("high", shapes, 8, seed=0), make_update("low", shapes, 2, seed=1)]
+    flex = get_aggregator("flexlora")
+    state = flex.aggregate(first, initial(shapes))
+    for index, clients in enumerate(low_rounds):
+        updates = [
+            make_update(f"low{k}", shapes, 2, seed=10 * index + k, num_examples=5 + k)
+            for k in range(clients)
+        ]
+        state = flex.aggregate(updates, state)
+    # FlexLoRA's global update is the last round's average: a rank-8 client is served its best
+    # rank-8 approximation, a rank-2 client its best rank-2 one.
+    dW = average_delta(updates, "m")
+    for r in (8, 2):
+        served = state.factors_for(r, 16.0)["m"]
+        torch.testing.assert_close(served.delta(), _best_rank_approximation(dW, r))
+    assert state.rank_map() == {"m": 8}
+
+
+def test_an_explicit_max_rank_wins_over_the_rank_the_state_held() -> None:
+    shapes = {"m": (16, 12)}
+    flex = get_aggregator("flexlora", max_rank=4)
+    state = GlobalState(modules={"m": initial(shapes).slots("m", 8)})  # rank 8: fresh slots
+    second = [make_update(f"low{k}", shapes, 2, seed=10 + k) for k in range(5)]
+    assert flex.aggregate(second, state).rank_map() == {"m": 4}
 
 
 def test_single_client_of_full_kept_rank_gets_its_own_update_back() -> None:
