@@ -16,7 +16,7 @@ from fedlora.aggregation import (
     top_svd_of_sum,
 )
 from fedlora.errors import FedloraError
-from fedlora.lora import FoldedFactors
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors
 from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
 
 
@@ -235,3 +235,68 @@ def test_svd_of_a_weighted_sum_matches_the_stacked_product(
     got = top_svd_of_sum(factors, weights, k, method)  # type: ignore[arg-type]
     torch.testing.assert_close(got.S, expected.S, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close((got.U * got.S) @ got.Vh, P @ Q)
+
+
+@st.composite
+def rank_deficient_rounds(draw: st.DrawFn) -> tuple[tuple[int, int], list[ClientUpdate]]:
+    """Clients whose ``B`` columns share one subspace of dimension ``t``, below their stacked rank.
+
+    ``rank(dW) <= t`` while the SVD is asked for more triplets: the extra ones have singular
+    value 0 (``t = 0``: every ``B`` is zero, as before any training).
+    """
+    out, inp = draw(st.integers(3, 12)), draw(st.integers(3, 12))
+    limit = min(out, inp)
+    t = draw(st.integers(0, limit - 1))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    basis = torch.randn(out, t, generator=g, dtype=DTYPE)
+    updates = []
+    for k, r in enumerate(draw(st.lists(st.integers(1, limit), min_size=1, max_size=4))):
+        A = torch.randn(r, inp, generator=g, dtype=DTYPE)
+        B = basis @ torch.randn(t, r, generator=g, dtype=DTYPE)
+        alpha = draw(st.sampled_from([1.0, 16.0]))
+        factors = LoraFactors(A=A, B=B, alpha=alpha, r=r)
+        updates.append(ClientUpdate(f"c{k}", {"m": factors}, draw(st.integers(1, 100))))
+    return (out, inp), updates
+
+
+@given(
+    rank_deficient_rounds(),
+    st.sampled_from(["B", "sqrt", "A"]),
+    st.sampled_from(["dense", "factored"]),
+    st.one_of(st.none(), st.integers(1, 12)),
+)
+def test_rank_deficient_rounds_serve_no_dead_slots_and_the_same_product(  # type: ignore[no-untyped-def]
+    case, sigma, svd, max_rank
+) -> None:
+    shape, updates = case
+    limit = min(shape)
+    flex = get_aggregator("flexlora", sigma=sigma, svd=svd, max_rank=max_rank)
+    state = flex.aggregate(updates, initial({"m": shape}))
+    # A slot whose A row and B column are both zero gets no gradient: it never trains.
+    served = state.slots("m", limit)
+    for j in range(limit):
+        a_norm = float(torch.linalg.vector_norm(served.A[j]))
+        b_norm = float(torch.linalg.vector_norm(served.B[:, j]))
+        assert max(a_norm, b_norm) > 1e-6, f"slot {j} is dead: |A_j| {a_norm}, |B_j| {b_norm}"
+    # Every client rank is still served the best approximation of the average (Eckart–Young).
+    dW = average_delta(updates, "m")
+    singular_values = torch.linalg.svdvals(dW)
+    kept = state.rank_map()["m"]
+    for r in range(1, limit + 1):
+        error = torch.linalg.matrix_norm(state.factors_for(r, 8.0)["m"].delta() - dW)
+        bound = singular_values[min(r, kept) :].square().sum().sqrt()
+        torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("svd", ["dense", "factored"])
+def test_clients_that_cancel_out_leave_fresh_slots_under_the_sqrt_split(svd: str) -> None:
+    # dW = 0 up to rounding, so even the largest singular value is noise.
+    shapes = {"m": (12, 10)}
+    update = make_update("a", shapes, 3, seed=0)
+    factors = update.modules["m"]
+    opposite = LoraFactors(A=factors.A, B=-factors.B, alpha=factors.alpha, r=factors.r)
+    updates = [update, ClientUpdate("b", {"m": opposite}, update.num_examples)]
+    state = get_aggregator("flexlora", sigma="sqrt", svd=svd).aggregate(updates, initial(shapes))
+    slots = state.modules["m"]
+    torch.testing.assert_close(torch.linalg.vector_norm(slots.A, dim=1), torch.ones(3, dtype=DTYPE))
+    assert float(slots.B.abs().max()) < 1e-12

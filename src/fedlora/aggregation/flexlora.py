@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from fedlora.aggregation.base import Aggregator
 from fedlora.aggregation.state import GlobalState
-from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, top_svd_of_sum
+from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, noise_floor, top_svd_of_sum
 from fedlora.aggregation.weights import Weighting
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
@@ -29,7 +30,11 @@ class FlexLoRA(Aggregator):
     Options
     -------
     sigma : "B" (the reference code: ``B = U S``, ``A = V^T``), "sqrt" (``U sqrt(S)``,
-        ``sqrt(S) V^T``) or "A" (``U``, ``S V^T``, as HLoRA).  The product is the same.
+        ``sqrt(S) V^T``) or "A" (``U``, ``S V^T``, as HLoRA).  The product is the same.  With
+        "sqrt", a triplet whose singular value is rounding noise (``dW`` of lower rank than the
+        slots kept) is split as "B" splits it: ``sqrt(S)`` would leave both factors ~0, a dead
+        slot that training never moves, whereas ``A = V^T`` row and ``B ~ 0`` column is a fresh
+        slot in PEFT's sense.  Only the split changes, never the product.
     svd : "auto" (the cheaper exact path by shape), "dense" (form ``dW``, full SVD, the reference
         method) or "factored" (QR of the stacked factors and an ``R x R`` core SVD).
     max_rank : how many triplets the global state keeps per module, at most the stacked rank
@@ -96,7 +101,10 @@ class FlexLoRA(Aggregator):
         if self.sigma == "A":
             return FoldedFactors(A=S[:, None] * Vh, B=U)
         root = S.sqrt()
-        return FoldedFactors(A=root[:, None] * Vh, B=U * root)
+        live = S.gt(noise_floor(factors, weights))
+        a_scale = torch.where(live, root, torch.ones_like(S))
+        b_scale = torch.where(live, root, S)
+        return FoldedFactors(A=a_scale[:, None] * Vh, B=U * b_scale)
 
     @staticmethod
     def _default_rank(factors: Sequence[FoldedFactors], previous: FoldedFactors | None) -> int:
