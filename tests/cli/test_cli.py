@@ -11,6 +11,7 @@ import pytest
 from fedlora.cli import main
 from fedlora.config import describe_defaults
 from tests.engine.helpers import tiny_causal_config, write_tiny_config
+from tests.model.builders import tiny_model
 
 
 def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -111,6 +112,18 @@ def test_rank_above_the_layer_dimension_is_refused(
     )
     assert code == 2
     assert "asks rank 64" in capsys.readouterr().err
+
+
+def test_a_model_folder_without_a_tokenizer_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "bert-without-tokenizer"
+    tiny_model("bert").save_pretrained(folder)
+    config = write_tiny_config(tmp_path / "tiny.toml", folder)
+    assert main(["run", str(config), "--no-progress"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the run's header
+    assert error.startswith(f"fedlora: error: model {str(folder)!r}: folder {folder} has no ")
+    assert error.endswith("save the tokenizer beside the model")
 
 
 def test_config_defaults_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None:
