@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedlora.cli import main
-from fedlora.config import describe_defaults
+from fedlora.config import describe_defaults, load_config
 from tests.engine.helpers import tiny_causal_config, write_tiny_config
 from tests.model.builders import tiny_model
 
@@ -133,6 +135,29 @@ def test_config_defaults_lists_every_key(capsys: pytest.CaptureFixture[str]) -> 
     assert len(keys) > 30
     for key in keys:
         assert key in printed
+
+
+def test_config_defaults_are_one_line_toml_that_reads_back() -> None:
+    defaults = load_config(None).model_dump()
+    for key, value, _ in describe_defaults():
+        section, _, name = key.rpartition(".")
+        expected = defaults[section][name] if section else defaults[name]
+        assert "\n" not in value, key
+        assert tomllib.loads(f"v = {value}")["v"] == expected, key
+
+
+def test_config_defaults_keep_bracketed_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--defaults"]) == 0
+    printed = capsys.readouterr().out
+    bracketed = [
+        part
+        for row in describe_defaults()
+        for cell in row
+        for part in re.findall(r"[\[{][^\]}]*[\]}]", cell)
+    ]
+    assert {"[low, high]", '["text"]', "{high = 20, low = 5, fraction = 0.2}"} <= set(bracketed)
+    for part in bracketed:
+        assert part in printed
 
 
 def test_config_prints_resolved_toml(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedlora.config import describe_defaults, load_config
@@ -66,12 +67,23 @@ def plot_command(paths: Sequence[Path], out: Path | None) -> int:
     return 0
 
 
-def config_command(path: Path | None, overrides: Sequence[str], *, defaults: bool) -> int:
+def config_command(
+    path: Path | None, overrides: Sequence[str], *, defaults: bool, markdown: bool = False
+) -> int:
+    if markdown:
+        print(defaults_markdown(), end="")
+        return 0
     if defaults:
         table = Table("key", "default", "meaning", show_lines=False)
-        for key, value, description in describe_defaults():
-            table.add_row(key, value, description)
+        for row in describe_defaults():
+            table.add_row(*map(escape, row))  # rich markup would eat "[low, high]"
         Console(width=160).print(table)
         return 0
     print(load_config(path, overrides).to_toml(), end="")
     return 0
+
+
+def defaults_markdown() -> str:
+    """The README's table of every config key, its default and its meaning."""
+    rows = [f"| `{key}` | `{value}` | {text} |" for key, value, text in describe_defaults()]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows]) + "\n"
