@@ -11,7 +11,7 @@ from rich.table import Table
 
 from fedlora.config import describe_defaults, load_config
 from fedlora.errors import FedloraError
-from fedlora.report import plot_comparison, plot_run
+from fedlora.report import plot_comparison, plot_run, with_companion
 from fedlora.runs import RunDir, headline
 
 
@@ -31,21 +31,26 @@ def inspect_command(path: Path) -> int:
         f"aggregation {config.aggregation.method}, ranks {config.ranks.policy} "
         f"{config.ranks.options}, {config.run.num_clients} clients, seed {config.run.seed}"
     )
-    metric = headline(rows)
-    table = Table("round", "clients", "mean rank", "train loss", "test loss", metric.label, "MB up")
+    metrics = with_companion(headline(rows))
+    labels = (m.label for m in metrics)
+    columns = ("round", "clients", "mean rank", "train loss", "test loss", *labels, "MB up")
+    table = Table(*columns, pad_edge=False)  # fits 80 columns with macro-F1
     for row in rows:
-        score = metric.value(row)
         table.add_row(
             str(row.round),
             str(len(row.clients)),
             f"{sum(row.ranks) / max(1, len(row.ranks)):.1f}",
             f"{row.train_loss:.4f}",
-            "" if row.test_loss is None else f"{row.test_loss:.4f}",
-            "" if score is None else f"{score:.4f}",
+            _cell(row.test_loss),
+            *(_cell(m.value(row)) for m in metrics),
             f"{row.bytes_up / 1e6:.2f}",
         )
     console.print(table)
     return 0
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def plot_command(paths: Sequence[Path], out: Path | None) -> int:

@@ -1,4 +1,4 @@
-"""A rich progress bar over rounds that shows the latest loss and accuracy."""
+"""A rich progress bar over rounds that shows the latest loss, accuracy and macro-F1."""
 
 from __future__ import annotations
 
@@ -38,9 +38,16 @@ class RoundProgress:
         self._progress.stop()
 
     def update(self, row: RoundMetrics) -> None:
-        status = f"{len(row.clients)} clients  loss {row.train_loss:.3f}"
-        if row.test_rouge_l is not None:
-            status += f"  rouge-L {row.test_rouge_l:.3f}"
-        elif row.test_accuracy is not None:
-            status += f"  acc {row.test_accuracy:.3f}"
-        self._progress.update(self._task, completed=row.round, status=status)
+        self._progress.update(self._task, completed=row.round, status=round_status(row))
+
+
+def round_status(row: RoundMetrics) -> str:
+    """Clients, train loss, and the test scores of an evaluated round (macro-F1 beside accuracy)."""
+    status = f"{len(row.clients)} clients  loss {row.train_loss:.3f}"
+    if row.test_rouge_l is not None:
+        status += f"  rouge-L {row.test_rouge_l:.3f}"
+    elif row.test_accuracy is not None:
+        status += f"  acc {row.test_accuracy:.3f}"
+        if row.test_macro_f1 is not None:
+            status += f"  macro-F1 {row.test_macro_f1:.3f}"
+    return status
