@@ -1,12 +1,11 @@
 """Reports of finished runs: plots, summaries and comparison tables."""
 
-from fedlora.report.companion import MACRO_F1, with_companion
+from fedlora.report.companion import with_companion
 from fedlora.report.plots import plot_comparison, plot_run
 from fedlora.report.summary import run_summary, write_run_report
 from fedlora.report.tables import ComparisonRow, comparison_rows, write_comparison
 
 __all__ = [
-    "MACRO_F1",
     "ComparisonRow",
     "comparison_rows",
     "plot_comparison",
