@@ -4,8 +4,8 @@ From a model folder saved without its tokenizer files, ``AutoTokenizer`` does no
 builds the model type's tokenizer from its special tokens alone (BERT: ``[PAD] [UNK] [CLS] [SEP]
 [MASK]``; GPT-2: ``<|endoftext|>``), so every word becomes ``[UNK]`` (or nothing) and a run
 "works" at chance.  That is an error.  A vocabulary of fewer than :data:`SMALL_VOCABULARY` tokens
-is only a warning: toy and character-level models are legitimate (the tests use 31- and 47-token
-vocabularies), but for a pretrained language model it almost always means the wrong tokenizer.
+is only a warning: toy and character-level models are legitimate (the tests use vocabularies of
+a few dozen tokens), but for a pretrained language model it almost always means the wrong tokenizer.
 """
 
 from __future__ import annotations
