@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from fedlora.aggregation import available_aggregators
+from fedlora.cli import main
 from fedlora.config import describe_defaults
 from tests.conftest import REPO_ROOT
 
@@ -17,9 +20,16 @@ def test_the_first_lines_give_the_run_and_test_commands() -> None:
     assert "make test" in ci
 
 
-def test_every_config_key_is_documented_with_its_default() -> None:
-    for key, default, description in describe_defaults():
-        assert f"| `{key}` | `{default}` | {description} |" in README, key
+def test_the_config_reference_is_exactly_the_generated_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["config", "--defaults", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert len(table.splitlines()) == 2 + len(list(describe_defaults()))
+    section = README.split("\n## Configuration reference\n", 1)[1].split("\n## ", 1)[0]
+    # Prose first, then the table and nothing else: no stale rows, no duplicated block.
+    assert [line for line in section.splitlines() if line.startswith("|")] == table.splitlines()
+    assert section[section.index("| key | default | meaning |") :] == table
 
 
 def test_every_aggregator_is_documented() -> None:

@@ -95,6 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="print the configuration schema or a config")
     config.add_argument("config", nargs="?", type=Path, help="a TOML config to resolve and print")
     config.add_argument("--defaults", action="store_true", help="every key, default and meaning")
+    config.add_argument(
+        "--markdown",
+        action="store_true",
+        help="every key, default and meaning as the README's Markdown table",
+    )
     _add_overrides(config)
     config.set_defaults(handler=_cmd_config)
     return parser
@@ -167,7 +172,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_config(args: argparse.Namespace) -> int:
     from fedlora.commands.inspect import config_command
 
-    return config_command(args.config, args.overrides, defaults=args.defaults)
+    return config_command(
+        args.config, args.overrides, defaults=args.defaults, markdown=args.markdown
+    )
 
 
 def _split_list(value: str, option: str) -> list[str]:

@@ -7,6 +7,7 @@ the key, e.g. ``train.lr: Input should be greater than 0``.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -118,7 +119,9 @@ class RanksSection(Section):
     )
     options: dict[str, Any] = Field(
         default_factory=lambda: {"high": 20, "low": 5, "fraction": 0.2},
-        description="Options of the rank policy, e.g. {high = 20, low = 5, fraction = 0.1}.",
+        description="Options of the rank policy, e.g. {high = 20, low = 5, fraction = 0.1}; "
+        "loss_based also takes probe (score every client before round 1), score_on ('server': "
+        "one common validation set, or 'local': the client's own rows) and score_rows.",
     )
 
 
@@ -331,4 +334,17 @@ def describe_defaults() -> Iterator[tuple[str, str, str]]:
 
 
 def _toml_value(value: Any) -> str:
+    """``value`` as one line of inline TOML (``{alpha = 0.5}``, ``["text"]``), as ``--set`` takes.
+
+    tomli_w writes tables and non-empty arrays over several lines, which breaks a table cell.
+    """
+    if isinstance(value, Mapping):
+        items = (f"{_toml_key(key)} = {_toml_value(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return tomli_w.dumps({"v": value}).strip().removeprefix("v = ")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _toml_value(key)

@@ -16,7 +16,7 @@ from fedlora.aggregation import (
     top_svd_of_sum,
 )
 from fedlora.errors import FedloraError
-from fedlora.lora import FoldedFactors
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors
 from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
 
 
@@ -91,12 +91,53 @@ def test_sigma_placement_changes_the_split_not_the_product(seed: int) -> None:
     torch.testing.assert_close(B.T @ B, torch.eye(B.shape[1], dtype=DTYPE))
 
 
-def test_kept_rank_defaults_to_the_rounds_largest_client_rank() -> None:
+def test_kept_rank_defaults_to_the_rounds_largest_client_rank_from_an_empty_state() -> None:
     shapes = {"m": (20, 20)}
     updates = [make_update("a", shapes, 3, seed=0), make_update("b", shapes, 5, seed=1)]
     assert get_aggregator("flexlora").aggregate(updates, initial(shapes)).rank_map() == {"m": 5}
     wide = get_aggregator("flexlora", max_rank=12).aggregate(updates, initial(shapes))
     assert wide.rank_map() == {"m": 8}  # capped at the stacked rank 3 + 5
+
+
+def _best_rank_approximation(matrix: torch.Tensor, r: int) -> torch.Tensor:
+    """Eckart–Young: the truncated SVD, unique when ``s_r > s_{r+1}`` or ``s_{r+1} = 0``."""
+    U, S, Vh = torch.linalg.svd(matrix, full_matrices=False)
+    if r < len(S) and S[r] > 1e-12 * S[0]:
+        assert S[r - 1] - S[r] > 1e-6 * S[0], "no spectral gap: the oracle is not unique"
+    return (U[:, :r] * S[:r]) @ Vh[:r]
+
+
+@pytest.mark.parametrize("low_rounds", [[3], [5], [3, 5]])
+def test_rounds_without_high_rank_clients_do_not_truncate_what_they_are_served(
+    low_rounds: list[int],
+) -> None:
+    # Round 1 has a rank-8 client; then rounds of only rank-2 clients, whose stacked rank is
+    # 6 (below 8) or 10 (above 8).
+    shapes = {"m": (16, 12)}
+    first = [make_update("high", shapes, 8, seed=0), make_update("low", shapes, 2, seed=1)]
+    flex = get_aggregator("flexlora")
+    state = flex.aggregate(first, initial(shapes))
+    for index, clients in enumerate(low_rounds):
+        updates = [
+            make_update(f"low{k}", shapes, 2, seed=10 * index + k, num_examples=5 + k)
+            for k in range(clients)
+        ]
+        state = flex.aggregate(updates, state)
+    # FlexLoRA's global update is the last round's average: a rank-8 client is served its best
+    # rank-8 approximation, a rank-2 client its best rank-2 one.
+    dW = average_delta(updates, "m")
+    for r in (8, 2):
+        served = state.factors_for(r, 16.0)["m"]
+        torch.testing.assert_close(served.delta(), _best_rank_approximation(dW, r))
+    assert state.rank_map() == {"m": 8}
+
+
+def test_an_explicit_max_rank_wins_over_the_rank_the_state_held() -> None:
+    shapes = {"m": (16, 12)}
+    flex = get_aggregator("flexlora", max_rank=4)
+    state = GlobalState(modules={"m": initial(shapes).slots("m", 8)})  # rank 8: fresh slots
+    second = [make_update(f"low{k}", shapes, 2, seed=10 + k) for k in range(5)]
+    assert flex.aggregate(second, state).rank_map() == {"m": 4}
 
 
 def test_single_client_of_full_kept_rank_gets_its_own_update_back() -> None:
@@ -194,3 +235,68 @@ def test_svd_of_a_weighted_sum_matches_the_stacked_product(
     got = top_svd_of_sum(factors, weights, k, method)  # type: ignore[arg-type]
     torch.testing.assert_close(got.S, expected.S, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close((got.U * got.S) @ got.Vh, P @ Q)
+
+
+@st.composite
+def rank_deficient_rounds(draw: st.DrawFn) -> tuple[tuple[int, int], list[ClientUpdate]]:
+    """Clients whose ``B`` columns share one subspace of dimension ``t``, below their stacked rank.
+
+    ``rank(dW) <= t`` while the SVD is asked for more triplets: the extra ones have singular
+    value 0 (``t = 0``: every ``B`` is zero, as before any training).
+    """
+    out, inp = draw(st.integers(3, 12)), draw(st.integers(3, 12))
+    limit = min(out, inp)
+    t = draw(st.integers(0, limit - 1))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    basis = torch.randn(out, t, generator=g, dtype=DTYPE)
+    updates = []
+    for k, r in enumerate(draw(st.lists(st.integers(1, limit), min_size=1, max_size=4))):
+        A = torch.randn(r, inp, generator=g, dtype=DTYPE)
+        B = basis @ torch.randn(t, r, generator=g, dtype=DTYPE)
+        alpha = draw(st.sampled_from([1.0, 16.0]))
+        factors = LoraFactors(A=A, B=B, alpha=alpha, r=r)
+        updates.append(ClientUpdate(f"c{k}", {"m": factors}, draw(st.integers(1, 100))))
+    return (out, inp), updates
+
+
+@given(
+    rank_deficient_rounds(),
+    st.sampled_from(["B", "sqrt", "A"]),
+    st.sampled_from(["dense", "factored"]),
+    st.one_of(st.none(), st.integers(1, 12)),
+)
+def test_rank_deficient_rounds_serve_no_dead_slots_and_the_same_product(  # type: ignore[no-untyped-def]
+    case, sigma, svd, max_rank
+) -> None:
+    shape, updates = case
+    limit = min(shape)
+    flex = get_aggregator("flexlora", sigma=sigma, svd=svd, max_rank=max_rank)
+    state = flex.aggregate(updates, initial({"m": shape}))
+    # A slot whose A row and B column are both zero gets no gradient: it never trains.
+    served = state.slots("m", limit)
+    for j in range(limit):
+        a_norm = float(torch.linalg.vector_norm(served.A[j]))
+        b_norm = float(torch.linalg.vector_norm(served.B[:, j]))
+        assert max(a_norm, b_norm) > 1e-6, f"slot {j} is dead: |A_j| {a_norm}, |B_j| {b_norm}"
+    # Every client rank is still served the best approximation of the average (Eckart–Young).
+    dW = average_delta(updates, "m")
+    singular_values = torch.linalg.svdvals(dW)
+    kept = state.rank_map()["m"]
+    for r in range(1, limit + 1):
+        error = torch.linalg.matrix_norm(state.factors_for(r, 8.0)["m"].delta() - dW)
+        bound = singular_values[min(r, kept) :].square().sum().sqrt()
+        torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("svd", ["dense", "factored"])
+def test_clients_that_cancel_out_leave_fresh_slots_under_the_sqrt_split(svd: str) -> None:
+    # dW = 0 up to rounding, so even the largest singular value is noise.
+    shapes = {"m": (12, 10)}
+    update = make_update("a", shapes, 3, seed=0)
+    factors = update.modules["m"]
+    opposite = LoraFactors(A=factors.A, B=-factors.B, alpha=factors.alpha, r=factors.r)
+    updates = [update, ClientUpdate("b", {"m": opposite}, update.num_examples)]
+    state = get_aggregator("flexlora", sigma="sqrt", svd=svd).aggregate(updates, initial(shapes))
+    slots = state.modules["m"]
+    torch.testing.assert_close(torch.linalg.vector_norm(slots.A, dim=1), torch.ones(3, dtype=DTYPE))
+    assert float(slots.B.abs().max()) < 1e-12

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from fedlora.cli import main
-from fedlora.config import describe_defaults
+from fedlora.config import describe_defaults, load_config
 from tests.engine.helpers import tiny_causal_config, write_tiny_config
+from tests.model.builders import tiny_model
 
 
 def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -113,6 +116,18 @@ def test_rank_above_the_layer_dimension_is_refused(
     assert "asks rank 64" in capsys.readouterr().err
 
 
+def test_a_model_folder_without_a_tokenizer_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "bert-without-tokenizer"
+    tiny_model("bert").save_pretrained(folder)
+    config = write_tiny_config(tmp_path / "tiny.toml", folder)
+    assert main(["run", str(config), "--no-progress"]) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the run's header
+    assert error.startswith(f"fedlora: error: model {str(folder)!r}: folder {folder} has no ")
+    assert error.endswith("save the tokenizer beside the model")
+
+
 def test_config_defaults_lists_every_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "--defaults"]) == 0
     printed = capsys.readouterr().out
@@ -120,6 +135,29 @@ def test_config_defaults_lists_every_key(capsys: pytest.CaptureFixture[str]) -> 
     assert len(keys) > 30
     for key in keys:
         assert key in printed
+
+
+def test_config_defaults_are_one_line_toml_that_reads_back() -> None:
+    defaults = load_config(None).model_dump()
+    for key, value, _ in describe_defaults():
+        section, _, name = key.rpartition(".")
+        expected = defaults[section][name] if section else defaults[name]
+        assert "\n" not in value, key
+        assert tomllib.loads(f"v = {value}")["v"] == expected, key
+
+
+def test_config_defaults_keep_bracketed_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--defaults"]) == 0
+    printed = capsys.readouterr().out
+    bracketed = [
+        part
+        for row in describe_defaults()
+        for cell in row
+        for part in re.findall(r"[\[{][^\]}]*[\]}]", cell)
+    ]
+    assert {"[low, high]", '["text"]', "{high = 20, low = 5, fraction = 0.2}"} <= set(bracketed)
+    for part in bracketed:
+        assert part in printed
 
 
 def test_config_prints_resolved_toml(capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,7 +182,8 @@ def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
     assert main(["inspect", str(tmp_path / "run")]) == 0
-    assert "test acc" in capsys.readouterr().out
+    printed = capsys.readouterr().out  # the headers wrap ("test" above "accuracy") at 80 columns
+    assert "accuracy" in printed and "macro-F1" in printed
     assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 1000
 

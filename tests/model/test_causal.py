@@ -185,7 +185,8 @@ def test_load_causal_lm_from_a_folder_pads_with_eos(tmp_path: Path) -> None:
     # Qwen2Tokenizer class, which does not fit this word-level test vocabulary.
     tiny_lm("llama").save_pretrained(tmp_path)
     tokenizer(pad=False).save_pretrained(tmp_path)
-    model, tok = load_causal_lm(str(tmp_path))
+    with pytest.warns(UserWarning, match=f"tokenizer of folder {tmp_path} has only 47 tokens"):
+        model, tok = load_causal_lm(str(tmp_path))
     assert tok.pad_token == "<eos>"
     assert model.config.pad_token_id == 2
     assert model.generation_config.pad_token_id == 2
@@ -203,6 +204,16 @@ def test_load_causal_lm_failures_are_one_line_config_errors(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="could not be loaded") as caught:
         load_causal_lm(str(tmp_path))  # a folder without config.json
     assert "\n" not in str(caught.value)
+
+
+def test_a_causal_lm_folder_without_tokenizer_files_is_refused(tmp_path: Path) -> None:
+    # For Qwen2, transformers builds a tokenizer of <|endoftext|> alone: every text encodes empty.
+    tiny_lm("qwen2").save_pretrained(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_causal_lm(str(tmp_path))
+    message = str(caught.value)
+    assert message.startswith(f"model {str(tmp_path)!r}: folder {tmp_path} has no tokenizer files")
+    assert "\n" not in message
 
 
 # ---------------------------------------------------------------------- instruction batches

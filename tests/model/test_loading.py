@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -52,7 +53,9 @@ def test_other_names_pass_through() -> None:
 
 def test_local_folder_loads_frozen_in_eval_mode_with_a_seeded_head(tiny_folder: Path) -> None:
     state = torch.random.get_rng_state()
-    model, tokenizer = load_classifier(str(tiny_folder), 4, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 100 tokens is not a "small vocabulary"
+        model, tokenizer = load_classifier(str(tiny_folder), 4, seed=1)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert model.config.num_labels == 4
     assert tuple(model.classifier.weight.shape) == (4, 32)
@@ -81,6 +84,17 @@ def test_missing_folder_fails_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist; give a folder") as caught:
         load_classifier(str(missing), 2)
     assert "minilm" in str(caught.value)
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tmp_path: Path) -> None:
+    # transformers would build a BERT tokenizer of its 5 special tokens: every word [UNK].
+    tiny_model("bert").save_pretrained(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_classifier(str(tmp_path), 2)
+    message = str(caught.value)
+    assert message.startswith(f"model {str(tmp_path)!r}: folder {tmp_path} has no tokenizer files")
+    assert "only its 5 special token(s)" in message
+    assert "\n" not in message
 
 
 def test_unreachable_hub_id_is_a_one_line_config_error() -> None:

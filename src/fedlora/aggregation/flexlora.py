@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 from fedlora.aggregation.base import Aggregator
-from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, top_svd_of_sum
+from fedlora.aggregation.state import GlobalState
+from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, noise_floor, top_svd_of_sum
 from fedlora.aggregation.weights import Weighting
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
+from fedlora.lora.update import ClientUpdate
 
 SigmaPlacement = Literal["B", "sqrt", "A"]
 SIGMA_PLACEMENTS: tuple[SigmaPlacement, ...] = ("B", "sqrt", "A")
@@ -26,12 +30,19 @@ class FlexLoRA(Aggregator):
     Options
     -------
     sigma : "B" (the reference code: ``B = U S``, ``A = V^T``), "sqrt" (``U sqrt(S)``,
-        ``sqrt(S) V^T``) or "A" (``U``, ``S V^T``, as HLoRA).  The product is the same.
+        ``sqrt(S) V^T``) or "A" (``U``, ``S V^T``, as HLoRA).  The product is the same.  With
+        "sqrt", a triplet whose singular value is rounding noise (``dW`` of lower rank than the
+        slots kept) is split as "B" splits it: ``sqrt(S)`` would leave both factors ~0, a dead
+        slot that training never moves, whereas ``A = V^T`` row and ``B ~ 0`` column is a fresh
+        slot in PEFT's sense.  Only the split changes, never the product.
     svd : "auto" (the cheaper exact path by shape), "dense" (form ``dW``, full SVD, the reference
         method) or "factored" (QR of the stacked factors and an ``R x R`` core SVD).
-    max_rank : how many triplets the global state keeps per module; ``None`` keeps as many as the
-        round's largest client rank.  Set it to the federation's largest rank when clients that
-        are not sampled every round train a higher rank than this round's participants.
+    max_rank : how many triplets the global state keeps per module, at most the stacked rank
+        ``sum_k r_k`` (the triplets beyond it have singular value 0).  ``None`` keeps the rank
+        the state already held or the round's largest client rank, whichever is more, so a
+        round without high-rank clients does not truncate what they are served later; when the
+        round's stacked rank is smaller, fresh slots (``B`` zero, no update) hold the rank.
+        An explicit ``max_rank`` is used as given.
     """
 
     name = "flexlora"
@@ -66,6 +77,24 @@ class FlexLoRA(Aggregator):
         if self.max_rank is None:
             self.max_rank = max_rank
 
+    def aggregate(
+        self, updates: Sequence[ClientUpdate], previous: GlobalState, *, validated: bool = False
+    ) -> GlobalState:
+        """Aggregate one round; by default no module ends with fewer slots than it held.
+
+        The slots above the round's stacked rank are the fresh ones :meth:`GlobalState.slots`
+        serves anyway; keeping them keeps the rank for the next round's SVD.
+        """
+        state = super().aggregate(updates, previous, validated=validated)
+        if self.max_rank is not None:
+            return state
+        held = previous.rank_map()
+        modules = {
+            name: state.slots(name, max(factors.rank, held.get(name, 0)))
+            for name, factors in state.modules.items()
+        }
+        return replace(state, modules=modules)
+
     def combine(
         self,
         module: str,
@@ -73,8 +102,8 @@ class FlexLoRA(Aggregator):
         weights: Tensor,
         previous: FoldedFactors | None,
     ) -> FoldedFactors:
+        keep = self.max_rank if self.max_rank is not None else self._default_rank(factors, previous)
         # Triplets past the stacked rank R have singular value 0 whichever path computes them.
-        keep = self.max_rank if self.max_rank is not None else max(f.rank for f in factors)
         keep = min(keep, sum(f.rank for f in factors))
         triplets = top_svd_of_sum(factors, weights, keep, self.svd)
         U, S, Vh = triplets.U, triplets.S, triplets.Vh
@@ -83,4 +112,13 @@ class FlexLoRA(Aggregator):
         if self.sigma == "A":
             return FoldedFactors(A=S[:, None] * Vh, B=U)
         root = S.sqrt()
-        return FoldedFactors(A=root[:, None] * Vh, B=U * root)
+        live = S.gt(noise_floor(factors, weights))
+        a_scale = torch.where(live, root, torch.ones_like(S))
+        b_scale = torch.where(live, root, S)
+        return FoldedFactors(A=a_scale[:, None] * Vh, B=U * b_scale)
+
+    @staticmethod
+    def _default_rank(factors: Sequence[FoldedFactors], previous: FoldedFactors | None) -> int:
+        """The state's rank so far or the round's largest client rank, whichever is more."""
+        held = 0 if previous is None else previous.rank
+        return max(held, *(f.rank for f in factors))

@@ -87,6 +87,23 @@ def top_svd_of_sum(
     return _factored_svd(P, Q, k)
 
 
+def noise_floor(factors: Sequence[FoldedFactors], weights: Tensor) -> float:
+    """Singular values of ``sum_k w_k B_k @ A_k`` at or below this are rounding noise.
+
+    ``max(out, in) * eps`` times ``sum_k |w_k| ||B_k||_F ||A_k||_F``, a bound of the sum's norm
+    that stays at the inputs' scale when clients cancel out (where the sum's own largest
+    singular value would itself be noise), and does not change when a client rescales ``A``
+    against ``B``.
+    """
+    eps = torch.finfo(factors[0].A.dtype).eps
+    size = max(factors[0].out_features, factors[0].in_features)
+    scale = sum(
+        abs(float(w)) * float(torch.linalg.matrix_norm(f.B) * torch.linalg.matrix_norm(f.A))
+        for f, w in zip(factors, weights, strict=True)
+    )
+    return eps * size * scale
+
+
 def _resolve(method: SvdMethod, out_features: int, in_features: int, total_rank: int) -> str:
     if method == "auto":
         return choose_method(out_features, in_features, total_rank)

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedlora.config import describe_defaults, load_config
 from fedlora.errors import FedloraError
-from fedlora.report import plot_comparison, plot_run
+from fedlora.report import plot_comparison, plot_run, with_companion
 from fedlora.runs import RunDir, headline
 
 
@@ -30,21 +31,26 @@ def inspect_command(path: Path) -> int:
         f"aggregation {config.aggregation.method}, ranks {config.ranks.policy} "
         f"{config.ranks.options}, {config.run.num_clients} clients, seed {config.run.seed}"
     )
-    metric = headline(rows)
-    table = Table("round", "clients", "mean rank", "train loss", "test loss", metric.label, "MB up")
+    metrics = with_companion(headline(rows))
+    labels = (m.label for m in metrics)
+    columns = ("round", "clients", "mean rank", "train loss", "test loss", *labels, "MB up")
+    table = Table(*columns, pad_edge=False)  # fits 80 columns with macro-F1
     for row in rows:
-        score = metric.value(row)
         table.add_row(
             str(row.round),
             str(len(row.clients)),
             f"{sum(row.ranks) / max(1, len(row.ranks)):.1f}",
-            "" if row.train_loss is None else f"{row.train_loss:.4f}",
-            "" if row.test_loss is None else f"{row.test_loss:.4f}",
-            "" if score is None else f"{score:.4f}",
+            _cell(row.train_loss),
+            _cell(row.test_loss),
+            *(_cell(m.value(row)) for m in metrics),
             f"{row.bytes_up / 1e6:.2f}",
         )
     console.print(table)
     return 0
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def plot_command(paths: Sequence[Path], out: Path | None) -> int:
@@ -66,12 +72,23 @@ def plot_command(paths: Sequence[Path], out: Path | None) -> int:
     return 0
 
 
-def config_command(path: Path | None, overrides: Sequence[str], *, defaults: bool) -> int:
+def config_command(
+    path: Path | None, overrides: Sequence[str], *, defaults: bool, markdown: bool = False
+) -> int:
+    if markdown:
+        print(defaults_markdown(), end="")
+        return 0
     if defaults:
         table = Table("key", "default", "meaning", show_lines=False)
-        for key, value, description in describe_defaults():
-            table.add_row(key, value, description)
+        for row in describe_defaults():
+            table.add_row(*map(escape, row))  # rich markup would eat "[low, high]"
         Console(width=160).print(table)
         return 0
     print(load_config(path, overrides).to_toml(), end="")
     return 0
+
+
+def defaults_markdown() -> str:
+    """The README's table of every config key, its default and its meaning."""
+    rows = [f"| `{key}` | `{value}` | {text} |" for key, value, text in describe_defaults()]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows]) + "\n"

@@ -1,4 +1,4 @@
-"""A rich progress bar over rounds that shows the latest loss and accuracy."""
+"""A rich progress bar over rounds that shows the latest loss, accuracy and macro-F1."""
 
 from __future__ import annotations
 
@@ -38,10 +38,17 @@ class RoundProgress:
         self._progress.stop()
 
     def update(self, row: RoundMetrics) -> None:
-        loss = "no update" if row.train_loss is None else f"loss {row.train_loss:.3f}"
-        status = f"{len(row.clients)} clients  {loss}"
-        if row.test_rouge_l is not None:
-            status += f"  rouge-L {row.test_rouge_l:.3f}"
-        elif row.test_accuracy is not None:
-            status += f"  acc {row.test_accuracy:.3f}"
-        self._progress.update(self._task, completed=row.round, status=status)
+        self._progress.update(self._task, completed=row.round, status=round_status(row))
+
+
+def round_status(row: RoundMetrics) -> str:
+    """Clients, train loss, and the test scores of an evaluated round (macro-F1 beside accuracy)."""
+    loss = "no update" if row.train_loss is None else f"loss {row.train_loss:.3f}"
+    status = f"{len(row.clients)} clients  {loss}"
+    if row.test_rouge_l is not None:
+        status += f"  rouge-L {row.test_rouge_l:.3f}"
+    elif row.test_accuracy is not None:
+        status += f"  acc {row.test_accuracy:.3f}"
+        if row.test_macro_f1 is not None:
+            status += f"  macro-F1 {row.test_macro_f1:.3f}"
+    return status

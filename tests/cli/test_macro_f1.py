@@ -1,0 +1,147 @@
+"""Macro-F1 beside accuracy wherever accuracy is shown: progress, inspect, compare, plots.
+
+The runs are metrics files written here with an imbalanced-test-set profile (accuracy about 0.72,
+macro-F1 about 0.16), so every number checked is known.  Causal-LM runs (Rouge-L) are unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+from matplotlib.figure import Figure
+
+from fedlora.cli import main
+from fedlora.commands.progress import round_status
+from fedlora.config import load_config
+from fedlora.report import comparison_rows, plot_comparison, write_comparison
+from fedlora.runs import RoundMetrics, RunDir
+
+# (accuracy, macro-F1) per round, per (method, seed): rounds 1..3.
+SCORES = {
+    ("flexlora", 0): [(0.7012, 0.1587), (0.7203, 0.1642), (0.7231, 0.1618)],
+    ("flexlora", 1): [(0.6954, 0.1703), (0.7188, 0.1735), (0.7266, 0.1779)],
+    ("replication", 0): [(0.7104, 0.2011), (0.7122, 0.2234), (0.7307, 0.2463)],
+    ("replication", 1): [(0.7049, 0.1912), (0.7157, 0.2108), (0.7295, 0.2386)],
+}
+
+
+def _row(round_index: int, accuracy: float | None, f1: float | None) -> RoundMetrics:
+    return RoundMetrics(
+        round=round_index,
+        clients=[0, 1, 2],
+        ranks=[2, 4, 8],
+        train_loss=1.0 / round_index,
+        test_loss=0.9,
+        test_accuracy=accuracy,
+        test_macro_f1=f1,
+        bytes_up=1000,
+        bytes_down=1000,
+        seconds_train=1.0,
+        seconds_aggregate=0.1,
+        seconds_eval=0.2,
+        test_rouge_l=None if accuracy is not None else 0.25 + 0.01 * round_index,
+    )
+
+
+def _write_run(path: Path, scores: list[tuple[float, float]]) -> Path:
+    """A finished run directory whose metrics.jsonl holds ``scores``."""
+    run = RunDir.create(path, load_config(None), overwrite=False)
+    for index, (accuracy, f1) in enumerate(scores, start=1):
+        run.append_metrics(_row(index, accuracy, f1))
+    run.summary_file.write_text("# finished\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Figure]]:
+    """The figures the plotting code closes, kept open for inspection."""
+    close = plt.close
+    kept: list[Figure] = []
+    monkeypatch.setattr(plt, "close", kept.append)
+    yield kept
+    for figure in kept:
+        close(figure)
+
+
+def _line(figure: Figure, axes: int, label: str) -> list[float]:
+    (line,) = [line for line in figure.axes[axes].get_lines() if line.get_label() == label]
+    return [float(y) for y in line.get_ydata()]
+
+
+def test_progress_shows_macro_f1_beside_accuracy(tmp_path: Path) -> None:
+    run = RunDir(_write_run(tmp_path / "run", SCORES["flexlora", 0]))
+    for row, (accuracy, f1) in zip(run.metrics(), SCORES["flexlora", 0], strict=True):
+        assert round_status(row).endswith(f"  acc {accuracy:.3f}  macro-F1 {f1:.3f}")
+
+
+def test_inspect_shows_macro_f1_beside_accuracy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _write_run(tmp_path / "run", SCORES["flexlora", 0])
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any("accuracy" in line for line in lines)  # the headers fit, not "accura…"
+    assert any("macro-F1" in line for line in lines)
+    for accuracy, f1 in SCORES["flexlora", 0]:
+        (line,) = [line for line in lines if f"{accuracy:.4f}" in line]
+        assert line.index(f"{accuracy:.4f}") < line.index(f"{f1:.4f}")
+
+
+def test_compare_table_csv_and_plot_show_macro_f1(tmp_path: Path, figures: list[Figure]) -> None:
+    for (method, seed), scores in SCORES.items():
+        _write_run(tmp_path / f"{method}-seed{seed}", scores)
+    args = ["--aggregators", "flexlora,replication", "--seeds", "0,1", "--out", str(tmp_path)]
+    assert main(["compare", *args, "--no-progress"]) == 0
+
+    table = (tmp_path / "comparison.md").read_text(encoding="utf-8").splitlines()
+    assert table[0].startswith("| method | seeds | final test accuracy | final test macro-F1 |")
+    with (tmp_path / "comparison.csv").open(encoding="utf-8") as handle:
+        csv_rows = {row["method"]: row for row in csv.DictReader(handle)}
+    (figure,) = figures
+    assert "macro-F1" in figure.axes[1].get_title()
+    for method in ("flexlora", "replication"):
+        finals = [SCORES[method, seed][-1] for seed in (0, 1)]
+        accuracy = [a for a, _ in finals]
+        f1 = [f for _, f in finals]
+        mean, std = statistics.fmean(f1), statistics.pstdev(f1)
+        cells = (
+            f"| {method} | 2 | {statistics.fmean(accuracy):.4f} ± "
+            f"{statistics.pstdev(accuracy):.4f} | {mean:.4f} ± {std:.4f} |"
+        )
+        assert any(line.startswith(cells) for line in table), cells
+        assert float(csv_rows[method]["final_macro_f1_mean"]) == pytest.approx(mean, abs=1e-12)
+        assert float(csv_rows[method]["final_macro_f1_std"]) == pytest.approx(std, abs=1e-12)
+        per_round = [statistics.fmean(SCORES[method, s][i][1] for s in (0, 1)) for i in range(3)]
+        assert _line(figure, 1, f"{method} (n=2)") == pytest.approx(per_round, abs=1e-12)
+
+
+def test_the_run_plot_shows_macro_f1_beside_accuracy(tmp_path: Path, figures: list[Figure]) -> None:
+    path = _write_run(tmp_path / "run", SCORES["replication", 1])
+    assert main(["plot", str(path), "--out", str(tmp_path / "run.png")]) == 0
+    (figure,) = figures
+    accuracy = [a for a, _ in SCORES["replication", 1]]
+    f1 = [f for _, f in SCORES["replication", 1]]
+    assert _line(figure, 0, "test accuracy") == pytest.approx(accuracy, abs=1e-12)
+    assert _line(figure, 0, "test macro-F1") == pytest.approx(f1, abs=1e-12)
+
+
+def test_causal_lm_reports_stay_on_rouge_l(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], figures: list[Figure]
+) -> None:
+    rows = [_row(index, None, None) for index in (1, 2)]
+    run = RunDir.create(tmp_path / "run", load_config(None), overwrite=False)
+    for row in rows:
+        run.append_metrics(row)
+    assert main(["inspect", str(run.path)]) == 0
+    printed = capsys.readouterr().out
+    assert "Rouge-L" in printed and "macro-F1" not in printed
+    assert "macro-F1" not in round_status(rows[-1])
+    markdown = write_comparison(comparison_rows({"flexlora": [rows]}), tmp_path / "cmp")
+    assert "Rouge-L" in markdown and "macro-F1" not in markdown
+    plot_comparison({"flexlora": [rows]}, tmp_path / "cmp.png", "causal")
+    assert [len(figure.axes) for figure in figures] == [1]
