@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedlora.errors import ConfigError
 from fedlora.instruct import (
@@ -10,6 +12,7 @@ from fedlora.instruct import (
     chat_messages,
     exact_match,
     format_prompt,
+    normalize_answer,
     rouge_l,
     score_predictions,
     weighted_task_scores,
@@ -57,10 +60,35 @@ def test_rouge_l_known_values() -> None:
     assert rouge_l("The Cat!", "the cat") == 1.0
 
 
-def test_exact_match_normalises_whitespace_and_case() -> None:
-    assert exact_match("  Hello   World ", "hello world") == 1.0
+def test_exact_match_normalises_whitespace_only() -> None:
+    assert exact_match("  Hello \n  World ", "Hello World") == 1.0
+    assert exact_match("Hello World", "hello world") == 0.0  # case is the answer of case tasks
     assert exact_match("hello world.", "hello world") == 0.0
+    assert exact_match('["a", "b"]', "a, b") == 0.0  # and symbols that of format tasks
     assert exact_match("42", "4 2") == 0.0
+
+
+_TEXT = st.text(alphabet=st.sampled_from('aB,. -_\n\t[]"Zé'), max_size=12)
+
+
+@given(text=_TEXT, spacing=st.lists(st.sampled_from([" ", "  ", "\t", "\n "]), min_size=1))
+def test_exact_match_ignores_how_words_are_spaced(text: str, spacing: list[str]) -> None:
+    words = text.split()
+    respaced = spacing[0] + "".join(
+        w + spacing[(i + 1) % len(spacing)] for i, w in enumerate(words)
+    )
+    assert exact_match(respaced, text) == 1.0
+    assert normalize_answer(respaced) == " ".join(words)
+
+
+@given(text=_TEXT)
+def test_exact_match_sees_every_change_of_case_or_symbol(text: str) -> None:
+    assert exact_match(text, text) == 1.0
+    if any(ch.isalpha() for ch in text):
+        assert exact_match(text.swapcase(), text) == 0.0
+    assert exact_match(text + "!", text) == 0.0
+    if len(text.split()) > 1:
+        assert exact_match("_".join(text.split()), text) == 0.0
 
 
 def test_score_predictions_means() -> None:

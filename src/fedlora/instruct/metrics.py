@@ -26,12 +26,19 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def normalize_answer(text: str) -> str:
-    """Whitespace collapsed and case folded: what :func:`exact_match` compares."""
-    return " ".join(text.split()).casefold()
+    """What :func:`exact_match` compares: runs of whitespace made one space, the ends stripped.
+
+    Case, punctuation and symbols are kept: on case-conversion and format tasks they *are* the
+    answer, and a folded comparison would score copying the input as a right answer.
+    """
+    return " ".join(text.split())
 
 
 def exact_match(prediction: str, reference: str) -> float:
-    """1.0 when the texts are equal up to whitespace and case, else 0.0."""
+    """1.0 when the texts are equal up to whitespace (:func:`normalize_answer`), else 0.0.
+
+    The one exact-match rule of fedlora: generation evaluation and the run metrics both use it.
+    """
     return 1.0 if normalize_answer(prediction) == normalize_answer(reference) else 0.0
 
 
