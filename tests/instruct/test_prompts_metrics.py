@@ -15,6 +15,7 @@ from fedlora.instruct import (
     normalize_answer,
     rouge_l,
     score_predictions,
+    score_tasks,
     weighted_task_scores,
 )
 
@@ -121,3 +122,25 @@ def test_weighted_task_scores_errors(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         weighted_task_scores(per_task)
+
+
+def test_score_tasks_scores_each_task_by_its_own_metric_weighted_by_size() -> None:
+    examples = [
+        InstructionExample("Upper-case it.", "ab cd", "AB CD", "case", "exact_match"),
+        InstructionExample("Upper-case it.", "ef", "EF", "case", "exact_match"),
+        InstructionExample("Spell backwards.", "ab cd", "ba dc", "back", "rouge_l"),
+    ]
+    predictions = ["ab cd", " EF ", "ba xx dc"]
+    scores = score_tasks(examples, predictions, {"case": 10, "back": 30})
+    # case: exact 0 and 1 (Rouge-L 1 and 1); back: Rouge-L P = 2/3, R = 1, F = 0.8 (exact 0)
+    assert scores.by_task == {
+        "case": {"score": 0.5, "rouge_l": 1.0, "exact_match": 0.5},
+        "back": {"score": pytest.approx(0.8), "rouge_l": pytest.approx(0.8), "exact_match": 0.0},
+    }
+    assert scores.score == pytest.approx((10 * 0.5 + 30 * 0.8) / 40)
+    assert scores.rouge_l == pytest.approx((10 * 1.0 + 30 * 0.8) / 40)
+    assert scores.exact_match == pytest.approx(10 * 0.5 / 40)
+    with pytest.raises(ConfigError, match="2 predictions but 3 examples"):
+        score_tasks(examples, predictions[:2], {"case": 10, "back": 30})
+    with pytest.raises(ConfigError, match=r"no task size for \['back'\]"):
+        score_tasks(examples, predictions, {"case": 10})
