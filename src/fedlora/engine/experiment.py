@@ -158,7 +158,11 @@ def _classification_world(config: ExperimentConfig) -> _TaskWorld:
             np.asarray(p, dtype=np.int64)
             for p in partitioner.partition(labels, config.run.num_clients)
         ],
-        evaluator=ClassificationEvaluator(test, config.train.eval_batch_size),
+        evaluator=ClassificationEvaluator(
+            test,
+            config.train.eval_batch_size,
+            np.bincount(labels, minlength=train_data.num_classes),
+        ),
         data_notes={
             "train rows": len(train),
             "test rows": len(test),
