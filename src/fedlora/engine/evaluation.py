@@ -71,7 +71,7 @@ class Evaluator(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClassificationEvaluator:
     """Cross-entropy, accuracy and macro-F1 on the whole test split.
 
