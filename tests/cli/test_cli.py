@@ -174,7 +174,8 @@ def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
     config = write_tiny_config(tmp_path / "tiny.toml", tiny_bert_dir)
     assert main(["run", str(config), "--no-progress"]) == 0
     summary = (tmp_path / "run" / "summary.md").read_text()
-    assert "final test accuracy" in summary
+    assert "final (round 2): test accuracy" in summary
+    assert "baseline `majority_class` (same test set): test accuracy" in summary
 
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     assert main(["run", str(config), "--no-progress"]) == 2
@@ -184,6 +185,7 @@ def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
     assert main(["inspect", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out  # the headers wrap ("test" above "accuracy") at 80 columns
     assert "accuracy" in printed and "macro-F1" in printed
+    assert "baseline majority_class on the same test set: test accuracy 0." in printed
     assert main(["plot", str(tmp_path / "run"), "--out", str(tmp_path / "p.png")]) == 0
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -206,7 +208,14 @@ def test_run_then_refuse_overwrite_then_inspect_plot_and_compare(
     assert "| flexlora | 2 |" in table
     assert "| replication | 2 |" in table
     assert (compare_dir / "comparison.png").stat().st_size > 1000
-    assert len((compare_dir / "comparison.csv").read_text().splitlines()) == 3
+    csv_lines = (compare_dir / "comparison.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in csv_lines] == [
+        "method",
+        "flexlora",
+        "replication",
+        "(untuned model)",
+        "(baseline: majority_class)",
+    ]
     assert sorted(p.name for p in compare_dir.iterdir() if p.is_dir()) == [
         "flexlora-seed0",
         "flexlora-seed1",
@@ -223,9 +232,11 @@ def test_causal_lm_run_inspect_and_compare_with_a_method_override(
     path = tmp_path / "causal.toml"
     path.write_text(config.to_toml(), encoding="utf-8")
     assert main(["run", str(path), "--no-progress"]) == 0
-    assert "final test Rouge-L" in (tmp_path / "run" / "summary.md").read_text()
+    assert "final (round 1): test score" in (tmp_path / "run" / "summary.md").read_text()
     assert main(["inspect", str(tmp_path / "run")]) == 0
-    assert "test Rouge-L" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Rouge-L" in printed and "score" in printed
+    assert "baseline copy_input on the same test set: test score 0." in printed
 
     compare_dir = tmp_path / "cmp"
     args = ["compare", str(path), "--aggregators", "flexlora,fedit", "--out", str(compare_dir)]
@@ -241,7 +252,7 @@ def test_causal_lm_run_inspect_and_compare_with_a_method_override(
     assert "'hetlora' is not in --aggregators" in capsys.readouterr().err
     assert main([*args, *fixed, "--no-progress"]) == 0
     table = (compare_dir / "comparison.md").read_text()
-    assert "final test Rouge-L" in table and "| fedit | 1 |" in table
+    assert "final test score" in table and "| fedit | 1 |" in table
     fedit = (compare_dir / "fedit-seed0" / "config.toml").read_text()
     assert 'policy = "fixed"' in fedit
     assert 'policy = "list"' in (compare_dir / "flexlora-seed0" / "config.toml").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import statistics
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -99,7 +100,9 @@ def test_compare_table_csv_and_plot_show_macro_f1(tmp_path: Path, figures: list[
     assert main(["compare", *args, "--no-progress"]) == 0
 
     table = (tmp_path / "comparison.md").read_text(encoding="utf-8").splitlines()
-    assert table[0].startswith("| method | seeds | final test accuracy | final test macro-F1 |")
+    assert table[0].startswith(
+        "| method | seeds | final test accuracy (mean ± std) | per seed | final test macro-F1 |"
+    )
     with (tmp_path / "comparison.csv").open(encoding="utf-8") as handle:
         csv_rows = {row["method"]: row for row in csv.DictReader(handle)}
     (figure,) = figures
@@ -108,10 +111,11 @@ def test_compare_table_csv_and_plot_show_macro_f1(tmp_path: Path, figures: list[
         finals = [SCORES[method, seed][-1] for seed in (0, 1)]
         accuracy = [a for a, _ in finals]
         f1 = [f for _, f in finals]
-        mean, std = statistics.fmean(f1), statistics.pstdev(f1)
+        mean, std = statistics.fmean(f1), statistics.stdev(f1)  # sample std over the seeds
         cells = (
             f"| {method} | 2 | {statistics.fmean(accuracy):.4f} ± "
-            f"{statistics.pstdev(accuracy):.4f} | {mean:.4f} ± {std:.4f} |"
+            f"{statistics.stdev(accuracy):.4f} | {accuracy[0]:.4f}, {accuracy[1]:.4f} | "
+            f"{mean:.4f} ± {std:.4f} |"
         )
         assert any(line.startswith(cells) for line in table), cells
         assert float(csv_rows[method]["final_macro_f1_mean"]) == pytest.approx(mean, abs=1e-12)
@@ -145,3 +149,33 @@ def test_causal_lm_reports_stay_on_rouge_l(
     assert "Rouge-L" in markdown and "macro-F1" not in markdown
     plot_comparison({"flexlora": [rows]}, tmp_path / "cmp.png", "causal")
     assert [len(figure.axes) for figure in figures] == [1]
+
+
+def test_comparisons_list_the_untuned_model_and_the_baselines_per_seed(
+    tmp_path: Path, figures: list[Figure]
+) -> None:
+    # Round 0 holds the untuned model's metrics and the baselines on the same test set.
+    runs = {}
+    for seed, (untuned, majority) in enumerate([(0.25, 0.31), (0.27, 0.29)]):
+        start = replace(
+            _row(1, untuned, 0.1),
+            round=0,
+            clients=[],
+            ranks=[],
+            train_loss=None,
+            extra={"baselines": {"majority_class": {"test_accuracy": majority, "test_loss": 1.4}}},
+        )
+        runs[seed] = [start, _row(1, 0.6 + seed / 10, 0.3)]
+    rows = comparison_rows({"flexlora": list(runs.values())})
+    by_name = {row.method: row for row in rows}
+    assert list(by_name) == ["flexlora", "(untuned model)", "(baseline: majority_class)"]
+    assert by_name["(untuned model)"].final_per_seed == (0.25, 0.27)
+    assert by_name["(baseline: majority_class)"].final_per_seed == (0.31, 0.29)
+    assert by_name["(baseline: majority_class)"].final_mean == pytest.approx(0.30)
+    assert by_name["flexlora"].final_per_seed == (0.6, 0.7)
+    plot_comparison({"flexlora": list(runs.values())}, tmp_path / "c.png", "t")
+    (figure,) = figures
+    baseline = [
+        line for line in figure.axes[0].get_lines() if line.get_label().startswith("majority_class")
+    ]
+    assert [line.get_ydata()[0] for line in baseline] == pytest.approx([0.30])

@@ -140,7 +140,9 @@ def test_every_aggregator_runs_instruction_tuning(
         assert row.test_loss is not None and math.isfinite(row.test_loss)
         assert {sample["task"] for sample in row.extra["samples"]} <= set(row.extra["task_rouge_l"])
     summary = RunDir(Path(config.run.out_dir)).summary_file.read_text(encoding="utf-8")
-    assert "final test Rouge-L" in summary and "unseen tasks" in summary
+    assert "final (round 2): test score" in summary and "test Rouge-L" in summary
+    assert "baseline `copy_input` (same test set): test score" in summary
+    assert "unseen tasks" in summary
 
 
 def test_loss_based_ranks_score_clients_by_their_lm_loss(

@@ -199,3 +199,22 @@ def test_topic_labelling_uses_real_rows(monkeypatch: pytest.MonkeyPatch, tmp_pat
         source = ex.task.split(".")[1]
         assert rows[source][ex.input] == ex.output  # a real row with its real label
         assert all(name in ex.instruction for name in names[source])
+
+
+def _rouge_tokens(text: str) -> list[str]:
+    """What rouge-score compares: lower-cased runs of letters and digits."""
+    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+
+
+def test_rouge_l_scores_only_answers_it_sees_whole_and_the_input_does_not_hold(
+    all_procedural: InstructionData,
+) -> None:
+    metric_of: dict[str, str] = {}
+    for ex in all_procedural.examples:
+        metric_of.setdefault(ex.task, ex.metric)
+        if ex.metric == "rouge_l":
+            assert ex.output == " ".join(_rouge_tokens(ex.output)), ex  # Rouge-L drops nothing
+            assert not set(_rouge_tokens(ex.output)) & set(_rouge_tokens(ex.input)), ex
+    rouge_tasks = {t for t, m in metric_of.items() if m == "rouge_l"}
+    assert {t.split(".")[0] for t in rouge_tasks} == {"count", "reverse", "string"}
+    assert set(metric_of.values()) == {"rouge_l", "exact_match"}

@@ -172,3 +172,14 @@ def test_instruction_data_subset_and_validation() -> None:
         data.subset([5])
     with pytest.raises(ConfigError, match="empty task"):
         InstructionData([InstructionExample("i", "", "o", "")], "d")
+
+
+def test_loaded_tasks_are_scored_by_rouge_l_and_a_task_has_one_metric(tmp_path: Path) -> None:
+    path = tmp_path / "alpaca.json"
+    path.write_text(json.dumps([{"instruction": "i", "input": "", "output": "o"}]))
+    assert [ex.metric for ex in load_instruction_dataset(str(path)).examples] == ["rouge_l"]
+    with pytest.raises(ConfigError, match="example 0 has metric 'bleu'"):
+        InstructionData([InstructionExample("i", "", "o", "t", "bleu")], "d")
+    mixed = [InstructionExample("i", "", "o", "t", m) for m in ("exact_match", "rouge_l")]
+    with pytest.raises(ConfigError, match="task 't' is scored by both 'exact_match' and 'rouge_l'"):
+        InstructionData(mixed, "d")

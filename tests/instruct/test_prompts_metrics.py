@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fedlora.errors import ConfigError
 from fedlora.instruct import (
@@ -10,8 +12,10 @@ from fedlora.instruct import (
     chat_messages,
     exact_match,
     format_prompt,
+    normalize_answer,
     rouge_l,
     score_predictions,
+    score_tasks,
     weighted_task_scores,
 )
 
@@ -57,10 +61,35 @@ def test_rouge_l_known_values() -> None:
     assert rouge_l("The Cat!", "the cat") == 1.0
 
 
-def test_exact_match_normalises_whitespace_and_case() -> None:
-    assert exact_match("  Hello   World ", "hello world") == 1.0
+def test_exact_match_normalises_whitespace_only() -> None:
+    assert exact_match("  Hello \n  World ", "Hello World") == 1.0
+    assert exact_match("Hello World", "hello world") == 0.0  # case is the answer of case tasks
     assert exact_match("hello world.", "hello world") == 0.0
+    assert exact_match('["a", "b"]', "a, b") == 0.0  # and symbols that of format tasks
     assert exact_match("42", "4 2") == 0.0
+
+
+_TEXT = st.text(alphabet=st.sampled_from('aB,. -_\n\t[]"Zé'), max_size=12)
+
+
+@given(text=_TEXT, spacing=st.lists(st.sampled_from([" ", "  ", "\t", "\n "]), min_size=1))
+def test_exact_match_ignores_how_words_are_spaced(text: str, spacing: list[str]) -> None:
+    words = text.split()
+    respaced = spacing[0] + "".join(
+        w + spacing[(i + 1) % len(spacing)] for i, w in enumerate(words)
+    )
+    assert exact_match(respaced, text) == 1.0
+    assert normalize_answer(respaced) == " ".join(words)
+
+
+@given(text=_TEXT)
+def test_exact_match_sees_every_change_of_case_or_symbol(text: str) -> None:
+    assert exact_match(text, text) == 1.0
+    if any(ch.isalpha() for ch in text):
+        assert exact_match(text.swapcase(), text) == 0.0
+    assert exact_match(text + "!", text) == 0.0
+    if len(text.split()) > 1:
+        assert exact_match("_".join(text.split()), text) == 0.0
 
 
 def test_score_predictions_means() -> None:
@@ -93,3 +122,25 @@ def test_weighted_task_scores_errors(
 ) -> None:
     with pytest.raises(ConfigError, match=match):
         weighted_task_scores(per_task)
+
+
+def test_score_tasks_scores_each_task_by_its_own_metric_weighted_by_size() -> None:
+    examples = [
+        InstructionExample("Upper-case it.", "ab cd", "AB CD", "case", "exact_match"),
+        InstructionExample("Upper-case it.", "ef", "EF", "case", "exact_match"),
+        InstructionExample("Spell backwards.", "ab cd", "ba dc", "back", "rouge_l"),
+    ]
+    predictions = ["ab cd", " EF ", "ba xx dc"]
+    scores = score_tasks(examples, predictions, {"case": 10, "back": 30})
+    # case: exact 0 and 1 (Rouge-L 1 and 1); back: Rouge-L P = 2/3, R = 1, F = 0.8 (exact 0)
+    assert scores.by_task == {
+        "case": {"score": 0.5, "rouge_l": 1.0, "exact_match": 0.5},
+        "back": {"score": pytest.approx(0.8), "rouge_l": pytest.approx(0.8), "exact_match": 0.0},
+    }
+    assert scores.score == pytest.approx((10 * 0.5 + 30 * 0.8) / 40)
+    assert scores.rouge_l == pytest.approx((10 * 1.0 + 30 * 0.8) / 40)
+    assert scores.exact_match == pytest.approx(10 * 0.5 / 40)
+    with pytest.raises(ConfigError, match="2 predictions but 3 examples"):
+        score_tasks(examples, predictions[:2], {"case": 10, "back": 30})
+    with pytest.raises(ConfigError, match=r"no task size for \['back'\]"):
+        score_tasks(examples, predictions, {"case": 10})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +13,7 @@ from rich.table import Table
 from fedlora.config import describe_defaults, load_config
 from fedlora.errors import FedloraError
 from fedlora.report import plot_comparison, plot_run, with_companion
-from fedlora.runs import RunDir, headline
+from fedlora.runs import Headline, RoundMetrics, RunDir, headline
 
 
 def inspect_command(path: Path) -> int:
@@ -24,7 +25,8 @@ def inspect_command(path: Path) -> int:
     console = Console()
     state = "finished" if run.is_finished() else "unfinished"
     console.print(
-        f"[bold]{config.run.name}[/bold] ({state}, {len(rows)}/{config.run.rounds} rounds)"
+        f"[bold]{config.run.name}[/bold] ({state}, "
+        f"{max((r.round for r in rows), default=0)}/{config.run.rounds} rounds)"
     )
     console.print(
         f"model {config.model.name}, data {config.data.dataset} ({config.data.partition}), "
@@ -46,7 +48,17 @@ def inspect_command(path: Path) -> int:
             f"{row.bytes_up / 1e6:.2f}",
         )
     console.print(table)
+    for start in (r for r in rows if r.round == 0):
+        for name, values in start.extra.get("baselines", {}).items():
+            _print_baseline(console, name, replace(start, **values), metrics)
     return 0
+
+
+def _print_baseline(
+    console: Console, name: str, baseline: RoundMetrics, metrics: list[Headline]
+) -> None:
+    scores = ", ".join(f"{m.label} {_cell(m.value(baseline))}" for m in metrics)
+    console.print(f"baseline {name} on the same test set: {scores}", markup=False)
 
 
 def _cell(value: float | None) -> str:

@@ -46,6 +46,8 @@ def round_status(row: RoundMetrics) -> str:
     loss = "no update" if row.train_loss is None else f"loss {row.train_loss:.3f}"
     status = f"{len(row.clients)} clients  {loss}"
     if row.test_rouge_l is not None:
+        if row.test_score is not None:
+            status += f"  score {row.test_score:.3f}"
         status += f"  rouge-L {row.test_rouge_l:.3f}"
     elif row.test_accuracy is not None:
         status += f"  acc {row.test_accuracy:.3f}"

@@ -4,6 +4,10 @@ What "the test set" means depends on the task, so an experiment carries an :clas
 classification scores the test split (loss, accuracy, macro-F1); causal LMs generate on the
 held-out tasks (:class:`~fedlora.engine.instruction.GenerationEvaluator`).  Both return one
 :class:`Evaluation`, which the runners turn into the ``test_*`` columns of a round's metrics.
+
+A number means something only next to what a trivial answer scores on the same test rows, so
+every evaluator also scores its model-free baselines (:meth:`Evaluator.baselines`): the majority
+class for classification, copying the input for generation.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from fedlora.aggregation import GlobalState
 from fedlora.data import TokenizedData
-from fedlora.model import AdaptedModel, evaluate, evaluate_lm
+from fedlora.errors import ConfigError
+from fedlora.model import AdaptedModel, evaluate, evaluate_lm, macro_f1
 from fedlora.model.instructions import TokenizedInstructions
 
 if TYPE_CHECKING:
@@ -25,13 +31,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Test metrics of one model; ``None`` where the task does not define a metric."""
+    """Test metrics of one model or baseline; ``None`` where it does not define a metric.
+
+    ``score`` is the headline a run is judged by: accuracy for classification; for generation,
+    every test task scored by its own metric, weighted by task size.  ``loss`` is ``None`` for a
+    baseline that predicts no probabilities (copying the input).
+    """
 
     loss: float | None
     accuracy: float | None = None
     macro_f1: float | None = None
     rouge_l: float | None = None
     exact_match: float | None = None
+    score: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def metric_fields(self) -> MetricColumns:
@@ -42,6 +54,7 @@ class Evaluation:
             test_macro_f1=self.macro_f1,
             test_rouge_l=self.rouge_l,
             test_exact_match=self.exact_match,
+            test_score=self.score,
         )
 
 
@@ -53,6 +66,7 @@ class MetricColumns(TypedDict):
     test_macro_f1: float | None
     test_rouge_l: float | None
     test_exact_match: float | None
+    test_score: float | None
 
 
 def test_metrics(evaluation: Evaluation | None) -> MetricColumns:
@@ -64,6 +78,7 @@ def test_metrics(evaluation: Evaluation | None) -> MetricColumns:
             test_macro_f1=None,
             test_rouge_l=None,
             test_exact_match=None,
+            test_score=None,
         )
     return evaluation.metric_fields()
 
@@ -74,24 +89,64 @@ class Evaluator(Protocol):
     def __call__(self, model: AdaptedModel) -> Evaluation: ...
 
     def baselines(self) -> dict[str, Evaluation]:
-        """Model-free trivial baselines on the same test rows (e.g. the majority class)."""
+        """Model-free trivial baselines, by name, scored on exactly the model's test rows."""
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ClassificationEvaluator:
-    """Cross-entropy, accuracy and macro-F1 on the whole test split."""
+    """Cross-entropy, accuracy and macro-F1 on the whole test split.
+
+    ``train_label_counts[c]`` is the number of training rows of class ``c`` (every class of the
+    dataset, zeros included): what the majority-class baseline knows.
+    """
 
     test: TokenizedData
     batch_size: int
+    train_label_counts: npt.NDArray[np.int64]
+
+    def __post_init__(self) -> None:
+        counts = self.train_label_counts
+        if counts.ndim != 1 or len(counts) < 2 or (counts < 0).any() or counts.sum() == 0:
+            raise ConfigError(
+                f"train_label_counts must be non-negative counts of at least 2 classes, not all "
+                f"zero; got {counts.tolist()}"
+            )
+        if len(self.test) and int(self.test.labels.max()) >= len(counts):
+            raise ConfigError(
+                f"the test split has label {int(self.test.labels.max())} but the training counts "
+                f"cover {len(counts)} classes"
+            )
 
     def __call__(self, model: AdaptedModel) -> Evaluation:
         indices = np.arange(len(self.test), dtype=np.int64)
         result = evaluate(model, self.test.batches(indices, self.batch_size))
-        return Evaluation(loss=result.loss, accuracy=result.accuracy, macro_f1=result.macro_f1)
+        return Evaluation(
+            loss=result.loss,
+            accuracy=result.accuracy,
+            macro_f1=result.macro_f1,
+            score=result.accuracy,
+        )
 
     def baselines(self) -> dict[str, Evaluation]:
-        return {}
+        """``majority_class``: always the most frequent training label (the lowest on a tie).
+
+        Its loss is the cross-entropy of predicting the training label frequencies, add-one
+        smoothed so that a class absent from training costs a finite loss.
+        """
+        counts = self.train_label_counts
+        truth = self.test.labels
+        predicted = torch.full_like(truth, int(np.argmax(counts)))
+        frequencies = (counts + 1) / (counts.sum() + len(counts))
+        accuracy = float((predicted == truth).float().mean())
+        return {
+            "majority_class": Evaluation(
+                loss=float(-np.log(frequencies[truth.numpy()]).mean()),
+                accuracy=accuracy,
+                macro_f1=macro_f1(predicted, truth),
+                score=accuracy,
+            )
+        }
 
 
 def held_out_loss(

@@ -187,7 +187,11 @@ def _classification_world(config: ExperimentConfig) -> _TaskWorld:
             np.asarray(p, dtype=np.int64)
             for p in partitioner.partition(labels, config.run.num_clients)
         ],
-        evaluator=ClassificationEvaluator(test, config.train.eval_batch_size),
+        evaluator=ClassificationEvaluator(
+            test,
+            config.train.eval_batch_size,
+            np.bincount(labels, minlength=train_data.num_classes),
+        ),
         high_quality_clients=(
             partitioner.high_quality_clients(config.run.num_clients)
             if isinstance(partitioner, QualityPartitioner)

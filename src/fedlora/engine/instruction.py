@@ -2,8 +2,9 @@
 
 FlexLoRA's setting: every task is a client's data (the ``natural`` partition), a share of the tasks
 is held out of every client, and the global model is scored by greedy generation on those unseen
-tasks: Rouge-L and exact match per task, averaged with each task's data size as weight.  With
-``instruct.unseen_fraction = 0`` the test set is instead a held-out share of every task.
+tasks: each task by its own metric (the ``score``), and by Rouge-L and exact match, averaged with
+each task's data size as weight.  With ``instruct.unseen_fraction = 0`` the test set is instead
+a held-out share of every task.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from fedlora.errors import ConfigError
 from fedlora.instruct import (
     InstructionData,
     InstructionExample,
+    TaskScores,
     chat_messages,
-    exact_match,
+    copy_input_scores,
     format_prompt,
     generate_tasks,
     load_instruction_dataset,
-    rouge_l,
+    score_tasks,
     task_partition,
     tasks_needed,
     train_test_split_per_task,
-    weighted_task_scores,
 )
 from fedlora.model import AdaptedModel, TokenizedInstructions, evaluate_lm, generate_greedy
 
@@ -193,7 +194,8 @@ class GenerationEvaluator:
     """Greedy generation on the test examples, scored per task and weighted by task size.
 
     ``test_loss`` is the teacher-forced loss of the references (response tokens), reported next to
-    the generation metrics, never instead of them.
+    the generation metrics, never instead of them.  The ``copy_input`` baseline answers every
+    test prompt with its input (:func:`~fedlora.instruct.copy_input`) and is scored the same way.
     """
 
     def __init__(self, split: InstructionSplit, tokenizer: Any, config: ExperimentConfig) -> None:
@@ -211,9 +213,6 @@ class GenerationEvaluator:
         prompt_rows = tokenizer(self.prompts, add_special_tokens=True)["input_ids"]
         self.num_truncated_prompts = sum(len(row) > self.max_prompt_length for row in prompt_rows)
 
-    def baselines(self) -> dict[str, Evaluation]:
-        return {}
-
     def __call__(self, model: AdaptedModel) -> Evaluation:
         indices = np.arange(len(self.tokens), dtype=np.int64)
         lm = evaluate_lm(model, self.tokens.batches(indices, self.batch_size))
@@ -225,23 +224,33 @@ class GenerationEvaluator:
             batch_size=self.batch_size,
             max_prompt_length=self.max_prompt_length,
         )
-        rouge: dict[str, list[float]] = {}
-        exact: dict[str, list[float]] = {}
-        for example, output in zip(self.examples, outputs, strict=True):
-            rouge.setdefault(example.task, []).append(rouge_l(output, example.output))
-            exact.setdefault(example.task, []).append(exact_match(output, example.output))
+        samples = [
+            {"task": ex.task, "reference": ex.output, "output": out}
+            for ex, out in list(zip(self.examples, outputs, strict=True))[:3]
+        ]
+        return self._evaluation(
+            score_tasks(self.examples, outputs, self.task_sizes),
+            lm.loss,
+            {"test_perplexity": lm.perplexity, "samples": samples},
+        )
+
+    def baselines(self) -> dict[str, Evaluation]:
+        """``copy_input``: every test prompt answered with its input, scored like the model."""
+        return {"copy_input": self._evaluation(copy_input_scores(self.examples, self.task_sizes))}
+
+    def _evaluation(
+        self, scores: TaskScores, loss: float | None = None, extra: dict[str, Any] | None = None
+    ) -> Evaluation:
+        """The weighted scores, and per test task its metric, score and Rouge-L."""
         return Evaluation(
-            loss=lm.loss,
-            rouge_l=weighted_task_scores({t: (s, self.task_sizes[t]) for t, s in rouge.items()}),
-            exact_match=weighted_task_scores(
-                {t: (s, self.task_sizes[t]) for t, s in exact.items()}
-            ),
+            loss=loss,
+            rouge_l=scores.rouge_l,
+            exact_match=scores.exact_match,
+            score=scores.score,
             extra={
-                "test_perplexity": lm.perplexity,
-                "task_rouge_l": {t: sum(s) / len(s) for t, s in rouge.items()},
-                "samples": [
-                    {"task": ex.task, "reference": ex.output, "output": out}
-                    for ex, out in list(zip(self.examples, outputs, strict=True))[:3]
-                ],
+                **(extra or {}),
+                "task_metric": {ex.task: ex.metric for ex in self.examples},
+                "task_score": {t: m["score"] for t, m in scores.by_task.items()},
+                "task_rouge_l": {t: m["rouge_l"] for t, m in scores.by_task.items()},
             },
         )

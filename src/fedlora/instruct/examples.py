@@ -9,16 +9,22 @@ import numpy as np
 import numpy.typing as npt
 
 from fedlora.errors import ConfigError
+from fedlora.instruct.metrics import ROUGE_L, TASK_METRICS
 
 
 @dataclass(frozen=True)
 class InstructionExample:
-    """One instruction-following example; ``input`` is ``""`` when the instruction stands alone."""
+    """One instruction-following example; ``input`` is ``""`` when the instruction stands alone.
+
+    ``metric`` (one of :data:`~fedlora.instruct.metrics.TASK_METRICS`) scores a generation for
+    it; every example of a task has the same.  Loaded datasets keep Rouge-L, FlexLoRA's metric.
+    """
 
     instruction: str
     input: str
     output: str
     task: str
+    metric: str = ROUGE_L
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class InstructionData:
     name: str
 
     def __post_init__(self) -> None:
+        metrics: dict[str, str] = {}
         for i, ex in enumerate(self.examples):
             if not isinstance(ex, InstructionExample):
                 raise ConfigError(
@@ -37,6 +44,16 @@ class InstructionData:
                 )
             if not ex.task:
                 raise ConfigError(f"dataset {self.name!r}: example {i} has an empty task name")
+            if ex.metric not in TASK_METRICS:
+                raise ConfigError(
+                    f"dataset {self.name!r}: example {i} has metric {ex.metric!r}; "
+                    f"valid metrics: {', '.join(TASK_METRICS)}"
+                )
+            if metrics.setdefault(ex.task, ex.metric) != ex.metric:
+                raise ConfigError(
+                    f"dataset {self.name!r}: task {ex.task!r} is scored by both "
+                    f"{metrics[ex.task]!r} and {ex.metric!r} (example {i}); a task has one metric"
+                )
 
     def __len__(self) -> int:
         return len(self.examples)

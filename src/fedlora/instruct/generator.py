@@ -7,6 +7,14 @@ or parameters) and each mode several instruction *wordings*; every (mode, wordin
 task named ``family.mode.wording``, so a task's expected output can be recomputed from its name
 and input.  Outputs are short and exactly checkable.
 
+Each task carries its metric.  Rouge-L (partial credit) scores only the tasks whose answers it
+sees whole (lower-case words and digits, its own normal form) and whose input holds none of the
+answer, so copying it earns nothing: counts, and words spelt backwards.  Every other task is
+scored by exact match, case- and symbol-sensitive: its answer is made of the input's own words
+or numbers (sorted, filtered, extracted, reordered, re-cased, joined by other separators,
+reformatted as JSON or a date, an operand of ``x * 1``) or differs from a wrong answer only in
+what Rouge-L drops (a minus sign, capitals, a label's punctuation).
+
 Determinism: only ``np.random.default_rng``.  The task order depends on ``seed`` alone (asking for
 more tasks extends the list), and each task's examples depend on ``(seed, task name)`` alone.
 """
@@ -25,6 +33,7 @@ import numpy as np
 from fedlora.data.loaders import DATA_ENV, load_named_dataset
 from fedlora.errors import ConfigError
 from fedlora.instruct.examples import InstructionData, InstructionExample
+from fedlora.instruct.metrics import EXACT_MATCH, ROUGE_L
 
 Maker = Callable[[np.random.Generator], tuple[str, str]]
 
@@ -68,6 +77,7 @@ class _Mode:
     mode: str
     wordings: tuple[str, ...]
     make: Maker
+    metric: str
 
 
 def _words(rng: np.random.Generator, lo: int, hi: int) -> list[str]:
@@ -221,8 +231,8 @@ def _camel(words: list[str]) -> str:
 def _procedural_modes() -> list[_Mode]:
     m: list[_Mode] = []
 
-    def add(family: str, mode: str, make: Maker, *wordings: str) -> None:
-        m.append(_Mode(family, mode, wordings, make))
+    def add(family: str, mode: str, make: Maker, *wordings: str, metric: str = EXACT_MATCH) -> None:
+        m.append(_Mode(family, mode, wordings, make, metric))
 
     add(
         "reverse",
@@ -239,6 +249,7 @@ def _procedural_modes() -> list[_Mode]:
         "Reverse the letters of each word, keeping the words in their order.",
         "Spell every word backwards but do not change the order of the words.",
         "Write each word with its characters reversed.",
+        metric=ROUGE_L,
     )
     add(
         "sort",
@@ -271,6 +282,7 @@ def _procedural_modes() -> list[_Mode]:
         "How many items are in this comma-separated list? Answer with a number.",
         "Count the items in the list.",
         "Give the number of entries in the list below.",
+        metric=ROUGE_L,
     )
     add(
         "count",
@@ -279,6 +291,7 @@ def _procedural_modes() -> list[_Mode]:
         "How many words does the sentence have?",
         "Count the words in the input and answer with a number.",
         "Report the word count of the text.",
+        metric=ROUGE_L,
     )
     for letter in "aeo":
         add(
@@ -288,6 +301,7 @@ def _procedural_modes() -> list[_Mode]:
             f"How many times does the letter '{letter}' appear in the text?",
             f"Count the occurrences of the letter {letter} in the input.",
             f"Give the number of '{letter}' characters in the sentence.",
+            metric=ROUGE_L,
         )
     add(
         "extract",
@@ -477,6 +491,7 @@ def _procedural_modes() -> list[_Mode]:
         _sentence_op(lambda w: str(sum(len(x) for x in w))),
         "How many letters does the text have, not counting spaces?",
         "Count the characters of the input, ignoring the spaces.",
+        metric=ROUGE_L,
     )
     return m
 
@@ -512,7 +527,7 @@ def _topic_modes(data_dir: str | os.PathLike[str] | None) -> list[_Mode]:
         wordings = tuple(
             w.format(kind=_TOPIC_KIND[source], labels=", ".join(names)) for w in _TOPIC_WORDINGS
         )
-        modes.append(_Mode("topic", source, wordings, make))
+        modes.append(_Mode("topic", source, wordings, make, EXACT_MATCH))
     return modes
 
 
@@ -553,7 +568,7 @@ def generate_tasks(
         size = int(rng.integers(low, high + 1))
         for _ in range(size):
             text, answer = mode.make(rng)
-            examples.append(InstructionExample(mode.wordings[w], text, answer, name))
+            examples.append(InstructionExample(mode.wordings[w], text, answer, name, mode.metric))
     return InstructionData(examples, "generated")
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fedlora.errors import ConfigError
+from fedlora.instruct.metrics import exact_match
 from fedlora.model.adapted import AdaptedModel
 from fedlora.model.instructions import PROMPT_FIELD, apply_template
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """Exact-match rate (after stripping whitespace) of greedy continuations, and the outputs."""
+    """Exact-match rate (:func:`~fedlora.instruct.metrics.exact_match`) of greedy continuations,
+    and the outputs."""
 
     exact_match: float
     outputs: list[str]
@@ -74,7 +76,8 @@ def evaluate_generation(
     template: str = PROMPT_FIELD,
     max_prompt_length: int | None = None,
 ) -> GenerationResult:
-    """Generate greedily and score exact match against the references (whitespace-stripped)."""
+    """Generate greedily and score :func:`~fedlora.instruct.metrics.exact_match` against the
+    references."""
     if len(prompts) != len(references):
         raise ConfigError(f"{len(prompts)} prompts but {len(references)} references")
     outputs, truncated = _generate(
@@ -86,7 +89,7 @@ def evaluate_generation(
         template=template,
         max_prompt_length=max_prompt_length,
     )
-    hits = sum(out.strip() == ref.strip() for out, ref in zip(outputs, references, strict=True))
+    hits = sum(exact_match(out, ref) for out, ref in zip(outputs, references, strict=True))
     return GenerationResult(
         exact_match=hits / len(outputs), outputs=outputs, num_truncated_prompts=truncated
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -23,9 +24,10 @@ def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
     evaluated = [r for r in rows if r.evaluated]
     for metric in metrics:
         values = [metric.value(r) for r in evaluated]
-        acc_ax.plot([r.round for r in evaluated], values, marker="o", label=metric.label)
-    if len(metrics) > 1:
-        acc_ax.legend()
+        (line,) = acc_ax.plot([r.round for r in evaluated], values, marker="o", label=metric.label)
+        _baseline_lines(acc_ax, [rows], metric, line.get_color())
+    if len(metrics) > 1 or acc_ax.get_legend_handles_labels()[0][1:]:
+        acc_ax.legend(fontsize="small")
     ylabel = " / ".join(m.label for m in metrics)
     acc_ax.set(xlabel="round", ylabel=ylabel, title="global model")
     trained = [r for r in rows if r.train_loss is not None]
@@ -58,6 +60,7 @@ def plot_comparison(
     fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         _plot_seed_bands(ax, runs, metric)
+        _baseline_lines(ax, next(iter(runs.values()), []), metric, "0.4")
         ax.set(xlabel="round", ylabel=metric.label, title=f"{title}: {metric.label}")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -85,3 +88,24 @@ def _plot_seed_bands(
         if len(seeds) > 1:
             low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
             ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+
+
+def _baseline_lines(
+    ax: Axes, seeds: Sequence[Sequence[RoundMetrics]], metric: Headline, color: str
+) -> None:
+    """Each trivial baseline of the runs' round 0 as a dashed line (mean over the seeds)."""
+    values: dict[str, list[float]] = {}
+    for rows in seeds:
+        for start in (r for r in rows if r.round == 0):
+            for name, fields in start.extra.get("baselines", {}).items():
+                value = metric.value(replace(start, **fields))
+                if value is not None:
+                    values.setdefault(name, []).append(value)
+    for name, points in values.items():
+        ax.axhline(
+            float(np.mean(points)),
+            color=color,
+            linestyle="--",
+            linewidth=1,
+            label=f"{name} ({metric.label})",
+        )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fedlora.config import ExperimentConfig
+from fedlora.report.companion import with_companion
 from fedlora.report.plots import plot_run
-from fedlora.runs.metrics import RoundMetrics, headline
+from fedlora.runs.metrics import Headline, RoundMetrics, headline
 from fedlora.runs.run_dir import RunDir
 
 
@@ -18,9 +20,9 @@ def run_summary(
     data_notes: Mapping[str, Any] | None = None,
 ) -> str:
     metric = headline(rows)
-    evaluated = [r for r in rows if r.evaluated]
-    final = evaluated[-1] if evaluated else None
-    best = max(evaluated, key=lambda r: metric.value(r) or 0.0) if evaluated else None
+    shown = [*with_companion(metric), LOSS]
+    trained = [r for r in rows if r.evaluated and r.round > 0]
+    start = next((r for r in rows if r.round == 0), None)
     lines = [
         f"# Run `{config.run.name}`",
         "",
@@ -29,28 +31,77 @@ def run_summary(
         f"- aggregation: `{config.aggregation.method}` {config.aggregation.options or ''}".rstrip(),
         f"- ranks: `{config.ranks.policy}` {config.ranks.options}",
         f"- {config.run.num_clients} clients, {config.run.sampled_per_round()} per round, "
-        f"{len(rows)} rounds, seed {config.run.seed}",
+        f"{config.run.rounds} rounds, seed {config.run.seed}",
         f"- wall time: {wall_seconds:.1f} s",
         *(f"- {key}: {value}" for key, value in (data_notes or {}).items()),
     ]
-    if final is not None and best is not None:
+    if start is not None and start.evaluated:
+        lines.append(f"- untuned model (round 0): {_values(start, shown)}")
+        for name, values in start.extra.get("baselines", {}).items():
+            baseline = replace(start, **values)
+            lines.append(f"- baseline `{name}` (same test set): {_values(baseline, shown)}")
+    if trained:
+        final = trained[-1]
+        best = max(trained, key=lambda r: metric.value(r) or 0.0)
         lines += [
-            f"- final {metric.label}: {metric.value(final):.4f} (round {final.round}), "
-            f"{_secondary(final)}loss {final.test_loss:.4f}",
+            f"- final (round {final.round}): {_values(final, shown)}",
             f"- best {metric.label}: {metric.value(best):.4f} (round {best.round})",
         ]
-    up = sum(r.bytes_up for r in rows)
-    down = sum(r.bytes_down for r in rows)
-    lines.append(f"- communication: {up / 1e6:.2f} MB up, {down / 1e6:.2f} MB down")
+    lines += _promotions(rows)
+    lines.append(_communication(rows))
     return "\n".join(lines) + "\n"
 
 
-def _secondary(row: RoundMetrics) -> str:
-    if row.test_exact_match is not None:
-        return f"exact match {row.test_exact_match:.4f}, "
-    if row.test_macro_f1 is not None:
-        return f"macro-F1 {row.test_macro_f1:.4f}, "
-    return ""
+LOSS = Headline("test_loss", "test loss")
+
+
+def _values(row: RoundMetrics, metrics: Sequence[Headline]) -> str:
+    parts = []
+    for metric in metrics:
+        value = metric.value(row)
+        if value is not None:
+            parts.append(f"{metric.label} {value:.4f}")
+    return ", ".join(parts)
+
+
+def _promotions(rows: Sequence[RoundMetrics]) -> list[str]:
+    """Who a loss-based policy promoted and when; the share that are high-quality clients."""
+    high_quality = next(
+        (
+            r.extra["high_quality_clients"]
+            for r in rows
+            if r.round == 0 and "high_quality_clients" in r.extra
+        ),
+        None,
+    )
+    lines = []
+    for row in rows:
+        promoted = row.extra.get("promoted_clients")
+        if promoted is None:
+            continue
+        line = f"- promoted after round {row.round}: clients {promoted}"
+        if high_quality is not None and promoted:
+            hits = len(set(promoted) & set(high_quality))
+            line += f" ({hits} of {len(promoted)} are high-quality clients {high_quality})"
+        lines.append(line)
+    return lines
+
+
+def _communication(rows: Sequence[RoundMetrics]) -> str:
+    """Everything that travelled, by kind: LoRA factors, dense tensors, merged rounds (FLoRA)."""
+    lora_up = sum(r.lora_params_up for r in rows)
+    lora_down = sum(r.lora_params_down for r in rows)
+    dense_up = sum(r.dense_params_up for r in rows)
+    dense_down = sum(r.dense_params_down for r in rows)
+    merged = sum(r.merged_params_down for r in rows)
+    up = sum(r.bytes_up for r in rows)
+    down = sum(r.bytes_down for r in rows)
+    line = (
+        f"- communication: {up / 1e6:.2f} MB up, {down / 1e6:.2f} MB down; parameters: LoRA "
+        f"{lora_up / 1e6:.3f} M up, {lora_down / 1e6:.3f} M down; dense (head) "
+        f"{dense_up / 1e6:.3f} M up, {dense_down / 1e6:.3f} M down"
+    )
+    return line + (f"; merged rounds (FLoRA) {merged / 1e6:.3f} M down" if merged else "")
 
 
 def write_run_report(

@@ -1,12 +1,23 @@
 """Run directories: resolved config, per-round metrics, checkpoints, summaries and plots."""
 
 from fedlora.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from fedlora.runs.metrics import ACCURACY, ROUGE_L, Headline, RoundMetrics, headline, read_metrics
+from fedlora.runs.metrics import (
+    ACCURACY,
+    MACRO_F1,
+    ROUGE_L,
+    SCORE,
+    Headline,
+    RoundMetrics,
+    headline,
+    read_metrics,
+)
 from fedlora.runs.run_dir import RunDir
 
 __all__ = [
     "ACCURACY",
+    "MACRO_F1",
     "ROUGE_L",
+    "SCORE",
     "Checkpoint",
     "Headline",
     "RoundMetrics",

@@ -40,6 +40,7 @@ class RoundMetrics:
     global_rank: int = 0
     test_rouge_l: float | None = None
     test_exact_match: float | None = None
+    test_score: float | None = None
     lora_params_up: int = 0
     dense_params_up: int = 0
     lora_params_down: int = 0
@@ -61,7 +62,8 @@ class RoundMetrics:
 
 @dataclass(frozen=True)
 class Headline:
-    """The metric a run is judged by: accuracy for classifiers, Rouge-L for causal LMs."""
+    """The metric a run is judged by: accuracy for classifiers; for causal LMs the score, every
+    test task by its own metric (exact match, or Rouge-L where copying the input cannot win)."""
 
     field: str
     label: str
@@ -72,11 +74,16 @@ class Headline:
 
 
 ACCURACY = Headline("test_accuracy", "test accuracy")
+SCORE = Headline("test_score", "test score")
 ROUGE_L = Headline("test_rouge_l", "test Rouge-L")
+MACRO_F1 = Headline("test_macro_f1", "test macro-F1")
 
 
 def headline(rows: Iterable[RoundMetrics]) -> Headline:
-    """Rouge-L when any round measured it (a causal-LM run), else accuracy."""
+    """The score of a causal-LM run (Rouge-L for runs recorded before it existed), else accuracy."""
+    rows = list(rows)
+    if any(r.test_score is not None and r.test_rouge_l is not None for r in rows):
+        return SCORE
     return ROUGE_L if any(r.test_rouge_l is not None for r in rows) else ACCURACY
 
 

@@ -1,0 +1,176 @@
+"""The evaluators' model-free baselines, and one exact-match rule at both generation call sites."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import fedlora.engine.instruction as instruction
+import fedlora.model.generation as generation
+from fedlora.data import TokenizedData
+from fedlora.engine import build_experiment, evaluate_global
+from fedlora.engine.evaluation import ClassificationEvaluator
+from fedlora.engine.instruction import GenerationEvaluator, InstructionSplit
+from fedlora.errors import ConfigError
+from fedlora.instruct import InstructionData, InstructionExample, rouge_l
+from fedlora.model import evaluate_generation, load_causal_lm
+from tests.engine.helpers import tiny_causal_config, tiny_config
+
+
+def _labelled(labels: list[int]) -> TokenizedData:
+    """Test rows that only carry labels: all a model-free baseline reads."""
+    n = len(labels)
+    return TokenizedData(
+        input_ids=torch.zeros((n, 1), dtype=torch.long),
+        attention_mask=torch.ones((n, 1), dtype=torch.long),
+        labels=torch.tensor(labels),
+        lengths=torch.ones(n, dtype=torch.long),
+        num_truncated=0,
+        max_length=1,
+        pad_token_id=0,
+    )
+
+
+# ---------------------------------------------------------------------- classification
+
+
+def test_majority_class_baseline_by_hand() -> None:
+    counts = np.array([5, 2, 0, 3])  # class 2 never seen in training
+    evaluator = ClassificationEvaluator(_labelled([0, 1, 1, 3, 2, 0]), 4, counts)
+    (name, majority), *others = evaluator.baselines().items()
+    assert name == "majority_class" and not others
+    # always class 0: right on 2 of 6 rows; F1 of class 0 = 2*2 / (2*2 + 4 FP + 0 FN) = 0.5 and
+    # 0 for classes 1, 2, 3 (in the labels, never predicted)
+    assert majority.accuracy == pytest.approx(2 / 6)
+    assert majority.score == majority.accuracy
+    assert majority.macro_f1 == pytest.approx(0.5 / 4)
+    # add-one smoothed training frequencies (6, 3, 1, 4) / 14, read at the true labels
+    by_hand = -sum(math.log(p / 14) for p in (6, 3, 3, 4, 1, 6)) / 6
+    assert majority.loss == pytest.approx(by_hand)
+    assert majority.rouge_l is None and majority.exact_match is None
+
+
+def test_majority_class_ties_go_to_the_lowest_label() -> None:
+    evaluator = ClassificationEvaluator(_labelled([1, 1, 1]), 4, np.array([0, 4, 4]))
+    assert evaluator.baselines()["majority_class"].accuracy == 1.0
+    evaluator = ClassificationEvaluator(_labelled([2, 2, 2]), 4, np.array([0, 4, 4]))
+    assert evaluator.baselines()["majority_class"].accuracy == 0.0
+
+
+@pytest.mark.parametrize(
+    ("counts", "labels", "match"),
+    [
+        ([3], [0], "at least 2 classes"),
+        ([3, -1], [0], "non-negative"),
+        ([0, 0], [0], "not all zero"),
+        ([3, 1], [0, 2], "label 2 but the training counts cover 2 classes"),
+    ],
+)
+def test_training_counts_must_fit_the_test_split(
+    counts: list[int], labels: list[int], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ClassificationEvaluator(_labelled(labels), 4, np.array(counts))
+
+
+@pytest.mark.slow
+def test_the_experiment_counts_training_labels_and_scores_by_accuracy(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    experiment = build_experiment(tiny_config(tiny_bert_dir, tmp_path / "run"))
+    evaluator = experiment.evaluator
+    assert isinstance(evaluator, ClassificationEvaluator)
+    num_classes = len(experiment.group_names)
+    assert (
+        evaluator.train_label_counts.tolist()
+        == np.bincount(experiment.groups, minlength=num_classes).tolist()
+    )
+    evaluation = evaluate_global(experiment, experiment.initial_state())
+    assert evaluation.score == evaluation.accuracy is not None
+
+
+# ---------------------------------------------------------------------- generation
+
+EXAMPLES = [
+    InstructionExample("Upper-case it.", "ab Cd", "AB CD", "case", "exact_match"),
+    InstructionExample("Upper-case it.", "EF gh", "EF GH", "case", "exact_match"),
+    InstructionExample("Spell backwards.", "stone map", "enots pam", "back", "rouge_l"),
+    InstructionExample("Spell backwards.", "pam", "map", "back", "rouge_l"),
+    InstructionExample("Name a colour: red.", "", "red", "say", "rouge_l"),
+]
+SIZES = {"case": 40, "back": 10, "say": 25}
+
+
+def _evaluator(
+    tiny_llama_dir: Path, tmp_path: Path, examples: list[InstructionExample]
+) -> tuple[GenerationEvaluator, Any]:
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run")
+    model, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    test = InstructionData(examples, "hand")
+    split = InstructionSplit(
+        train=test,
+        task_ids=np.zeros(len(examples), dtype=np.int64),
+        task_names=test.tasks(),
+        partitions=[],
+        test=test,
+        test_task_sizes={task: SIZES[task] for task in test.tasks()},
+        held_out="by hand",
+    )
+    return GenerationEvaluator(split, tokenizer, config), model
+
+
+@pytest.mark.slow
+def test_copy_input_baseline_equals_scoring_the_inputs_by_hand(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    evaluator, _ = _evaluator(tiny_llama_dir, tmp_path, EXAMPLES)
+    (name, copy), *others = evaluator.baselines().items()
+    assert name == "copy_input" and not others
+    assert copy.loss is None and copy.accuracy is None
+    # case: exact match 0 for both copies (Rouge-L 1); back: the second copy "pam" is a word of
+    # the first reference; say: no input, so the copy is the instruction
+    back = (rouge_l("stone map", "enots pam") + rouge_l("pam", "map")) / 2
+    say = rouge_l("Name a colour: red.", "red")
+    assert 0 < say < 1
+    assert copy.extra["task_score"] == pytest.approx({"case": 0.0, "back": back, "say": say})
+    assert copy.extra["task_metric"] == {"case": "exact_match", "back": "rouge_l", "say": "rouge_l"}
+    assert copy.score == pytest.approx((40 * 0.0 + 10 * back + 25 * say) / 75)
+    assert copy.rouge_l == pytest.approx((40 * 1.0 + 10 * back + 25 * say) / 75)
+    assert copy.exact_match == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_both_generation_call_sites_use_one_exact_match_rule(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the evaluator and evaluate_generation call a hit: only whitespace may differ."""
+    reference = "Ab, cd"
+    answers = [reference, "  Ab,\n cd ", "ab, cd", "Ab cd", "Ab, cd.", "AB, CD"]
+    hits = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    examples = [
+        InstructionExample("Copy.", f"x{i}", reference, "case", "exact_match")
+        for i in range(len(answers))
+    ]
+    evaluator, model = _evaluator(tiny_llama_dir, tmp_path, examples)
+    answer_of = dict(zip(evaluator.prompts, answers, strict=True))
+
+    def fake_generate_greedy(model: Any, tokenizer: Any, prompts: list[str], **_: Any) -> list[str]:
+        return [answer_of[p] for p in prompts]
+
+    def fake_generate(*_: Any, **__: Any) -> tuple[list[str], int]:
+        return answers, 0
+
+    monkeypatch.setattr(instruction, "generate_greedy", fake_generate_greedy)
+    monkeypatch.setattr(generation, "_generate", fake_generate)
+    scored = evaluator(model)
+    direct = evaluate_generation(
+        model, evaluator.tokenizer, evaluator.prompts, [reference] * 6, max_new_tokens=1
+    )
+    assert direct.outputs == answers
+    assert scored.exact_match == scored.score == pytest.approx(np.mean(hits))
+    assert direct.exact_match == pytest.approx(np.mean(hits))
