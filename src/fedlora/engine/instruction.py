@@ -35,6 +35,7 @@ from fedlora.instruct import (
     train_test_split_per_task,
 )
 from fedlora.model import AdaptedModel, TokenizedInstructions, evaluate_lm, generate_greedy
+from fedlora.seeds import derive_seed, rng
 
 Indices = npt.NDArray[np.int64]
 CLASSIFICATION_DATASETS = ("ag_news", "dbpedia_14", "synthetic")
@@ -70,7 +71,7 @@ def load_instructions(config: ExperimentConfig) -> InstructionData:
         data = generate_tasks(
             num_tasks=num_tasks,
             examples_per_task=(low, high),
-            seed=config.run.seed,
+            seed=derive_seed(config.run.seed, "tasks"),
             data_dir=config.data.data_dir or None,
         )
     else:
@@ -95,25 +96,32 @@ def split_instructions(
     seed, instruct = config.run.seed, config.instruct
     if instruct.unseen_fraction > 0:
         (seen,), unseen = task_partition(
-            data, num_clients=1, unseen_fraction=instruct.unseen_fraction, seed=seed
+            data,
+            num_clients=1,
+            unseen_fraction=instruct.unseen_fraction,
+            seed=derive_seed(seed, "tasks", 1),
         )
         held = set(unseen)
         test_rows = np.flatnonzero([example.task in held for example in data.examples])
         held_out = f"{len(unseen)} unseen tasks"
         train_rows = seen
     else:
-        train_rows, test_rows = train_test_split_per_task(data, instruct.test_fraction, seed)
+        train_rows, test_rows = train_test_split_per_task(
+            data, instruct.test_fraction, derive_seed(seed, "test_split")
+        )
         held_out = f"{instruct.test_fraction:g} of every task"
     sizes = {task: len(rows) for task, rows in data.by_task().items()}
-    train = _subsample(data.subset(train_rows), config.data.max_train_samples, seed)
-    test = _test_examples(data.subset(test_rows), config, seed)
+    train = _subsample(
+        data.subset(train_rows), config.data.max_train_samples, rng(seed, "train_subsample")
+    )
+    test = _test_examples(data.subset(test_rows), config, rng(seed, "test_subsample"))
     names = train.tasks()
     position = {task: i for i, task in enumerate(names)}
     task_ids = np.asarray([position[ex.task] for ex in train.examples], dtype=np.int64)
     num_clients = config.run.num_clients
     if partitioner is None:
         partitions, _ = task_partition(
-            train, num_clients=num_clients, unseen_fraction=0.0, seed=seed
+            train, num_clients=num_clients, unseen_fraction=0.0, seed=derive_seed(seed, "partition")
         )
     else:
         partitions = partitioner.partition(task_ids, num_clients)
@@ -128,25 +136,27 @@ def split_instructions(
     )
 
 
-def _subsample(data: InstructionData, limit: int, seed: int) -> InstructionData:
+def _subsample(
+    data: InstructionData, limit: int, generator: np.random.Generator
+) -> InstructionData:
     if limit == 0 or len(data) <= limit:
         return data
-    rng = np.random.default_rng(seed)
-    return data.subset(np.sort(rng.choice(len(data), size=limit, replace=False)))
+    return data.subset(np.sort(generator.choice(len(data), size=limit, replace=False)))
 
 
-def _test_examples(data: InstructionData, config: ExperimentConfig, seed: int) -> InstructionData:
+def _test_examples(
+    data: InstructionData, config: ExperimentConfig, generator: np.random.Generator
+) -> InstructionData:
     """At most ``instruct.eval_per_task`` examples of every test task, then ``max_test_samples``."""
     if len(data) == 0:
         raise ConfigError("instruct: the split leaves no test examples; hold out more tasks")
-    rng = np.random.default_rng(seed + 1)
     per_task = config.instruct.eval_per_task
     kept = [
-        rows if per_task == 0 or len(rows) <= per_task else rng.choice(rows, per_task, False)
+        rows if per_task == 0 or len(rows) <= per_task else generator.choice(rows, per_task, False)
         for rows in data.by_task().values()
     ]
     subset = data.subset(np.sort(np.concatenate(kept)))
-    return _subsample(subset, config.data.max_test_samples, seed + 2)
+    return _subsample(subset, config.data.max_test_samples, generator)
 
 
 def render_prompts(
