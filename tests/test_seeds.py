@@ -1,4 +1,4 @@
-"""One seed scheme: every stream of a run has its own purpose, and a change to one moves no other."""
+"""One seed scheme: every stream of a run has its own purpose; a change to one moves no other."""
 
 from __future__ import annotations
 

@@ -189,7 +189,10 @@ def test_training_lowers_the_held_out_loss_of_seen_tasks(
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
     rows = run_experiment(experiment, run_dir).metrics
     losses = [row.test_loss for row in rows]
-    assert losses == sorted(losses, reverse=True)  # type: ignore[type-var]
+    assert losses[0] == before  # round 0 is the untuned model
+    # Every round ends below the untuned model (a round may rise above the one before: each
+    # round's local steps move the adapter towards other tasks), and the last well below it.
+    assert all(loss is not None and loss < before for loss in losses[1:])
     assert losses[-1] is not None and losses[-1] < 0.95 * before
 
 
