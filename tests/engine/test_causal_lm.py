@@ -348,7 +348,7 @@ def test_a_loss_based_high_rank_above_a_layer_is_refused_up_front(
     config = tiny_causal_config(
         tiny_llama_dir,
         tmp_path / "run",
-        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 40}},
+        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 40, "score_rows": 8}},
     )
     with pytest.raises(ConfigError, match=r"asks rank 40 on .*k_proj', above its limit 32"):
         build_experiment(config)

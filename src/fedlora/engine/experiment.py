@@ -31,6 +31,7 @@ from fedlora.engine.client import ClientTrainer, TrainingRows
 from fedlora.engine.evaluation import ClassificationEvaluator, Evaluator
 from fedlora.engine.instruction import (
     GenerationEvaluator,
+    InstructionSplit,
     load_instructions,
     split_instructions,
     tokenize_instructions,
@@ -99,23 +100,37 @@ class Experiment:
 
 
 @dataclass(frozen=True)
-class _TaskWorld:
-    """What differs between the tasks: the model, the training rows and the test set."""
+class RowPlan:
+    """Which training rows exist and who holds them, decided without tokenising anything.
 
-    model: AdaptedModel
-    train: TrainingRows
+    The server and every Flower node compute the same plan from the same config, so a node can
+    tokenise its own client's rows only and still train on exactly the rows the in-process
+    runner gives that client.
+    """
+
     groups: npt.NDArray[np.int64]
     group_names: list[str]
     partitions: list[Indices]
-    evaluator: Evaluator
-    data_notes: dict[str, Any]
+    score_rows: Indices
+    held_out: dict[int, Indices]
     high_quality_clients: list[int] | None = None
 
 
-def build_experiment(config: ExperimentConfig) -> Experiment:
-    """Load and tokenise the data, partition it, load the model, build the policy and method."""
-    seed = config.run.seed
-    # Names and options first: a typo should fail before any data or model is loaded.
+@dataclass(frozen=True)
+class ClassificationRows:
+    train: TextClassificationData
+    test: TextClassificationData
+    plan: RowPlan
+
+
+@dataclass(frozen=True)
+class InstructionRows:
+    split: InstructionSplit
+    plan: RowPlan
+
+
+def policy_and_method(config: ExperimentConfig) -> tuple[RankPolicy, Aggregator]:
+    """The rank policy (assigned) and the aggregator: names and options fail before any data."""
     policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
     policy.assign(config.run.num_clients)
     aggregator = get_aggregator(
@@ -123,90 +138,30 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         weighting=config.aggregation.weighting,
         **config.aggregation.options,
     )
-    world = _causal_lm_world(config) if config.is_causal_lm else _classification_world(config)
-    _check_ranks_fit(policy, world.model)
-    partitions = world.partitions
-    score_rows: Indices = np.empty(0, dtype=np.int64)
-    held_out: dict[int, Indices] = {}
-    scoring = policy.scoring
-    if scoring is not None and scoring.on == "server":
-        score_rows, partitions = hold_out_balanced(
-            world.groups, partitions, scoring.rows, rng(seed, "score_rows")
-        )
-    elif scoring is not None:
-        partitions, own = split_own_rows(partitions, OWN_HELD_OUT_SHARE, rng(seed, "held_out"))
-        held_out = dict(enumerate(own))
-    return Experiment(
-        config=config,
-        train=world.train,
-        groups=world.groups,
-        group_names=world.group_names,
-        partitions=partitions,
-        model=world.model,
-        aggregator=aggregator,
-        policy=policy,
-        evaluator=world.evaluator,
-        score_rows=score_rows,
-        held_out=held_out,
-        high_quality_clients=world.high_quality_clients,
-        data_notes=world.data_notes,
-    )
+    return policy, aggregator
 
 
-def _adapt(config: ExperimentConfig, model: Any, head: list[str] | None) -> AdaptedModel:
-    return AdaptedModel(
-        model,
-        config.model.target_modules or None,
-        head,
-        lora_dropout=config.model.lora_dropout,
-        init_seed=derive_seed(config.run.seed, "model_init", 1),
-    )
-
-
-def _classification_world(config: ExperimentConfig) -> _TaskWorld:
-    seed = config.run.seed
+def classification_rows(config: ExperimentConfig, policy: RankPolicy) -> ClassificationRows:
+    """The classification data, loaded and subsampled, and its row plan."""
     partitioner = get_partitioner(
         config.data.partition,
-        seed=derive_seed(seed, "partition"),
+        seed=derive_seed(config.run.seed, "partition"),
         **config.data.partition_options,
     )
-    train_data, test_data = load_data(config)
-    model, tokenizer = load_classifier(
-        config.model.name, train_data.num_classes, seed=derive_seed(seed, "model_init", 0)
-    )
-    labels = np.asarray(train_data.labels, dtype=np.int64)
-    max_length = config.model.max_length
-    train = TokenizedData.from_dataset(train_data, tokenizer, max_length)
-    test = TokenizedData.from_dataset(test_data, tokenizer, max_length)
-    return _TaskWorld(
-        model=_adapt(config, model, None),
-        train=train,
-        groups=labels,
-        group_names=list(train_data.label_names),
-        partitions=[
-            np.asarray(p, dtype=np.int64)
-            for p in partitioner.partition(labels, config.run.num_clients)
-        ],
-        evaluator=ClassificationEvaluator(
-            test,
-            config.train.eval_batch_size,
-            np.bincount(labels, minlength=train_data.num_classes),
-        ),
-        high_quality_clients=(
-            partitioner.high_quality_clients(config.run.num_clients)
-            if isinstance(partitioner, QualityPartitioner)
-            else None
-        ),
-        data_notes={
-            "train rows": len(train),
-            "test rows": len(test),
-            "texts cut to model.max_length": f"{train.num_truncated} train, "
-            f"{test.num_truncated} test",
-        },
-    )
+    train, test = load_data(config)
+    labels = np.asarray(train.labels, dtype=np.int64)
+    partitions = [
+        np.asarray(p, dtype=np.int64) for p in partitioner.partition(labels, config.run.num_clients)
+    ]
+    high_quality = None
+    if isinstance(partitioner, QualityPartitioner):
+        high_quality = partitioner.high_quality_clients(config.run.num_clients)
+    plan = _plan(config, policy, labels, list(train.label_names), partitions, high_quality)
+    return ClassificationRows(train=train, test=test, plan=plan)
 
 
-def _causal_lm_world(config: ExperimentConfig) -> _TaskWorld:
+def instruction_rows(config: ExperimentConfig, policy: RankPolicy) -> InstructionRows:
+    """The instruction examples, split into seen tasks (dealt to clients) and test tasks."""
     partitioner = None
     if config.data.partition != "natural":
         partitioner = get_partitioner(
@@ -216,29 +171,113 @@ def _causal_lm_world(config: ExperimentConfig) -> _TaskWorld:
         )
     elif config.data.partition_options:
         raise ConfigError("data.partition_options: the natural partition takes no options")
-    instructions = load_instructions(config)
-    model, tokenizer = load_causal_lm(
-        config.model.name, seed=derive_seed(config.run.seed, "model_init", 0)
+    split = split_instructions(config, load_instructions(config), partitioner)
+    plan = _plan(config, policy, split.task_ids, split.task_names, split.partitions, None)
+    return InstructionRows(split=split, plan=plan)
+
+
+def _plan(
+    config: ExperimentConfig,
+    policy: RankPolicy,
+    groups: npt.NDArray[np.int64],
+    group_names: list[str],
+    partitions: list[Indices],
+    high_quality: list[int] | None,
+) -> RowPlan:
+    """Hold out the rows a loss-based policy scores clients on (server set, or own rows)."""
+    seed = config.run.seed
+    score_rows: Indices = np.empty(0, dtype=np.int64)
+    held_out: dict[int, Indices] = {}
+    scoring = policy.scoring
+    if scoring is not None and scoring.on == "server":
+        score_rows, partitions = hold_out_balanced(
+            groups, partitions, scoring.rows, rng(seed, "score_rows")
+        )
+    elif scoring is not None:
+        partitions, own = split_own_rows(partitions, OWN_HELD_OUT_SHARE, rng(seed, "held_out"))
+        held_out = dict(enumerate(own))
+    return RowPlan(
+        groups=groups,
+        group_names=group_names,
+        partitions=partitions,
+        score_rows=score_rows,
+        held_out=held_out,
+        high_quality_clients=high_quality,
     )
-    split = split_instructions(config, instructions, partitioner)
-    train = tokenize_instructions(split.train, tokenizer, config)
-    evaluator = GenerationEvaluator(split, tokenizer, config)
-    return _TaskWorld(
-        model=_adapt(config, model, []),
+
+
+def build_experiment(config: ExperimentConfig) -> Experiment:
+    """Load and tokenise the data, partition it, load the model, build the policy and method."""
+    policy, aggregator = policy_and_method(config)
+    if config.is_causal_lm:
+        rows = instruction_rows(config, policy)
+        plan = rows.plan
+        model, tokenizer = load_model(config)
+        instructions = tokenize_instructions(rows.split.train, tokenizer, config)
+        generation = GenerationEvaluator(rows.split, tokenizer, config)
+        train: TrainingRows = instructions
+        evaluator: Evaluator = generation
+        notes: dict[str, Any] = {
+            "train rows": f"{len(instructions)} in {len(rows.split.task_names)} tasks",
+            "test rows": f"{len(rows.split.test)} of {rows.split.held_out}",
+            "rows cut to model.max_length": f"{instructions.num_truncated} train "
+            f"({instructions.num_response_truncated} with the response cut), "
+            f"{generation.tokens.num_truncated} test; "
+            f"{generation.num_truncated_prompts} test prompts cut for generation",
+        }
+    else:
+        data = classification_rows(config, policy)
+        plan = data.plan
+        model, tokenizer = load_model(config, data.train.num_classes)
+        max_length = config.model.max_length
+        train = TokenizedData.from_dataset(data.train, tokenizer, max_length)
+        test = TokenizedData.from_dataset(data.test, tokenizer, max_length)
+        evaluator = ClassificationEvaluator(
+            test,
+            config.train.eval_batch_size,
+            np.bincount(plan.groups, minlength=data.train.num_classes),
+        )
+        notes = {
+            "train rows": len(train),
+            "test rows": len(test),
+            "texts cut to model.max_length": f"{train.num_truncated} train, "
+            f"{test.num_truncated} test",
+        }
+    _check_ranks_fit(policy, model)
+    return Experiment(
+        config=config,
         train=train,
-        groups=split.task_ids,
-        group_names=split.task_names,
-        partitions=split.partitions,
+        groups=plan.groups,
+        group_names=plan.group_names,
+        partitions=plan.partitions,
+        model=model,
+        aggregator=aggregator,
+        policy=policy,
         evaluator=evaluator,
-        data_notes={
-            "train rows": f"{len(train)} in {len(split.task_names)} tasks",
-            "test rows": f"{len(split.test)} of {split.held_out}",
-            "rows cut to model.max_length": f"{train.num_truncated} train "
-            f"({train.num_response_truncated} with the response cut), "
-            f"{evaluator.tokens.num_truncated} test; "
-            f"{evaluator.num_truncated_prompts} test prompts cut for generation",
-        },
+        score_rows=plan.score_rows,
+        held_out=plan.held_out,
+        high_quality_clients=plan.high_quality_clients,
+        data_notes=notes,
     )
+
+
+def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedModel, Any]:
+    """The base model wrapped for LoRA and its tokenizer (a classifier of ``num_classes``)."""
+    seed = derive_seed(config.run.seed, "model_init", 0)
+    head: list[str] | None = None  # a classifier's head is trained densely
+    if config.is_causal_lm:
+        model, tokenizer = load_causal_lm(config.model.name, seed=seed)
+        head = []  # the LM head stays frozen: only LoRA factors travel
+    else:
+        model, tokenizer = load_classifier(config.model.name, num_classes, seed=seed)
+    adapted = AdaptedModel(
+        model,
+        config.model.target_modules or None,
+        head,
+        lora_dropout=config.model.lora_dropout,
+        init_seed=derive_seed(config.run.seed, "model_init", 1),
+    )
+    return adapted, tokenizer
 
 
 def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextClassificationData]:
