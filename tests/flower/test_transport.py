@@ -146,6 +146,50 @@ def test_flower_transport_ends_where_the_in_process_runner_ends(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("score_on", "probe"), [("server", True), ("local", False)])
+def test_loss_based_allocation_is_the_same_through_flower(
+    tiny_bert_dir: Path, tmp_path: Path, score_on: str, probe: bool
+) -> None:
+    # Nodes plan the same held-out rows as the server (its validation set, or their own slice).
+    options = {"low": 2, "high": 8, "fraction": 0.5, "score_rows": 40, "score_on": score_on}
+    overrides = {
+        "ranks.policy": "loss_based",
+        "ranks.options": {**options, "probe": probe},
+        "data.partition": "dirichlet",
+        "data.partition_options": {"alpha": 0.5},
+    }
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **overrides),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **overrides))
+    _assert_same(flower, reference)
+    promoted = [r.extra.get("promoted_clients") for r in flower.metrics]
+    assert promoted == [r.extra.get("promoted_clients") for r in reference.metrics]
+    assert any(promoted)
+
+
+@pytest.mark.slow
+def test_a_node_trains_on_its_own_file(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert_dir, tmp_path / "run", **{"run.clients_per_round": 4})
+    names = build_experiment(config).group_names
+    own = tmp_path / "node1.csv"
+    texts = "\n".join(f"{names[i % len(names)]},private text {i}" for i in range(7))
+    own.write_text("label,text\n" + texts + "\n", encoding="utf-8")
+    grid = FakeGrid(_nodes(n1001={"data-file": str(own)}), client_app.train)
+    path = Path(config.run.out_dir)
+    run_dir = RunDir.create(path, config, overwrite=False)
+    transport = FlowerTransport(
+        grid, config, run_key=run_dir.run_id, class_names=names, connect_timeout=1.0
+    )
+    rows = RoundDriver(build_experiment(config), run_dir).run(transport).metrics
+    for row in rows[1:]:
+        examples = dict(zip(row.clients, row.extra["client_examples"], strict=True))
+        assert examples[1] == 7
+        assert row.extra["dropped"] == []
+
+
+@pytest.mark.slow
 def test_flora_nodes_receive_only_the_merges_they_lack(tiny_bert_dir: Path, tmp_path: Path) -> None:
     config = _config(tiny_bert_dir, tmp_path / "run", **{"aggregation.method": "flora"})
     config = config.replace({"run.rounds": 3})

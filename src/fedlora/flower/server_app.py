@@ -54,6 +54,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
         grid,
         config,
         run_key=run_dir.run_id,
+        class_names=[] if config.is_causal_lm else experiment.group_names,
         timeout=float(run_config.get("round-timeout", 600.0)),
         connect_timeout=float(run_config.get("connect-timeout", 120.0)),
     )

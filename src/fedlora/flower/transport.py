@@ -54,6 +54,7 @@ class FlowerTransport:
     config : the experiment config, sent to every node so that it trains exactly as configured.
     run_key : names this run on the nodes' disks (their cache of merged rounds); the same for a
         resumed run.
+    class_names : the run's classes (classification), for nodes that read a file of their own.
     timeout : seconds to wait for the replies of one exchange.
     connect_timeout : seconds to wait for every client's node to connect.
     """
@@ -66,12 +67,14 @@ class FlowerTransport:
         config: ExperimentConfig,
         *,
         run_key: str,
+        class_names: Sequence[str] = (),
         timeout: float = 600.0,
         connect_timeout: float = 120.0,
     ) -> None:
         self.grid = grid
         self.config = config
         self.run_key = run_key
+        self.class_names = list(class_names)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.nodes: dict[int, NodeInfo] = {}
@@ -148,6 +151,7 @@ class FlowerTransport:
                     "merged-after": task.merged_after,
                     "score": task.score,
                     "run-key": self.run_key,
+                    "class-names": self.class_names,
                     "fedlora-config": self._config_toml,
                 }
             ),
