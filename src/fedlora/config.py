@@ -277,16 +277,23 @@ def build_config(data: Mapping[str, Any], source: str = "config") -> ExperimentC
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The defaults, updated from a TOML file, then from ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    if path is None:
+        return load_config_text("", overrides, source="config")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    return load_config_text(text, overrides, source=str(path))
+
+
+def load_config_text(
+    text: str, overrides: Sequence[str] = (), *, source: str = "config"
+) -> ExperimentConfig:
+    """The defaults, updated from TOML text, then from ``key=value`` overrides."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from None
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
