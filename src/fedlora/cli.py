@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument("config", nargs="?", type=Path, help="TOML config (default: built-in)")
     _add_overrides(deploy)
     deploy.add_argument(
-        "--superlink", required=True, help="HOST:PORT of the SuperLink's control API (9093)"
+        "--superlink", required=True, help="HOST:PORT of the SuperLink (flwr 1.41: one port)"
     )
     security = deploy.add_mutually_exclusive_group()
     security.add_argument(
