@@ -11,7 +11,7 @@ import pytest
 
 from fedlora.aggregation import available_aggregators
 from fedlora.config import describe_defaults, load_config
-from fedlora.engine import TrainTask, build_experiment, evaluate_global, run_experiment
+from fedlora.engine import TrainTask, build_experiment, run_experiment
 from fedlora.errors import ConfigError
 from fedlora.instruct import exact_match, rouge_l, tasks_needed, unseen_count
 from fedlora.model import IGNORE_INDEX, generate_greedy
@@ -185,7 +185,7 @@ def test_training_lowers_the_held_out_loss_of_seen_tasks(
         },
     )
     experiment = build_experiment(config)
-    before = evaluate_global(experiment, experiment.initial_state()).loss
+    before = experiment.evaluate(experiment.initial_state()).loss
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
     rows = run_experiment(experiment, run_dir).metrics
     losses = [row.test_loss for row in rows]
@@ -209,7 +209,7 @@ def test_generation_metric_scores_the_greedy_output_weighted_by_task_size(
         },
     )
     experiment = build_experiment(config)
-    evaluation = evaluate_global(experiment, experiment.initial_state())
+    evaluation = experiment.evaluate(experiment.initial_state())
     evaluator = experiment.evaluator
     outputs = generate_greedy(
         experiment.model,
@@ -247,9 +247,9 @@ def test_a_model_that_answers_right_scores_one(
 
     with monkeypatch.context() as patched:
         patched.setattr(instruction, "generate_greedy", oracle)
-        perfect = evaluate_global(experiment, experiment.initial_state())
+        perfect = experiment.evaluate(experiment.initial_state())
     assert perfect.rouge_l == pytest.approx(1.0) and perfect.exact_match == pytest.approx(1.0)
-    real = evaluate_global(experiment, experiment.initial_state())
+    real = experiment.evaluate(experiment.initial_state())
     assert real.exact_match is not None and real.exact_match < 1.0
 
 

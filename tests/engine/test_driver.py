@@ -17,7 +17,6 @@ from fedlora.engine import (
     RoundDriver,
     TrainTask,
     build_experiment,
-    evaluate_global,
     run_experiment,
     sample_clients,
 )
@@ -56,7 +55,7 @@ def test_round_zero_is_the_untuned_model(tiny_bert_dir: Path, tmp_path: Path) ->
     config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"run.rounds": 1})
     rows = _run(config).metrics
     experiment = build_experiment(config)
-    untuned = evaluate_global(experiment, experiment.initial_state())
+    untuned = experiment.evaluate(experiment.initial_state())
     assert rows[0].round == 0
     assert rows[0].test_loss == untuned.loss
     assert rows[0].test_accuracy == untuned.accuracy

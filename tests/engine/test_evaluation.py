@@ -13,7 +13,7 @@ import torch
 import fedlora.engine.instruction as instruction
 import fedlora.model.generation as generation
 from fedlora.data import TokenizedData
-from fedlora.engine import build_experiment, evaluate_global
+from fedlora.engine import build_experiment
 from fedlora.engine.evaluation import ClassificationEvaluator
 from fedlora.engine.instruction import GenerationEvaluator, InstructionSplit
 from fedlora.errors import ConfigError
@@ -90,7 +90,7 @@ def test_the_experiment_counts_training_labels_and_scores_by_accuracy(
         evaluator.train_label_counts.tolist()
         == np.bincount(experiment.groups, minlength=num_classes).tolist()
     )
-    evaluation = evaluate_global(experiment, experiment.initial_state())
+    evaluation = experiment.evaluate(experiment.initial_state())
     assert evaluation.score == evaluation.accuracy is not None
 
 

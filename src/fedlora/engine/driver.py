@@ -20,7 +20,7 @@ from typing import Any
 
 from fedlora.aggregation import GlobalState
 from fedlora.data import label_distribution, write_label_distribution
-from fedlora.engine.evaluation import Evaluation, evaluate_global, held_out_loss, test_metrics
+from fedlora.engine.evaluation import Evaluation, held_out_loss, test_metrics
 from fedlora.engine.experiment import Experiment
 from fedlora.engine.merging import MergedBase
 from fedlora.engine.seeds import sample_clients
@@ -155,7 +155,7 @@ class RoundDriver:
         timer.start("evaluate")
         evaluation = None
         if round_index % run.eval_every == 0 or round_index == run.rounds:
-            evaluation = evaluate_global(exp, new_state)
+            evaluation = exp.evaluate(new_state)
         timer.stop()
         row = self._row(
             round_index, new_state, tasks, tiers, accepted, dropped, evaluation, timer.seconds
@@ -398,7 +398,7 @@ class RoundDriver:
         if exp.policy.wants_scores(0):
             extra.update(self._probe(transport, state, timer))
         timer.start("evaluate")
-        evaluation = evaluate_global(exp, state)
+        evaluation = exp.evaluate(state)
         baselines = exp.evaluator.baselines()
         timer.stop()
         row = RoundMetrics(

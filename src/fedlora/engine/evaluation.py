@@ -13,20 +13,16 @@ class for classification, copying the input for generation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedlora.aggregation import GlobalState
 from fedlora.data import TokenizedData
 from fedlora.errors import ConfigError
 from fedlora.model import AdaptedModel, evaluate, evaluate_lm, macro_f1
 from fedlora.model.instructions import TokenizedInstructions
-
-if TYPE_CHECKING:
-    from fedlora.engine.experiment import Experiment
 
 
 @dataclass(frozen=True)
@@ -160,14 +156,3 @@ def held_out_loss(
     if isinstance(data, TokenizedInstructions):
         return evaluate_lm(model, batches).loss
     return evaluate(model, batches).loss
-
-
-def evaluate_global(experiment: Experiment, state: GlobalState) -> Evaluation:
-    """The global adapter, at its own rank per module (at least 1), on the test set."""
-    config = experiment.config
-    rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
-    alpha, rslora = config.model.lora_alpha, config.model.use_rslora
-    factors = state.factors_for(rank_map, alpha, rslora)
-    experiment.model.activate(rank_map, alpha, rslora)
-    experiment.model.load(factors, state.dense)
-    return experiment.evaluator(experiment.model)

@@ -28,7 +28,7 @@ from fedlora.data import (
 )
 from fedlora.data.holdout import hold_out_balanced, split_own_rows
 from fedlora.engine.client import ClientTrainer, TrainingRows
-from fedlora.engine.evaluation import ClassificationEvaluator, Evaluator
+from fedlora.engine.evaluation import ClassificationEvaluator, Evaluation, Evaluator
 from fedlora.engine.instruction import (
     GenerationEvaluator,
     InstructionSplit,
@@ -85,6 +85,15 @@ class Experiment:
             dense=self.model.initial_dense(),
             seed=self.config.run.seed,
         )
+
+    def evaluate(self, state: GlobalState) -> Evaluation:
+        """The global adapter, at its own rank per module (at least 1), on the test set."""
+        model = self.config.model
+        rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
+        factors = state.factors_for(rank_map, model.lora_alpha, model.use_rslora)
+        self.model.activate(rank_map, model.lora_alpha, model.use_rslora)
+        self.model.load(factors, state.dense)
+        return self.evaluator(self.model)
 
     def client_trainer(self, base: MergedBase | None = None) -> ClientTrainer:
         """A trainer of every client on this experiment's model (the in-process clients)."""
