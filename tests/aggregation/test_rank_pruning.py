@@ -102,7 +102,7 @@ def test_kept_slots_keep_their_effective_update(
 def test_pruning_is_off_unless_a_tolerance_is_given() -> None:
     update = ClientUpdate("c", {"m": _factors(8, 0.0)}, 10)
     assert not get_aggregator("hetlora").prunes_ranks
-    assert _ranks(get_aggregator("hetlora").prune(update)) == {"m": 8}
+    assert get_aggregator("hetlora").prune(update) is update
     assert get_aggregator("hetlora", prune_tol=0.1).prunes_ranks
     assert _ranks(get_aggregator("hetlora", prune_tol=0.1).prune(update)) == {"m": 7}
 

@@ -65,6 +65,8 @@ class HetLoRA(Aggregator):
 
     def prune(self, update: ClientUpdate) -> ClientUpdate:
         """Every module of ``update`` cut to its :func:`pruned_rank`."""
+        if not self.prunes_ranks:
+            return update
         modules = {
             name: keep_slots(factors, pruned_rank(factors, self.gamma, self.prune_tol))
             for name, factors in update.modules.items()
