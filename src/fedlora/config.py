@@ -128,7 +128,8 @@ class RanksSection(Section):
 class AggregationSection(Section):
     method: str = Field(
         "flexlora",
-        description="Aggregator: fedit, zero_padding, hetlora, replication, flexlora, flora, ffa.",
+        description="Aggregator: fedit, zero_padding, hetlora, replication, norm_replication, "
+        "flexlora, flora, ffa.",
     )
     weighting: Literal["num_examples", "uniform"] = Field(
         "num_examples", description="Client weights: local training-set size, or uniform."
@@ -136,7 +137,9 @@ class AggregationSection(Section):
     options: dict[str, Scalar] = Field(
         default_factory=dict,
         description="Options of the aggregator, e.g. {sigma = 'sqrt'} (flexlora), "
-        "{gamma = 0.99, lam = 0.001} (hetlora's self-pruning regulariser).",
+        "{gamma = 0.99, lam = 0.001} (hetlora's self-pruning regulariser: share of the rank "
+        "kept, weight), {prune_tol = 0.05} (hetlora: a client drops a module's trailing slots "
+        "when they carry less than this share of its update norm; 0, the default, never prunes).",
     )
 
 

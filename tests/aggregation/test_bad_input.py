@@ -174,13 +174,14 @@ def test_unknown_option_lists_the_valid_options() -> None:
         get_aggregator("replication", sigma="B")
 
 
-def test_registry_holds_the_seven_methods() -> None:
+def test_registry_holds_the_eight_methods() -> None:
     assert available_aggregators() == [
         "fedit",
         "ffa",
         "flexlora",
         "flora",
         "hetlora",
+        "norm_replication",
         "replication",
         "zero_padding",
     ]

@@ -17,6 +17,7 @@ from tests.aggregation.builders import (
     average_delta,
     initial,
     make_update,
+    masked_mean,
     rounds,
     weights_of,
 )
@@ -75,32 +76,12 @@ def test_zero_padding_dilutes_a_lone_high_rank_slot_to_one_over_k(k: int, seed: 
     torch.testing.assert_close(state.modules["m"].B[:, 2:4], folded.B[:, 2:4] / k)
 
 
-def _masked_mean_oracle(updates: list[ClientUpdate], module: str) -> tuple[torch.Tensor, ...]:
-    """RBLA-style oracle: NaN-pad every client to the largest rank, then a weighted nanmean."""
-    rank = max(u.modules[module].r for u in updates)
-    weights = torch.tensor(weights_of(updates), dtype=DTYPE)
-    stacked_A, stacked_B = [], []
-    for u in updates:
-        f = u.modules[module].folded()
-        A = torch.full((rank, f.in_features), math.nan, dtype=DTYPE)
-        B = torch.full((f.out_features, rank), math.nan, dtype=DTYPE)
-        A[: f.rank], B[:, : f.rank] = f.A, f.B
-        stacked_A.append(A)
-        stacked_B.append(B.T)
-    results = []
-    for stack in (torch.stack(stacked_A), torch.stack(stacked_B)):
-        present = ~torch.isnan(stack)
-        w = weights[:, None, None] * present
-        results.append(torch.nansum(stack * weights[:, None, None], 0) / w.sum(0))
-    return results[0], results[1].T
-
-
 @given(rounds(min_clients=2))
 def test_replication_equals_slotwise_masked_mean(case) -> None:  # type: ignore[no-untyped-def]
     shapes, updates = case
     state = get_aggregator("replication").aggregate(updates, initial(shapes))
     for name in shapes:
-        A, B = _masked_mean_oracle(updates, name)
+        A, B = masked_mean(updates, name, weights_of(updates))
         torch.testing.assert_close(state.modules[name].A, A)
         torch.testing.assert_close(state.modules[name].B, B)
 

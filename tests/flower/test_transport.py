@@ -170,6 +170,31 @@ def test_loss_based_allocation_is_the_same_through_flower(
 
 
 @pytest.mark.slow
+def test_pruned_ranks_travel_through_flower_as_in_process(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # HetLoRA with prune_tol = 1: every node halves its rank each time it trains.
+    overrides = {
+        "aggregation.method": "hetlora",
+        "aggregation.options": {"gamma": 0.5, "prune_tol": 1.0},
+        "run.rounds": 3,
+    }
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **overrides),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **overrides))
+    _assert_same(flower, reference)
+    for a, b in zip(flower.metrics[1:], reference.metrics[1:], strict=True):
+        assert (a.extra["tiers"], a.extra.get("pruned")) == (
+            b.extra["tiers"],
+            b.extra.get("pruned"),
+        )
+    served_pruned = [t for row in flower.metrics[1:] for t in row.extra["tiers"] if "pruned" in t]
+    assert served_pruned, "no node was served a pruned rank"
+
+
+@pytest.mark.slow
 def test_a_node_trains_on_its_own_file(tiny_bert_dir: Path, tmp_path: Path) -> None:
     config = _config(tiny_bert_dir, tmp_path / "run", **{"run.clients_per_round": 4})
     names = build_experiment(config).group_names

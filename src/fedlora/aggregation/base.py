@@ -28,8 +28,10 @@ class Aggregator(ABC):
     The method's needs are hooks, so that runners never ask which method is in use:
     ``trains_A`` (False: clients freeze ``A``, as in FFA-LoRA), ``merges_into_base`` (True: the
     round's update is merged into the base weights and clients restart from fresh LoRA, as FLoRA),
-    :meth:`client_regularizer` (a term a client adds to its training loss, as HetLoRA) and
-    :meth:`configure_federation` (the largest rank any client of the federation may train).
+    :meth:`client_regularizer` (a term a client adds to its training loss, as HetLoRA),
+    :meth:`configure_federation` (the largest rank any client of the federation may train) and
+    :meth:`prune` with :attr:`prunes_ranks` (a client sends, and keeps, fewer slots than it was
+    served: HetLoRA's rank self-pruning).
     """
 
     name: ClassVar[str]
@@ -45,6 +47,23 @@ class Aggregator(ABC):
     def client_regularizer(self) -> Regularizer | None:
         """A term every client adds to its local loss (``None``: plain training)."""
         return None
+
+    @property
+    def prunes_ranks(self) -> bool:
+        """Whether a client may send fewer slots of a module than it was served.
+
+        The server then accepts the smaller rank and serves the client that rank from then on;
+        a larger rank is never accepted.
+        """
+        return False
+
+    def prune(self, update: ClientUpdate) -> ClientUpdate:
+        """What a client sends of its trained ``update``: all of it, unless the method prunes.
+
+        Runs on the client after local training; a method with :attr:`prunes_ranks` may return
+        fewer slots per module (at least one), whose rank the client keeps.
+        """
+        return update
 
     def validate_update(self, update: ClientUpdate, previous: GlobalState) -> None:
         """All checks of one update against the state it was served from (raise on a bad one)."""

@@ -50,7 +50,8 @@ class ClientTrainer:
     ----------
     model : the base model with its adapters (shared by every client this trainer serves).
     config : the experiment config (training settings, seed, LoRA alpha).
-    aggregator : the method; its hooks say whether ``A`` is frozen and what regulariser to add.
+    aggregator : the method; its hooks say whether ``A`` is frozen, what regulariser to add and
+        which slots the client keeps after training.
     rows : the tokenised training rows.
     partitions : each client's row indices into ``rows``.
     held_out : each client's own held-out rows, for ``score_on = "local"`` (else empty).
@@ -99,7 +100,7 @@ class ClientTrainer:
                 self.settings,
                 regularizer=penalty,
             )
-        update = model.extract(str(task.client), len(indices))
+        update = self.aggregator.prune(model.extract(str(task.client), len(indices)))
         score = None
         if task.score:
             held = self.held_out.get(task.client)

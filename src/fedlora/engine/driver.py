@@ -4,9 +4,10 @@ One :class:`RoundDriver` does every step of a round: sample the clients, decide 
 map, serve its factors (and the merges it lacks), hand the tasks to a transport, validate each
 reply once, score the clients for a loss-based policy, aggregate, merge into the base (FLoRA),
 promote, evaluate, record the metrics, checkpoint; and it starts (round 0: the untuned model and
-the trivial baselines) and resumes runs.  The in-process pool and Flower are transports
-(:mod:`fedlora.engine.transport`), so both runners produce the same run directory from the same
-decisions.
+the trivial baselines) and resumes runs.  When the method lets clients prune their rank
+(HetLoRA's self-pruning) it accepts the smaller rank a client sends and serves it that rank from
+then on.  The in-process pool and Flower are transports (:mod:`fedlora.engine.transport`), so
+both runners produce the same run directory from the same decisions.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +28,7 @@ from fedlora.engine.seeds import sample_clients
 from fedlora.engine.traffic import Traffic, total
 from fedlora.engine.transport import ClientReply, Roster, TrainTask, Transport
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, MergedRound
+from fedlora.lora import ClientUpdate, LoraFactors, MergedRound
 from fedlora.ranks import RankTier, Scoring
 from fedlora.report import write_run_report
 from fedlora.runs import Checkpoint, RoundMetrics, RunDir, load_checkpoint, save_checkpoint
@@ -77,8 +78,9 @@ class RoundDriver:
     """Runs the rounds of one experiment through a transport and writes its run directory.
 
     Everything random in a round derives from ``(seed, round, client)`` and the checkpoint holds
-    the global state, the rank policy's state and which merges every client holds, so a resumed
-    run ends with the same numbers as an uninterrupted one, through either transport.
+    the global state, the rank policy's state, which merges every client holds and the ranks
+    clients pruned, so a resumed run ends with the same numbers as an uninterrupted one, through
+    either transport.
 
     Parameters
     ----------
@@ -102,6 +104,8 @@ class RoundDriver:
         self.base = MergedBase(experiment.model)
         self.merged: list[MergedRound] = []
         self.known_merged: dict[int, int] = {}
+        self.pruned: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+        """Per client that pruned: its tier's rank map then, and the rank map it pruned to."""
         self.roster = Roster(clients=frozenset())
 
     # ------------------------------------------------------------------ the run
@@ -149,6 +153,7 @@ class RoundDriver:
         replies = transport.train(tasks)
         timer.start("validate")
         accepted, dropped = self._accept(replies, tasks, state)
+        pruned = self._remember_pruning(accepted, tasks)
         scores, promoted = self._scores_and_promotion(accepted, scoring, timer)
         timer.start("aggregate")
         new_state = self._aggregate(accepted, state, round_index, dropped)
@@ -161,6 +166,8 @@ class RoundDriver:
             round_index, new_state, tasks, tiers, accepted, dropped, evaluation, timer.seconds
         )
         row.extra.update(_score_extra(scores, promoted))
+        if pruned:
+            row.extra["pruned"] = {str(c): ranks for c, ranks in pruned.items()}
         timer.start("record")
         self._record(row, new_state)
         timer.stop()
@@ -171,13 +178,25 @@ class RoundDriver:
         announced = self.roster.announced.get(client)
         return announced if announced is not None else self.experiment.policy.tier_of(client)
 
+    def served_ranks(self, client: int, tier: RankTier) -> dict[str, int]:
+        """The rank of every module ``client`` is served: its tier's, or what it pruned them to.
+
+        A pruned rank map holds while the client's tier is the one it pruned from; a new tier
+        (a loss-based promotion) starts from the new tier's ranks.
+        """
+        ranks = tier.rank_map(self.experiment.module_names)
+        pruned = self.pruned.get(client)
+        if pruned is not None and pruned[0] == ranks:
+            return dict(pruned[1])
+        return ranks
+
     # ------------------------------------------------------------------ a round's steps
 
     def _task(
         self, state: GlobalState, client: int, tier: RankTier, round_index: int, scoring: bool
     ) -> TrainTask:
         model = self.config.model
-        rank_map = tier.rank_map(self.experiment.module_names)
+        rank_map = self.served_ranks(client, tier)
         after = self.known_merged.get(client, 0)
         return TrainTask(
             client=client,
@@ -230,9 +249,10 @@ class RoundDriver:
         if update.client_id != str(reply.client):
             return f"the update is labelled client {update.client_id!r}"
         alpha = self.config.model.lora_alpha
+        prunes = self.experiment.aggregator.prunes_ranks
         for name, factors in update.modules.items():
             expected = task.factors.get(name)
-            if expected is not None and factors.r != expected.r:
+            if expected is not None and not _rank_accepted(factors.r, expected.r, prunes):
                 return f"module {name!r}: rank {factors.r} but it was served rank {expected.r}"
             if not math.isclose(factors.alpha, alpha, rel_tol=1e-6):
                 return f"module {name!r}: lora alpha {factors.alpha} but the run uses {alpha}"
@@ -241,6 +261,21 @@ class RoundDriver:
         except FedloraError as error:
             return str(error)
         return None
+
+    def _remember_pruning(
+        self, accepted: Sequence[ClientReply], tasks: Sequence[TrainTask]
+    ) -> dict[int, dict[str, int]]:
+        """Remember the rank maps of the accepted clients that sent fewer slots than served."""
+        served = {task.client: _ranks(task.factors) for task in tasks}
+        pruned: dict[int, dict[str, int]] = {}
+        for reply in accepted:
+            sent = _ranks(_required(reply.update).modules)
+            if sent != served[reply.client]:
+                pruned[reply.client] = sent
+                tier = self.tier(reply.client).rank_map(self.experiment.module_names)
+                self.pruned[reply.client] = (tier, sent)
+                log.info("client %d pruned its ranks to %s", reply.client, _ranks_label(sent))
+        return pruned
 
     def _scores_and_promotion(
         self, accepted: Sequence[ClientReply], scoring: bool, timer: _Timer
@@ -329,11 +364,12 @@ class RoundDriver:
                 sum(r.train_loss * _required(r.update).num_examples for r in accepted) / examples
             )
         clients = [t.client for t in tasks]
+        served = {t.client: _ranks(t.factors) for t in tasks}
         losses = {r.client: r.train_loss for r in accepted}
         return RoundMetrics(
             round=round_index,
             clients=clients,
-            ranks=[tiers[c].max_rank for c in clients],
+            ranks=[max(served[c].values()) for c in clients],
             train_loss=train_loss,
             bytes_up=total_up.bytes,
             bytes_down=total_down.bytes,
@@ -348,7 +384,7 @@ class RoundDriver:
             merged_params_down=total_down.merged_params,
             **test_metrics(evaluation),
             extra={
-                "tiers": [str(tiers[c]) for c in clients],
+                "tiers": [self._tier_label(tiers[c], served[c]) for c in clients],
                 "client_train_loss": [losses.get(c) for c in clients],
                 "client_examples": [
                     updates[c].num_examples if c in updates else None for c in clients
@@ -367,6 +403,12 @@ class RoundDriver:
             },
         )
 
+    def _tier_label(self, tier: RankTier, served: dict[str, int]) -> str:
+        """The tier's name, and what the client pruned it to when it did."""
+        if served == tier.rank_map(self.experiment.module_names):
+            return str(tier)
+        return f"{tier} pruned to {_ranks_label(served)}"
+
     def _record(self, row: RoundMetrics, state: GlobalState) -> None:
         self.run_dir.append_metrics(row)
         run = self.config.run
@@ -375,7 +417,13 @@ class RoundDriver:
                 Checkpoint(
                     state=state,
                     policy_state=self.experiment.policy.state_dict(),
-                    extra={"known_merged": {str(c): r for c, r in self.known_merged.items()}},
+                    extra={
+                        "known_merged": {str(c): r for c, r in self.known_merged.items()},
+                        "pruned": {
+                            str(c): {"from": tier, "ranks": ranks}
+                            for c, (tier, ranks) in self.pruned.items()
+                        },
+                    },
                 ),
                 self.run_dir.checkpoint_dir,
             )
@@ -430,9 +478,13 @@ class RoundDriver:
         replies = transport.train(tasks)
         timer.start("validate")
         accepted, dropped = self._accept(replies, tasks, state)
+        pruned = self._remember_pruning(accepted, tasks)
         scores, promoted = self._scores_and_promotion(accepted, True, timer)
         timer.stop()
-        return {**_score_extra(scores, promoted), "probe_dropped": dropped}
+        extra = {**_score_extra(scores, promoted), "probe_dropped": dropped}
+        if pruned:
+            extra["probe_pruned"] = {str(c): ranks for c, ranks in pruned.items()}
+        return extra
 
     def _restore(self) -> tuple[GlobalState, list[RoundMetrics]]:
         checkpoint = load_checkpoint(self.run_dir.checkpoint_dir)
@@ -444,6 +496,8 @@ class RoundDriver:
         self.base.store = self.run_dir.merged
         known = checkpoint.extra.get("known_merged", {})
         self.known_merged = {int(c): int(r) for c, r in known.items()}
+        pruned = checkpoint.extra.get("pruned", {})
+        self.pruned = {int(c): (dict(p["from"]), dict(p["ranks"])) for c, p in pruned.items()}
         rows = self.run_dir.keep_metrics_until(state.round)
         return state, rows
 
@@ -478,6 +532,21 @@ def _score_extra(scores: dict[int, float], promoted: list[int] | None) -> dict[s
 
 def _scores_locally(scoring: Scoring | None) -> bool:
     return scoring is not None and scoring.on == "local"
+
+
+def _rank_accepted(sent: int, served: int, prunes: bool) -> bool:
+    """The served rank, or a smaller one from a client of a method that prunes."""
+    return sent == served or (prunes and sent < served)
+
+
+def _ranks(factors: Mapping[str, LoraFactors]) -> dict[str, int]:
+    return {name: f.r for name, f in factors.items()}
+
+
+def _ranks_label(ranks: Mapping[str, int]) -> str:
+    """``r4``, or ``r2-4`` when the modules differ."""
+    low, high = min(ranks.values()), max(ranks.values())
+    return f"r{low}" if low == high else f"r{low}-{high}"
 
 
 def _required(update: ClientUpdate | None) -> ClientUpdate:
