@@ -217,3 +217,24 @@ def test_ffa_clients_send_back_the_served_A(tiny_bert_dir: Path, tmp_path: Path)
     for name, served in factors.items():
         assert torch.equal(update.modules[name].A, served.A)
         assert not torch.equal(update.modules[name].B, served.B)
+
+
+def test_proportion_can_give_the_high_rank_to_the_high_quality_clients(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        tiny_bert_dir,
+        tmp_path / "run",
+        **{
+            "run.num_clients": 10,
+            "data.partition": "quality",
+            "data.partition_options": {"high_quality_fraction": 0.2},
+            "ranks.policy": "proportion",
+            "ranks.options": {"high": 8, "low": 2, "fraction": 0.2, "choose": "high_quality"},
+        },
+    )
+    experiment = build_experiment(config)
+    allocation = experiment.policy.allocation
+    assert allocation is not None
+    high = [c for c, tier in enumerate(allocation) if tier.max_rank == 8]
+    assert high == experiment.high_quality_clients

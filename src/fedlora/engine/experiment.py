@@ -16,6 +16,7 @@ import numpy.typing as npt
 from fedlora.aggregation import Aggregator, GlobalState, get_aggregator
 from fedlora.config import ExperimentConfig
 from fedlora.data import (
+    Partitioner,
     QualityPartitioner,
     TextClassificationData,
     TokenizedData,
@@ -141,6 +142,10 @@ class InstructionRows:
 def policy_and_method(config: ExperimentConfig) -> tuple[RankPolicy, Aggregator]:
     """The rank policy (assigned) and the aggregator: names and options fail before any data."""
     policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
+    if policy.wants_high_quality_clients:
+        partitioner = _partitioner(config)
+        if isinstance(partitioner, QualityPartitioner):
+            policy.prefer(partitioner.high_quality_clients(config.run.num_clients))
     policy.assign(config.run.num_clients)
     aggregator = get_aggregator(
         config.aggregation.method,
@@ -152,11 +157,7 @@ def policy_and_method(config: ExperimentConfig) -> tuple[RankPolicy, Aggregator]
 
 def classification_rows(config: ExperimentConfig, policy: RankPolicy) -> ClassificationRows:
     """The classification data, loaded and subsampled, and its row plan."""
-    partitioner = get_partitioner(
-        config.data.partition,
-        seed=derive_seed(config.run.seed, "partition"),
-        **config.data.partition_options,
-    )
+    partitioner = _partitioner(config)
     train, test = load_data(config)
     labels = np.asarray(train.labels, dtype=np.int64)
     partitions = [
@@ -173,16 +174,20 @@ def instruction_rows(config: ExperimentConfig, policy: RankPolicy) -> Instructio
     """The instruction examples, split into seen tasks (dealt to clients) and test tasks."""
     partitioner = None
     if config.data.partition != "natural":
-        partitioner = get_partitioner(
-            config.data.partition,
-            seed=derive_seed(config.run.seed, "partition"),
-            **config.data.partition_options,
-        )
+        partitioner = _partitioner(config)
     elif config.data.partition_options:
         raise ConfigError("data.partition_options: the natural partition takes no options")
     split = split_instructions(config, load_instructions(config), partitioner)
     plan = _plan(config, policy, split.task_ids, split.task_names, split.partitions, None)
     return InstructionRows(split=split, plan=plan)
+
+
+def _partitioner(config: ExperimentConfig) -> Partitioner:
+    return get_partitioner(
+        config.data.partition,
+        seed=derive_seed(config.run.seed, "partition"),
+        **config.data.partition_options,
+    )
 
 
 def _plan(
