@@ -93,7 +93,9 @@ def test_the_high_rank_can_go_to_the_high_quality_clients() -> None:
     fewer = ProportionRanks(fraction=0.1, choose="high_quality", seed=3)
     fewer.prefer([7, 2])
     assert _high(fewer, 10) in ([2], [7])
-    assert ProportionRanks(fraction=0.2, choose="random", seed=3).wants_high_quality_clients is False
+    assert (
+        ProportionRanks(fraction=0.2, choose="random", seed=3).wants_high_quality_clients is False
+    )
 
 
 def test_high_quality_choice_needs_the_high_quality_clients() -> None:
