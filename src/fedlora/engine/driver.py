@@ -31,7 +31,16 @@ from fedlora.errors import FedloraError
 from fedlora.lora import ClientUpdate, LoraFactors, MergedRound
 from fedlora.ranks import RankTier, Scoring
 from fedlora.report import write_run_report
-from fedlora.runs import Checkpoint, RoundMetrics, RunDir, load_checkpoint, save_checkpoint
+from fedlora.runs import (
+    Checkpoint,
+    Expected,
+    RoundMetrics,
+    RunDir,
+    faults,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fedlora.runs.checkpoint import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +159,17 @@ class RoundDriver:
         scoring = exp.policy.wants_scores(round_index)
         tasks = [self._task(state, c, tiers[c], round_index, scoring) for c in clients]
         timer.start("train")
+        faults.point("round:train")
         replies = transport.train(tasks)
         timer.start("validate")
         accepted, dropped = self._accept(replies, tasks, state)
         pruned = self._remember_pruning(accepted, tasks)
         scores, promoted = self._scores_and_promotion(accepted, scoring, timer)
         timer.start("aggregate")
+        faults.point("round:aggregate")
         new_state = self._aggregate(accepted, state, round_index, dropped)
         timer.start("evaluate")
+        faults.point("round:evaluate")
         evaluation = None
         if round_index % run.eval_every == 0 or round_index == run.rounds:
             evaluation = exp.evaluate(new_state)
@@ -411,6 +423,7 @@ class RoundDriver:
 
     def _record(self, row: RoundMetrics, state: GlobalState) -> None:
         self.run_dir.append_metrics(row)
+        faults.point("round:record")
         run = self.config.run
         if row.round % run.checkpoint_every == 0 or row.round == run.rounds:
             save_checkpoint(
@@ -423,9 +436,11 @@ class RoundDriver:
                             str(c): {"from": tier, "ranks": ranks}
                             for c, (tier, ranks) in self.pruned.items()
                         },
+                        "merged_rounds": [m.round for m in self.merged],
                     },
                 ),
                 self.run_dir.checkpoint_dir,
+                self.config.to_toml(),
             )
 
     # ------------------------------------------------------------------ start and resume
@@ -487,10 +502,26 @@ class RoundDriver:
         return extra
 
     def _restore(self) -> tuple[GlobalState, list[RoundMetrics]]:
-        checkpoint = load_checkpoint(self.run_dir.checkpoint_dir)
+        """The newest checkpoint that is this run's and intact; every file checked first."""
+        exp = self.experiment
+        expected = Expected(
+            config_digest=config_digest(self.config.to_toml()),
+            seed=self.config.run.seed,
+            max_round=self.config.run.rounds,
+            module_shapes=exp.module_shapes,
+            dense_shapes=exp.model.dense_shapes(),
+        )
+        checkpoint = load_checkpoint(self.run_dir.checkpoint_dir, expected)
         state = checkpoint.state
-        self.experiment.policy.load_state_dict(checkpoint.policy_state)
         self.merged = self.run_dir.merged.load(until=state.round)
+        saved = checkpoint.extra.get("merged_rounds", [])
+        if [m.round for m in self.merged] != saved:
+            raise FedloraError(
+                f"{self.run_dir.merged_dir}: merged rounds {[m.round for m in self.merged]}, but "
+                f"the checkpoint of round {state.round} merged {saved}"
+            )
+        rows = self.run_dir.keep_metrics_until(state.round)
+        exp.policy.load_state_dict(checkpoint.policy_state)
         self.run_dir.merged.drop_after(state.round)
         self.base.apply(self.merged, after=0)
         self.base.store = self.run_dir.merged
@@ -498,7 +529,6 @@ class RoundDriver:
         self.known_merged = {int(c): int(r) for c, r in known.items()}
         pruned = checkpoint.extra.get("pruned", {})
         self.pruned = {int(c): (dict(p["from"]), dict(p["ranks"])) for c, p in pruned.items()}
-        rows = self.run_dir.keep_metrics_until(state.round)
         return state, rows
 
     # ------------------------------------------------------------------ the federation

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
-from fedlora.runs.checkpoint import META
+from fedlora.runs.checkpoint import has_checkpoint
 from fedlora.runs.merged import MergedStore
 from fedlora.runs.metrics import RoundMetrics, read_metrics, write_metrics_csv
 
@@ -61,7 +62,7 @@ class RunDir:
         return self.summary_file.exists()
 
     def has_checkpoint(self) -> bool:
-        return (self.checkpoint_dir / META).exists()
+        return has_checkpoint(self.checkpoint_dir)
 
     @classmethod
     def check_free(
@@ -113,13 +114,30 @@ class RunDir:
         return read_metrics(self.metrics_file)
 
     def append_metrics(self, row: RoundMetrics) -> None:
+        """One more line, on disk (fsynced) before the round's checkpoint is written."""
         with self.metrics_file.open("a", encoding="utf-8") as handle:
             handle.write(row.to_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         write_metrics_csv(self.metrics(), self.path / METRICS_CSV)
 
     def keep_metrics_until(self, last_round: int) -> list[RoundMetrics]:
-        """Drop metrics of rounds after the checkpoint (they are recomputed on resume)."""
-        rows = [row for row in self.metrics() if row.round <= last_round]
+        """The metrics of rounds 0..``last_round`` (a checkpoint's), the later ones dropped
+        (they are recomputed on resume); a line torn by a crash is repaired, a missing round
+        is an error."""
+        if not self.metrics_file.exists():
+            raise FedloraError(f"{self.metrics_file} is missing; the run cannot be resumed")
+        rows = [
+            row
+            for row in read_metrics(self.metrics_file, repair_torn_tail=True)
+            if row.round <= last_round
+        ]
+        if [row.round for row in rows] != list(range(last_round + 1)):
+            held = [row.round for row in rows]
+            raise FedloraError(
+                f"{self.metrics_file} holds rounds {held}, not 0..{last_round} of its "
+                f"checkpoint; the run cannot be resumed exactly"
+            )
         self.rewrite_metrics(rows)
         return rows
 
