@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,12 +138,12 @@ def test_a_run_killed_anywhere_resumes_to_the_same_numbers(
 # ---------------------------------------------------------------------------------- damage
 
 
-def _finished(tmp_path: Path, model_dir: Path) -> tuple[Path, Path]:
-    """A finished 3-round run, and a copy of it made unfinished (resumable from round 3)."""
+def _finished(tmp_path: Path, model_dir: Path) -> Path:
+    """The directory of a finished 3-round run."""
     out = tmp_path / "run"
     config = _config(tmp_path, model_dir, "flexlora")
     assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
-    return config, out
+    return out
 
 
 def _rewrite(path: Path, change: Any) -> None:
@@ -218,7 +219,7 @@ def test_a_damaged_checkpoint_is_never_used(
 def test_no_usable_checkpoint_stops_with_one_line(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, out = _finished(tmp_path, tiny_bert_dir)
+    out = _finished(tmp_path, tiny_bert_dir)
     (out / "summary.md").unlink()
     for path in (out / "checkpoint").iterdir():
         path.write_bytes(b"not a checkpoint")
@@ -237,7 +238,7 @@ def test_no_usable_checkpoint_stops_with_one_line(
 def test_a_torn_metrics_line_is_repaired_and_a_missing_round_refused(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _, out = _finished(tmp_path, tiny_bert_dir)
+    out = _finished(tmp_path, tiny_bert_dir)
     (out / "summary.md").unlink()
     metrics = out / "metrics.jsonl"
     lines = metrics.read_text().splitlines(keepends=True)
