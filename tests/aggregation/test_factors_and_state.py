@@ -58,8 +58,8 @@ def test_mixed_ranks_under_fixed_alpha_aggregate_effective_updates() -> None:
     # Two clients with the same alpha but ranks 2 and 8 have scales 8 and 2.  FlexLoRA with enough
     # kept rank reproduces the average of the effective updates exactly, whatever alpha serves it.
     shapes = {"m": (10, 9)}
-    low = make_update("low", shapes, 2, seed=1, alpha=16.0, num_examples=1)
-    high = make_update("high", shapes, 8, seed=2, alpha=16.0, num_examples=1)
+    low = make_update(0, shapes, 2, seed=1, alpha=16.0, num_examples=1)
+    high = make_update(1, shapes, 8, seed=2, alpha=16.0, num_examples=1)
     state = get_aggregator("flexlora", max_rank=9).aggregate([low, high], initial(shapes))
     expected = 0.5 * low.modules["m"].delta() + 0.5 * high.modules["m"].delta()
     torch.testing.assert_close(state.delta("m"), expected)
@@ -101,7 +101,7 @@ def test_fresh_rows_depend_on_module_and_round() -> None:
 
 def test_served_factors_beyond_global_rank_keep_the_update() -> None:
     shapes = {"m": (8, 8)}
-    update = make_update("a", shapes, 2, seed=0)
+    update = make_update(0, shapes, 2, seed=0)
     state = get_aggregator("zero_padding").aggregate([update], initial(shapes))
     assert state.rank_map() == {"m": 2}
     served = state.factors_for(6, 16.0)["m"]

@@ -306,8 +306,8 @@ def _echo(message: Message, context: Context, **change: Any) -> Message:
 
     settings = message.content.config_records[CONFIG]
     client = int(change.get("client", settings["client"]))  # type: ignore[arg-type]
-    factors, dense = record_to_factors(message.content.array_records[ARRAYS], 16.0, False, "x")
-    update = ClientUpdate(str(client), factors, 10, dense)
+    factors, dense = record_to_factors(message.content.array_records[ARRAYS], 16.0, False, client)
+    update = ClientUpdate(client, factors, 10, dense)
     return Message(content=reply_content(update, {"train-loss": 0.5}), reply_to=message)
 
 

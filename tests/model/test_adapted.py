@@ -88,7 +88,7 @@ def test_names_are_canonical_and_stable_across_adapters() -> None:
     before = adapted.initial_dense()
     adapted.activate(2, 4.0)
     adapted.activate(mixed_ranks(adapted), 8.0)
-    update = adapted.extract("c", 1)
+    update = adapted.extract(0, 1)
     assert set(update.modules) == set(expected)
     assert set(update.dense) == {"classifier.weight", "classifier.bias"}
     assert adapted.module_shapes() == expected
@@ -147,7 +147,7 @@ def test_adapters_swap_in_place_on_one_base_model(kind: str) -> None:
     second_logits = logits(adapted, inputs)
     adapted.activate(mixed, 16.0)
     assert adapted.num_adapters == 2  # reused, not rebuilt
-    update = adapted.extract("back", 3)
+    update = adapted.extract(0, 3)
     for name, factors in first_factors.items():
         assert torch.equal(update.modules[name].A, factors.A)
         assert torch.equal(update.modules[name].B, factors.B)
@@ -162,8 +162,8 @@ def test_load_extract_round_trip_is_exact() -> None:
     adapted.activate(ranks, 12.0, use_rslora=True)
     factors, dense = random_state(adapted, seed=5)
     adapted.load(factors, dense)
-    update = adapted.extract("client-7", 42)
-    assert update.client_id == "client-7"
+    update = adapted.extract(7, 42)
+    assert update.client_id == 7
     assert update.num_examples == 42
     for name, given in factors.items():
         got = update.modules[name]
@@ -243,7 +243,7 @@ def test_merge_into_base_adds_exactly_B_times_A() -> None:
         assert torch.equal(adapted.base_weight(name), expected)
     assert not torch.allclose(logits(adapted, inputs), before_logits, atol=1e-4)
     # The adapter itself is untouched.
-    assert torch.equal(adapted.extract("c", 1).modules[BERT_QUERY].A, factors[BERT_QUERY].A)
+    assert torch.equal(adapted.extract(0, 1).modules[BERT_QUERY].A, factors[BERT_QUERY].A)
     with pytest.raises(FedloraError, match="update is 32 x 16"):
         adapted.merge_into_base(
             {BERT_QUERY: FoldedFactors(A=torch.ones(1, 16), B=torch.ones(32, 1))}
@@ -263,7 +263,7 @@ def test_freeze_A_trains_only_B_and_survives_adapter_switches() -> None:
         assert id(A) not in trainable and not A.requires_grad
         assert id(B) in trainable and B.requires_grad
     train_local(adapted, [batch()], TrainConfig(steps=2, lr=1e-2))
-    update = adapted.extract("c", 6)
+    update = adapted.extract(0, 6)
     for name, given in factors.items():
         assert torch.equal(update.modules[name].A, given.A)
         assert not torch.equal(update.modules[name].B, given.B)
@@ -302,7 +302,7 @@ def test_hetlora_penalty_has_gradients_through_live_parameters() -> None:
 def test_load_refuses_mismatched_state() -> None:
     adapted = AdaptedModel(tiny_model("bert"))
     with pytest.raises(FedloraError, match="no adapter is active"):
-        adapted.extract("c", 1)
+        adapted.extract(0, 1)
     adapted.activate(mixed_ranks(adapted), 8.0)
     factors, dense = random_state(adapted, seed=10)
 
@@ -331,7 +331,7 @@ def test_load_refuses_mismatched_state() -> None:
     other[last] = LoraFactors(A=g.A, B=g.B[:16], alpha=g.alpha, r=g.r)
     with pytest.raises(FedloraError, match="B has shape"):
         adapted.load(other, other_dense)
-    kept = adapted.extract("c", 1)
+    kept = adapted.extract(0, 1)
     assert all(torch.equal(kept.modules[name].A, factors[name].A) for name in factors)
     assert torch.equal(kept.dense["classifier.weight"], dense["classifier.weight"])
 
@@ -378,6 +378,6 @@ def test_adapter_creation_leaves_global_rng_alone_and_is_reproducible() -> None:
     two.activate(mixed_ranks(two), 8.0)
     three = AdaptedModel(tiny_model("bert"), init_seed=6)
     three.activate(mixed_ranks(three), 8.0)
-    a1 = one.extract("a", 1).modules[BERT_QUERY].A
-    assert torch.equal(a1, two.extract("b", 1).modules[BERT_QUERY].A)
-    assert not torch.equal(a1, three.extract("c", 1).modules[BERT_QUERY].A)
+    a1 = one.extract(0, 1).modules[BERT_QUERY].A
+    assert torch.equal(a1, two.extract(1, 1).modules[BERT_QUERY].A)
+    assert not torch.equal(a1, three.extract(2, 1).modules[BERT_QUERY].A)

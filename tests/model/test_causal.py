@@ -116,7 +116,7 @@ def test_tiered_ranks_give_peft_shapes_and_the_explicit_update(kind: str) -> Non
     assert {r for name, r in ranks.items() if ".mlp." in name} == {8}
     adapted.activate(ranks, alpha=16.0)
 
-    fresh = adapted.extract("c", 1)
+    fresh = adapted.extract(0, 1)
     assert fresh.dense == {}
     shapes = adapted.module_shapes()
     for name, f in fresh.modules.items():
@@ -130,7 +130,7 @@ def test_tiered_ranks_give_peft_shapes_and_the_explicit_update(kind: str) -> Non
 
     factors = random_factors(adapted, seed=3)
     adapted.load(factors, {})
-    back = adapted.extract("c", 1)
+    back = adapted.extract(0, 1)
     for name, f in factors.items():
         assert torch.equal(back.modules[name].A, f.A)
         assert torch.equal(back.modules[name].B, f.B)

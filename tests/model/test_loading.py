@@ -161,7 +161,7 @@ def test_real_minilm_trains_one_step_and_extracts_its_adapter() -> None:
     result = train_local(adapted, [inputs], TrainConfig(steps=1, lr=1e-3))
     assert result.steps == 1 and result.examples == 4
 
-    update = adapted.extract("minilm-client", 4)
+    update = adapted.extract(0, 4)
     assert len(update.modules) == 12
     for factors in update.modules.values():
         assert tuple(factors.A.shape) == (8, 384)

@@ -131,8 +131,8 @@ def test_regularizer_is_added_every_step_but_not_reported() -> None:
     assert calls == 3
     assert result.mean_loss < 10.0
     # The penalty's gradient pulls B towards zero, so B differs from plain training.
-    regularized = adapted.extract("r", 6).modules
-    unregularized = plain.extract("p", 6).modules
+    regularized = adapted.extract(0, 6).modules
+    unregularized = plain.extract(1, 6).modules
     name = adapted.target_modules[0]
     assert not torch.allclose(regularized[name].B, unregularized[name].B)
 

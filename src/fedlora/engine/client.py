@@ -100,7 +100,7 @@ class ClientTrainer:
                 self.settings,
                 regularizer=penalty,
             )
-        update = self.aggregator.prune(model.extract(str(task.client), len(indices)))
+        update = self.aggregator.prune(model.extract(task.client, len(indices)))
         score = None
         if task.score:
             held = self.held_out.get(task.client)

@@ -246,8 +246,8 @@ class RoundDriver:
             return "a second reply"
         if update is None:
             return "no update"
-        if update.client_id != str(reply.client):
-            return f"the update is labelled client {update.client_id!r}"
+        if update.client_id != reply.client:
+            return f"the update is labelled client {update.client_id}"
         alpha = self.config.model.lora_alpha
         prunes = self.experiment.aggregator.prunes_ranks
         for name, factors in update.modules.items():

@@ -70,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
         msg.content.array_records[ARRAYS],
         config.model.lora_alpha,
         config.model.use_rslora,
-        str(client),
+        client,
     )
     merged = msg.content.array_records.get(MERGED)
     task = TrainTask(

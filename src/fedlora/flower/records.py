@@ -37,7 +37,7 @@ def factors_to_record(
 
 
 def record_to_factors(
-    record: ArrayRecord, alpha: float, use_rslora: bool, client_id: str
+    record: ArrayRecord, alpha: float, use_rslora: bool, client_id: int
 ) -> tuple[dict[str, LoraFactors], dict[str, Tensor]]:
     """Inverse of :func:`factors_to_record`; the rank of each module is read from its arrays."""
     pairs: dict[str, dict[str, Tensor]] = {}
@@ -107,7 +107,7 @@ def reply_content(update: ClientUpdate, metrics: Mapping[str, float | int]) -> R
             METRICS: MetricRecord(
                 {
                     "num-examples": update.num_examples,
-                    "client": int(update.client_id),
+                    "client": update.client_id,
                     "alpha": float(alpha),
                     **metrics,
                 }
@@ -117,24 +117,27 @@ def reply_content(update: ClientUpdate, metrics: Mapping[str, float | int]) -> R
 
 
 def update_from_reply(content: RecordDict, use_rslora: bool) -> ClientUpdate:
-    """Rebuild a :class:`ClientUpdate`; malformed content raises :class:`InvalidUpdateError`."""
+    """Rebuild a :class:`ClientUpdate`; malformed content raises :class:`FedloraError`.
+
+    The errors of content that names no client yet are plain :class:`FedloraError` s: the
+    transport reports them for the client whose node sent the reply.
+    """
     metrics = content.metric_records.get(METRICS)
     arrays = content.array_records.get(ARRAYS)
     if metrics is None or arrays is None:
-        raise InvalidUpdateError("reply lacks arrays or metrics", client_id="?")
-    client_id = str(int(_scalar(metrics, "client", "?")))
-    alpha = _scalar(metrics, "alpha", client_id)
-    factors, dense = record_to_factors(arrays, alpha, use_rslora, client_id)
+        raise FedloraError("reply lacks arrays or metrics")
+    client_id = int(_scalar(metrics, "client"))
+    factors, dense = record_to_factors(arrays, _scalar(metrics, "alpha"), use_rslora, client_id)
     return ClientUpdate(
         client_id=client_id,
         modules=factors,
-        num_examples=int(_scalar(metrics, "num-examples", client_id)),
+        num_examples=int(_scalar(metrics, "num-examples")),
         dense=dense,
     )
 
 
-def _scalar(metrics: MetricRecord, key: str, client_id: str) -> float:
+def _scalar(metrics: MetricRecord, key: str) -> float:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidUpdateError(f"metric {key!r} is missing or not a number", client_id=client_id)
+        raise FedloraError(f"metric {key!r} is missing or not a number")
     return float(value)

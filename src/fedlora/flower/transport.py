@@ -175,7 +175,7 @@ def _decode(message: Message, client: int, use_rslora: bool) -> ClientReply:
         metrics = message.content.metric_records[METRICS]
     except (FedloraError, KeyError) as error:
         return ClientReply.failed(client, f"node {node_id} sent a malformed reply: {error}")
-    if update.client_id != str(client):
+    if update.client_id != client:
         return ClientReply.failed(
             client, f"node {node_id} answered for client {update.client_id}, not its own"
         )

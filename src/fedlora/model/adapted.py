@@ -276,7 +276,7 @@ class AdaptedModel:
             for target, source in pairs:
                 target.copy_(source)
 
-    def extract(self, client_id: str, num_examples: int) -> ClientUpdate:
+    def extract(self, client_id: int, num_examples: int) -> ClientUpdate:
         """The active adapter's factors and head as detached float32 copies."""
         layout, slot = self._require_active("extract")
         ranks = layout.rank_map()
