@@ -16,7 +16,7 @@ from fedlora.aggregation import (
     top_svd_of_sum,
 )
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, LoraSettings
 from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
 
 
@@ -29,7 +29,7 @@ def test_clients_covering_the_rank_receive_the_average_exactly(case, svd) -> Non
         true_rank = int(torch.linalg.matrix_rank(expected))
         r = min(out, inp)  # a client whose rank covers rank(dW)
         assert state.modules[name].rank >= true_rank
-        served = state.factors_for({n: min(s) for n, s in shapes.items()}, 16.0)[name]
+        served = state.factors_for({n: min(s) for n, s in shapes.items()}, LoraSettings(16.0))[name]
         assert served.r == r
         torch.testing.assert_close(served.delta(), expected)
 
@@ -43,7 +43,7 @@ def test_truncation_error_equals_the_eckart_young_bound(case, r, sigma) -> None:
     expected = average_delta(updates, name)
     singular_values = torch.linalg.svdvals(expected)
     ranks = {n: min(r, *s) for n, s in shapes.items()}
-    served = state.factors_for(ranks, 8.0)[name]
+    served = state.factors_for(ranks, LoraSettings(8.0))[name]
     error = torch.linalg.matrix_norm(served.delta() - expected)
     bound = singular_values[r:].square().sum().sqrt()
     torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
@@ -127,7 +127,7 @@ def test_rounds_without_high_rank_clients_do_not_truncate_what_they_are_served(
     # rank-8 approximation, a rank-2 client its best rank-2 one.
     dW = average_delta(updates, "m")
     for r in (8, 2):
-        served = state.factors_for(r, 16.0)["m"]
+        served = state.factors_for(r, LoraSettings(16.0))["m"]
         torch.testing.assert_close(served.delta(), _best_rank_approximation(dW, r))
     assert state.rank_map() == {"m": 8}
 
@@ -144,7 +144,9 @@ def test_single_client_of_full_kept_rank_gets_its_own_update_back() -> None:
     shapes = {"m": (8, 6)}
     update = make_update(0, shapes, 4, seed=3, alpha=32.0)
     state = get_aggregator("flexlora").aggregate([update], initial(shapes))
-    torch.testing.assert_close(state.factors_for(4, 8.0)["m"].delta(), update.modules["m"].delta())
+    torch.testing.assert_close(
+        state.factors_for(4, LoraSettings(8.0))["m"].delta(), update.modules["m"].delta()
+    )
 
 
 def test_per_module_rank_tiers() -> None:
@@ -156,7 +158,7 @@ def test_per_module_rank_tiers() -> None:
     ]
     state = get_aggregator("flexlora", max_rank=8).aggregate(updates, initial(shapes))
     assert state.rank_map() == {"attn.q": 5, "mlp.up": 8}
-    served = state.factors_for({"attn.q": 8, "mlp.up": 8}, 16.0)
+    served = state.factors_for({"attn.q": 8, "mlp.up": 8}, LoraSettings(16.0))
     for name in shapes:
         torch.testing.assert_close(served[name].delta(), average_delta(updates, name))
 
@@ -283,7 +285,7 @@ def test_rank_deficient_rounds_serve_no_dead_slots_and_the_same_product(  # type
     singular_values = torch.linalg.svdvals(dW)
     kept = state.rank_map()["m"]
     for r in range(1, limit + 1):
-        error = torch.linalg.matrix_norm(state.factors_for(r, 8.0)["m"].delta() - dW)
+        error = torch.linalg.matrix_norm(state.factors_for(r, LoraSettings(8.0))["m"].delta() - dW)
         bound = singular_values[min(r, kept) :].square().sum().sqrt()
         torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
 

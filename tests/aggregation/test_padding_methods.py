@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fedlora.aggregation import get_aggregator, norm_weights, self_pruning_penalty, update_norm
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, LoraFactors
+from fedlora.lora import ClientUpdate, LoraFactors, LoraSettings
 from tests.aggregation.builders import (
     DTYPE,
     average_delta,
@@ -199,7 +199,7 @@ def test_flora_stacking_is_exact(case) -> None:  # type: ignore[no-untyped-def]
         assert merged.rank == sum(u.modules[name].r for u in updates)
         torch.testing.assert_close(merged.delta(), average_delta(updates, name))
         assert state.modules[name].rank == 0
-    served = state.factors_for({n: min(s) for n, s in shapes.items()}, 16.0)
+    served = state.factors_for({n: min(s) for n, s in shapes.items()}, LoraSettings(16.0))
     assert all(torch.count_nonzero(f.B) == 0 for f in served.values())
 
 
@@ -208,8 +208,8 @@ def test_flora_reinitialises_A_each_round() -> None:
     agg = get_aggregator("flora")
     first = agg.aggregate([make_update(0, shapes, 2, seed=0)], initial(shapes))
     second = agg.aggregate([make_update(0, shapes, 2, seed=1)], first)
-    a1 = first.factors_for(2, 8.0)["m"].A
-    a2 = second.factors_for(2, 8.0)["m"].A
+    a1 = first.factors_for(2, LoraSettings(8.0))["m"].A
+    a2 = second.factors_for(2, LoraSettings(8.0))["m"].A
     assert not torch.allclose(a1, a2)
 
 
@@ -221,7 +221,7 @@ def _ffa_round(
     g = torch.Generator().manual_seed(seed)
     updates = []
     for k, r in enumerate(ranks):
-        served = served_state.factors_for(r, 16.0)["m"]
+        served = served_state.factors_for(r, LoraSettings(16.0))["m"]
         B = torch.randn(served.B.shape, generator=g, dtype=DTYPE)
         updates.append(ClientUpdate(k, {"m": LoraFactors(served.A, B, 16.0, r)}, 5 + k))
     return updates

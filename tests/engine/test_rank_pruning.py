@@ -146,7 +146,7 @@ def test_a_client_sends_the_first_slots_of_what_it_trained(
         experiment = build_experiment(config)
         state = experiment.initial_state()
         served = _per_module(experiment.module_names, 4, 8)
-        factors = state.factors_for(served, config.model.lora_alpha)
+        factors = state.factors_for(served, config.model.lora_settings())
         reply = experiment.client_trainer().train(
             TrainTask(client=1, round=1, factors=factors, dense=state.dense)
         )

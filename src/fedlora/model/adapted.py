@@ -1,12 +1,12 @@
 """One frozen base model shared by every simulated client, with LoRA adapters swapped in place.
 
 Simulating hundreds of clients must not rebuild (or copy) the model per client per round.  The
-base model is wrapped by PEFT once; each distinct *adapter layout* (the rank of every module, the
-client's ``alpha`` and rsLoRA flag) gets one named PEFT adapter, created the first time a client
-with that layout trains and reused afterwards.  Switching clients is then PEFT's ``set_adapter``
-(flags only) plus an in-place ``copy_`` of the client's factors into the adapter's parameters;
-the number of adapters is bounded by the number of rank tiers, not by the number of clients, and
-the least recently used ones are deleted beyond ``max_adapters``.
+base model is wrapped by PEFT once; each distinct *adapter layout* (the rank of every module and
+the client's :class:`~fedlora.lora.LoraSettings`) gets one named PEFT adapter, created the first
+time a client with that layout trains and reused afterwards.  Switching clients is then PEFT's
+``set_adapter`` (flags only) plus an in-place ``copy_`` of the client's factors into the adapter's
+parameters; the number of adapters is bounded by the number of rank tiers, not by the number of
+clients, and the least recently used ones are deleted beyond ``max_adapters``.
 
 Per-module ranks use PEFT's ``rank_pattern`` with every module's full name, regex-escaped: PEFT
 matches a pattern key ``k`` against a module name ``n`` with ``re.match(rf"(.*\\.)?({k})$", n)``,
@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora.factors import FoldedFactors, LoraFactors
+from fedlora.lora.settings import LoraSettings
 from fedlora.lora.update import ClientUpdate
 from fedlora.model.targets import (
     default_head_modules,
@@ -51,11 +52,10 @@ from fedlora.model.targets import (
 
 @dataclass(frozen=True)
 class AdapterLayout:
-    """What makes two clients' adapters interchangeable: ranks per module, alpha and rsLoRA."""
+    """What makes two clients' adapters interchangeable: ranks per module and LoRA settings."""
 
     ranks: tuple[tuple[str, int], ...]
-    alpha: float
-    use_rslora: bool = False
+    lora: LoraSettings
 
     def rank_map(self) -> dict[str, int]:
         return dict(self.ranks)
@@ -82,8 +82,6 @@ class AdaptedModel:
         LoRA targets (PEFT suffix matching); ``None`` uses the architecture's default.
     head_modules:
         Modules trained densely (PEFT ``modules_to_save``); ``None`` uses the classifier head.
-    lora_dropout:
-        Dropout on the LoRA input during training; it draws from torch's default generator.
     max_adapters:
         How many layouts stay in memory; the least recently activated are deleted beyond it.
     init_seed:
@@ -96,12 +94,9 @@ class AdaptedModel:
         target_modules: Sequence[str] | None = None,
         head_modules: Sequence[str] | None = None,
         *,
-        lora_dropout: float = 0.0,
         max_adapters: int = 8,
         init_seed: int = 0,
     ) -> None:
-        if not 0.0 <= lora_dropout < 1.0:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {lora_dropout}")
         if max_adapters < 1:
             raise ConfigError(f"max_adapters must be at least 1, got {max_adapters}")
         targets = resolve_targets(
@@ -140,7 +135,6 @@ class AdaptedModel:
             )
         self._transposed = kinds == {"Conv1D"}
         self._head_originals = {name: base_model.get_submodule(name) for name in head}
-        self._dropout = lora_dropout
         self._max_adapters = max_adapters
         self._init_seed = init_seed
         self._peft: Any = None
@@ -194,10 +188,8 @@ class AdaptedModel:
         """The layouts in memory, least recently activated first."""
         return list(self._adapters)
 
-    def layout(
-        self, rank_map: Mapping[str, int] | int, alpha: float, use_rslora: bool = False
-    ) -> AdapterLayout:
-        """Validate a client's ranks (one for all modules, or one per module) and alpha."""
+    def layout(self, rank_map: Mapping[str, int] | int, lora: LoraSettings) -> AdapterLayout:
+        """Validate a client's ranks (one for all modules, or one per module)."""
         if isinstance(rank_map, Mapping):
             unknown = sorted(set(rank_map) - set(self._targets))
             missing = [name for name in self._targets if name not in rank_map]
@@ -219,19 +211,15 @@ class AdaptedModel:
                     f"its {out} x {inp} layer"
                 )
             checked.append((name, int(r)))
-        if not (math.isfinite(alpha) and alpha > 0):
-            raise ConfigError(f"lora alpha must be a positive number, got {alpha}")
-        return AdapterLayout(ranks=tuple(checked), alpha=float(alpha), use_rslora=bool(use_rslora))
+        return AdapterLayout(ranks=tuple(checked), lora=lora)
 
-    def activate(
-        self, rank_map: Mapping[str, int] | int, alpha: float, use_rslora: bool = False
-    ) -> AdapterLayout:
+    def activate(self, rank_map: Mapping[str, int] | int, lora: LoraSettings) -> AdapterLayout:
         """Make the adapter of this layout the active one, creating it on first use.
 
         The adapter keeps the values it had when it was last active; call :meth:`load` to start
         a client from the global state.
         """
-        layout = self.layout(rank_map, alpha, use_rslora)
+        layout = self.layout(rank_map, lora)
         slot = self._adapters.get(layout)
         if slot is None:
             slot = self._create(layout)
@@ -254,18 +242,18 @@ class AdaptedModel:
         layout, slot = self._require_active("load")
         _check_names("factors", factors, self._targets)
         _check_names("dense", dense, slot.dense)
-        ranks = layout.rank_map()
+        ranks, lora = layout.rank_map(), layout.lora
         pairs: list[tuple[nn.Parameter, Tensor]] = []
         for name, given in factors.items():
             if (
                 given.r != ranks[name]
-                or given.use_rslora != layout.use_rslora
-                or not math.isclose(given.alpha, layout.alpha, rel_tol=1e-9)
+                or given.use_rslora != lora.use_rslora
+                or not math.isclose(given.alpha, lora.alpha, rel_tol=1e-9)
             ):
                 raise FedloraError(
                     f"module {name!r}: factors have r={given.r}, alpha={given.alpha}, "
                     f"rslora={given.use_rslora} but the active adapter has r={ranks[name]}, "
-                    f"alpha={layout.alpha}, rslora={layout.use_rslora}"
+                    f"alpha={lora.alpha}, rslora={lora.use_rslora}"
                 )
             A, B = slot.factors[name]
             pairs += [_checked(f"module {name!r} A", A, given.A)]
@@ -284,9 +272,9 @@ class AdaptedModel:
             name: LoraFactors(
                 A=_snapshot(A),
                 B=_snapshot(B),
-                alpha=layout.alpha,
+                alpha=layout.lora.alpha,
                 r=ranks[name],
-                use_rslora=layout.use_rslora,
+                use_rslora=layout.lora.use_rslora,
             )
             for name, (A, B) in slot.factors.items()
         }
@@ -382,9 +370,7 @@ class AdaptedModel:
 
     def _require_active(self, what: str) -> tuple[AdapterLayout, _AdapterSlot]:
         if self._active is None:
-            raise FedloraError(
-                f"{what}: no adapter is active; call activate(rank_map, alpha) first"
-            )
+            raise FedloraError(f"{what}: no adapter is active; call activate(rank_map, lora) first")
         return self._active, self._adapters[self._active]
 
     def _apply_freeze(self) -> None:
@@ -400,12 +386,12 @@ class AdaptedModel:
         ranks = layout.rank_map()
         options: dict[str, Any] = {
             "r": max(ranks.values()),
-            "lora_alpha": layout.alpha,  # typed int by PEFT, used as a float (alpha / r)
-            "use_rslora": layout.use_rslora,
+            "lora_alpha": layout.lora.alpha,  # typed int by PEFT, used as a float (alpha / r)
+            "use_rslora": layout.lora.use_rslora,
             "target_modules": list(self._targets),
             "rank_pattern": {re.escape(module): r for module, r in layout.ranks},
             "modules_to_save": list(self._head) or None,
-            "lora_dropout": self._dropout,
+            "lora_dropout": layout.lora.dropout,
             "bias": "none",
             "fan_in_fan_out": self._transposed,
         }
