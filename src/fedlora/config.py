@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tomli_w
 from pydantic import (
@@ -24,6 +24,9 @@ from pydantic import (
 )
 
 from fedlora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedlora.lora import LoraSettings
 
 Scalar = int | float | str | bool
 
@@ -78,6 +81,17 @@ class ModelSection(Section):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
     use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) instead of alpha/r.")
     max_length: int = Field(64, ge=8, description="Maximum tokens per text (longer are cut).")
+
+    def lora_settings(self) -> LoraSettings:
+        """The LoRA settings every client's adapter, and the served factors, use.
+
+        Imported here: ``fedlora.lora`` brings torch, which the CLI's start does without.
+        """
+        from fedlora.lora import LoraSettings
+
+        return LoraSettings(
+            alpha=self.lora_alpha, use_rslora=self.use_rslora, dropout=self.lora_dropout
+        )
 
 
 class DataSection(Section):

@@ -29,7 +29,7 @@ def random_factors(
 
 
 def make_update(
-    client_id: str,
+    client_id: int,
     shapes: Mapping[str, tuple[int, int]],
     ranks: Mapping[str, int] | int,
     *,
@@ -129,7 +129,7 @@ def rounds(
         )
         updates.append(
             make_update(
-                f"c{k}",
+                k,
                 shapes,
                 ranks,
                 seed=draw(st.integers(0, 2**31)),

@@ -26,13 +26,13 @@ def test_each_slot_is_the_norm_weighted_mean_over_its_owners(case) -> None:  # t
 
 def test_a_three_times_larger_update_counts_three_times_whatever_the_data_sizes() -> None:
     shapes = {"m": (6, 5)}
-    high = make_update("high", shapes, 4, seed=0, num_examples=1000)
-    low = make_update("low", shapes, 2, seed=1, num_examples=1)
+    high = make_update(0, shapes, 4, seed=0, num_examples=1000)
+    low = make_update(1, shapes, 2, seed=1, num_examples=1)
     (norm_high,) = _norms([high], "m")
     (norm_low,) = _norms([low], "m")
     factors = low.modules["m"]
     scaled = LoraFactors(factors.A, factors.B * 3 * norm_high / norm_low, factors.alpha, 2)
-    low = ClientUpdate("low", {"m": scaled}, num_examples=1)
+    low = ClientUpdate(1, {"m": scaled}, num_examples=1)
     state = get_aggregator("norm_replication").aggregate([high, low], initial(shapes)).modules["m"]
     h, lo = high.modules["m"].folded(), low.modules["m"].folded()
     torch.testing.assert_close(state.A[:2], (h.A[:2] + 3 * lo.A) / 4)
@@ -57,9 +57,9 @@ def test_a_slot_whose_owners_all_sent_zero_updates_takes_their_data_weights() ->
             },
             n,
         )
-        for c, n in [("z1", 1), ("z3", 3)]
+        for c, n in [(0, 1), (1, 3)]
     ]
-    moved = make_update("moved", shapes, 2, seed=2, num_examples=50)
+    moved = make_update(2, shapes, 2, seed=2, num_examples=50)
     state = get_aggregator("norm_replication").aggregate([*zero, moved], initial(shapes))
     A = state.modules["m"].A
     z1, z3 = (u.modules["m"].A for u in zero)

@@ -14,6 +14,7 @@ from fedlora.config import describe_defaults, load_config
 from fedlora.engine import TrainTask, build_experiment, run_experiment
 from fedlora.errors import ConfigError
 from fedlora.instruct import exact_match, rouge_l, tasks_needed, unseen_count
+from fedlora.lora import LoraSettings
 from fedlora.model import IGNORE_INDEX, generate_greedy
 from fedlora.runs import RunDir
 from tests.engine.helpers import tiny_causal_config
@@ -98,7 +99,7 @@ def test_per_module_tiers_reach_the_client_update(tiny_llama_dir: Path, tmp_path
         TrainTask(
             client=2,
             round=1,
-            factors=state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora),
+            factors=state.factors_for(rank_map, config.model.lora_settings()),
             dense=state.dense,
         )
     )
@@ -390,7 +391,7 @@ def test_gpt2_conv1d_adapter_equals_its_merged_update(tiny_gpt2_dir: Path) -> No
     shapes = adapted.module_shapes()
     assert shapes["transformer.h.0.attn.c_attn"] == (192, 64)  # q, k, v fused: out x in
     assert shapes["transformer.h.0.mlp.c_proj"] == (64, 256)
-    adapted.activate(dict.fromkeys(shapes, 4), 16.0, False)
+    adapted.activate(dict.fromkeys(shapes, 4), LoraSettings(16.0))
     generator = torch.Generator().manual_seed(0)
     factors = {
         name: LoraFactors(

@@ -199,7 +199,7 @@ def test_the_clients_add_the_methods_regulariser(tiny_bert_dir: Path, tmp_path: 
     experiment.aggregator.client_regularizer = lambda: counted  # type: ignore[method-assign]
     trainer = experiment.client_trainer()
     state = experiment.initial_state()
-    factors = state.factors_for(4, config.model.lora_alpha)
+    factors = state.factors_for(4, config.model.lora_settings())
     trainer.train(TrainTask(client=1, round=1, factors=factors, dense=state.dense))
     assert calls == [len(experiment.module_names)] * config.train.steps
 
@@ -208,7 +208,7 @@ def test_ffa_clients_send_back_the_served_A(tiny_bert_dir: Path, tmp_path: Path)
     config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"aggregation.method": "ffa"})
     experiment = build_experiment(config)
     state = experiment.initial_state()
-    factors = state.factors_for(4, config.model.lora_alpha)
+    factors = state.factors_for(4, config.model.lora_settings())
     reply = experiment.client_trainer().train(
         TrainTask(client=0, round=1, factors=factors, dense=state.dense)
     )

@@ -13,6 +13,7 @@ from fedlora.engine import TrainTask, build_experiment
 from fedlora.engine import experiment as experiment_module
 from fedlora.engine.node import build_node_trainer, node_source
 from fedlora.errors import ConfigError
+from fedlora.lora import LoraSettings
 from tests.engine.helpers import tiny_causal_config, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -100,7 +101,9 @@ def test_a_node_trains_on_a_file_of_its_own(tiny_bert_dir: Path, tmp_path: Path)
     trainer = build_node_trainer(config, 0, data_file=str(own), class_names=names)
     state = build_experiment(config).initial_state()
     reply = trainer.train(
-        TrainTask(client=0, round=1, factors=state.factors_for(2, 16.0), dense=state.dense)
+        TrainTask(
+            client=0, round=1, factors=state.factors_for(2, LoraSettings(16.0)), dense=state.dense
+        )
     )
     assert reply.update is not None and reply.update.num_examples == 12
     wrong = tmp_path / "wrong.csv"

@@ -60,7 +60,7 @@ class HandBuiltClients:
             if task.client in self.emptied:
                 B[:, factors.r // 2 :] = 0.0
             modules[name] = replace(factors, B=B)
-        update = ClientUpdate(str(task.client), modules, 10, dict(task.dense))
+        update = ClientUpdate(task.client, modules, 10, dict(task.dense))
         return ClientReply(task.client, self.aggregator.prune(update), train_loss=1.0, steps=1)
 
 
@@ -146,13 +146,13 @@ def test_a_client_sends_the_first_slots_of_what_it_trained(
         experiment = build_experiment(config)
         state = experiment.initial_state()
         served = _per_module(experiment.module_names, 4, 8)
-        factors = state.factors_for(served, config.model.lora_alpha)
+        factors = state.factors_for(served, config.model.lora_settings())
         reply = experiment.client_trainer().train(
             TrainTask(client=1, round=1, factors=factors, dense=state.dense)
         )
         assert reply.update is not None
         assert _ranks(reply.update.modules) == _per_module(experiment.module_names, *expected)
-        trained = experiment.model.extract("1", 1).modules
+        trained = experiment.model.extract(1, 1).modules
         assert _ranks(trained) == served
         for name, sent in reply.update.modules.items():
             kept = keep_slots(trained[name], sent.r)

@@ -302,12 +302,14 @@ def _tasks() -> list[TrainTask]:
 def _echo(message: Message, context: Context, **change: Any) -> Message:
     """A node that sends its factors back untouched, as client ``change['client']`` if given."""
     from fedlora.flower.records import reply_content
-    from fedlora.lora import ClientUpdate
+    from fedlora.lora import ClientUpdate, LoraSettings
 
     settings = message.content.config_records[CONFIG]
     client = int(change.get("client", settings["client"]))  # type: ignore[arg-type]
-    factors, dense = record_to_factors(message.content.array_records[ARRAYS], 16.0, False, "x")
-    update = ClientUpdate(str(client), factors, 10, dense)
+    factors, dense = record_to_factors(
+        message.content.array_records[ARRAYS], LoraSettings(16.0), client
+    )
+    update = ClientUpdate(client, factors, 10, dense)
     return Message(content=reply_content(update, {"train-loss": 0.5}), reply_to=message)
 
 

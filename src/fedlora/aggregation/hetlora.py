@@ -14,6 +14,7 @@ from fedlora.aggregation.base import Aggregator, Regularizer, weighted_zero_padd
 from fedlora.aggregation.weights import Weighting
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors, LoraFactors
+from fedlora.lora.settings import LoraSettings
 from fedlora.lora.update import ClientUpdate
 
 
@@ -147,7 +148,7 @@ def keep_slots(factors: LoraFactors, rank: int) -> LoraFactors:
         return factors
     folded = factors.folded()
     kept = FoldedFactors(A=folded.A[:rank], B=folded.B[:, :rank])
-    return kept.unfold(factors.alpha, rank, factors.use_rslora)
+    return kept.unfold(rank, LoraSettings(factors.alpha, factors.use_rslora))
 
 
 def _check_penalty(gamma: float, lam: float) -> None:

@@ -57,7 +57,7 @@ def validate_round(
         layout = RoundLayout.of_state(previous)
     else:
         layout = RoundLayout.of_update(updates[0])
-    seen: set[str] = set()
+    seen: set[int] = set()
     for update in updates:
         if update.client_id in seen:
             raise InvalidUpdateError("appears twice in the same round", client_id=update.client_id)
@@ -92,7 +92,7 @@ def _check_update(update: ClientUpdate, layout: RoundLayout, contents: bool) -> 
             _check_finite(tensor, "dense tensor", cid, name)
 
 
-def _check_names(got: set[str], expected: set[str], what: str, cid: str) -> None:
+def _check_names(got: set[str], expected: set[str], what: str, cid: int) -> None:
     missing, extra = sorted(expected - got), sorted(got - expected)
     if missing:
         raise InvalidUpdateError(
@@ -105,7 +105,7 @@ def _check_names(got: set[str], expected: set[str], what: str, cid: str) -> None
 
 
 def _check_factors(
-    factors: LoraFactors, shape: tuple[int, int], cid: str, name: str, contents: bool
+    factors: LoraFactors, shape: tuple[int, int], cid: int, name: str, contents: bool
 ) -> None:
     out_features, in_features = shape
     A, B, r = factors.A, factors.B, factors.r
@@ -136,7 +136,7 @@ def _check_factors(
         _check_finite(B, "B", cid, name)
 
 
-def _check_finite(tensor: Tensor, what: str, cid: str, name: str) -> None:
+def _check_finite(tensor: Tensor, what: str, cid: int, name: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise InvalidUpdateError(

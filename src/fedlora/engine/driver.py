@@ -108,6 +108,7 @@ class RoundDriver:
     ) -> None:
         self.experiment = experiment
         self.config = experiment.config
+        self.lora = experiment.lora
         self.run_dir = run_dir
         self.on_phase = on_phase
         self.base = MergedBase(experiment.model)
@@ -207,13 +208,12 @@ class RoundDriver:
     def _task(
         self, state: GlobalState, client: int, tier: RankTier, round_index: int, scoring: bool
     ) -> TrainTask:
-        model = self.config.model
         rank_map = self.served_ranks(client, tier)
         after = self.known_merged.get(client, 0)
         return TrainTask(
             client=client,
             round=round_index,
-            factors=state.factors_for(rank_map, model.lora_alpha, model.use_rslora),
+            factors=state.factors_for(rank_map, self.lora),
             dense=state.dense,
             merged=[m for m in self.merged if m.round > after],
             merged_after=after,
@@ -258,9 +258,9 @@ class RoundDriver:
             return "a second reply"
         if update is None:
             return "no update"
-        if update.client_id != str(reply.client):
-            return f"the update is labelled client {update.client_id!r}"
-        alpha = self.config.model.lora_alpha
+        if update.client_id != reply.client:
+            return f"the update is labelled client {update.client_id}"
+        alpha = self.lora.alpha
         prunes = self.experiment.aggregator.prunes_ranks
         for name, factors in update.modules.items():
             expected = task.factors.get(name)
@@ -313,10 +313,8 @@ class RoundDriver:
                 raise FedloraError(f"client {reply.client} sent no score of its own")
             return reply.local_score
         update = _required(reply.update)
-        exp, model = self.experiment, self.config.model
-        exp.model.activate(
-            {n: f.r for n, f in update.modules.items()}, model.lora_alpha, model.use_rslora
-        )
+        exp = self.experiment
+        exp.model.activate(_ranks(update.modules), self.lora)
         exp.model.load(update.modules, update.dense)
         return held_out_loss(
             exp.model, exp.train, exp.score_rows, self.config.train.eval_batch_size

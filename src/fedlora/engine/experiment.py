@@ -39,6 +39,7 @@ from fedlora.engine.instruction import (
 )
 from fedlora.engine.merging import MergedBase
 from fedlora.errors import ConfigError
+from fedlora.lora import LoraSettings
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
 from fedlora.ranks import RankPolicy, get_rank_policy
 from fedlora.seeds import derive_seed, rng
@@ -80,6 +81,11 @@ class Experiment:
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         return self.model.module_shapes()
 
+    @property
+    def lora(self) -> LoraSettings:
+        """The LoRA settings of every adapter of the run (clients' and the evaluated global one)."""
+        return self.config.model.lora_settings()
+
     def initial_state(self) -> GlobalState:
         return GlobalState.initial(
             self.model.module_shapes(),
@@ -89,10 +95,9 @@ class Experiment:
 
     def evaluate(self, state: GlobalState) -> Evaluation:
         """The global adapter, at its own rank per module (at least 1), on the test set."""
-        model = self.config.model
         rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
-        factors = state.factors_for(rank_map, model.lora_alpha, model.use_rslora)
-        self.model.activate(rank_map, model.lora_alpha, model.use_rslora)
+        factors = state.factors_for(rank_map, self.lora)
+        self.model.activate(rank_map, self.lora)
         self.model.load(factors, state.dense)
         return self.evaluator(self.model)
 
@@ -288,7 +293,6 @@ def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedM
         model,
         config.model.target_modules or None,
         head,
-        lora_dropout=config.model.lora_dropout,
         init_seed=derive_seed(config.run.seed, "model_init", 1),
     )
     return adapted, tokenizer

@@ -66,12 +66,7 @@ def train(msg: Message, context: Context) -> Message:
             f"this node serves partition {context.node_config.get('partition-id')}, not {client}"
         )
     trainer = _trainer(config, client, str(settings["run-key"]), settings, context.node_config)
-    factors, dense = record_to_factors(
-        msg.content.array_records[ARRAYS],
-        config.model.lora_alpha,
-        config.model.use_rslora,
-        str(client),
-    )
+    factors, dense = record_to_factors(msg.content.array_records[ARRAYS], trainer.lora, client)
     merged = msg.content.array_records.get(MERGED)
     task = TrainTask(
         client=client,

@@ -31,6 +31,7 @@ from fedlora.flower.records import (
     merged_to_record,
     update_from_reply,
 )
+from fedlora.lora import LoraSettings
 from fedlora.ranks import RankTier
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class FlowerTransport:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.nodes: dict[int, NodeInfo] = {}
+        self.lora = config.model.lora_settings()
         self._config_toml = config.to_toml()
 
     # ------------------------------------------------------------------ connect
@@ -138,7 +140,7 @@ class FlowerTransport:
             if client is None:
                 log.warning("node %d replied without being asked; ignored", node_id)
                 continue
-            replies.append(_decode(message, client, self.config.model.use_rslora))
+            replies.append(_decode(message, client, self.lora))
         return replies
 
     def _message(self, task: TrainTask) -> Message:
@@ -165,17 +167,17 @@ class FlowerTransport:
         )
 
 
-def _decode(message: Message, client: int, use_rslora: bool) -> ClientReply:
+def _decode(message: Message, client: int, lora: LoraSettings) -> ClientReply:
     """The node's reply as a :class:`ClientReply`; whatever is wrong with it becomes its error."""
     node_id = message.metadata.src_node_id
     if message.has_error():
         return ClientReply.failed(client, f"node {node_id} sent an error: {message.error.reason}")
     try:
-        update = update_from_reply(message.content, use_rslora)
+        update = update_from_reply(message.content, lora)
         metrics = message.content.metric_records[METRICS]
     except (FedloraError, KeyError) as error:
         return ClientReply.failed(client, f"node {node_id} sent a malformed reply: {error}")
-    if update.client_id != str(client):
+    if update.client_id != client:
         return ClientReply.failed(
             client, f"node {node_id} answered for client {update.client_id}, not its own"
         )
