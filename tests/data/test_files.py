@@ -92,7 +92,7 @@ def test_a_header_row_that_is_data_gets_a_hint(tmp_path: Path) -> None:
 
 def test_a_non_utf8_byte_is_reported_at_its_line_and_true_offset(tmp_path: Path) -> None:
     """Issue 11: the offset was relative to a decoder buffer (7681 for 24065), with no line."""
-    good = "".join(f"{i % 4},row number {i} with some words to fill the buffer\n" for i in range(600))
+    good = "".join(f"{i % 4},row {i} with some words to fill the buffer\n" for i in range(600))
     data = good.encode() + b"2,caf\xe9 au lait\n"
     file = tmp_path / "latin.csv"
     file.write_bytes(data)

@@ -57,7 +57,7 @@ def test_text_labels_are_names_sorted_unless_the_classes_fix_the_order() -> None
     assert build_vocabulary(rows("b", "a"), None, "auto")[0] == Vocabulary(["a", "b"], None)
     fixed, _ = build_vocabulary(rows("b", "a"), ["b", "a", "c"], "auto")
     assert fixed.encode(rows("a", "c")).tolist() == [1, 2]
-    with pytest.raises(ConfigError, match="line 1: label 'b' is text, but data.label_format"):
+    with pytest.raises(ConfigError, match=r"line 1: label 'b' is text, but data\.label_format"):
         build_vocabulary(rows("b"), None, "from_0")
 
 
@@ -80,5 +80,5 @@ def test_a_label_outside_the_vocabulary_names_the_file_and_line() -> None:
         "test.csv line 2: label 'z' is not one of this run's classes (a, b); a hint"
     )
     ids, _ = build_vocabulary(rows(0, 1, 2), None, "auto")
-    with pytest.raises(ConfigError, match=r"test.csv line 1: label 3 is not a class id of this run"):
+    with pytest.raises(ConfigError, match=r"test\.csv line 1: label 3 is not a class id of"):
         ids.encode(rows(3, source="test.csv"))
