@@ -236,13 +236,18 @@ def test_the_real_shared_folders_load_through_the_generic_path(shared_data_dir: 
         ({"data.dataset": "TRAIN", "data.classes_file": "no.txt"}, "data.classes_file: no.txt"),
         ({"data.dataset": "TRAIN", "data.test_size": 40}, "data.test_size: 40 of 4 rows"),
         ({"data.dataset": "TRAIN", "data.classes": ["a"]}, "label 'b' is not one of this run's"),
+        (
+            {"data.dataset": "TRAIN", "data.max_train_samples": 1},
+            r"data.label_column: the training rows hold 1 class \([ab]\); a classifier needs",
+        ),
     ],
 )
 def test_bad_data_settings_are_one_line_naming_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: dict[str, Any], message: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    train = write_csv(tmp_path / "train.csv", [("a", "x"), ("b", "y")] * 2, "label,text")
+    rows = [("a", "x"), ("b", "y"), ("a", "z"), ("a", "w")]
+    train = write_csv(tmp_path / "train.csv", rows, "label,text")
     settings = {k: str(train) if v == "TRAIN" else v for k, v in settings.items()}
     with pytest.raises(ConfigError, match=message) as info:
         load_data(config(**settings))

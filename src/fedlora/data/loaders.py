@@ -182,9 +182,10 @@ class DatasetFiles:
 def dataset_files(dataset: str, test_file: str = "", fmt: str = "") -> DatasetFiles:
     """Where a file dataset is: a data file, or a folder with ``train.*`` and ``test.*``.
 
-    A folder may hold ``data.*`` instead of ``train.*`` (the test rows are then split off it)
-    and a ``classes.txt`` (one class name per line, in id order), which is used unless the
-    config names the classes.  ``test_file`` (``data.test_file``) overrides the folder's test.
+    A folder may hold ``data.*`` instead of ``train.*`` (without ``test.*``, the test rows are
+    split off it) and a ``classes.txt`` (one class name per line, in id order), which is used
+    unless the config names the classes.  ``test_file`` (``data.test_file``) overrides the
+    folder's test file.
     """
     path = Path(dataset)
     classes_file = None
@@ -206,7 +207,7 @@ def dataset_files(dataset: str, test_file: str = "", fmt: str = "") -> DatasetFi
                 f"data.dataset: folder {path} holds no train.* or data.* file "
                 f"({', '.join(sorted(extensions))})"
             )
-        test = found["test"][0] if found["test"] and found["train"] else None
+        test = found["test"][0] if found["test"] else None
         if (path / "classes.txt").is_file():
             classes_file = path / "classes.txt"
         files = DatasetFiles(train[0], test, classes_file)

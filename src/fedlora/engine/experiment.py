@@ -327,6 +327,12 @@ def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextCla
         train = replace(train, notes=(*train.notes, missing))
     for note in train.notes:
         warnings.warn(f"data: {note}", UserWarning, stacklevel=2)
+    present = [n for n, c in zip(train.label_names, train.class_counts(), strict=True) if c]
+    if len(present) < 2:
+        raise ConfigError(
+            f"data.label_column: the training rows hold {len(present)} class "
+            f"({', '.join(present)}); a classifier needs at least 2"
+        )
     if len(train) < config.run.num_clients:
         raise ConfigError(
             f"run.num_clients: {config.run.num_clients} clients but only {len(train)} training rows"
