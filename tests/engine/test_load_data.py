@@ -291,3 +291,23 @@ def test_every_config_problem_is_listed_each_under_its_key() -> None:
     assert "data.column_names: names the columns of a headerless file" in message
     assert "data.classes_file: give the classes in data.classes or a file, not both" in message
     assert "data.classes: has duplicates" in message
+
+
+def test_a_flwr_datasets_partitioner_plans_the_runs_rows() -> None:
+    from fedlora.engine.experiment import classification_rows, policy_and_method
+
+    cfg = config(
+        **{
+            "data.dataset": "synthetic",
+            "run.num_clients": 4,
+            "data.partition": "flwr_datasets.PathologicalPartitioner",
+            "data.partition_options": {"num_classes_per_partition": 2},
+        }
+    )
+    policy, _ = policy_and_method(cfg)
+    rows = classification_rows(cfg, policy)
+    parts = rows.plan.partitions
+    assert len(parts) == 4
+    assert all(len(np.unique(rows.train.labels[p])) == 2 for p in parts)
+    again = classification_rows(cfg, policy).plan.partitions
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
