@@ -187,6 +187,8 @@ class DataSection(Section):
     @field_validator("delimiter")
     @classmethod
     def _delimiter(cls, value: str) -> str:
+        if value in ("\\t", "tab"):  # --set data.delimiter=\t arrives as backslash, t
+            return "\t"
         if value and (len(value) != 1 or value in "\r\n\"'"):
             raise ValueError(f"must be one character other than a quote or newline, got {value!r}")
         return value

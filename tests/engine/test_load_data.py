@@ -291,6 +291,7 @@ def test_every_config_problem_is_listed_each_under_its_key() -> None:
     assert "data.column_names: names the columns of a headerless file" in message
     assert "data.classes_file: give the classes in data.classes or a file, not both" in message
     assert "data.classes: has duplicates" in message
+    assert load_config(None, ["data.delimiter=\\t"]).data.delimiter == "\t"  # as --set sends it
 
 
 def test_a_flwr_datasets_partitioner_plans_the_runs_rows() -> None:
