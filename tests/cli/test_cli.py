@@ -41,7 +41,7 @@ def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         (["--set", "ranks.options={high=0}"], "high"),
         (["--set", "data.partition=dirichlett"], "partitioner"),
         (["--set", "data.dataset=imagenet"], "unknown dataset 'imagenet'"),
-        (["--set", "data.dataset=/no/such/file.csv"], "data.test_file"),
+        (["--set", "data.dataset=/no/such/file.csv"], "data.dataset: /no/such/file.csv: file not"),
         (["--set", "model.name=/no/such/model"], "/no/such/model"),
         (["--set", "run.num_clients=5000"], "5000 clients but only"),
         (["nothing.toml"], "config file nothing.toml does not exist"),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedlora.config import load_config
 from fedlora.engine import TrainTask, build_experiment
 from fedlora.engine import experiment as experiment_module
 from fedlora.engine.node import build_node_trainer, node_source
@@ -108,7 +109,42 @@ def test_a_node_trains_on_a_file_of_its_own(tiny_bert_dir: Path, tmp_path: Path)
     assert reply.update is not None and reply.update.num_examples == 12
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("label,text\nsports,a text\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"wrong\.csv line 2: bad label .sports., not a class"):
+    with pytest.raises(ConfigError, match=r"wrong\.csv line 2: label 'sports' is not one of"):
         node_source(config, 0, str(wrong), names)
     with pytest.raises(ConfigError, match="no class names"):
         node_source(config, 0, str(own), None)
+
+
+def test_a_nodes_own_file_uses_the_runs_label_vocabulary(tmp_path: Path) -> None:
+    """Issue 11: a node's file is read with the run's keys and mapped into the run's classes."""
+    train = tmp_path / "train.csv"
+    train.write_text("".join(f"{1 + i % 4},title {i},body {i}\n" for i in range(40)), "utf-8")
+    keys = {
+        "data.dataset": str(train),
+        "data.has_header": False,
+        "data.label_column": 0,
+        "data.text_columns": [1, 2],
+        "run.num_clients": 4,
+    }
+    config = load_config(None).replace(keys)
+    with pytest.warns(UserWarning, match="counted from 1"):
+        server_train, _ = experiment_module.load_data(config)
+    names = list(server_train.label_names)
+    assert names == ["1", "2", "3", "4"]  # ids 1..4, read as the classes named by them
+    own = tmp_path / "mine.csv"
+    own.write_text("4,only,the last class\n2,and,the second\n", "utf-8")
+    source = node_source(config, 0, str(own), names)
+    assert source.raw.labels.tolist() == [3, 1]  # type: ignore[union-attr]
+    assert source.raw.texts == ["only the last class", "and the second"]  # type: ignore[union-attr]
+
+    classes = ["World", "Sports", "Business", "Sci/Tech"]
+    named = config.replace({"data.classes": classes})
+    with pytest.raises(ConfigError, match=r"mine\.csv line 1: label 4 is not one of .* a node"):
+        node_source(named, 0, str(own), classes)  # the node cannot know the server's id base
+    counted = named.replace({"data.label_format": "from_1"})
+    source = node_source(counted, 0, str(own), classes)
+    assert source.raw.labels.tolist() == [3, 1]  # type: ignore[union-attr]
+    stray = tmp_path / "stray.csv"
+    stray.write_text("5,a,b\n", "utf-8")
+    with pytest.raises(ConfigError, match=r"stray\.csv line 1: label 5 is not a class id"):
+        node_source(counted, 0, str(stray), classes)

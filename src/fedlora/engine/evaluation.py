@@ -12,7 +12,9 @@ class for classification, copying the input for generation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Protocol, TypedDict
 
 import numpy as np
@@ -91,15 +93,17 @@ class Evaluator(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class ClassificationEvaluator:
-    """Cross-entropy, accuracy and macro-F1 on the whole test split.
+    """Cross-entropy, accuracy and macro-F1 on the whole test split, and per-class metrics.
 
     ``train_label_counts[c]`` is the number of training rows of class ``c`` (every class of the
-    dataset, zeros included): what the majority-class baseline knows.
+    dataset, zeros included): what the majority-class baseline knows.  ``class_names`` name the
+    classes in ``extra["per_class"]``, one entry per class in id order (default: their ids).
     """
 
     test: TokenizedData
     batch_size: int
     train_label_counts: npt.NDArray[np.int64]
+    class_names: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         counts = self.train_label_counts
@@ -113,15 +117,23 @@ class ClassificationEvaluator:
                 f"the test split has label {int(self.test.labels.max())} but the training counts "
                 f"cover {len(counts)} classes"
             )
+        if self.class_names and len(self.class_names) != len(counts):
+            raise ConfigError(
+                f"{len(self.class_names)} class names for {len(counts)} classes of training counts"
+            )
 
     def __call__(self, model: AdaptedModel) -> Evaluation:
         indices = np.arange(len(self.test), dtype=np.int64)
-        result = evaluate(model, self.test.batches(indices, self.batch_size))
+        recorder = _Predictions(model)
+        result = evaluate(recorder, self.test.batches(indices, self.batch_size))
+        names = list(self.class_names) or [str(c) for c in range(len(self.train_label_counts))]
+        per_class = per_class_metrics(torch.cat(recorder.predicted), self.test.labels, names)
         return Evaluation(
             loss=result.loss,
             accuracy=result.accuracy,
             macro_f1=result.macro_f1,
             score=result.accuracy,
+            extra={"per_class": per_class},
         )
 
     def baselines(self) -> dict[str, Evaluation]:
@@ -143,6 +155,54 @@ class ClassificationEvaluator:
                 score=accuracy,
             )
         }
+
+
+class _Predictions:
+    """A classifier for :func:`evaluate` that keeps the class it predicts for every row.
+
+    It runs the model on the model's own device and hands the logits back on the CPU, where
+    :func:`evaluate` (which sees a plain callable) keeps the labels.
+    """
+
+    def __init__(self, model: AdaptedModel) -> None:
+        self.model = model
+        self.predicted: list[torch.Tensor] = []
+
+    def __call__(self, **batch: torch.Tensor) -> Any:
+        device = self.model.device
+        logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        self.predicted.append(logits.argmax(dim=-1))
+        return SimpleNamespace(logits=logits)
+
+    def eval(self) -> Any:
+        return self.model.eval()
+
+
+def per_class_metrics(
+    predicted: torch.Tensor, truth: torch.Tensor, names: Sequence[str]
+) -> list[dict[str, str | float | int | None]]:
+    """Per class in id order: its name, test rows (support), precision, recall and F1.
+
+    A list, not a mapping by name, so the class order survives ``metrics.jsonl`` (written with
+    sorted keys).  A metric whose denominator is zero (precision of a class never predicted,
+    recall of a class absent from the test rows) is ``None``, not 0: nothing was measured.
+    """
+    metrics: list[dict[str, str | float | int | None]] = []
+    for c, name in enumerate(names):
+        is_predicted, is_true = predicted == c, truth == c
+        tp = int((is_predicted & is_true).sum())
+        fp = int((is_predicted & ~is_true).sum())
+        fn = int((~is_predicted & is_true).sum())
+        metrics.append(
+            {
+                "class": name,
+                "support": tp + fn,
+                "precision": tp / (tp + fp) if tp + fp else None,
+                "recall": tp / (tp + fn) if tp + fn else None,
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            }
+        )
+    return metrics
 
 
 def held_out_loss(

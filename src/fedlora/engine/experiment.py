@@ -7,7 +7,9 @@ so they train the same clients on the same data with the same ranks.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,14 +18,19 @@ import numpy.typing as npt
 from fedlora.aggregation import Aggregator, GlobalState, get_aggregator
 from fedlora.config import ExperimentConfig
 from fedlora.data import (
+    PRESETS,
+    FileLayout,
     Partitioner,
     QualityPartitioner,
     TextClassificationData,
     TokenizedData,
+    Vocabulary,
+    dataset_files,
     get_partitioner,
-    load_csv,
-    load_jsonl,
+    load_files,
     load_named_dataset,
+    missing_classes_note,
+    read_class_names,
     stratified_split,
     synthetic_classification,
 )
@@ -255,12 +262,14 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
             test,
             config.train.eval_batch_size,
             np.bincount(plan.groups, minlength=data.train.num_classes),
+            class_names=list(data.train.label_names),
         )
         notes = {
             "train rows": len(train),
             "test rows": len(test),
             "texts cut to model.max_length": f"{train.num_truncated} train, "
             f"{test.num_truncated} test",
+            **_class_notes(data.train, data.test),
         }
     _check_ranks_fit(policy, model)
     return Experiment(
@@ -299,7 +308,12 @@ def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedM
 
 
 def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextClassificationData]:
-    """The train and test splits named by ``data.dataset``, subsampled as configured."""
+    """The train and test splits named by ``data.dataset``, subsampled as configured.
+
+    One label vocabulary for both (see :func:`~fedlora.data.load_files`); notes on how the
+    labels were read (ids counted from 1, classes without training rows) are warned about and
+    kept in ``train.notes`` for the run's summary.
+    """
     data = config.data
     seed = config.run.seed
     name = data.dataset
@@ -309,16 +323,25 @@ def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextCla
             full.labels, test_size=400, seed=derive_seed(seed, "test_split")
         )
         train, test = full.subset(train_rows), full.subset(test_rows)
-    elif name.endswith((".csv", ".jsonl")):
-        if not data.test_file:
-            raise ConfigError(f"data.test_file: a test file is required with dataset {name!r}")
-        train, test = _load_file(name, config), _load_file(data.test_file, config)
-    else:
+    elif name in PRESETS:
         train, test = load_named_dataset(
             name, data_dir=data.data_dir or None, seed=derive_seed(seed, "test_split")
         )
+    else:
+        train, test = _load_file_dataset(config)
     train = _subsample(train, data.max_train_samples, rng(seed, "train_subsample"))
     test = _subsample(test, data.max_test_samples, rng(seed, "test_subsample"))
+    missing = missing_classes_note(train)
+    if missing is not None:
+        train = replace(train, notes=(*train.notes, missing))
+    for note in train.notes:
+        warnings.warn(f"data: {note}", UserWarning, stacklevel=2)
+    present = [n for n, c in zip(train.label_names, train.class_counts(), strict=True) if c]
+    if len(present) < 2:
+        raise ConfigError(
+            f"data.label_column: the training rows hold {len(present)} class "
+            f"({', '.join(present)}); a classifier needs at least 2"
+        )
     if len(train) < config.run.num_clients:
         raise ConfigError(
             f"run.num_clients: {config.run.num_clients} clients but only {len(train)} training rows"
@@ -326,11 +349,80 @@ def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextCla
     return train, test
 
 
-def _load_file(path: str, config: ExperimentConfig) -> TextClassificationData:
-    columns = config.data.text_columns
-    if path.endswith(".csv"):
-        return load_csv(path, label_column=config.data.label_column, text_columns=columns)
-    return load_jsonl(path, label_key=config.data.label_column, text_keys=columns)
+def file_layout(config: ExperimentConfig) -> FileLayout:
+    """How the config's ``data.*`` keys say to read a data file (the run's and a node's)."""
+    data = config.data
+    return FileLayout(
+        label_column=data.label_column,
+        text_columns=tuple(data.text_columns),
+        format=data.format,
+        delimiter=data.delimiter,
+        has_header=data.has_header,
+        column_names=tuple(data.column_names),
+    )
+
+
+def _configured_classes(config: ExperimentConfig) -> list[str] | None:
+    data = config.data
+    if data.classes:
+        return list(data.classes)
+    if data.classes_file:
+        if not Path(data.classes_file).is_file():
+            raise ConfigError(f"data.classes_file: {data.classes_file}: file not found")
+        return read_class_names(data.classes_file)
+    return None
+
+
+def _load_file_dataset(
+    config: ExperimentConfig,
+) -> tuple[TextClassificationData, TextClassificationData]:
+    data = config.data
+    files = dataset_files(data.dataset, data.test_file, data.format)
+    classes = _configured_classes(config)
+    if classes is None and files.classes_file is not None:
+        classes = read_class_names(files.classes_file)
+    train, test = load_files(
+        files.train,
+        files.test,
+        file_layout(config),
+        classes=classes,
+        label_format=data.label_format,
+        test_size=data.test_size,
+        seed=derive_seed(config.run.seed, "test_split"),
+        name=Path(data.dataset).stem or None,
+    )
+    if files.test is None:
+        split = f"{len(test)} test rows split off {files.train} (data.test_size = {data.test_size})"
+        train = replace(train, notes=(*train.notes, split))
+    return train, test
+
+
+def node_vocabulary(config: ExperimentConfig, class_names: Sequence[str]) -> Vocabulary:
+    """How a Flower node reads the labels of a file of its own into the run's classes.
+
+    The server sends only the class names.  Text labels are looked up by name.  Integer labels
+    are ids where the config says how they count (a preset, the synthetic set, or
+    ``data.label_format`` 'from_0' / 'from_1'); otherwise they are looked up by name too, which
+    is exact for vocabularies inferred from integer labels (their names are the ids).
+    """
+    data = config.data
+    first_id: int | None = None
+    if data.dataset in PRESETS or data.dataset == "synthetic" or data.label_format == "from_0":
+        first_id = 0
+    elif data.label_format == "from_1":
+        first_id = 1
+    return Vocabulary(list(class_names), first_id)
+
+
+def _class_notes(train: TextClassificationData, test: TextClassificationData) -> dict[str, str]:
+    """The summary's lines on the classes: names with train / test rows, and label notes."""
+    counts = zip(train.label_names, train.class_counts(), test.class_counts(), strict=True)
+    notes = {
+        "classes (train / test rows)": ", ".join(f"{n} ({a} / {b})" for n, a, b in counts),
+    }
+    if train.notes:
+        notes["labels"] = "; ".join(train.notes)
+    return notes
 
 
 def _subsample(

@@ -25,15 +25,17 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from fedlora.config import ExperimentConfig
-from fedlora.data import TextClassificationData, TokenizedData, load_csv, load_jsonl
+from fedlora.data import TextClassificationData, TokenizedData, read_rows
 from fedlora.data.holdout import split_own_rows
 from fedlora.engine.client import ClientTrainer, TrainingRows
 from fedlora.engine.experiment import (
     OWN_HELD_OUT_SHARE,
     RowPlan,
     classification_rows,
+    file_layout,
     instruction_rows,
     load_model,
+    node_vocabulary,
     policy_and_method,
 )
 from fedlora.engine.instruction import tokenize_instructions
@@ -168,23 +170,19 @@ def _own_file(
 def _labelled_file(
     config: ExperimentConfig, path: str, class_names: list[str] | None
 ) -> TextClassificationData:
-    """A node's own classification file, its labels read as the run's classes."""
+    """A node's own classification file, read with the run's file keys into the run's classes."""
     if not class_names:
         raise ConfigError(f"data-file {path}: the server sent no class names to map labels to")
-    columns = config.data.text_columns
-    label = config.data.label_column
-    if path.endswith(".csv"):
-        data = load_csv(path, label_column=label, text_columns=columns, label_names=class_names)
-    elif path.endswith(".jsonl"):
-        data = load_jsonl(path, label_key=label, text_keys=columns, label_names=class_names)
-    else:
-        raise ConfigError(f"data-file {path}: a node's own file must be .csv or .jsonl")
-    if list(data.label_names) != list(class_names):
-        raise ConfigError(
-            f"data-file {path}: its classes {list(data.label_names)} are not the run's "
-            f"{list(class_names)}"
-        )
-    return data
+    rows = read_rows(path, file_layout(config))
+    vocabulary = node_vocabulary(config, class_names)
+    hint = (
+        "; a node reads integer labels as class ids only with data.label_format = 'from_0' or "
+        "'from_1' (else by name)"
+        if vocabulary.first_id is None
+        else ""
+    )
+    labels = vocabulary.encode(rows, hint)
+    return TextClassificationData(rows.texts, labels, list(class_names), Path(path).stem)
 
 
 # ---------------------------------------------------------------------------------- the cache
