@@ -51,7 +51,9 @@ class FakeGrid:
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float = 0.0) -> list[Message]:
         replies = []
-        for message in messages:
+        for number, message in enumerate(messages, start=len(self.sent)):
+            # The SuperLink gives every pushed message its id; replies refer to it.
+            message.metadata.__dict__["_message_id"] = f"m{number}"
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             context = Context(
@@ -368,3 +370,41 @@ def test_identify_reports_the_node_config() -> None:
     assert identity["partition-id"] == 1
     assert identity["num-partitions"] == NUM_CLIENTS
     assert identity["lora-rank"] == 8
+
+
+def test_an_error_the_superlink_sends_for_a_lost_node_is_that_nodes_clients() -> None:
+    # Flower answers a message to a node that went away with an error from the SuperLink (its
+    # own node id); the reply is matched by message id and logged with the lost node's id.
+    def lost(message: Message, context: Context) -> Message:
+        reply = Message(Error(code=1, reason="Node Unavailable"), reply_to=message)
+        reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own id
+        return reply
+
+    transport = FlowerTransport(
+        FakeGrid(_nodes(), lost), _plain_config(), run_key="ab12", connect_timeout=1.0
+    )
+    transport.connect(NUM_CLIENTS)
+    replies = {r.client: r for r in transport.train(_tasks())}
+    assert sorted(replies) == [0, 1, 2]
+    assert replies[2].error == "node 1002 sent an error: Node Unavailable"
+
+
+def test_a_node_that_rejoins_under_a_new_id_takes_its_client_back() -> None:
+    nodes = _nodes()
+    grid = FakeGrid(nodes, _echo)
+    transport = FlowerTransport(grid, _plain_config(), run_key="ab12", connect_timeout=1.0)
+    transport.connect(NUM_CLIENTS)
+    transport.train(_tasks())
+    del nodes[1002]  # the SuperNode of client 2 dies ...
+    nodes[1099] = {"partition-id": 2, "num-partitions": NUM_CLIENTS}  # ... and restarts
+    nodes[1100] = {"partition-id": 9, "num-partitions": NUM_CLIENTS}  # no client of this run
+    grid.sent.clear()
+    replies = transport.train(_tasks())
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert [m.metadata.dst_node_id for m in trains] == [1000, 1001, 1099]
+    assert all(r.error is None for r in replies) and len(replies) == 3
+    queried = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "query"]
+    assert sorted(queried) == [1099, 1100]
+    grid.sent.clear()
+    transport.train(_tasks())  # known nodes, and the stranger, are not asked again
+    assert not [m for m in grid.sent if m.metadata.message_type == MessageType.QUERY]

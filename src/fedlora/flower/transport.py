@@ -79,6 +79,8 @@ class FlowerTransport:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.nodes: dict[int, NodeInfo] = {}
+        self.num_clients = 0
+        self._strangers: set[int] = set()  # nodes that identified as no client of this run
         self.lora = config.model.lora_settings()
         self._config_toml = config.to_toml()
 
@@ -86,6 +88,7 @@ class FlowerTransport:
 
     def connect(self, num_clients: int) -> Roster:
         """Ask every connected node which client it is and which rank it announces."""
+        self.num_clients = num_clients
         deadline = time.monotonic() + self.connect_timeout
         while len(node_ids := list(self.grid.get_node_ids())) < num_clients:
             if time.monotonic() > deadline:
@@ -94,6 +97,16 @@ class FlowerTransport:
                     f"{self.connect_timeout:.0f} s"
                 )
             time.sleep(1.0)
+        self._identify(node_ids)
+        missing = sorted(set(range(num_clients)) - set(self.nodes))
+        if missing:
+            log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
+        announced = {c: i.announced for c, i in self.nodes.items() if i.announced is not None}
+        return Roster(clients=frozenset(self.nodes), announced=announced)
+
+    def _identify(self, node_ids: Sequence[int]) -> None:
+        """Query ``node_ids`` and learn which client each serves (a newer node of a client
+        replaces one that left: a SuperNode that restarts comes back under a new id)."""
         queries = [
             Message(
                 content=RecordDict({CONFIG: ConfigRecord({"query": "identity"})}),
@@ -102,45 +115,65 @@ class FlowerTransport:
             )
             for node_id in node_ids
         ]
+        live = set(self.grid.get_node_ids())
         for reply in self.grid.send_and_receive(queries, timeout=self.connect_timeout):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d did not identify itself: %s", node_id, reply.error.reason)
                 continue
             try:
-                info = _node_info(node_id, reply.content.config_records[CONFIG], num_clients)
+                info = _node_info(node_id, reply.content.config_records[CONFIG], self.num_clients)
             except FedloraError as error:
                 log.warning("node %d is left out: %s", node_id, error)
                 continue
-            if info.client in self.nodes:
+            current = self.nodes.get(info.client)
+            if current is not None and current.node_id in live:
                 log.warning(
                     "nodes %d and %d both serve client %d; node %d is left out",
-                    self.nodes[info.client].node_id,
+                    current.node_id,
                     node_id,
                     info.client,
                     node_id,
                 )
                 continue
+            if current is not None:
+                log.info("client %d is back, on node %d", info.client, node_id)
             self.nodes[info.client] = info
-        missing = sorted(set(range(num_clients)) - set(self.nodes))
-        if missing:
-            log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
-        announced = {c: i.announced for c, i in self.nodes.items() if i.announced is not None}
-        return Roster(clients=frozenset(self.nodes), announced=announced)
+
+    def _refresh(self) -> None:
+        """Before every exchange: identify the nodes that joined since the last one."""
+        known = {info.node_id for info in self.nodes.values()} | self._strangers
+        new = [node for node in self.grid.get_node_ids() if node not in known]
+        if new:
+            self._identify(new)
+            self._strangers |= set(new) - {info.node_id for info in self.nodes.values()}
 
     # ------------------------------------------------------------------ train
 
     def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
-        messages = [self._message(task) for task in tasks]
-        by_node = {self.nodes[task.client].node_id: task.client for task in tasks}
-        replies = []
-        for message in self.grid.send_and_receive(messages, timeout=self.timeout):
-            node_id = message.metadata.src_node_id
-            client = by_node.get(node_id)
-            if client is None:
-                log.warning("node %d replied without being asked; ignored", node_id)
+        """Send each task to its client's node; replies are matched to tasks by message id,
+        so an error the SuperLink sends for a node that went away is that node's client's."""
+        self._refresh()
+        replies = [
+            ClientReply.failed(task.client, "no node serves it")
+            for task in tasks
+            if task.client not in self.nodes
+        ]
+        sendable = [task for task in tasks if task.client in self.nodes]
+        messages = [self._message(task) for task in sendable]
+        answers = self.grid.send_and_receive(messages, timeout=self.timeout)
+        sent = {m.metadata.message_id: task for m, task in zip(messages, sendable, strict=True)}
+        for message in answers:
+            task = sent.pop(message.metadata.reply_to_message_id, None)
+            if task is None:
+                log.warning(
+                    "node %d sent a reply to no message of this round; ignored",
+                    message.metadata.src_node_id,
+                )
                 continue
-            replies.append(_decode(message, client, self.lora))
+            replies.append(
+                _decode(message, task.client, self.nodes[task.client].node_id, self.lora)
+            )
         return replies
 
     def _message(self, task: TrainTask) -> Message:
@@ -167,9 +200,9 @@ class FlowerTransport:
         )
 
 
-def _decode(message: Message, client: int, lora: LoraSettings) -> ClientReply:
-    """The node's reply as a :class:`ClientReply`; whatever is wrong with it becomes its error."""
-    node_id = message.metadata.src_node_id
+def _decode(message: Message, client: int, node_id: int, lora: LoraSettings) -> ClientReply:
+    """The reply for ``client``'s task, sent to ``node_id``, as a :class:`ClientReply`; whatever
+    is wrong with it becomes its error."""
     if message.has_error():
         return ClientReply.failed(client, f"node {node_id} sent an error: {message.error.reason}")
     try:
