@@ -193,3 +193,30 @@ def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
     reference = config.replace({"run.out_dir": str(reference_dir)})
     run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
     assert_same_run(out_dir, reference_dir, rel=1e-6, atol=1e-5)
+
+
+def test_a_supernode_that_restarts_gets_its_client_back(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=3)
+    out_dir = tmp_path / "deployed-rejoin"
+    federation = flower_federation("rejoin")
+    _start(federation)
+    run_id = federation.submit(
+        APP_DIR, {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0}
+    )
+    checkpoint = out_dir / "checkpoint" / "round-00001.safetensors"
+    deadline = time.monotonic() + 240.0
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline, federation.log(run_id)
+        time.sleep(0.5)
+    victim = federation.supernodes[2]
+    federation.stop_supernode(victim, signal.SIGKILL)
+    federation.start_supernode({"partition-id": 2, "num-partitions": 3, "lora-rank": 8})
+    outcome = federation.wait_run(run_id, timeout=400.0)
+    assert_completed(outcome)
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    assert [row.round for row in rows] == [0, 1, 2, 3]
+    last = dict(zip(rows[3].clients, rows[3].extra["client_train_loss"], strict=True))
+    assert last[2] is not None, rows[3].extra["dropped"]  # client 2 trained again
+    assert "client 2 is back, on node" in federation.log(run_id)
