@@ -321,6 +321,18 @@ class AggregationSection(Section):
     weighting: Literal["num_examples", "uniform"] = Field(
         "num_examples", description="Client weights: local training-set size, or uniform."
     )
+    norm_bound: float = Field(
+        0.0,
+        ge=0.0,
+        description="Robust aggregation: bound each client's update norm at this many times the "
+        "round's median (0 = off).",
+    )
+    bound_mode: Literal["clip", "reject"] = Field(
+        "clip", description="What norm_bound does to a larger update: clip it, or drop it."
+    )
+    max_examples: int = Field(
+        0, ge=0, description="Count a client's claimed data size as at most this (0 = off)."
+    )
     options: dict[str, Scalar] = Field(
         default_factory=dict,
         description="Options of the aggregator, e.g. {sigma = 'sqrt'} (flexlora), "

@@ -92,13 +92,13 @@ CASES: list[tuple[str, Callable[[ClientUpdate], ClientUpdate], str | None, str]]
         "zero weight",
         lambda u: ClientUpdate(u.client_id, u.modules, 0, u.dense),
         None,
-        "num_examples must be positive, got 0",
+        "num_examples must be in 1..2\\^53, got 0",
     ),
     (
         "negative weight",
         lambda u: ClientUpdate(u.client_id, u.modules, -3, u.dense),
         None,
-        "num_examples must be positive, got -3",
+        "num_examples must be in 1..2\\^53, got -3",
     ),
     (
         "dense shape",

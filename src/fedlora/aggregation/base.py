@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import torch
@@ -12,8 +12,11 @@ from torch import Tensor
 from fedlora.aggregation.state import GlobalState
 from fedlora.aggregation.validation import RoundLayout, validate_round
 from fedlora.aggregation.weights import Weighting, client_weights
+from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
 from fedlora.lora.update import ClientUpdate
+
+LINALG_ERROR: type[Exception] = torch.linalg.LinAlgError  # type: ignore[attr-defined]
 
 Regularizer = Callable[[Sequence[tuple[Tensor, Tensor]]], Tensor]
 """A client-side loss term from the live ``(A, B)`` parameters of every adapted module."""
@@ -88,13 +91,20 @@ class Aggregator(ABC):
         for name in layout.module_shapes:
             folded = [u.modules[name].folded(dtype) for u in updates]
             prior = previous.modules.get(name)
-            combined[name] = self.combine(
-                name, folded, weights.to(dtype), None if prior is None else _as_dtype(prior, dtype)
-            )
+            try:
+                combined[name] = self.combine(
+                    name,
+                    folded,
+                    weights.to(dtype),
+                    None if prior is None else _as_dtype(prior, dtype),
+                )
+            except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
+                raise FedloraError(f"module {name!r}: {error}") from None
         dense = {
             name: _dense_mean([u.dense[name] for u in updates], weights)
             for name in layout.dense_shapes
         }
+        _check_finite_result(combined, dense)
         if self.merges_into_base:
             fresh = {
                 n: FoldedFactors.empty(f.out_features, f.in_features, dtype)
@@ -162,6 +172,23 @@ def weighted_sum(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
 def _dense_mean(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
     return weighted_sum([t.to(dtype) for t in tensors], weights.to(dtype))
+
+
+def _check_finite_result(
+    combined: Mapping[str, FoldedFactors], dense: Mapping[str, Tensor]
+) -> None:
+    """Finite updates can still sum past the float range: such a round must not become the
+    global state (the caller keeps the previous one)."""
+    for name, factors in combined.items():
+        if not (bool(torch.isfinite(factors.A).all()) and bool(torch.isfinite(factors.B).all())):
+            raise FedloraError(
+                f"module {name!r}: the aggregate is not finite (an update too large?)"
+            )
+    for name, tensor in dense.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise FedloraError(
+                f"dense {name!r}: the aggregate is not finite (an update too large?)"
+            )
 
 
 def _compute_dtype(updates: Sequence[ClientUpdate]) -> torch.dtype:

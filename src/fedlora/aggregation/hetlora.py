@@ -86,7 +86,9 @@ class HetLoRA(Aggregator):
 
 def update_norm(factors: FoldedFactors) -> Tensor:
     """``||B @ A||_F`` without forming the ``out x in`` product: ``sqrt(<B^T B, A A^T>)``."""
-    gram = (factors.B.T @ factors.B) * (factors.A @ factors.A.T)
+    # In float64: the Gram products square the values, which overflows float32 from about 1e19.
+    A, B = factors.A.double(), factors.B.double()
+    gram = (B.T @ B) * (A @ A.T)
     return gram.sum().clamp_min(0.0).sqrt()
 
 

@@ -18,6 +18,9 @@ from fedlora.errors import EmptyRoundError, InvalidUpdateError
 from fedlora.lora.factors import LoraFactors
 from fedlora.lora.update import ClientUpdate
 
+MAX_EXAMPLES = 2**53
+"""The largest data size a client may claim: beyond it a float64 weight is no longer exact."""
+
 
 @dataclass(frozen=True)
 class RoundLayout:
@@ -72,9 +75,9 @@ def _check_update(update: ClientUpdate, layout: RoundLayout, contents: bool) -> 
         raise InvalidUpdateError(
             f"num_examples must be an int, got {type(update.num_examples).__name__}", client_id=cid
         )
-    if update.num_examples <= 0:
+    if not 0 < update.num_examples <= MAX_EXAMPLES:
         raise InvalidUpdateError(
-            f"num_examples must be positive, got {update.num_examples}", client_id=cid
+            f"num_examples must be in 1..2^53, got {_short(update.num_examples)}", client_id=cid
         )
     _check_names(set(update.modules), set(layout.module_shapes), "LoRA module", cid)
     _check_names(set(update.dense), set(layout.dense_shapes), "dense tensor", cid)
@@ -90,6 +93,11 @@ def _check_update(update: ClientUpdate, layout: RoundLayout, contents: bool) -> 
             )
         if contents:
             _check_finite(tensor, "dense tensor", cid, name)
+
+
+def _short(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 20 else f"a {len(text)}-digit number"
 
 
 def _check_names(got: set[str], expected: set[str], what: str, cid: int) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fedlora.aggregation import GlobalState
+from fedlora.aggregation.robust import bound_updates
 from fedlora.data import label_distribution, write_label_distribution
 from fedlora.engine.evaluation import Evaluation, held_out_loss, test_metrics
 from fedlora.engine.experiment import Experiment
@@ -168,7 +169,8 @@ class RoundDriver:
         scores, promoted = self._scores_and_promotion(accepted, scoring, timer)
         timer.start("aggregate")
         faults.point("round:aggregate")
-        new_state = self._aggregate(accepted, state, round_index, dropped)
+        notes: dict[str, Any] = {}
+        new_state = self._aggregate(accepted, state, round_index, dropped, notes)
         timer.start("evaluate")
         faults.point("round:evaluate")
         evaluation = None
@@ -179,6 +181,7 @@ class RoundDriver:
             round_index, new_state, tasks, tiers, accepted, dropped, evaluation, timer.seconds
         )
         row.extra.update(_score_extra(scores, promoted))
+        row.extra.update(notes)
         if pruned:
             row.extra["pruned"] = {str(c): ranks for c, ranks in pruned.items()}
         timer.start("record")
@@ -260,6 +263,8 @@ class RoundDriver:
             return "no update"
         if update.client_id != reply.client:
             return f"the update is labelled client {update.client_id}"
+        if task.score and (reply.local_score is None or math.isnan(reply.local_score)):
+            return f"it was asked for its score and sent {reply.local_score}"
         alpha = self.lora.alpha
         prunes = self.experiment.aggregator.prunes_ranks
         for name, factors in update.modules.items():
@@ -309,16 +314,17 @@ class RoundDriver:
     def _score(self, reply: ClientReply) -> float:
         """A client's score: its own held-out loss, or the server's validation loss of it."""
         if _scores_locally(self.experiment.policy.scoring):
-            if reply.local_score is None:
-                raise FedloraError(f"client {reply.client} sent no score of its own")
+            if reply.local_score is None:  # _problem accepted no such reply
+                raise FedloraError(f"internal: client {reply.client} has no score")
             return reply.local_score
         update = _required(reply.update)
         exp = self.experiment
         exp.model.activate(_ranks(update.modules), self.lora)
         exp.model.load(update.modules, update.dense)
-        return held_out_loss(
+        loss = held_out_loss(
             exp.model, exp.train, exp.score_rows, self.config.train.eval_batch_size
         )
+        return math.inf if math.isnan(loss) else loss  # a diverged adapter scores worst
 
     def _aggregate(
         self,
@@ -326,19 +332,38 @@ class RoundDriver:
         state: GlobalState,
         round_index: int,
         dropped: list[str],
+        notes: dict[str, Any],
     ) -> GlobalState:
-        """The new state, or ``state`` moved to this round when the round cannot change it."""
+        """The new state, or ``state`` moved to this round when the round cannot change it.
+
+        The robust bounds of ``aggregation`` (off by default) apply first; what they did is
+        added to ``notes``.
+        """
         kept = replace(state, round=round_index, merge_into_base={})
+        method = self.config.aggregation
+        bounding = bound_updates(
+            [_required(reply.update) for reply in accepted],
+            norm_bound=method.norm_bound,
+            mode=method.bound_mode,
+            max_examples=method.max_examples,
+        )
+        for client, why in bounding.rejected.items():
+            log.warning("dropping client %d: %s", client, why)
+            dropped.append(f"client {client}: {why}")
+        if bounding.clipped:
+            notes["clipped_norms"] = {str(c): n for c, n in bounding.clipped.items()}
+        if bounding.capped:
+            notes["capped_examples"] = {str(c): n for c, n in bounding.capped.items()}
+        updates = bounding.updates
         needed = self.config.run.min_replies
-        if len(accepted) < needed:
+        if len(updates) < needed:
             problem = (
-                f"{len(accepted)} valid replies, fewer than the {needed} needed; "
+                f"{len(updates)} valid replies, fewer than the {needed} needed; "
                 "the global state is kept"
             )
             log.warning("round %d: %s", round_index, problem)
             dropped.append(f"round: {problem}")
             return kept
-        updates = [_required(reply.update) for reply in accepted]
         try:
             new_state = self.experiment.aggregator.aggregate(updates, state, validated=True)
         except FedloraError as error:

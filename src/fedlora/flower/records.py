@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -130,19 +131,30 @@ def update_from_reply(content: RecordDict, lora: LoraSettings) -> ClientUpdate:
     arrays = content.array_records.get(ARRAYS)
     if metrics is None or arrays is None:
         raise FedloraError("reply lacks arrays or metrics")
-    client_id = int(_scalar(metrics, "client"))
+    client_id = metric_integer(metrics, "client")
     sent = replace(lora, alpha=_scalar(metrics, "alpha"))
     factors, dense = record_to_factors(arrays, sent, client_id)
     return ClientUpdate(
         client_id=client_id,
         modules=factors,
-        num_examples=int(_scalar(metrics, "num-examples")),
+        num_examples=metric_integer(metrics, "num-examples"),
         dense=dense,
     )
+
+
+def metric_integer(metrics: MetricRecord, key: str) -> int:
+    """A whole number a reply states (an int, or a float with no fraction); else an error."""
+    value = _scalar(metrics, key)
+    if not value.is_integer():
+        raise FedloraError(f"metric {key!r} is {value}, not a whole number")
+    return int(value)
 
 
 def _scalar(metrics: MetricRecord, key: str) -> float:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise FedloraError(f"metric {key!r} is missing or not a number")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise FedloraError(f"metric {key!r} is {number}")
+    return number

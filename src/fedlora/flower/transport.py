@@ -29,6 +29,7 @@ from fedlora.flower.records import (
     METRICS,
     factors_to_record,
     merged_to_record,
+    metric_integer,
     update_from_reply,
 )
 from fedlora.lora import LoraSettings
@@ -202,14 +203,20 @@ class FlowerTransport:
 
 def _decode(message: Message, client: int, node_id: int, lora: LoraSettings) -> ClientReply:
     """The reply for ``client``'s task, sent to ``node_id``, as a :class:`ClientReply`; whatever
-    is wrong with it becomes its error."""
+    is wrong with it becomes its error (a reply is untrusted input: any failure to read it is
+    the reply's, never the server's)."""
     if message.has_error():
         return ClientReply.failed(client, f"node {node_id} sent an error: {message.error.reason}")
     try:
         update = update_from_reply(message.content, lora)
         metrics = message.content.metric_records[METRICS]
-    except (FedloraError, KeyError) as error:
-        return ClientReply.failed(client, f"node {node_id} sent a malformed reply: {error}")
+        steps = metric_integer(metrics, "steps") if "steps" in metrics else 0
+        merged = metric_integer(metrics, "merged-round") if "merged-round" in metrics else 0
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        return ClientReply.failed(
+            client, f"node {node_id} sent a malformed reply: {type(error).__name__}: {reason}"
+        )
     if update.client_id != client:
         return ClientReply.failed(
             client, f"node {node_id} answered for client {update.client_id}, not its own"
@@ -219,10 +226,10 @@ def _decode(message: Message, client: int, node_id: int, lora: LoraSettings) -> 
         client=client,
         update=update,
         train_loss=_number(metrics, "train-loss", math.nan),
-        steps=int(_number(metrics, "steps", 0)),
+        steps=steps,
         seconds=_number(metrics, "seconds", 0.0),
         local_score=float(score) if isinstance(score, int | float) else None,
-        merged_round=int(_number(metrics, "merged-round", 0)),
+        merged_round=merged,
     )
 
 
