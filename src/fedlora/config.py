@@ -33,7 +33,11 @@ Scalar = int | float | str | bool
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Strict: TOML values are typed, so `rounds = true` or `rank = "8"` is a mistake to name,
+    # not a value to coerce; inf and NaN are never a setting.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False
+    )
 
 
 class RunSection(Section):
@@ -486,6 +490,16 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a .toml file") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (line {line}, byte {error.start}: "
+            f"{error.reason})"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read ({error.strerror})") from None
     return load_config_text(text, overrides, source=str(path))
 
 

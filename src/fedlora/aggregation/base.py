@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -46,6 +46,9 @@ class Aggregator(ABC):
 
     def configure_federation(self, max_rank: int) -> None:  # noqa: B027 (an optional hook)
         """Learn the largest rank any client of the federation may train, before round 1."""
+
+    def check_tiers(self, tiers: Sequence[Any]) -> None:  # noqa: B027 (an optional hook)
+        """Refuse, before the run, rank tiers this method cannot aggregate (FedIT: mixed)."""
 
     def client_regularizer(self) -> Regularizer | None:
         """A term every client adds to its local loss (``None``: plain training)."""

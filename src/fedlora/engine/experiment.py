@@ -7,7 +7,8 @@ so they train the same clients on the same data with the same ranks.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from fedlora.engine.instruction import (
     tokenize_instructions,
 )
 from fedlora.engine.merging import MergedBase
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, UnknownNameError
 from fedlora.lora import LoraSettings
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
 from fedlora.ranks import RankPolicy, get_rank_policy
@@ -152,19 +153,37 @@ class InstructionRows:
 
 
 def policy_and_method(config: ExperimentConfig) -> tuple[RankPolicy, Aggregator]:
-    """The rank policy (assigned) and the aggregator: names and options fail before any data."""
-    policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
-    if policy.wants_high_quality_clients:
-        partitioner = _partitioner(config)
-        if isinstance(partitioner, QualityPartitioner):
-            policy.prefer(partitioner.high_quality_clients(config.run.num_clients))
-    policy.assign(config.run.num_clients)
-    aggregator = get_aggregator(
-        config.aggregation.method,
-        weighting=config.aggregation.weighting,
-        **config.aggregation.options,
-    )
+    """The rank policy (assigned) and the aggregator: names and options fail before any data,
+    each error naming its config key."""
+    with _key("ranks.options"):
+        policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
+        if policy.wants_high_quality_clients:
+            partitioner = _partitioner(config)
+            if isinstance(partitioner, QualityPartitioner):
+                policy.prefer(partitioner.high_quality_clients(config.run.num_clients))
+        policy.assign(config.run.num_clients)
+    with _key("aggregation.options"):
+        aggregator = get_aggregator(
+            config.aggregation.method,
+            weighting=config.aggregation.weighting,
+            **config.aggregation.options,
+        )
+        aggregator.check_tiers(policy.possible_tiers())
     return policy, aggregator
+
+
+@contextmanager
+def _key(key: str) -> Iterator[None]:
+    """Name the config key of an option error raised by a policy, method or partitioner."""
+    try:
+        yield
+    except UnknownNameError:
+        raise
+    except ConfigError as error:
+        message = str(error)
+        if message.startswith(("ranks.", "aggregation.", "data.", "run.")):
+            raise
+        raise ConfigError(f"{key}: {message}") from None
 
 
 def classification_rows(config: ExperimentConfig, policy: RankPolicy) -> ClassificationRows:
@@ -195,11 +214,12 @@ def instruction_rows(config: ExperimentConfig, policy: RankPolicy) -> Instructio
 
 
 def _partitioner(config: ExperimentConfig) -> Partitioner:
-    return get_partitioner(
-        config.data.partition,
-        seed=derive_seed(config.run.seed, "partition"),
-        **config.data.partition_options,
-    )
+    with _key("data.partition_options"):
+        return get_partitioner(
+            config.data.partition,
+            seed=derive_seed(config.run.seed, "partition"),
+            **config.data.partition_options,
+        )
 
 
 def _plan(
