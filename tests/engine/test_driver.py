@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -107,9 +107,16 @@ class CorruptingTransport(InProcessTransport):
         self.spoil = spoil
         self.rounds = rounds
 
-    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
-        replies = super().train(tasks)
-        if not tasks or tasks[0].round not in self.rounds:
+    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
+        rounds: list[int] = []
+
+        def watched() -> Iterator[TrainTask]:
+            for task in tasks:
+                rounds.append(task.round)
+                yield task
+
+        replies = super().train(watched())
+        if not rounds or rounds[0] not in self.rounds:
             return replies
         return [self._spoiled(reply) for reply in replies]
 
@@ -284,3 +291,35 @@ def test_a_norm_bound_keeps_one_huge_update_from_stalling_hetlora(
     assert rows[2].extra["dropped"] == []
     assert all(loss is not None for loss in rows[2].extra["client_train_loss"])
     assert rows[2].test_loss is not None and rows[2].test_loss < 2 * rows[0].test_loss
+
+
+class RecordingRunner:
+    """Wraps a client trainer and records when each client is served and when it trained."""
+
+    def __init__(self, runner: Any, events: list[tuple[str, int]]) -> None:
+        self.runner = runner
+        self.events = events
+
+    def train(self, task: TrainTask) -> ClientReply:
+        self.events.append(("trained", task.client))
+        return self.runner.train(task)
+
+
+def test_in_process_clients_are_served_one_at_a_time(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    # The driver builds a client's factors only when the transport takes its task, so an
+    # in-process round holds one client's served factors at a time, not the whole round's.
+    config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"run.rounds": 1})
+    experiment = build_experiment(config)
+    driver = RoundDriver(experiment, RunDir.create(tmp_path / "run", config, overwrite=False))
+    events: list[tuple[str, int]] = []
+    transport = InProcessTransport(RecordingRunner(experiment.client_trainer(driver.base), events))
+    serve = driver._task
+
+    def recorded_task(state: Any, client: int, *args: Any, **kwargs: Any) -> TrainTask:
+        events.append(("served", client))
+        return serve(state, client, *args, **kwargs)
+
+    driver._task = recorded_task  # type: ignore[method-assign]
+    row = driver.run(transport).metrics[1]
+    assert events == [(kind, c) for c in row.clients for kind in ("served", "trained")]
+    assert [e["down"] is not None for e in row.extra["traffic"]] == [True] * len(row.clients)

@@ -3,7 +3,7 @@ only from a method that prunes, serves the pruned rank from then on, logs and ch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -167,7 +167,7 @@ class ResizingTransport(InProcessTransport):
         self.client = client
         self.change = change
 
-    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
+    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
         replies = super().train(tasks)
         return [self._resized(r) if r.client == self.client else r for r in replies]
 

@@ -18,7 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from fedlora.engine import RoundDriver, TrainTask, build_experiment
+from fedlora.engine import RoundDriver, build_experiment
 from fedlora.flower.records import ARRAYS, METRICS
 from fedlora.flower.transport import FlowerTransport
 from fedlora.runs import RunDir
@@ -106,12 +106,9 @@ def test_a_malformed_reply_is_dropped_and_the_round_goes_on(world: Any, data: An
     )
     driver.roster = transport.connect(4)
     state = experiment.initial_state()
-    tasks = [
-        TrainTask(client=c, round=1, factors=state.factors_for(r, driver.lora), dense=state.dense)
-        for c, r in zip((0, 1, 2), (2, 4, 4), strict=True)
-    ]
-    replies = transport.train(tasks)
-    accepted, dropped = driver._accept(replies, tasks, state)
+    tiers = {c: experiment.policy.tier_of(c) for c in (0, 1, 2)}
+    exchange = driver._exchange(transport, state, tiers, 1, False)
+    accepted, dropped = driver._accept(exchange.replies, exchange.tasks, state)
     assert {r.client for r in accepted} >= {0, 2}
     if 1 not in {r.client for r in accepted}:
         assert any(d.startswith("client 1:") for d in dropped), dropped

@@ -9,7 +9,7 @@ the two transports, so both runners train the same clients from the same factors
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,8 +87,12 @@ class Transport(Protocol):
         """Reach the federation's clients (once, before the first task)."""
         ...
 
-    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
-        """Train every task; one reply per task, in any order, failures included."""
+    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
+        """Train every task; one reply per task, in any order, failures included.
+
+        The tasks are served as they are taken: a transport that trains one at a time should
+        take the next only after the previous one trained (one client's factors in memory).
+        """
         ...
 
 
@@ -108,5 +112,5 @@ class InProcessTransport:
     def connect(self, num_clients: int) -> Roster:
         return Roster(clients=frozenset(range(num_clients)))
 
-    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
+    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
         return [self.runner.train(task) for task in tasks]

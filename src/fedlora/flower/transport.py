@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -151,9 +151,10 @@ class FlowerTransport:
 
     # ------------------------------------------------------------------ train
 
-    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
+    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
         """Send each task to its client's node; replies are matched to tasks by message id,
         so an error the SuperLink sends for a node that went away is that node's client's."""
+        tasks = list(tasks)  # Flower sends every message of an exchange at once
         self._refresh()
         replies = [
             ClientReply.failed(task.client, "no node serves it")
