@@ -33,7 +33,7 @@ Threads: one torch thread per process by default (``--threads``).  The machine t
 on is shared with other jobs; with two OpenMP threads on two busy cores a thread that is descheduled
 stalls its partner at every barrier, and a 1024 x 1024 SVD varied from 0.3 s to 25 s between calls.
 Single-threaded calls are stable, and the reference and fedlora get the same resources, so the
-ratio compares the algorithms.  ``--threads 0`` uses torch's default on an idle machine.
+ratio compares the algorithms.  ``--threads 0`` uses one thread per core.
 
 Memory: peak RSS increase of the call.  Right before each call the process runs ``gc.collect()``,
 reads its current RSS (``VmRSS``) and resets the kernel's high-water mark by writing ``5`` to
@@ -64,8 +64,8 @@ Usage::
     .venv/bin/python benchmarks/aggregation.py            # full run, ~14 min on 2 busy cores
     .venv/bin/python benchmarks/aggregation.py --quick    # smoke run, ~1 min (80 s on 2 busy cores)
 
-It prints Markdown tables and writes them with the numbers to ``benchmarks/results/aggregation.json``
-(``aggregation_quick.json`` with ``--quick``; ``--out`` another file).
+It prints Markdown tables and writes them with their numbers to
+``benchmarks/results/aggregation.json`` (``aggregation_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
             "slow_seconds": args.slow_seconds,
             "slow_repeats": args.slow_repeats,
             "forced_budget_s": args.forced_budget,
-            "threads_per_worker": args.threads or "torch default",
+            "threads_per_worker": args.threads or "one per core",
             "dtype": "float32",
             "alpha": ALPHA,
             "scenario_b_population": [

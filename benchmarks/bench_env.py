@@ -61,11 +61,10 @@ def quiet_transformers() -> None:
 
 
 def set_threads(threads: int) -> int:
-    """Use ``threads`` torch threads (0 keeps torch's default, one per core); the count in use."""
+    """Use ``threads`` torch threads, 0 for one per core (whatever ``OMP_NUM_THREADS`` says)."""
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads if threads > 0 else os.cpu_count() or 1)
     return torch.get_num_threads()
 
 

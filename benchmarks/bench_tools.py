@@ -21,8 +21,8 @@ from typing import Any
 from bench_env import RESULTS, LoadMonitor, machine
 
 
-def parser(doc: str | None, *, threads: int) -> argparse.ArgumentParser:
-    """The arguments every benchmark takes; ``threads`` is its default torch thread count."""
+def parser(doc: str | None, *, threads: int | None) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes; ``threads`` its default torch thread count, if any."""
     parser = argparse.ArgumentParser(
         description=(doc or "").split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -31,12 +31,13 @@ def parser(doc: str | None, *, threads: int) -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="result file (default: benchmarks/results/...)"
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=threads,
-        help=f"torch threads (0: torch's default, one per core; default {threads})",
-    )
+    if threads is not None:
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=threads,
+            help=f"torch threads (0: one per core; default {threads})",
+        )
     return parser
 
 
