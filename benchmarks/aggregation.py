@@ -202,7 +202,7 @@ def make_updates(case: Case, seed: int) -> list[ClientUpdate]:
         decay = (1.0 + torch.arange(rank, dtype=torch.float32)) ** -0.5
         B = torch.randn(case.out_features, rank, generator=generator) * 0.01 * decay
         factors = LoraFactors(A=A, B=B, alpha=ALPHA, r=rank)
-        updates.append(ClientUpdate(client_id=f"c{k}", modules={MODULE: factors}, num_examples=n))
+        updates.append(ClientUpdate(client_id=k, modules={MODULE: factors}, num_examples=n))
     return updates
 
 

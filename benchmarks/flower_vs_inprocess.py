@@ -61,7 +61,8 @@ from bench_tools import Report, table
 from bench_tools import parser as bench_parser
 from fedlora.engine import PHASES
 from fedlora.flower.env import offline_environment
-from fedlora.flower.launch import APP_DIR, FlowerLaunchError, LocalFederation, bin_path
+from fedlora.flower.launch import LocalFederation
+from fedlora.flower.superlink import APP_DIR, FlowerLaunchError, bin_path
 from fedlora.model.tiny import save_tiny_bert
 from fedlora.runs import RoundMetrics, read_metrics
 

@@ -68,6 +68,7 @@ from bench_tools import parser as bench_parser
 from fedlora.config import format_override, load_config
 from fedlora.engine import InProcessTransport, RoundDriver, build_experiment
 from fedlora.instruct import format_prompt, generate_tasks
+from fedlora.lora import LoraSettings
 from fedlora.model import (
     AdaptedModel,
     TokenizedInstructions,
@@ -80,7 +81,7 @@ from fedlora.ranks.distribution import FLEXLORA_TIERS
 from fedlora.runs import RunDir
 
 MODEL = "smollm2"
-ALPHA = 16.0
+LORA = LoraSettings(alpha=16.0)
 STEP_BATCH = 8
 STEP_MAX_LENGTH = 256
 STEP_LR = 3e-4  # the causal-LM default of train.lr
@@ -143,17 +144,17 @@ def measure_steps(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     tiers: dict[str, dict[str, Any]] = {}
     for tier in FLEXLORA_TIERS:
         rank_map = tier.capped_rank_map(shapes)
-        adapted.activate(rank_map, ALPHA)
+        adapted.activate(rank_map, LORA)
         tiers[tier.name] = {
             "rank_map": rank_map,
-            "initial": adapted.extract("initial", 1),
+            "initial": adapted.extract(0, 1),
             "trainable_parameters": sum(p.numel() for p in adapted.trainable_parameters()),
             "capped_modules": sum(rank_map[n] != r for n, r in tier.rank_map(shapes).items()),
         }
 
     def timed_call(name: str, chunk: list[dict[str, torch.Tensor]]) -> float:
         """Seconds per step of one call from the tier's initial adapter."""
-        adapted.activate(tiers[name]["rank_map"], ALPHA)
+        adapted.activate(tiers[name]["rank_map"], LORA)
         adapted.load(tiers[name]["initial"].modules, tiers[name]["initial"].dense)
         gc.collect()
         torch.manual_seed(args.seed)

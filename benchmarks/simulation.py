@@ -82,7 +82,7 @@ from bench_tools import parser as bench_parser
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.data import TokenizedData, load_named_dataset
 from fedlora.engine import build_experiment, run_experiment
-from fedlora.lora import ClientUpdate
+from fedlora.lora import ClientUpdate, LoraSettings
 from fedlora.model import AdaptedModel, TrainConfig, load_classifier, resolve_model_path
 from fedlora.model import train_local as fedlora_train_local
 from fedlora.model.tiny import save_tiny_bert
@@ -304,9 +304,9 @@ def measure_train_step(args: argparse.Namespace, log: Log) -> dict[str, Any]:
     steps, warmup, repeats = (4, 1, 2) if args.quick else (30, 5, 6)
     lr = load_config(None).train.lr
     fed_model, tokenizer = load_classifier("minilm", 4, seed=args.seed)
-    adapted = AdaptedModel(fed_model, STEP_TARGETS, lora_dropout=0.0, init_seed=args.seed)
-    adapted.activate(STEP_RANK, STEP_ALPHA)
-    initial = adapted.extract("initial", 1)
+    adapted = AdaptedModel(fed_model, STEP_TARGETS, init_seed=args.seed)
+    adapted.activate(STEP_RANK, LoraSettings(alpha=STEP_ALPHA))
+    initial = adapted.extract(0, 1)
     bare = bare_peft_model()
     trainable = sum(p.numel() for p in adapted.trainable_parameters())
     if trainable != sum(p.numel() for p in bare.parameters() if p.requires_grad):

@@ -1,4 +1,4 @@
-"""The ``fedlora`` command: run, compare, plot, inspect, config.
+"""The ``fedlora`` command: run, compare, flower-sim, flower-run, plot, inspect, config.
 
 Bad input of any kind ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -83,6 +83,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     flower.set_defaults(handler=_cmd_flower_sim)
 
+    deploy = commands.add_parser(
+        "flower-run",
+        help="submit the experiment to a running Flower SuperLink (deployment) and follow it",
+    )
+    deploy.add_argument("config", nargs="?", type=Path, help="TOML config (default: built-in)")
+    _add_overrides(deploy)
+    deploy.add_argument(
+        "--superlink", required=True, help="HOST:PORT of the SuperLink (flwr 1.41: one port)"
+    )
+    security = deploy.add_mutually_exclusive_group()
+    security.add_argument(
+        "--root-certificates", type=Path, help="CA certificate of a TLS SuperLink (PEM)"
+    )
+    security.add_argument("--insecure", action="store_true", help="the SuperLink runs --insecure")
+    deploy.add_argument("--out", type=Path, help="run directory on the SuperLink's machine")
+    deploy.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    deploy.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its checkpoint"
+    )
+    deploy.add_argument(
+        "--round-timeout", type=float, default=600.0, help="seconds to wait for a round's replies"
+    )
+    deploy.add_argument(
+        "--timeout", type=float, default=86400.0, help="seconds to wait for the whole run"
+    )
+    deploy.set_defaults(handler=_cmd_flower_run)
+
     plot = commands.add_parser("plot", help="plot the metrics of one or more runs")
     plot.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG path (default: in the first run's plots/)")
@@ -154,6 +181,23 @@ def _cmd_flower_sim(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         cpus_per_client=args.cpus_per_client,
         timeout=args.round_timeout,
+    )
+
+
+def _cmd_flower_run(args: argparse.Namespace) -> int:
+    from fedlora.commands.flower import flower_run_command
+
+    return flower_run_command(
+        args.config,
+        args.overrides,
+        superlink=args.superlink,
+        root_certificates=args.root_certificates,
+        insecure=args.insecure,
+        out=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        round_timeout=args.round_timeout,
+        timeout=args.timeout,
     )
 
 

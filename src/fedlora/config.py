@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import tomli_w
 from pydantic import (
@@ -22,14 +22,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedlora.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedlora.lora import LoraSettings
 
 Scalar = int | float | str | bool
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Strict: TOML values are typed, so `rounds = true` or `rank = "8"` is a mistake to name,
+    # not a value to coerce; inf and NaN are never a setting.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False
+    )
 
 
 class RunSection(Section):
@@ -79,22 +87,87 @@ class ModelSection(Section):
     use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) instead of alpha/r.")
     max_length: int = Field(64, ge=8, description="Maximum tokens per text (longer are cut).")
 
+    def lora_settings(self) -> LoraSettings:
+        """The LoRA settings every client's adapter, and the served factors, use.
+
+        Imported here: ``fedlora.lora`` brings torch, which the CLI's start does without.
+        """
+        from fedlora.lora import LoraSettings
+
+        return LoraSettings(
+            alpha=self.lora_alpha, use_rslora=self.use_rslora, dropout=self.lora_dropout
+        )
+
+
+ColumnRef = str | int
+"""A column of a data file: its name, or its 0-based number (CSV/TSV/Parquet)."""
+
+FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "parquet")
+
 
 class DataSection(Section):
     dataset: str = Field(
         "ag_news",
-        description="'ag_news', 'dbpedia_14', 'synthetic', or a path to a .csv/.jsonl file; "
-        "causal-lm: 'generated' (built-in tasks), an Alpaca/Dolly/Natural-Instructions file or "
-        "folder, or a hub name.",
+        description="'ag_news', 'dbpedia_14' (presets for the shared data folders), 'synthetic', "
+        "or a path to a .csv/.tsv/.json/.jsonl/.parquet file or to a folder holding train.* and "
+        "test.* (or data.*); causal-lm: 'generated' (built-in tasks), an "
+        "Alpaca/Dolly/Natural-Instructions file or folder, or a hub name.",
     )
     data_dir: str = Field(
         "", description="Folder with local copies of the datasets; empty = $FEDLORA_DATA."
     )
-    text_columns: list[str] = Field(
-        default_factory=lambda: ["text"], description="Text column(s) of a CSV/JSONL dataset."
+    format: Literal["", "csv", "tsv", "json", "jsonl", "parquet"] = Field(
+        "", description="Format of a data file; empty = from its extension."
     )
-    label_column: str = Field("label", description="Label column of a CSV/JSONL dataset.")
-    test_file: str = Field("", description="Test split of a CSV/JSONL dataset (required there).")
+    delimiter: str = Field(
+        "", description="Field separator of a CSV file; empty = ',' (a .tsv file: tab)."
+    )
+    has_header: bool = Field(
+        True,
+        description="The first row of a CSV/TSV file names its columns; false: the first row is "
+        "data, and columns are given by 0-based number or named by data.column_names.",
+    )
+    column_names: list[str] = Field(
+        default_factory=list,
+        description="Names of the columns of a headerless CSV/TSV file, in order "
+        "(with has_header = false).",
+    )
+    text_columns: list[ColumnRef] = Field(
+        default_factory=lambda: list[ColumnRef](["text"]),
+        description="Text column(s) of a data file, by name or 0-based number; several are joined "
+        "with a space.",
+    )
+    label_column: ColumnRef = Field(
+        "label", description="Label column of a data file, by name or 0-based number."
+    )
+    label_format: Literal["auto", "from_0", "from_1", "names"] = Field(
+        "auto",
+        description="How labels name classes: 'from_0' / 'from_1' (integer ids counted from 0 / "
+        "1), 'names' (every distinct value is a class, integers too), or 'auto' (text labels "
+        "are names; integer ids count from 0, or from 1 when they are exactly 1..K, with a "
+        "notice).",
+    )
+    classes: list[str] = Field(
+        default_factory=list,
+        description="The run's classes in id order (empty: the labels of the training data); "
+        "test labels outside them are an error.",
+    )
+    classes_file: str = Field(
+        "",
+        description="A file with one class name per line, in id order (e.g. a benchmark's "
+        "classes.txt), instead of data.classes.",
+    )
+    test_file: str = Field(
+        "",
+        description="Test split of a file dataset; empty: data.test_size rows are split off the "
+        "training file.",
+    )
+    test_size: float | int = Field(
+        0.2,
+        description="Test rows split off a data file without a test file, stratified by class "
+        "with the run's seed: a fraction in (0, 1) or a number of rows (the dbpedia_14 preset "
+        "always splits 2,000).",
+    )
     max_train_samples: int = Field(
         0, ge=0, description="Use at most this many training rows (0 = all)."
     )
@@ -104,11 +177,129 @@ class DataSection(Section):
     partition: str = Field(
         "dirichlet",
         description="Partitioner: iid, dirichlet, size_skew, quality; natural (causal-lm: "
-        "whole tasks per client; other partitioners treat the task as the label).",
+        "whole tasks per client; other partitioners treat the task as the label); or a Flower "
+        "Datasets partitioner by class name, e.g. 'flwr_datasets.ShardPartitioner'.",
     )
     partition_options: dict[str, Scalar] = Field(
         default_factory=lambda: dict[str, Scalar](alpha=0.5),
         description="Options of the partitioner, e.g. {alpha = 0.5}.",
+    )
+
+    @field_validator("label_column", mode="before")
+    @classmethod
+    def _one_column(cls, value: Any) -> Any:
+        _check_column(value)
+        return value
+
+    @field_validator("text_columns", mode="before")
+    @classmethod
+    def _columns(cls, value: Any) -> Any:
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            value = [value]  # one column needs no list
+        if not isinstance(value, list) or not value:
+            raise ValueError("must be a non-empty list of column names or 0-based numbers")
+        for item in value:
+            _check_column(item)
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _delimiter(cls, value: str) -> str:
+        if value in ("\\t", "tab"):  # --set data.delimiter=\t arrives as backslash, t
+            return "\t"
+        if value and (len(value) != 1 or value in "\r\n\"'"):
+            raise ValueError(f"must be one character other than a quote or newline, got {value!r}")
+        return value
+
+    @field_validator("test_size")
+    @classmethod
+    def _test_size(cls, value: float | int) -> float | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"a number of rows must be >= 1, got {value}")
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError(f"must be a fraction in (0, 1) or a number of rows, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSection:
+        """Every contradiction between the file keys, each under its own key."""
+        problems: list[tuple[str, str]] = []
+        columns = [self.label_column, *self.text_columns]
+        if self.column_names and self.has_header:
+            problems.append(
+                (
+                    "column_names",
+                    "names the columns of a headerless file; set data.has_header = false (a "
+                    "file with a header row names its own columns)",
+                )
+            )
+        if len(set(self.column_names)) != len(self.column_names):
+            problems.append(("column_names", "has duplicates"))
+        headerless = not self.has_header
+        for key, wanted in (
+            ("label_column", [self.label_column]),
+            ("text_columns", self.text_columns),
+        ):
+            for column in wanted:
+                if not isinstance(column, str):
+                    continue
+                if headerless and not self.column_names:
+                    problems.append(
+                        (
+                            key,
+                            f"{column!r} is a name, but has_header = false and no "
+                            f"data.column_names: give its 0-based number or name the columns",
+                        )
+                    )
+                elif self.column_names and column not in self.column_names:
+                    problems.append(
+                        (key, f"{column!r} is not in data.column_names {self.column_names}")
+                    )
+        if self.label_column in self.text_columns:
+            problems.append(("text_columns", f"holds the label column {self.label_column!r}"))
+        if len(set(map(repr, self.text_columns))) != len(self.text_columns):
+            problems.append(("text_columns", "has duplicates"))
+        if self.format in ("json", "jsonl") and any(isinstance(c, int) for c in columns):
+            problems.append(
+                (
+                    "text_columns" if isinstance(self.label_column, str) else "label_column",
+                    "JSON records have no column order: name the keys",
+                )
+            )
+        if self.classes and self.classes_file:
+            problems.append(
+                ("classes_file", "give the classes in data.classes or a file, not both")
+            )
+        if len(set(self.classes)) != len(self.classes):
+            problems.append(("classes", "has duplicates"))
+        if any(not name.strip() for name in self.classes):
+            problems.append(("classes", "has an empty name"))
+        if problems:
+            raise _keyed_errors(self, problems)
+        return self
+
+
+def _check_column(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"must be a column name or a 0-based column number, got {value!r}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"a column number counts from 0, got {value}")
+    if isinstance(value, str) and not value:
+        raise ValueError("a column name must not be empty")
+
+
+def _keyed_errors(model: BaseModel, problems: Sequence[tuple[str, str]]) -> ValidationError:
+    """One validation error per ``(key, message)``, located at that key of ``model``."""
+    return ValidationError.from_exception_data(
+        type(model).__name__,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{problem}", {"problem": message}),
+                loc=(key,),
+                input=getattr(model, key, None),
+            )
+            for key, message in problems
+        ],
     )
 
 
@@ -128,15 +319,30 @@ class RanksSection(Section):
 class AggregationSection(Section):
     method: str = Field(
         "flexlora",
-        description="Aggregator: fedit, zero_padding, hetlora, replication, flexlora, flora, ffa.",
+        description="Aggregator: fedit, zero_padding, hetlora, replication, norm_replication, "
+        "flexlora, flora, ffa.",
     )
     weighting: Literal["num_examples", "uniform"] = Field(
         "num_examples", description="Client weights: local training-set size, or uniform."
     )
+    norm_bound: float = Field(
+        0.0,
+        ge=0.0,
+        description="Robust aggregation: bound each client's update norm at this many times the "
+        "round's median (0 = off).",
+    )
+    bound_mode: Literal["clip", "reject"] = Field(
+        "clip", description="What norm_bound does to a larger update: clip it, or drop it."
+    )
+    max_examples: int = Field(
+        0, ge=0, description="Count a client's claimed data size as at most this (0 = off)."
+    )
     options: dict[str, Scalar] = Field(
         default_factory=dict,
         description="Options of the aggregator, e.g. {sigma = 'sqrt'} (flexlora), "
-        "{gamma = 0.99, lam = 0.001} (hetlora's self-pruning regulariser).",
+        "{gamma = 0.99, lam = 0.001} (hetlora's self-pruning regulariser: share of the rank "
+        "kept, weight), {prune_tol = 0.05} (hetlora: a client drops a module's trailing slots "
+        "when they carry less than this share of its update norm; 0, the default, never prunes).",
     )
 
 
@@ -262,31 +468,49 @@ class ExperimentConfig(Section):
 
 
 def build_config(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    """The validated config; every problem is listed in one line, each under its key."""
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            message = "unknown key"
-        more = len(error.errors()) - 1
-        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise ConfigError(f"{source}: {where}: {message}{suffix}") from None
+        problems = []
+        for detail in error.errors():
+            where = ".".join(str(part) for part in detail["loc"]) or "(top level)"
+            message = detail["msg"].removeprefix("Value error, ")
+            if detail["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{where}: {message}")
+        raise ConfigError(f"{source}: {'; '.join(dict.fromkeys(problems))}") from None
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The defaults, updated from a TOML file, then from ``key=value`` overrides."""
-    data: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        source = str(path)
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    if path is None:
+        return load_config_text("", overrides, source="config")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a .toml file") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (line {line}, byte {error.start}: "
+            f"{error.reason})"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read ({error.strerror})") from None
+    return load_config_text(text, overrides, source=str(path))
+
+
+def load_config_text(
+    text: str, overrides: Sequence[str] = (), *, source: str = "config"
+) -> ExperimentConfig:
+    """The defaults, updated from TOML text, then from ``key=value`` overrides."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: not valid TOML: {error}") from None
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(data, key, value)

@@ -10,10 +10,10 @@ class FedloraError(ValueError):
 class InvalidUpdateError(FedloraError):
     """A client's update cannot be aggregated; names the client and, where known, the module."""
 
-    def __init__(self, problem: str, *, client_id: str, module: str | None = None) -> None:
+    def __init__(self, problem: str, *, client_id: int, module: str | None = None) -> None:
         self.client_id = client_id
         self.module = module
-        where = f"client {client_id!r}" + (f", module {module!r}" if module is not None else "")
+        where = f"client {client_id}" + (f", module {module!r}" if module is not None else "")
         super().__init__(f"{where}: {problem}")
 
 

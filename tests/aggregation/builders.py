@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -28,7 +29,7 @@ def random_factors(
 
 
 def make_update(
-    client_id: str,
+    client_id: int,
     shapes: Mapping[str, tuple[int, int]],
     ranks: Mapping[str, int] | int,
     *,
@@ -75,6 +76,29 @@ def average_delta(updates: Sequence[ClientUpdate], module: str) -> torch.Tensor:
     )
 
 
+def masked_mean(
+    updates: Sequence[ClientUpdate], module: str, weights: Sequence[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RBLA-style oracle of slot-wise averaging: NaN-pad every client's folded factors to the
+    largest rank, then a ``weights``-weighted mean over the values present."""
+    rank = max(u.modules[module].r for u in updates)
+    w = torch.tensor(weights, dtype=DTYPE)
+    stacked_A, stacked_B = [], []
+    for u in updates:
+        f = u.modules[module].folded()
+        A = torch.full((rank, f.in_features), math.nan, dtype=DTYPE)
+        B = torch.full((f.out_features, rank), math.nan, dtype=DTYPE)
+        A[: f.rank], B[:, : f.rank] = f.A, f.B
+        stacked_A.append(A)
+        stacked_B.append(B.T)
+    results = []
+    for stack in (torch.stack(stacked_A), torch.stack(stacked_B)):
+        present = ~torch.isnan(stack)
+        total = (w[:, None, None] * present).sum(0)
+        results.append(torch.nansum(stack * w[:, None, None], 0) / total)
+    return results[0], results[1].T
+
+
 def product(factors: LoraFactors | FoldedFactors) -> torch.Tensor:
     return factors.delta()
 
@@ -105,7 +129,7 @@ def rounds(
         )
         updates.append(
             make_update(
-                f"c{k}",
+                k,
                 shapes,
                 ranks,
                 seed=draw(st.integers(0, 2**31)),

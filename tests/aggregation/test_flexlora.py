@@ -16,7 +16,7 @@ from fedlora.aggregation import (
     top_svd_of_sum,
 )
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, LoraSettings
 from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
 
 
@@ -29,7 +29,7 @@ def test_clients_covering_the_rank_receive_the_average_exactly(case, svd) -> Non
         true_rank = int(torch.linalg.matrix_rank(expected))
         r = min(out, inp)  # a client whose rank covers rank(dW)
         assert state.modules[name].rank >= true_rank
-        served = state.factors_for({n: min(s) for n, s in shapes.items()}, 16.0)[name]
+        served = state.factors_for({n: min(s) for n, s in shapes.items()}, LoraSettings(16.0))[name]
         assert served.r == r
         torch.testing.assert_close(served.delta(), expected)
 
@@ -43,7 +43,7 @@ def test_truncation_error_equals_the_eckart_young_bound(case, r, sigma) -> None:
     expected = average_delta(updates, name)
     singular_values = torch.linalg.svdvals(expected)
     ranks = {n: min(r, *s) for n, s in shapes.items()}
-    served = state.factors_for(ranks, 8.0)[name]
+    served = state.factors_for(ranks, LoraSettings(8.0))[name]
     error = torch.linalg.matrix_norm(served.delta() - expected)
     bound = singular_values[r:].square().sum().sqrt()
     torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
@@ -77,7 +77,7 @@ def test_factored_svd_equals_dense_svd(out: int, inp: int, ranks: list[int], see
 @given(seed=st.integers(0, 1000))
 def test_sigma_placement_changes_the_split_not_the_product(seed: int) -> None:
     shapes = {"m": (9, 7)}
-    updates = [make_update(f"c{k}", shapes, k + 1, seed=seed + k) for k in range(3)]
+    updates = [make_update(k, shapes, k + 1, seed=seed + k) for k in range(3)]
     states = {
         s: get_aggregator("flexlora", sigma=s).aggregate(updates, initial(shapes))
         for s in ("B", "sqrt", "A")
@@ -93,7 +93,7 @@ def test_sigma_placement_changes_the_split_not_the_product(seed: int) -> None:
 
 def test_kept_rank_defaults_to_the_rounds_largest_client_rank_from_an_empty_state() -> None:
     shapes = {"m": (20, 20)}
-    updates = [make_update("a", shapes, 3, seed=0), make_update("b", shapes, 5, seed=1)]
+    updates = [make_update(0, shapes, 3, seed=0), make_update(1, shapes, 5, seed=1)]
     assert get_aggregator("flexlora").aggregate(updates, initial(shapes)).rank_map() == {"m": 5}
     wide = get_aggregator("flexlora", max_rank=12).aggregate(updates, initial(shapes))
     assert wide.rank_map() == {"m": 8}  # capped at the stacked rank 3 + 5
@@ -114,12 +114,12 @@ def test_rounds_without_high_rank_clients_do_not_truncate_what_they_are_served(
     # Round 1 has a rank-8 client; then rounds of only rank-2 clients, whose stacked rank is
     # 6 (below 8) or 10 (above 8).
     shapes = {"m": (16, 12)}
-    first = [make_update("high", shapes, 8, seed=0), make_update("low", shapes, 2, seed=1)]
+    first = [make_update(0, shapes, 8, seed=0), make_update(1, shapes, 2, seed=1)]
     flex = get_aggregator("flexlora")
     state = flex.aggregate(first, initial(shapes))
     for index, clients in enumerate(low_rounds):
         updates = [
-            make_update(f"low{k}", shapes, 2, seed=10 * index + k, num_examples=5 + k)
+            make_update(k, shapes, 2, seed=10 * index + k, num_examples=5 + k)
             for k in range(clients)
         ]
         state = flex.aggregate(updates, state)
@@ -127,7 +127,7 @@ def test_rounds_without_high_rank_clients_do_not_truncate_what_they_are_served(
     # rank-8 approximation, a rank-2 client its best rank-2 one.
     dW = average_delta(updates, "m")
     for r in (8, 2):
-        served = state.factors_for(r, 16.0)["m"]
+        served = state.factors_for(r, LoraSettings(16.0))["m"]
         torch.testing.assert_close(served.delta(), _best_rank_approximation(dW, r))
     assert state.rank_map() == {"m": 8}
 
@@ -136,27 +136,29 @@ def test_an_explicit_max_rank_wins_over_the_rank_the_state_held() -> None:
     shapes = {"m": (16, 12)}
     flex = get_aggregator("flexlora", max_rank=4)
     state = GlobalState(modules={"m": initial(shapes).slots("m", 8)})  # rank 8: fresh slots
-    second = [make_update(f"low{k}", shapes, 2, seed=10 + k) for k in range(5)]
+    second = [make_update(k, shapes, 2, seed=10 + k) for k in range(5)]
     assert flex.aggregate(second, state).rank_map() == {"m": 4}
 
 
 def test_single_client_of_full_kept_rank_gets_its_own_update_back() -> None:
     shapes = {"m": (8, 6)}
-    update = make_update("a", shapes, 4, seed=3, alpha=32.0)
+    update = make_update(0, shapes, 4, seed=3, alpha=32.0)
     state = get_aggregator("flexlora").aggregate([update], initial(shapes))
-    torch.testing.assert_close(state.factors_for(4, 8.0)["m"].delta(), update.modules["m"].delta())
+    torch.testing.assert_close(
+        state.factors_for(4, LoraSettings(8.0))["m"].delta(), update.modules["m"].delta()
+    )
 
 
 def test_per_module_rank_tiers() -> None:
     # FlexLoRA's Type 3: rank 3 on attention and 6 on the MLP in one client.
     shapes = {"attn.q": (8, 8), "mlp.up": (12, 8)}
     updates = [
-        make_update("t3", shapes, {"attn.q": 3, "mlp.up": 6}, seed=0),
-        make_update("t1", shapes, {"attn.q": 2, "mlp.up": 2}, seed=1),
+        make_update(0, shapes, {"attn.q": 3, "mlp.up": 6}, seed=0),
+        make_update(1, shapes, {"attn.q": 2, "mlp.up": 2}, seed=1),
     ]
     state = get_aggregator("flexlora", max_rank=8).aggregate(updates, initial(shapes))
     assert state.rank_map() == {"attn.q": 5, "mlp.up": 8}
-    served = state.factors_for({"attn.q": 8, "mlp.up": 8}, 16.0)
+    served = state.factors_for({"attn.q": 8, "mlp.up": 8}, LoraSettings(16.0))
     for name in shapes:
         torch.testing.assert_close(served[name].delta(), average_delta(updates, name))
 
@@ -184,7 +186,7 @@ def test_bad_options_are_one_line_errors(options: dict[str, object], message: st
 
 def test_float16_uploads_are_aggregated_in_float32() -> None:
     shapes = {"m": (6, 6)}
-    updates = [make_update("a", shapes, 2, seed=0), make_update("b", shapes, 3, seed=1)]
+    updates = [make_update(0, shapes, 2, seed=0), make_update(1, shapes, 3, seed=1)]
     half = [
         type(u)(
             u.client_id,
@@ -255,7 +257,7 @@ def rank_deficient_rounds(draw: st.DrawFn) -> tuple[tuple[int, int], list[Client
         B = basis @ torch.randn(t, r, generator=g, dtype=DTYPE)
         alpha = draw(st.sampled_from([1.0, 16.0]))
         factors = LoraFactors(A=A, B=B, alpha=alpha, r=r)
-        updates.append(ClientUpdate(f"c{k}", {"m": factors}, draw(st.integers(1, 100))))
+        updates.append(ClientUpdate(k, {"m": factors}, draw(st.integers(1, 100))))
     return (out, inp), updates
 
 
@@ -283,7 +285,7 @@ def test_rank_deficient_rounds_serve_no_dead_slots_and_the_same_product(  # type
     singular_values = torch.linalg.svdvals(dW)
     kept = state.rank_map()["m"]
     for r in range(1, limit + 1):
-        error = torch.linalg.matrix_norm(state.factors_for(r, 8.0)["m"].delta() - dW)
+        error = torch.linalg.matrix_norm(state.factors_for(r, LoraSettings(8.0))["m"].delta() - dW)
         bound = singular_values[min(r, kept) :].square().sum().sqrt()
         torch.testing.assert_close(error, bound, atol=1e-9, rtol=1e-7)
 
@@ -292,10 +294,10 @@ def test_rank_deficient_rounds_serve_no_dead_slots_and_the_same_product(  # type
 def test_clients_that_cancel_out_leave_fresh_slots_under_the_sqrt_split(svd: str) -> None:
     # dW = 0 up to rounding, so even the largest singular value is noise.
     shapes = {"m": (12, 10)}
-    update = make_update("a", shapes, 3, seed=0)
+    update = make_update(0, shapes, 3, seed=0)
     factors = update.modules["m"]
     opposite = LoraFactors(A=factors.A, B=-factors.B, alpha=factors.alpha, r=factors.r)
-    updates = [update, ClientUpdate("b", {"m": opposite}, update.num_examples)]
+    updates = [update, ClientUpdate(1, {"m": opposite}, update.num_examples)]
     state = get_aggregator("flexlora", sigma="sqrt", svd=svd).aggregate(updates, initial(shapes))
     slots = state.modules["m"]
     torch.testing.assert_close(torch.linalg.vector_norm(slots.A, dim=1), torch.ones(3, dtype=DTYPE))

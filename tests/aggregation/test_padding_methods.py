@@ -11,12 +11,13 @@ from hypothesis import strategies as st
 
 from fedlora.aggregation import get_aggregator, norm_weights, self_pruning_penalty, update_norm
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, LoraFactors
+from fedlora.lora import ClientUpdate, LoraFactors, LoraSettings
 from tests.aggregation.builders import (
     DTYPE,
     average_delta,
     initial,
     make_update,
+    masked_mean,
     rounds,
     weights_of,
 )
@@ -40,7 +41,7 @@ def test_fedit_is_fedavg_of_the_folded_factors(case) -> None:  # type: ignore[no
 
 def test_fedit_refuses_mixed_ranks() -> None:
     shapes = {"m": (6, 6)}
-    updates = [make_update("a", shapes, 2, seed=0), make_update("b", shapes, 3, seed=1)]
+    updates = [make_update(0, shapes, 2, seed=0), make_update(1, shapes, 3, seed=1)]
     with pytest.raises(FedloraError, match=r"fedit needs equal ranks.*'m'.*\[2, 3\]"):
         get_aggregator("fedit").aggregate(updates, initial(shapes))
 
@@ -50,8 +51,8 @@ def test_fedit_differs_from_flexlora_by_the_cross_term(seed: int, p: float) -> N
     shapes = {"m": (7, 6)}
     sizes = (round(p * 1000), 1000 - round(p * 1000))
     updates = [
-        make_update("a", shapes, 2, seed=seed, num_examples=sizes[0]),
-        make_update("b", shapes, 2, seed=seed + 1, num_examples=sizes[1]),
+        make_update(0, shapes, 2, seed=seed, num_examples=sizes[0]),
+        make_update(1, shapes, 2, seed=seed + 1, num_examples=sizes[1]),
     ]
     fedit = get_aggregator("fedit").aggregate(updates, initial(shapes)).delta("m")
     flex = get_aggregator("flexlora", max_rank=4).aggregate(updates, initial(shapes)).delta("m")
@@ -65,8 +66,8 @@ def test_fedit_differs_from_flexlora_by_the_cross_term(seed: int, p: float) -> N
 @given(k=st.integers(2, 8), seed=st.integers(0, 10_000))
 def test_zero_padding_dilutes_a_lone_high_rank_slot_to_one_over_k(k: int, seed: int) -> None:
     shapes = {"m": (6, 5)}
-    high = make_update("high", shapes, 4, seed=seed)
-    lows = [make_update(f"low{i}", shapes, 2, seed=seed + 1 + i) for i in range(k - 1)]
+    high = make_update(0, shapes, 4, seed=seed)
+    lows = [make_update(1 + i, shapes, 2, seed=seed + 1 + i) for i in range(k - 1)]
     state = get_aggregator("zero_padding", weighting="uniform").aggregate(
         [high, *lows], initial(shapes)
     )
@@ -75,32 +76,12 @@ def test_zero_padding_dilutes_a_lone_high_rank_slot_to_one_over_k(k: int, seed: 
     torch.testing.assert_close(state.modules["m"].B[:, 2:4], folded.B[:, 2:4] / k)
 
 
-def _masked_mean_oracle(updates: list[ClientUpdate], module: str) -> tuple[torch.Tensor, ...]:
-    """RBLA-style oracle: NaN-pad every client to the largest rank, then a weighted nanmean."""
-    rank = max(u.modules[module].r for u in updates)
-    weights = torch.tensor(weights_of(updates), dtype=DTYPE)
-    stacked_A, stacked_B = [], []
-    for u in updates:
-        f = u.modules[module].folded()
-        A = torch.full((rank, f.in_features), math.nan, dtype=DTYPE)
-        B = torch.full((f.out_features, rank), math.nan, dtype=DTYPE)
-        A[: f.rank], B[:, : f.rank] = f.A, f.B
-        stacked_A.append(A)
-        stacked_B.append(B.T)
-    results = []
-    for stack in (torch.stack(stacked_A), torch.stack(stacked_B)):
-        present = ~torch.isnan(stack)
-        w = weights[:, None, None] * present
-        results.append(torch.nansum(stack * weights[:, None, None], 0) / w.sum(0))
-    return results[0], results[1].T
-
-
 @given(rounds(min_clients=2))
 def test_replication_equals_slotwise_masked_mean(case) -> None:  # type: ignore[no-untyped-def]
     shapes, updates = case
     state = get_aggregator("replication").aggregate(updates, initial(shapes))
     for name in shapes:
-        A, B = _masked_mean_oracle(updates, name)
+        A, B = masked_mean(updates, name, weights_of(updates))
         torch.testing.assert_close(state.modules[name].A, A)
         torch.testing.assert_close(state.modules[name].B, B)
 
@@ -108,8 +89,8 @@ def test_replication_equals_slotwise_masked_mean(case) -> None:  # type: ignore[
 @given(k=st.integers(2, 8), seed=st.integers(0, 10_000))
 def test_replication_keeps_a_lone_slot_and_averages_shared_ones(k: int, seed: int) -> None:
     shapes = {"m": (6, 5)}
-    high = make_update("high", shapes, 4, seed=seed, num_examples=3)
-    lows = [make_update(f"low{i}", shapes, 2, seed=seed + 1 + i) for i in range(k - 1)]
+    high = make_update(0, shapes, 4, seed=seed, num_examples=3)
+    lows = [make_update(1 + i, shapes, 2, seed=seed + 1 + i) for i in range(k - 1)]
     updates = [high, *lows]
     state = get_aggregator("replication").aggregate(updates, initial(shapes))
     folded = high.modules["m"].folded()
@@ -142,9 +123,9 @@ def test_replication_equals_fedit_when_ranks_are_equal(case) -> None:  # type: i
 def test_replication_keeps_previous_slots_no_participant_owns() -> None:
     shapes = {"m": (8, 8)}
     first = get_aggregator("replication").aggregate(
-        [make_update("high", shapes, 6, seed=0)], initial(shapes)
+        [make_update(0, shapes, 6, seed=0)], initial(shapes)
     )
-    lows = [make_update("low", shapes, 2, seed=1)]
+    lows = [make_update(1, shapes, 2, seed=1)]
     kept = get_aggregator("replication").aggregate(lows, first)
     assert kept.rank_map() == {"m": 6}
     torch.testing.assert_close(kept.modules["m"].A[2:], first.modules["m"].A[2:])
@@ -176,7 +157,7 @@ def test_hetlora_weights_are_normalised_update_norms(case) -> None:  # type: ign
 def test_hetlora_falls_back_to_data_weights_for_all_zero_updates() -> None:
     zero = [
         ClientUpdate(c, {"m": LoraFactors(torch.zeros(2, 4), torch.zeros(4, 2), 8.0, 2)}, n)
-        for c, n in [("a", 1), ("b", 3)]
+        for c, n in [(0, 1), (1, 3)]
     ]
     fallback = torch.tensor([0.25, 0.75], dtype=torch.float64)
     folded = [u.modules["m"].folded() for u in zero]
@@ -218,17 +199,17 @@ def test_flora_stacking_is_exact(case) -> None:  # type: ignore[no-untyped-def]
         assert merged.rank == sum(u.modules[name].r for u in updates)
         torch.testing.assert_close(merged.delta(), average_delta(updates, name))
         assert state.modules[name].rank == 0
-    served = state.factors_for({n: min(s) for n, s in shapes.items()}, 16.0)
+    served = state.factors_for({n: min(s) for n, s in shapes.items()}, LoraSettings(16.0))
     assert all(torch.count_nonzero(f.B) == 0 for f in served.values())
 
 
 def test_flora_reinitialises_A_each_round() -> None:
     shapes = {"m": (6, 6)}
     agg = get_aggregator("flora")
-    first = agg.aggregate([make_update("a", shapes, 2, seed=0)], initial(shapes))
-    second = agg.aggregate([make_update("a", shapes, 2, seed=1)], first)
-    a1 = first.factors_for(2, 8.0)["m"].A
-    a2 = second.factors_for(2, 8.0)["m"].A
+    first = agg.aggregate([make_update(0, shapes, 2, seed=0)], initial(shapes))
+    second = agg.aggregate([make_update(0, shapes, 2, seed=1)], first)
+    a1 = first.factors_for(2, LoraSettings(8.0))["m"].A
+    a2 = second.factors_for(2, LoraSettings(8.0))["m"].A
     assert not torch.allclose(a1, a2)
 
 
@@ -240,9 +221,9 @@ def _ffa_round(
     g = torch.Generator().manual_seed(seed)
     updates = []
     for k, r in enumerate(ranks):
-        served = served_state.factors_for(r, 16.0)["m"]
+        served = served_state.factors_for(r, LoraSettings(16.0))["m"]
         B = torch.randn(served.B.shape, generator=g, dtype=DTYPE)
-        updates.append(ClientUpdate(f"c{k}", {"m": LoraFactors(served.A, B, 16.0, r)}, 5 + k))
+        updates.append(ClientUpdate(k, {"m": LoraFactors(served.A, B, 16.0, r)}, 5 + k))
     return updates
 
 
@@ -259,7 +240,7 @@ def test_ffa_rejects_a_client_that_trained_A() -> None:
     updates = _ffa_round(shapes, [3, 3], seed=0)
     moved = updates[1].modules["m"]
     updates[1] = ClientUpdate(
-        "c1", {"m": LoraFactors(moved.A + 0.1, moved.B, moved.alpha, moved.r)}, 3
+        1, {"m": LoraFactors(moved.A + 0.1, moved.B, moved.alpha, moved.r)}, 3
     )
     with pytest.raises(FedloraError, match="changed the frozen A"):
         get_aggregator("ffa").aggregate(updates, initial(shapes))
@@ -269,7 +250,7 @@ def test_dense_tensors_are_averaged_with_data_weights() -> None:
     shapes = {"m": (4, 4)}
     dense = {"classifier.weight": (3, 4), "classifier.bias": (3,)}
     updates = [
-        make_update(f"c{k}", shapes, 2, seed=k, num_examples=n, dense_shapes=dense)
+        make_update(k, shapes, 2, seed=k, num_examples=n, dense_shapes=dense)
         for k, n in enumerate([1, 2, 7])
     ]
     start = initial(shapes, dense={k: torch.zeros(s, dtype=DTYPE) for k, s in dense.items()})
@@ -283,8 +264,8 @@ def test_dense_tensors_are_averaged_with_data_weights() -> None:
 def test_uniform_weighting_ignores_data_sizes() -> None:
     shapes = {"m": (4, 4)}
     updates = [
-        make_update("a", shapes, 2, seed=0, num_examples=1),
-        make_update("b", shapes, 2, seed=1, num_examples=99),
+        make_update(0, shapes, 2, seed=0, num_examples=1),
+        make_update(1, shapes, 2, seed=1, num_examples=99),
     ]
     state = get_aggregator("fedit", weighting="uniform").aggregate(updates, initial(shapes))
     expected = 0.5 * (updates[0].modules["m"].folded().A + updates[1].modules["m"].folded().A)

@@ -41,10 +41,22 @@ def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         (["--set", "ranks.options={high=0}"], "high"),
         (["--set", "data.partition=dirichlett"], "partitioner"),
         (["--set", "data.dataset=imagenet"], "unknown dataset 'imagenet'"),
-        (["--set", "data.dataset=/no/such/file.csv"], "data.test_file"),
+        (["--set", "data.dataset=/no/such/file.csv"], "data.dataset: /no/such/file.csv: file not"),
         (["--set", "model.name=/no/such/model"], "/no/such/model"),
         (["--set", "run.num_clients=5000"], "5000 clients but only"),
         (["nothing.toml"], "config file nothing.toml does not exist"),
+        (["--set", "run.rounds=true"], "run.rounds: Input should be a valid integer"),
+        (["--set", "train.lr=inf"], "train.lr: Input should be a finite number"),
+        (["--set", "model.lora_alpha=nan"], "model.lora_alpha: Input should be a finite number"),
+        (["--set", "aggregation.method=fedit"], "fedit averages factors of one rank"),
+        (
+            ["--set", "ranks.policy=fixed", "--set", "ranks.options={rank=0}"],
+            "ranks.options: rank must be a positive integer rank, got 0",
+        ),
+        (
+            ["--set", "ranks.policy=loss_based", "--set", "ranks.options={fraction=2}"],
+            "ranks.options: fraction must be a number in [0, 1], got 2",
+        ),
         (["--set", "lr"], "expected key=value"),
         (["--set", "task=llm"], "task: Input should be 'classification' or 'causal-lm'"),
         (
@@ -256,3 +268,40 @@ def test_causal_lm_run_inspect_and_compare_with_a_method_override(
     fedit = (compare_dir / "fedit-seed0" / "config.toml").read_text()
     assert 'policy = "fixed"' in fedit
     assert 'policy = "list"' in (compare_dir / "flexlora-seed0" / "config.toml").read_text()
+
+
+def test_config_files_and_run_folders_that_cannot_serve_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[run]\nname = "caf\xe9"\n')
+    plain_file = tmp_path / "plain-file"
+    plain_file.write_text("x")
+    cases = [
+        (["run", str(folder)], f"config file {folder} is a folder"),
+        (["run", str(latin)], f"config file {latin} is not UTF-8 text (line 2, byte 17:"),
+        (["run", "--out", str(plain_file)], f"run directory {plain_file} is a file"),
+        (["run", "--out", str(plain_file / "x")], f"lies under a file, {plain_file}"),
+        (["run", "--out", str(tmp_path)], "holds files but no run"),
+    ]
+    for args, message in cases:
+        assert main([*args, "--no-progress"]) == 2, args
+        lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("fedlora: error")]
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+
+
+def test_overwrite_removes_only_what_a_run_wrote(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = write_tiny_config(tmp_path / "tiny.toml", tiny_bert_dir, rounds=1)
+    out = tmp_path / "run"
+    assert main(["run", str(config), "--out", str(out), "--no-progress"]) == 0
+    mine = [out / "notes.txt", out / "plots" / "my-figure.svg", out / "checkpoint" / "README"]
+    for path in mine:
+        path.write_text("kept")
+    assert main(["run", str(config), "--out", str(out), "--overwrite", "--no-progress"]) == 0
+    assert all(path.read_text() == "kept" for path in mine)
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == [
+        "README",
+        "round-00001.safetensors",
+    ]

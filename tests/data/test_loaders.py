@@ -44,11 +44,19 @@ def test_csv_by_column_names_joins_text_columns_and_sorts_string_labels(tmp_path
 
 
 def test_csv_by_index_without_header_reads_integer_labels(tmp_path: Path) -> None:
-    file = write(tmp_path / "d.tsv", "2\tthird class\n0\tfirst class\n")
+    file = write(tmp_path / "d.tsv", "2\tthird class\n0\tfirst class\n1\tsecond\n")
     data = load_csv(file, label_column=0, text_columns=1, has_header=False, delimiter="\t")
-    assert data.labels.tolist() == [2, 0]
+    assert data.labels.tolist() == [2, 0, 1]
     assert data.label_names == ["0", "1", "2"]
-    assert data.texts == ["third class", "first class"]
+    assert data.texts == ["third class", "first class", "second"]
+
+
+def test_csv_ids_with_a_gap_are_an_error_unless_the_format_says_so(tmp_path: Path) -> None:
+    file = write(tmp_path / "d.csv", "2,third class\n0,first class\n")
+    with pytest.raises(ConfigError, match=r"labels \{0, 2\} leave id \{1\} without training rows"):
+        load_csv(file, label_column=0, text_columns=1, has_header=False)
+    data = load_csv(file, label_column=0, text_columns=1, has_header=False, label_format="from_0")
+    assert data.label_names == ["0", "1", "2"]  # asked for: class 1 is kept, without rows
 
 
 def test_csv_label_names_fix_the_order_of_string_labels(tmp_path: Path) -> None:
@@ -68,16 +76,15 @@ def test_csv_skips_blank_lines(tmp_path: Path) -> None:
     [
         ("", {}, "empty file"),
         ("y,x\n", {}, "no data rows"),
-        ("y,x\n1,a\n", {"label_column": "label"}, "no column 'label'; header has y, x"),
-        ("y,x\n1,a\n0\n", {}, r"line 3: 1 columns, column 1 is needed"),
-        ("y,x\n1,a\n2,b\ncat,c\n", {}, r"line 4: bad label 'cat'"),
-        ("y,x\n1,a\n-1,b\n", {}, r"line 3: bad label -1"),
-        ("y,x\n1,a\n5,b\n", {"label_names": ["p", "q"]}, r"line 3: bad label 5, expected an id in"),
-        ("y,x\nup,a\nside,b\n", {"label_names": ["up", "down"]}, r"line 3: bad label 'side'"),
-        ("y,x\nup,a\n,b\n", {}, r"line 3: bad label ''"),
+        ("y,x\n1,a\n", {"label_column": "label"}, "has no column 'label'; its first row is: y | x"),
+        ("y,x\n1,a\n0\n", {}, r"line 3: 1 column, but column 1 \(counted from 0\) is needed"),
+        ("y,x\n1,a\n2,b\ncat,c\n", {}, r"line 4: label 'cat' is text, but earlier labels are"),
+        ("y,x\n1,a\n-1,b\n", {}, r"line 3: label -1 is negative"),
+        ("y,x\n1,a\n5,b\n", {"label_names": ["p", "q"]}, r"line 3: label 5 is not a class id"),
+        ("y,x\nup,a\nside,b\n", {"label_names": ["up", "down"]}, r"line 3: label 'side' is not"),
+        ("y,x\nup,a\n,b\n", {}, r"line 3: empty label"),
+        ("y,x\nup,a\ndown, \n", {}, r"line 3: empty text in data.text_columns \('x'\)"),
         ('y,x\n1,"a\nb"\n0,"c\n', {}, r"line 4"),
-        ("y,x\n1,a\n", {"text_columns": []}, "text_columns is empty"),
-        ("y,x\n1,a\n", {"text_columns": [-1]}, "column index -1 is negative"),
     ],
 )
 def test_csv_errors_name_the_file_and_line_or_column(
@@ -91,9 +98,18 @@ def test_csv_errors_name_the_file_and_line_or_column(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("columns", "message"), [([], "give at least one text column"), ([-1], "index -1 is negative")]
+)
+def test_bad_text_columns_are_refused(tmp_path: Path, columns: list[int], message: str) -> None:
+    file = write(tmp_path / "d.csv", "y,x\n1,a\n")
+    with pytest.raises(ConfigError, match=message):
+        load_csv(file, label_column="y", text_columns=columns)
+
+
 def test_csv_line_numbers_count_physical_lines_of_quoted_multiline_fields(tmp_path: Path) -> None:
     file = write(tmp_path / "d.csv", 'y,x\n1,"two\nlines"\nbad,x\n')
-    with pytest.raises(ConfigError, match="line 4: bad label 'bad'"):
+    with pytest.raises(ConfigError, match="line 4: label 'bad' is text"):
         load_csv(file, label_column="y", text_columns="x")
 
 
@@ -101,11 +117,11 @@ def test_csv_missing_file_name_without_header_and_non_utf8(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="file not found"):
         load_csv(tmp_path / "nope.csv", label_column=0, text_columns=1)
     file = write(tmp_path / "d.csv", "1,a\n")
-    with pytest.raises(ConfigError, match="given by name but has_header=False"):
+    with pytest.raises(ConfigError, match=r"given by name, but .* has no header row"):
         load_csv(file, label_column="y", text_columns=1, has_header=False)
     latin = tmp_path / "latin.csv"
     latin.write_bytes("y,x\n1,caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="not UTF-8"):
+    with pytest.raises(ConfigError, match="line 2: not UTF-8"):
         load_csv(latin, label_column="y", text_columns="x")
 
 
@@ -143,8 +159,9 @@ def test_jsonl_integer_labels_with_names(tmp_path: Path) -> None:
         ('{"y": 1, "t": "a"}\n{"y": 1, "t": 7}\n', "line 2: a non-string value for key 't'"),
         ('{"y": true, "t": "a"}\n', "line 1: bad label True"),
         ('{"y": 1.5, "t": "a"}\n', "line 1: bad label 1.5"),
-        ('{"y": 1, "t": "a"}\n{"y": "x", "t": "b"}\n', "line 2: bad label 'x'"),
-        ('{"y": "x", "t": "a"}\n{"y": 0, "t": "b"}\n', "line 2: bad label 0"),
+        ('{"y": 1, "t": "a"}\n{"y": "x", "t": "b"}\n', "line 2: label 'x' is text"),
+        ('{"y": "x", "t": "a"}\n{"y": 0, "t": "b"}\n', "line 2: label 0 is an integer id"),
+        ('{"y": "x", "t": "a"}\n{"y": "z", "t": null}\n', "line 2: empty text"),
     ],
 )
 def test_jsonl_errors_name_the_file_and_line(tmp_path: Path, content: str, message: str) -> None:

@@ -226,3 +226,41 @@ def test_registry_lists_names_suggests_on_typo_and_rejects_unknown_options() -> 
     assert partitioner_options("dirichlet")["alpha"] is True
     assert partitioner_options("dirichlet")["min_size"] is False
     assert isinstance(get_partitioner("quality", seed=1), QualityPartitioner)
+
+
+# --- Flower Datasets' partitioners by name ------------------------------------------------------
+
+
+def test_a_flwr_datasets_partitioner_by_name_gets_the_runs_clients_and_seed() -> None:
+    labels = np.repeat(np.arange(4), 25)
+    shard = get_partitioner("flwr_datasets.ShardPartitioner", seed=3, num_shards_per_partition=2)
+    parts = shard.partition(labels, 5)
+    assert len(parts) == 5
+    assert all(np.array_equal(p, np.sort(p)) and len(p) for p in parts)
+    assert len(np.unique(np.concatenate(parts))) == sum(len(p) for p in parts)  # disjoint
+    assert [len(np.unique(labels[p])) for p in parts] == [2] * 5  # 2 shards of sorted labels
+    again = get_partitioner("flwr_datasets.ShardPartitioner", seed=3, num_shards_per_partition=2)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again.partition(labels, 5), strict=True))
+    other = get_partitioner("flwr_datasets.ShardPartitioner", seed=4, num_shards_per_partition=2)
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(parts, other.partition(labels, 5), strict=True)
+    )
+    dirichlet = get_partitioner("flwr_datasets.DirichletPartitioner", seed=0, alpha=0.5)
+    assert sum(len(p) for p in dirichlet.partition(labels, 4)) == 100
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("flwr_datasets.Nope", {}, "flwr_datasets has no partitioner 'Nope'; valid names: "),
+        ("flwr_datasets.ShardPartitioner", {"shards": 2}, "has no option 'shards'; its options"),
+        ("flwr_datasets.NaturalIdPartitioner", {}, "made 4 partitions for 5 clients"),
+        ("flwr_datasets.DirichletPartitioner", {"alpha": -1.0}, "DirichletPartitioner failed"),
+    ],
+)
+def test_flwr_datasets_mistakes_are_one_line_config_errors(
+    name: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        get_partitioner(name, seed=0, **options).partition(np.repeat(np.arange(4), 25), 5)
+    assert "\n" not in str(info.value)

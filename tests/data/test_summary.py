@@ -63,3 +63,15 @@ def test_shape_mismatch_is_rejected(tmp_path: Path) -> None:
         write_label_distribution(np.zeros((3, 3)), ["a", "b"], tmp_path)
     with pytest.raises(ConfigError, match=r"got \(0, 2\)"):
         write_label_distribution(np.zeros((0, 2)), ["a", "b"], tmp_path)
+
+
+def test_class_names_are_drawn_verbatim(tmp_path: Path) -> None:
+    """A name with '$' is no TeX and one starting with '_' is not dropped from the legend."""
+    from fedlora.data.summary import _shown
+
+    assert _shown("_other") == " _other"
+    assert _shown(r"$\nope$ 5") == r"\$\nope\$ 5"
+    names = ["_other", r"$\nope$", "Sci/Tech"]
+    csv_path, png_path = write_label_distribution(np.array([[1, 2, 3]]), names, tmp_path)
+    assert png_path.read_bytes().startswith(PNG_MAGIC)
+    assert csv_path.read_text().splitlines()[0] == "client,_other,$\\nope$,Sci/Tech,total"

@@ -11,9 +11,10 @@ import pytest
 
 from fedlora.aggregation import available_aggregators
 from fedlora.config import describe_defaults, load_config
-from fedlora.engine import TrainTask, build_experiment, evaluate_global, run_experiment
+from fedlora.engine import TrainTask, build_experiment, run_experiment
 from fedlora.errors import ConfigError
 from fedlora.instruct import exact_match, rouge_l, tasks_needed, unseen_count
+from fedlora.lora import LoraSettings
 from fedlora.model import IGNORE_INDEX, generate_greedy
 from fedlora.runs import RunDir
 from tests.engine.helpers import tiny_causal_config
@@ -98,7 +99,7 @@ def test_per_module_tiers_reach_the_client_update(tiny_llama_dir: Path, tmp_path
         TrainTask(
             client=2,
             round=1,
-            factors=state.factors_for(rank_map, config.model.lora_alpha, config.model.use_rslora),
+            factors=state.factors_for(rank_map, config.model.lora_settings()),
             dense=state.dense,
         )
     )
@@ -185,7 +186,7 @@ def test_training_lowers_the_held_out_loss_of_seen_tasks(
         },
     )
     experiment = build_experiment(config)
-    before = evaluate_global(experiment, experiment.initial_state()).loss
+    before = experiment.evaluate(experiment.initial_state()).loss
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
     rows = run_experiment(experiment, run_dir).metrics
     losses = [row.test_loss for row in rows]
@@ -209,7 +210,7 @@ def test_generation_metric_scores_the_greedy_output_weighted_by_task_size(
         },
     )
     experiment = build_experiment(config)
-    evaluation = evaluate_global(experiment, experiment.initial_state())
+    evaluation = experiment.evaluate(experiment.initial_state())
     evaluator = experiment.evaluator
     outputs = generate_greedy(
         experiment.model,
@@ -247,9 +248,9 @@ def test_a_model_that_answers_right_scores_one(
 
     with monkeypatch.context() as patched:
         patched.setattr(instruction, "generate_greedy", oracle)
-        perfect = evaluate_global(experiment, experiment.initial_state())
+        perfect = experiment.evaluate(experiment.initial_state())
     assert perfect.rouge_l == pytest.approx(1.0) and perfect.exact_match == pytest.approx(1.0)
-    real = evaluate_global(experiment, experiment.initial_state())
+    real = experiment.evaluate(experiment.initial_state())
     assert real.exact_match is not None and real.exact_match < 1.0
 
 
@@ -348,7 +349,7 @@ def test_a_loss_based_high_rank_above_a_layer_is_refused_up_front(
     config = tiny_causal_config(
         tiny_llama_dir,
         tmp_path / "run",
-        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 40}},
+        **{"ranks.policy": "loss_based", "ranks.options": {"low": 2, "high": 40, "score_rows": 8}},
     )
     with pytest.raises(ConfigError, match=r"asks rank 40 on .*k_proj', above its limit 32"):
         build_experiment(config)
@@ -390,7 +391,7 @@ def test_gpt2_conv1d_adapter_equals_its_merged_update(tiny_gpt2_dir: Path) -> No
     shapes = adapted.module_shapes()
     assert shapes["transformer.h.0.attn.c_attn"] == (192, 64)  # q, k, v fused: out x in
     assert shapes["transformer.h.0.mlp.c_proj"] == (64, 256)
-    adapted.activate(dict.fromkeys(shapes, 4), 16.0, False)
+    adapted.activate(dict.fromkeys(shapes, 4), LoraSettings(16.0))
     generator = torch.Generator().manual_seed(0)
     factors = {
         name: LoraFactors(

@@ -17,7 +17,6 @@ from fedlora.engine import (
     RoundDriver,
     TrainTask,
     build_experiment,
-    evaluate_global,
     run_experiment,
     sample_clients,
 )
@@ -56,7 +55,7 @@ def test_round_zero_is_the_untuned_model(tiny_bert_dir: Path, tmp_path: Path) ->
     config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"run.rounds": 1})
     rows = _run(config).metrics
     experiment = build_experiment(config)
-    untuned = evaluate_global(experiment, experiment.initial_state())
+    untuned = experiment.evaluate(experiment.initial_state())
     assert rows[0].round == 0
     assert rows[0].test_loss == untuned.loss
     assert rows[0].test_accuracy == untuned.accuracy
@@ -101,12 +100,17 @@ def test_without_a_probe_round_one_logs_the_ranks_it_trained(
 class CorruptingTransport(InProcessTransport):
     """Trains in process, then spoils the reply of some clients the way a bad node could."""
 
-    def __init__(self, inner: InProcessTransport, spoil: dict[int, str]) -> None:
+    def __init__(
+        self, inner: InProcessTransport, spoil: dict[int, str], rounds: tuple[int, ...]
+    ) -> None:
         super().__init__(inner.runner)
         self.spoil = spoil
+        self.rounds = rounds
 
     def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
         replies = super().train(tasks)
+        if not tasks or tasks[0].round not in self.rounds:
+            return replies
         return [self._spoiled(reply) for reply in replies]
 
     def _spoiled(self, reply: ClientReply) -> ClientReply:
@@ -125,6 +129,13 @@ class CorruptingTransport(InProcessTransport):
             return replace(reply, update=replace(update, modules=modules))
         if kind == "error":
             return ClientReply.failed(reply.client, "the node crashed")
+        if kind in ("huge", "overflow"):  # finite; "overflow" sums past the float range
+            top = max(float(f.B.abs().max()) for f in update.modules.values())
+            scale = 1e30 if kind == "huge" else 1e38 / top
+            modules = {
+                n: replace(f, B=(f.B.double() * scale).float()) for n, f in update.modules.items()
+            }
+            return replace(reply, update=replace(update, modules=modules))
         return reply
 
 
@@ -133,13 +144,13 @@ def _truncated(factors: LoraFactors) -> LoraFactors:
     return replace(factors, A=factors.A[:r], B=factors.B[:, :r], r=r)
 
 
-def _drive(config: Any, spoil: dict[int, str]) -> Any:
+def _drive(config: Any, spoil: dict[int, str], rounds: tuple[int, ...] = (1,)) -> Any:
+    """Run ``config`` with the replies of ``spoil``'s clients spoiled in ``rounds``."""
     experiment = build_experiment(config)
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=False)
     driver = RoundDriver(experiment, run_dir)
-    transport = CorruptingTransport(
-        InProcessTransport(experiment.client_trainer(driver.base)), spoil
-    )
+    trainer = experiment.client_trainer(driver.base)
+    transport = CorruptingTransport(InProcessTransport(trainer), spoil, rounds)
     return driver.run(transport).metrics
 
 
@@ -200,7 +211,7 @@ def test_the_clients_add_the_methods_regulariser(tiny_bert_dir: Path, tmp_path: 
     experiment.aggregator.client_regularizer = lambda: counted  # type: ignore[method-assign]
     trainer = experiment.client_trainer()
     state = experiment.initial_state()
-    factors = state.factors_for(4, config.model.lora_alpha)
+    factors = state.factors_for(4, config.model.lora_settings())
     trainer.train(TrainTask(client=1, round=1, factors=factors, dense=state.dense))
     assert calls == [len(experiment.module_names)] * config.train.steps
 
@@ -209,7 +220,7 @@ def test_ffa_clients_send_back_the_served_A(tiny_bert_dir: Path, tmp_path: Path)
     config = tiny_config(tiny_bert_dir, tmp_path / "run", **{"aggregation.method": "ffa"})
     experiment = build_experiment(config)
     state = experiment.initial_state()
-    factors = state.factors_for(4, config.model.lora_alpha)
+    factors = state.factors_for(4, config.model.lora_settings())
     reply = experiment.client_trainer().train(
         TrainTask(client=0, round=1, factors=factors, dense=state.dense)
     )
@@ -218,3 +229,58 @@ def test_ffa_clients_send_back_the_served_A(tiny_bert_dir: Path, tmp_path: Path)
     for name, served in factors.items():
         assert torch.equal(update.modules[name].A, served.A)
         assert not torch.equal(update.modules[name].B, served.B)
+
+
+def test_proportion_can_give_the_high_rank_to_the_high_quality_clients(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(
+        tiny_bert_dir,
+        tmp_path / "run",
+        **{
+            "run.num_clients": 10,
+            "data.partition": "quality",
+            "data.partition_options": {"high_quality_fraction": 0.2},
+            "ranks.policy": "proportion",
+            "ranks.options": {"high": 8, "low": 2, "fraction": 0.2, "choose": "high_quality"},
+        },
+    )
+    experiment = build_experiment(config)
+    allocation = experiment.policy.allocation
+    assert allocation is not None
+    high = [c for c, tier in enumerate(allocation) if tier.max_rank == 8]
+    assert high == experiment.high_quality_clients
+
+
+def test_an_overflowing_round_keeps_the_state_and_the_run_goes_on(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # Finite updates whose aggregate overflows (1e38 times the scale): the round is refused,
+    # the state kept, and the next round goes on with everyone.
+    config = tiny_config(
+        tiny_bert_dir, tmp_path / "run", **{"run.rounds": 2, "aggregation.method": "hetlora"}
+    )
+    poisoned = sample_clients(0, 1, 6, 3)[1]
+    rows = _drive(config, {poisoned: "overflow"}, rounds=(1,))
+    assert any(d.startswith("round: ") and "not finite" in d for d in rows[1].extra["dropped"])
+    assert rows[1].test_loss == rows[0].test_loss  # the state was kept
+    assert rows[2].extra["dropped"] == []
+    assert all(loss is not None for loss in rows[2].extra["client_train_loss"])
+
+
+def test_a_norm_bound_keeps_one_huge_update_from_stalling_hetlora(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # HetLoRA weights clients by update norm: one update 1e30 times too large takes all the
+    # weight, every client then trains from it to NaN and every honest reply is dropped (a
+    # stall).  With a norm bound it is clipped to 3 times the round's median instead.
+    settings = {"run.rounds": 2, "aggregation.method": "hetlora"}
+    poisoned = sample_clients(0, 1, 6, 3)[1]
+    stalled = _drive(tiny_config(tiny_bert_dir, tmp_path / "off", **settings), {poisoned: "huge"})
+    assert len(stalled[2].extra["dropped"]) >= 3  # the stall the bound prevents
+    bounded = {**settings, "aggregation.norm_bound": 3.0}
+    rows = _drive(tiny_config(tiny_bert_dir, tmp_path / "on", **bounded), {poisoned: "huge"})
+    assert list(rows[1].extra["clipped_norms"]) == [str(poisoned)]
+    assert rows[2].extra["dropped"] == []
+    assert all(loss is not None for loss in rows[2].extra["client_train_loss"])
+    assert rows[2].test_loss is not None and rows[2].test_loss < 2 * rows[0].test_loss

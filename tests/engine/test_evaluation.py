@@ -13,7 +13,7 @@ import torch
 import fedlora.engine.instruction as instruction
 import fedlora.model.generation as generation
 from fedlora.data import TokenizedData
-from fedlora.engine import build_experiment, evaluate_global
+from fedlora.engine import build_experiment
 from fedlora.engine.evaluation import ClassificationEvaluator
 from fedlora.engine.instruction import GenerationEvaluator, InstructionSplit
 from fedlora.errors import ConfigError
@@ -78,6 +78,40 @@ def test_training_counts_must_fit_the_test_split(
         ClassificationEvaluator(_labelled(labels), 4, np.array(counts))
 
 
+class _Echo:
+    """A classifier that predicts the class written in each row's first input id."""
+
+    device = torch.device("cpu")
+
+    def __call__(self, **batch: torch.Tensor) -> Any:
+        logits = torch.nn.functional.one_hot(batch["input_ids"][:, 0], 3).float()
+        return type("Output", (), {"logits": logits})()
+
+    def eval(self) -> None:
+        return None
+
+
+def test_per_class_metrics_are_keyed_by_class_name_and_match_macro_f1() -> None:
+    """Issue 11: class names flow into the per-class metrics of every evaluated round."""
+    test = _labelled([0, 0, 1, 2])
+    test = TokenizedData(**{**test.__dict__, "input_ids": torch.tensor([[0], [1], [1], [1]])})
+    names = ["World", "Sports", "Sci/Tech"]
+    evaluator = ClassificationEvaluator(test, 2, np.array([1, 1, 1]), class_names=names)
+    evaluation = evaluator(_Echo())  # type: ignore[arg-type]
+    world, sports, tech = evaluation.extra["per_class"]
+    assert [world["class"], sports["class"], tech["class"]] == names
+    assert world["support"] == 2 and world["precision"] == 1.0 and world["recall"] == 0.5
+    assert world["f1"] == pytest.approx(2 / 3)
+    assert (sports["support"], sports["recall"], sports["f1"]) == (1, 1.0, 0.5)
+    assert sports["precision"] == pytest.approx(1 / 3)
+    # never predicted: no precision was measured; present and missed: recall and F1 are 0
+    assert tech == {"class": "Sci/Tech", "support": 1, "precision": None, "recall": 0.0, "f1": 0.0}
+    assert evaluation.macro_f1 == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
+    assert evaluation.accuracy == pytest.approx(2 / 4)
+    with pytest.raises(ConfigError, match="2 class names for 3 classes"):
+        ClassificationEvaluator(test, 2, np.array([1, 1, 1]), class_names=names[:2])
+
+
 @pytest.mark.slow
 def test_the_experiment_counts_training_labels_and_scores_by_accuracy(
     tiny_bert_dir: Path, tmp_path: Path
@@ -90,8 +124,9 @@ def test_the_experiment_counts_training_labels_and_scores_by_accuracy(
         evaluator.train_label_counts.tolist()
         == np.bincount(experiment.groups, minlength=num_classes).tolist()
     )
-    evaluation = evaluate_global(experiment, experiment.initial_state())
+    evaluation = experiment.evaluate(experiment.initial_state())
     assert evaluation.score == evaluation.accuracy is not None
+    assert [c["class"] for c in evaluation.extra["per_class"]] == experiment.group_names
 
 
 # ---------------------------------------------------------------------- generation

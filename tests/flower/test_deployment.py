@@ -1,21 +1,28 @@
-"""A real loopback deployment: one SuperLink, three SuperNodes announcing ranks 2, 4 and 8.
+"""A real loopback deployment: one SuperLink and three SuperNodes.
 
-The config's rank policy is ``fixed`` at rank 1, so a run in which every client trained at 1
-would show that the server ignored the ranks the nodes announced in ``--node-config``.  Every
-exchange with a SuperNode starts a fresh ``flwr-clientapp`` process (torch, transformers, PEFT
-imports, the experiment built again), so each run here is one round; the two-round equivalence
-with the in-process runner is checked through the Ray simulation (test_simulation.py).
+The config's rank policy is ``fixed`` at rank 1 where nodes announce ranks 2, 4 and 8, so a run
+in which every client trained at 1 would show that the server ignored the ranks the nodes
+announced in ``--node-config``.  Every exchange with a SuperNode starts a fresh
+``flwr-clientapp`` process (torch, transformers and PEFT imported again), so runs here are short;
+the ServerApp killed mid-run and resumed with ``fedlora flower-run --resume`` must still end
+with the numbers of the in-process runner.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from fedlora.cli import main
+from fedlora.commands.flower import flower_run_config
 from fedlora.config import load_config
 from fedlora.engine import run_in_process
+from fedlora.flower.superlink import CONNECTION
 from fedlora.runs import RunDir, read_metrics
 from tests.flower.harness import (
     APP_DIR,
@@ -138,3 +145,78 @@ def test_a_node_stopped_mid_round_is_dropped(
     assert losses[2] is None  # the stopped node serves partition 2
     assert losses[0] is not None and losses[1] is not None
     assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)
+
+
+def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    # FLoRA, so that the nodes must also hold the merged rounds of the killed run's rounds.
+    config_path = write_tiny_config(
+        tmp_path / "deploy.toml",
+        tiny_bert_dir,
+        rounds=3,
+        num_clients=3,
+        clients_per_round=2,
+        options={"ranks": [2, 4, 8]},
+        method="flora",
+    )
+    out_dir = tmp_path / "deployed"
+    federation = flower_federation("resume")
+    federation.start_superlink()
+    for partition in range(3):
+        federation.start_supernode({"partition-id": partition, "num-partitions": 3})
+    federation.wait_for_nodes(3)
+    config = load_config(str(config_path)).replace({"run.out_dir": str(out_dir)})
+    run_config = flower_run_config(config, out_dir, overwrite=False, round_timeout=120.0)
+    run_id = federation.submit(APP_DIR, run_config)
+    checkpoint = out_dir / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 240.0
+    while not (checkpoint.exists() and '"round": 1' in checkpoint.read_text()):
+        assert time.monotonic() < deadline, federation.log(run_id)
+        time.sleep(0.5)
+    servers = [pid for pid, command in federation.processes() if "flwr-serverapp" in command]
+    assert servers, list(federation.processes())
+    for pid in servers:
+        os.kill(pid, signal.SIGKILL)
+    federation.cli.flwr("stop", str(run_id), CONNECTION, check=False)
+    assert not RunDir(out_dir).is_finished()
+
+    args = ["flower-run", "--superlink", federation.address, "--insecure"]
+    assert main([*args, "--out", str(out_dir), "--resume"]) == 0
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    assert [row.round for row in rows] == [0, 1, 2, 3]
+    assert RunDir(out_dir).is_finished()
+    assert main([*args, "--out", str(tmp_path / "no-such-run"), "--resume"]) == 1
+    assert federation.close() == []
+
+    reference_dir = tmp_path / "in-process"
+    reference = config.replace({"run.out_dir": str(reference_dir)})
+    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
+    assert_same_run(out_dir, reference_dir, rel=1e-6, atol=1e-5)
+
+
+def test_a_supernode_that_restarts_gets_its_client_back(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=3)
+    out_dir = tmp_path / "deployed-rejoin"
+    federation = flower_federation("rejoin")
+    _start(federation)
+    run_id = federation.submit(
+        APP_DIR, {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0}
+    )
+    checkpoint = out_dir / "checkpoint" / "round-00001.safetensors"
+    deadline = time.monotonic() + 240.0
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline, federation.log(run_id)
+        time.sleep(0.5)
+    victim = federation.supernodes[2]
+    federation.stop_supernode(victim, signal.SIGKILL)
+    federation.start_supernode({"partition-id": 2, "num-partitions": 3, "lora-rank": 8})
+    outcome = federation.wait_run(run_id, timeout=400.0)
+    assert_completed(outcome)
+    rows = read_metrics(out_dir / "metrics.jsonl")
+    assert [row.round for row in rows] == [0, 1, 2, 3]
+    last = dict(zip(rows[3].clients, rows[3].extra["client_train_loss"], strict=True))
+    assert last[2] is not None, rows[3].extra["dropped"]  # client 2 trained again
+    assert "client 2 is back, on node" in federation.log(run_id)

@@ -51,7 +51,9 @@ class FakeGrid:
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float = 0.0) -> list[Message]:
         replies = []
-        for message in messages:
+        for number, message in enumerate(messages, start=len(self.sent)):
+            # The SuperLink gives every pushed message its id; replies refer to it.
+            message.metadata.__dict__["_message_id"] = f"m{number}"
             self.sent.append(message)
             node_id = message.metadata.dst_node_id
             context = Context(
@@ -146,6 +148,75 @@ def test_flower_transport_ends_where_the_in_process_runner_ends(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("score_on", "probe"), [("server", True), ("local", False)])
+def test_loss_based_allocation_is_the_same_through_flower(
+    tiny_bert_dir: Path, tmp_path: Path, score_on: str, probe: bool
+) -> None:
+    # Nodes plan the same held-out rows as the server (its validation set, or their own slice).
+    options = {"low": 2, "high": 8, "fraction": 0.5, "score_rows": 40, "score_on": score_on}
+    overrides = {
+        "ranks.policy": "loss_based",
+        "ranks.options": {**options, "probe": probe},
+        "data.partition": "dirichlet",
+        "data.partition_options": {"alpha": 0.5},
+    }
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **overrides),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **overrides))
+    _assert_same(flower, reference)
+    promoted = [r.extra.get("promoted_clients") for r in flower.metrics]
+    assert promoted == [r.extra.get("promoted_clients") for r in reference.metrics]
+    assert any(promoted)
+
+
+@pytest.mark.slow
+def test_pruned_ranks_travel_through_flower_as_in_process(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # HetLoRA with prune_tol = 1: every node halves its rank each time it trains.
+    overrides = {
+        "aggregation.method": "hetlora",
+        "aggregation.options": {"gamma": 0.5, "prune_tol": 1.0},
+        "run.rounds": 3,
+    }
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **overrides),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **overrides))
+    _assert_same(flower, reference)
+    for a, b in zip(flower.metrics[1:], reference.metrics[1:], strict=True):
+        assert (a.extra["tiers"], a.extra.get("pruned")) == (
+            b.extra["tiers"],
+            b.extra.get("pruned"),
+        )
+    served_pruned = [t for row in flower.metrics[1:] for t in row.extra["tiers"] if "pruned" in t]
+    assert served_pruned, "no node was served a pruned rank"
+
+
+@pytest.mark.slow
+def test_a_node_trains_on_its_own_file(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = _config(tiny_bert_dir, tmp_path / "run", **{"run.clients_per_round": 4})
+    names = build_experiment(config).group_names
+    own = tmp_path / "node1.csv"
+    texts = "\n".join(f"{names[i % len(names)]},private text {i}" for i in range(7))
+    own.write_text("label,text\n" + texts + "\n", encoding="utf-8")
+    grid = FakeGrid(_nodes(n1001={"data-file": str(own)}), client_app.train)
+    path = Path(config.run.out_dir)
+    run_dir = RunDir.create(path, config, overwrite=False)
+    transport = FlowerTransport(
+        grid, config, run_key=run_dir.run_id, class_names=names, connect_timeout=1.0
+    )
+    rows = RoundDriver(build_experiment(config), run_dir).run(transport).metrics
+    for row in rows[1:]:
+        examples = dict(zip(row.clients, row.extra["client_examples"], strict=True))
+        assert examples[1] == 7
+        assert row.extra["dropped"] == []
+
+
+@pytest.mark.slow
 def test_flora_nodes_receive_only_the_merges_they_lack(tiny_bert_dir: Path, tmp_path: Path) -> None:
     config = _config(tiny_bert_dir, tmp_path / "run", **{"aggregation.method": "flora"})
     config = config.replace({"run.rounds": 3})
@@ -233,12 +304,14 @@ def _tasks() -> list[TrainTask]:
 def _echo(message: Message, context: Context, **change: Any) -> Message:
     """A node that sends its factors back untouched, as client ``change['client']`` if given."""
     from fedlora.flower.records import reply_content
-    from fedlora.lora import ClientUpdate
+    from fedlora.lora import ClientUpdate, LoraSettings
 
     settings = message.content.config_records[CONFIG]
     client = int(change.get("client", settings["client"]))  # type: ignore[arg-type]
-    factors, dense = record_to_factors(message.content.array_records[ARRAYS], 16.0, False, "x")
-    update = ClientUpdate(str(client), factors, 10, dense)
+    factors, dense = record_to_factors(
+        message.content.array_records[ARRAYS], LoraSettings(16.0), client
+    )
+    update = ClientUpdate(client, factors, 10, dense)
     return Message(content=reply_content(update, {"train-loss": 0.5}), reply_to=message)
 
 
@@ -297,3 +370,41 @@ def test_identify_reports_the_node_config() -> None:
     assert identity["partition-id"] == 1
     assert identity["num-partitions"] == NUM_CLIENTS
     assert identity["lora-rank"] == 8
+
+
+def test_an_error_the_superlink_sends_for_a_lost_node_is_that_nodes_clients() -> None:
+    # Flower answers a message to a node that went away with an error from the SuperLink (its
+    # own node id); the reply is matched by message id and logged with the lost node's id.
+    def lost(message: Message, context: Context) -> Message:
+        reply = Message(Error(code=1, reason="Node Unavailable"), reply_to=message)
+        reply.metadata.__dict__["_src_node_id"] = 1  # the SuperLink's own id
+        return reply
+
+    transport = FlowerTransport(
+        FakeGrid(_nodes(), lost), _plain_config(), run_key="ab12", connect_timeout=1.0
+    )
+    transport.connect(NUM_CLIENTS)
+    replies = {r.client: r for r in transport.train(_tasks())}
+    assert sorted(replies) == [0, 1, 2]
+    assert replies[2].error == "node 1002 sent an error: Node Unavailable"
+
+
+def test_a_node_that_rejoins_under_a_new_id_takes_its_client_back() -> None:
+    nodes = _nodes()
+    grid = FakeGrid(nodes, _echo)
+    transport = FlowerTransport(grid, _plain_config(), run_key="ab12", connect_timeout=1.0)
+    transport.connect(NUM_CLIENTS)
+    transport.train(_tasks())
+    del nodes[1002]  # the SuperNode of client 2 dies ...
+    nodes[1099] = {"partition-id": 2, "num-partitions": NUM_CLIENTS}  # ... and restarts
+    nodes[1100] = {"partition-id": 9, "num-partitions": NUM_CLIENTS}  # no client of this run
+    grid.sent.clear()
+    replies = transport.train(_tasks())
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert [m.metadata.dst_node_id for m in trains] == [1000, 1001, 1099]
+    assert all(r.error is None for r in replies) and len(replies) == 3
+    queried = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "query"]
+    assert sorted(queried) == [1099, 1100]
+    grid.sent.clear()
+    transport.train(_tasks())  # known nodes, and the stranger, are not asked again
+    assert not [m for m in grid.sent if m.metadata.message_type == MessageType.QUERY]

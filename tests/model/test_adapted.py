@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fedlora.aggregation import GlobalState, self_pruning_penalty
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.lora import FoldedFactors, LoraFactors
+from fedlora.lora import FoldedFactors, LoraFactors, LoraSettings
 from fedlora.model import AdaptedModel, TrainConfig, train_local
 from tests.model.builders import ARCHITECTURES, batch, tiny_model
 
@@ -39,9 +39,9 @@ def random_state(
         factors[name] = LoraFactors(
             A=torch.randn(r, inp, generator=generator) * scale,
             B=torch.randn(out, r, generator=generator) * scale,
-            alpha=layout.alpha,
+            alpha=layout.lora.alpha,
             r=r,
-            use_rslora=layout.use_rslora,
+            use_rslora=layout.lora.use_rslora,
         )
     dense = {
         name: torch.randn(shape, generator=generator) * scale
@@ -86,9 +86,9 @@ def test_names_are_canonical_and_stable_across_adapters() -> None:
     assert adapted.module_shapes() == expected
     assert adapted.dense_shapes() == {"classifier.weight": (3, 32), "classifier.bias": (3,)}
     before = adapted.initial_dense()
-    adapted.activate(2, 4.0)
-    adapted.activate(mixed_ranks(adapted), 8.0)
-    update = adapted.extract("c", 1)
+    adapted.activate(2, LoraSettings(4.0))
+    adapted.activate(mixed_ranks(adapted), LoraSettings(8.0))
+    update = adapted.extract(0, 1)
     assert set(update.modules) == set(expected)
     assert set(update.dense) == {"classifier.weight", "classifier.bias"}
     assert adapted.module_shapes() == expected
@@ -106,7 +106,7 @@ def test_initial_dense_is_the_loaded_head_and_a_copy() -> None:
         adapted.initial_dense()["classifier.weight"], initial["classifier.weight"]
     )
     # Training the adapter's head copy leaves the original (round-0) head alone.
-    adapted.activate(2, 4.0)
+    adapted.activate(2, LoraSettings(4.0))
     factors, dense = random_state(adapted, seed=0)
     adapted.load(factors, dense)
     assert torch.equal(
@@ -124,10 +124,10 @@ def test_adapters_swap_in_place_on_one_base_model(kind: str) -> None:
     head_size = sum(math.prod(shape) for shape in adapted.dense_shapes().values())
 
     mixed = mixed_ranks(adapted)
-    adapted.activate(mixed, 16.0)
+    adapted.activate(mixed, LoraSettings(16.0))
     first_factors, first_dense = random_state(adapted, seed=1)
     adapted.load(first_factors, first_dense)
-    adapted.activate(2, 4.0)
+    adapted.activate(2, LoraSettings(4.0))
     second_factors, second_dense = random_state(adapted, seed=2)
     adapted.load(second_factors, second_dense)
 
@@ -145,9 +145,9 @@ def test_adapters_swap_in_place_on_one_base_model(kind: str) -> None:
 
     inputs = batch()
     second_logits = logits(adapted, inputs)
-    adapted.activate(mixed, 16.0)
+    adapted.activate(mixed, LoraSettings(16.0))
     assert adapted.num_adapters == 2  # reused, not rebuilt
-    update = adapted.extract("back", 3)
+    update = adapted.extract(0, 3)
     for name, factors in first_factors.items():
         assert torch.equal(update.modules[name].A, factors.A)
         assert torch.equal(update.modules[name].B, factors.B)
@@ -159,11 +159,11 @@ def test_adapters_swap_in_place_on_one_base_model(kind: str) -> None:
 def test_load_extract_round_trip_is_exact() -> None:
     adapted = AdaptedModel(tiny_model("bert"))
     ranks = mixed_ranks(adapted, 4, 9)
-    adapted.activate(ranks, 12.0, use_rslora=True)
+    adapted.activate(ranks, LoraSettings(12.0, use_rslora=True))
     factors, dense = random_state(adapted, seed=5)
     adapted.load(factors, dense)
-    update = adapted.extract("client-7", 42)
-    assert update.client_id == "client-7"
+    update = adapted.extract(7, 42)
+    assert update.client_id == 7
     assert update.num_examples == 42
     for name, given in factors.items():
         got = update.modules[name]
@@ -186,7 +186,7 @@ def test_forward_equals_base_with_explicit_update(kind: str, use_rslora: bool) -
     base = tiny_model(kind)
     untouched = copy.deepcopy(base)
     adapted = AdaptedModel(base)
-    adapted.activate(mixed_ranks(adapted, 2, 11), 24.0, use_rslora=use_rslora)
+    adapted.activate(mixed_ranks(adapted, 2, 11), LoraSettings(24.0, use_rslora=use_rslora))
     factors, dense = random_state(adapted, seed=3)
     adapted.load(factors, dense)
     inputs = batch()
@@ -211,8 +211,8 @@ def test_round_zero_global_state_loads_and_leaves_the_base_function_unchanged() 
     adapted = AdaptedModel(base)
     state = GlobalState.initial(adapted.module_shapes(), dense=adapted.initial_dense(), seed=4)
     ranks = mixed_ranks(adapted, 3, 6)
-    adapted.activate(ranks, 16.0)
-    adapted.load(state.factors_for(ranks, 16.0), state.dense)
+    adapted.activate(ranks, LoraSettings(16.0))
+    adapted.load(state.factors_for(ranks, LoraSettings(16.0)), state.dense)
     inputs = batch()
     assert torch.allclose(logits(adapted, inputs), logits(untouched, inputs), atol=1e-6)
     A, B = adapted.named_lora_parameters()[BERT_QUERY]
@@ -222,7 +222,7 @@ def test_round_zero_global_state_loads_and_leaves_the_base_function_unchanged() 
 
 def test_merge_into_base_adds_exactly_B_times_A() -> None:
     adapted = AdaptedModel(tiny_model("bert"))
-    adapted.activate(4, 8.0)
+    adapted.activate(4, LoraSettings(8.0))
     factors, dense = random_state(adapted, seed=6)
     adapted.load(factors, dense)
     inputs = batch()
@@ -243,7 +243,7 @@ def test_merge_into_base_adds_exactly_B_times_A() -> None:
         assert torch.equal(adapted.base_weight(name), expected)
     assert not torch.allclose(logits(adapted, inputs), before_logits, atol=1e-4)
     # The adapter itself is untouched.
-    assert torch.equal(adapted.extract("c", 1).modules[BERT_QUERY].A, factors[BERT_QUERY].A)
+    assert torch.equal(adapted.extract(0, 1).modules[BERT_QUERY].A, factors[BERT_QUERY].A)
     with pytest.raises(FedloraError, match="update is 32 x 16"):
         adapted.merge_into_base(
             {BERT_QUERY: FoldedFactors(A=torch.ones(1, 16), B=torch.ones(32, 1))}
@@ -254,7 +254,7 @@ def test_merge_into_base_adds_exactly_B_times_A() -> None:
 
 def test_freeze_A_trains_only_B_and_survives_adapter_switches() -> None:
     adapted = AdaptedModel(tiny_model("bert"))
-    adapted.activate(3, 6.0)
+    adapted.activate(3, LoraSettings(6.0))
     adapted.freeze_A()
     factors, dense = random_state(adapted, seed=8)
     adapted.load(factors, dense)
@@ -263,12 +263,13 @@ def test_freeze_A_trains_only_B_and_survives_adapter_switches() -> None:
         assert id(A) not in trainable and not A.requires_grad
         assert id(B) in trainable and B.requires_grad
     train_local(adapted, [batch()], TrainConfig(steps=2, lr=1e-2))
-    update = adapted.extract("c", 6)
+    update = adapted.extract(0, 6)
     for name, given in factors.items():
         assert torch.equal(update.modules[name].A, given.A)
         assert not torch.equal(update.modules[name].B, given.B)
 
-    adapted.activate(5, 6.0)  # a new adapter: PEFT marks its A trainable, we re-freeze it
+    # A new adapter: PEFT marks its A trainable, we re-freeze it.
+    adapted.activate(5, LoraSettings(6.0))
     assert all(not A.requires_grad for A, _ in adapted.lora_parameters())
     adapted.freeze_A(False)
     assert all(A.requires_grad for A, _ in adapted.lora_parameters())
@@ -277,8 +278,8 @@ def test_freeze_A_trains_only_B_and_survives_adapter_switches() -> None:
 
 def test_only_the_active_adapter_is_trainable() -> None:
     adapted = AdaptedModel(tiny_model("distilbert"))
-    adapted.activate(2, 4.0)
-    adapted.activate(3, 4.0)
+    adapted.activate(2, LoraSettings(4.0))
+    adapted.activate(3, LoraSettings(4.0))
     trainable = {id(p) for p in adapted.trainable_parameters()}
     requiring = {id(p) for p in adapted.model.parameters() if p.requires_grad}
     assert trainable == requiring
@@ -288,7 +289,7 @@ def test_only_the_active_adapter_is_trainable() -> None:
 
 def test_hetlora_penalty_has_gradients_through_live_parameters() -> None:
     adapted = AdaptedModel(tiny_model("bert"))
-    adapted.activate(4, 8.0)
+    adapted.activate(4, LoraSettings(8.0))
     factors, dense = random_state(adapted, seed=9)
     adapted.load(factors, dense)
     penalty = self_pruning_penalty(adapted.lora_parameters(), gamma=0.5, lam=1.0)
@@ -302,8 +303,8 @@ def test_hetlora_penalty_has_gradients_through_live_parameters() -> None:
 def test_load_refuses_mismatched_state() -> None:
     adapted = AdaptedModel(tiny_model("bert"))
     with pytest.raises(FedloraError, match="no adapter is active"):
-        adapted.extract("c", 1)
-    adapted.activate(mixed_ranks(adapted), 8.0)
+        adapted.extract(0, 1)
+    adapted.activate(mixed_ranks(adapted), LoraSettings(8.0))
     factors, dense = random_state(adapted, seed=10)
 
     wrong_shape = dict(factors)
@@ -331,7 +332,7 @@ def test_load_refuses_mismatched_state() -> None:
     other[last] = LoraFactors(A=g.A, B=g.B[:16], alpha=g.alpha, r=g.r)
     with pytest.raises(FedloraError, match="B has shape"):
         adapted.load(other, other_dense)
-    kept = adapted.extract("c", 1)
+    kept = adapted.extract(0, 1)
     assert all(torch.equal(kept.modules[name].A, factors[name].A) for name in factors)
     assert torch.equal(kept.dense["classifier.weight"], dense["classifier.weight"])
 
@@ -348,17 +349,17 @@ def test_load_refuses_mismatched_state() -> None:
 def test_invalid_rank_maps_are_refused(ranks: Any, message: str) -> None:
     adapted = AdaptedModel(tiny_model("bert"))
     with pytest.raises(ConfigError, match=message):
-        adapted.activate(ranks, 8.0)
+        adapted.activate(ranks, LoraSettings(8.0))
     assert adapted.num_adapters == 0
 
 
 def test_least_recently_used_adapters_are_evicted() -> None:
     adapted = AdaptedModel(tiny_model("bert"), max_adapters=2)
-    first = adapted.activate(2, 4.0)
-    second = adapted.activate(3, 4.0)
-    adapted.activate(2, 4.0)  # touch the first: the second is now the oldest
+    first = adapted.activate(2, LoraSettings(4.0))
+    second = adapted.activate(3, LoraSettings(4.0))
+    adapted.activate(2, LoraSettings(4.0))  # touch the first: the second is now the oldest
     counts = sum(p.numel() for p in adapted.model.parameters())
-    third = adapted.activate(4, 4.0)
+    third = adapted.activate(4, LoraSettings(4.0))
     assert adapted.layouts() == [first, third]
     assert second not in adapted.layouts()
     removed = 4 * 3 * (32 + 32) + 3 * 32 + 3
@@ -372,12 +373,12 @@ def test_least_recently_used_adapters_are_evicted() -> None:
 def test_adapter_creation_leaves_global_rng_alone_and_is_reproducible() -> None:
     state = torch.random.get_rng_state()
     one = AdaptedModel(tiny_model("bert"), init_seed=5)
-    one.activate(mixed_ranks(one), 8.0)
+    one.activate(mixed_ranks(one), LoraSettings(8.0))
     assert torch.equal(torch.random.get_rng_state(), state)
     two = AdaptedModel(tiny_model("bert"), init_seed=5)
-    two.activate(mixed_ranks(two), 8.0)
+    two.activate(mixed_ranks(two), LoraSettings(8.0))
     three = AdaptedModel(tiny_model("bert"), init_seed=6)
-    three.activate(mixed_ranks(three), 8.0)
-    a1 = one.extract("a", 1).modules[BERT_QUERY].A
-    assert torch.equal(a1, two.extract("b", 1).modules[BERT_QUERY].A)
-    assert not torch.equal(a1, three.extract("c", 1).modules[BERT_QUERY].A)
+    three.activate(mixed_ranks(three), LoraSettings(8.0))
+    a1 = one.extract(0, 1).modules[BERT_QUERY].A
+    assert torch.equal(a1, two.extract(1, 1).modules[BERT_QUERY].A)
+    assert not torch.equal(a1, three.extract(2, 1).modules[BERT_QUERY].A)

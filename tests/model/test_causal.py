@@ -19,7 +19,7 @@ from transformers import (
 )
 
 from fedlora.errors import ConfigError
-from fedlora.lora import LoraFactors
+from fedlora.lora import LoraFactors, LoraSettings
 from fedlora.model import (
     IGNORE_INDEX,
     AdaptedModel,
@@ -88,7 +88,7 @@ def random_factors(adapted: AdaptedModel, *, seed: int) -> dict[str, LoraFactors
         factors[name] = LoraFactors(
             A=torch.randn(r, inp, generator=generator) * 0.3,
             B=torch.randn(out, r, generator=generator) * 0.3,
-            alpha=layout.alpha,
+            alpha=layout.lora.alpha,
             r=r,
         )
     return factors
@@ -114,9 +114,9 @@ def test_tiered_ranks_give_peft_shapes_and_the_explicit_update(kind: str) -> Non
     ranks = tiered_ranks(adapted.target_modules, TIERS)
     assert {r for name, r in ranks.items() if ".self_attn." in name} == {4}
     assert {r for name, r in ranks.items() if ".mlp." in name} == {8}
-    adapted.activate(ranks, alpha=16.0)
+    adapted.activate(ranks, LoraSettings(16.0))
 
-    fresh = adapted.extract("c", 1)
+    fresh = adapted.extract(0, 1)
     assert fresh.dense == {}
     shapes = adapted.module_shapes()
     for name, f in fresh.modules.items():
@@ -130,7 +130,7 @@ def test_tiered_ranks_give_peft_shapes_and_the_explicit_update(kind: str) -> Non
 
     factors = random_factors(adapted, seed=3)
     adapted.load(factors, {})
-    back = adapted.extract("c", 1)
+    back = adapted.extract(0, 1)
     for name, f in factors.items():
         assert torch.equal(back.modules[name].A, f.A)
         assert torch.equal(back.modules[name].B, f.B)
@@ -305,7 +305,7 @@ def test_empty_response_and_missing_pad_token() -> None:
 def memorise(kind: str, steps: int) -> tuple[AdaptedModel, Any, TokenizedInstructions]:
     tok = tokenizer()
     adapted = AdaptedModel(tiny_lm(kind, seed=1), head_modules=[])
-    adapted.activate(tiered_ranks(adapted.target_modules, TIERS), alpha=16.0)
+    adapted.activate(tiered_ranks(adapted.target_modules, TIERS), LoraSettings(16.0))
     data = TokenizedInstructions.from_pairs(
         ["w1 w2 w3", "w4 w5"], ["w10 w11 w12 w13", "w20 w21"], tok, 16, template="Q {prompt} A"
     )
@@ -353,7 +353,7 @@ def test_evaluate_lm_matches_the_models_own_loss() -> None:
 def test_greedy_generation_is_deterministic_batched_and_returns_only_new_tokens() -> None:
     tok = tokenizer()
     adapted = AdaptedModel(tiny_lm("qwen2", seed=2), head_modules=[])
-    adapted.activate(4, alpha=8.0)
+    adapted.activate(4, LoraSettings(8.0))
     adapted.load(random_factors(adapted, seed=7), {})
     prompts = ["w1 w2 w3 w4 w5", "w6", "w7 w8"]
     first = generate_greedy(adapted, tok, prompts, max_new_tokens=5, batch_size=3)

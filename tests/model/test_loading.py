@@ -15,6 +15,7 @@ from transformers import BertTokenizer
 
 from fedlora.aggregation import GlobalState
 from fedlora.errors import ConfigError
+from fedlora.lora import LoraSettings
 from fedlora.model import (
     AdaptedModel,
     TrainConfig,
@@ -146,8 +147,8 @@ def test_real_minilm_trains_one_step_and_extracts_its_adapter() -> None:
     assert {name.rsplit(".", 1)[-1] for name in shapes} == {"query", "value"}
 
     state = GlobalState.initial(shapes, dense=adapted.initial_dense(), seed=0)
-    adapted.activate(8, 16.0)
-    adapted.load(state.factors_for(8, 16.0), state.dense)
+    adapted.activate(8, LoraSettings(16.0))
+    adapted.load(state.factors_for(8, LoraSettings(16.0)), state.dense)
     encoded = tokenizer(
         ["a fine film", "dull and slow", "great acting", "a waste of time"],
         padding=True,
@@ -161,7 +162,7 @@ def test_real_minilm_trains_one_step_and_extracts_its_adapter() -> None:
     result = train_local(adapted, [inputs], TrainConfig(steps=1, lr=1e-3))
     assert result.steps == 1 and result.examples == 4
 
-    update = adapted.extract("minilm-client", 4)
+    update = adapted.extract(0, 4)
     assert len(update.modules) == 12
     for factors in update.modules.values():
         assert tuple(factors.A.shape) == (8, 384)

@@ -102,3 +102,23 @@ def test_peft_suffix_matching_of_heads_is_caught() -> None:
         "pre_classifier",
         "classifier",
     )
+
+
+def test_three_attention_projections_reproduce_byun_and_lees_counts() -> None:
+    # 552,960 LoRA parameters per rank-20 client and 179,715 on average for 10 % at rank 20 and
+    # 90 % at rank 5 (their mix): q, k and v of DistilBERT-base, not the default q and v.
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from fedlora.model import AdaptedModel
+
+    model = DistilBertForSequenceClassification(DistilBertConfig(num_labels=4))
+    shapes = AdaptedModel(model, ["q_lin", "k_lin", "v_lin"]).module_shapes()
+
+    def params(rank: int) -> int:
+        return sum(rank * (out + inp) for out, inp in shapes.values())
+
+    assert params(20) == 552_960
+    assert params(7) == 193_536  # their equal-budget homogeneous baseline
+    assert abs((0.1 * params(20) + 0.9 * params(5)) - 179_715) < 5
+    default = DistilBertForSequenceClassification(DistilBertConfig(num_labels=4))
+    assert sum(20 * (o + i) for o, i in AdaptedModel(default).module_shapes().values()) != 552_960

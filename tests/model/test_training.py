@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from fedlora.aggregation import GlobalState
 from fedlora.errors import ConfigError, FedloraError
+from fedlora.lora import LoraSettings
 from fedlora.model import (
     AdaptedModel,
     TrainConfig,
@@ -26,8 +27,8 @@ def fresh_client(rank: int = 4, alpha: float = 8.0) -> AdaptedModel:
     """A tiny BERT with one adapter loaded from the round-0 global state."""
     adapted = AdaptedModel(tiny_model("bert"))
     state = GlobalState.initial(adapted.module_shapes(), dense=adapted.initial_dense(), seed=1)
-    adapted.activate(rank, alpha)
-    adapted.load(state.factors_for(rank, alpha), state.dense)
+    adapted.activate(rank, LoraSettings(alpha))
+    adapted.load(state.factors_for(rank, LoraSettings(alpha)), state.dense)
     return adapted
 
 
@@ -131,8 +132,8 @@ def test_regularizer_is_added_every_step_but_not_reported() -> None:
     assert calls == 3
     assert result.mean_loss < 10.0
     # The penalty's gradient pulls B towards zero, so B differs from plain training.
-    regularized = adapted.extract("r", 6).modules
-    unregularized = plain.extract("p", 6).modules
+    regularized = adapted.extract(0, 6).modules
+    unregularized = plain.extract(1, 6).modules
     name = adapted.target_modules[0]
     assert not torch.allclose(regularized[name].B, unregularized[name].B)
 
@@ -200,9 +201,9 @@ def test_evaluate_on_the_adapted_model_uses_the_active_adapter() -> None:
     base_result = evaluate(adapted, data)
     train_local(adapted, data, TrainConfig(steps=10, lr=2e-2))
     trained = evaluate(adapted, data)
-    adapted.activate(2, 8.0)  # a fresh adapter with the original head copy
+    adapted.activate(2, LoraSettings(8.0))  # a fresh adapter with the original head copy
     state = GlobalState.initial(adapted.module_shapes(), dense=adapted.initial_dense(), seed=1)
-    adapted.load(state.factors_for(2, 8.0), state.dense)
+    adapted.load(state.factors_for(2, LoraSettings(8.0)), state.dense)
     assert evaluate(adapted, data).loss == pytest.approx(base_result.loss, rel=1e-5)
     assert trained.loss < base_result.loss
     with pytest.raises(FedloraError, match="batches were empty"):
@@ -210,12 +211,12 @@ def test_evaluate_on_the_adapted_model_uses_the_active_adapter() -> None:
 
 
 def test_lora_dropout_is_active_only_in_training_mode() -> None:
-    adapted = AdaptedModel(tiny_model("bert"), lora_dropout=0.5)
+    adapted = AdaptedModel(tiny_model("bert"))
     state = GlobalState.initial(adapted.module_shapes(), dense=adapted.initial_dense(), seed=1)
-    adapted.activate(4, 8.0)
+    adapted.activate(4, LoraSettings(8.0, dropout=0.5))
     factors = {
         name: type(f)(A=f.A, B=torch.ones_like(f.B), alpha=f.alpha, r=f.r)
-        for name, f in state.factors_for(4, 8.0).items()
+        for name, f in state.factors_for(4, LoraSettings(8.0)).items()
     }
     adapted.load(factors, state.dense)
     inputs = batch()

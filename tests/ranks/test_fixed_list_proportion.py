@@ -75,3 +75,31 @@ def test_proportion_is_seeded() -> None:
 def test_proportion_accepts_tiers() -> None:
     policy = ProportionRanks(high={"attention": 30, "mlp": 200}, low=8, fraction=0.5, seed=0)
     assert {tier.name for tier in policy.assign(10)} == {"attention30-mlp200", "r8"}
+
+
+def _high(policy: ProportionRanks, num_clients: int) -> list[int]:
+    return [c for c, tier in enumerate(policy.assign(num_clients)) if tier.max_rank == 20]
+
+
+def test_the_high_rank_can_go_to_the_high_quality_clients() -> None:
+    # Byun & Lee's premise: the clients that afford rank 20 are the ones with good data.
+    exact = ProportionRanks(fraction=0.2, choose="high_quality", seed=3)
+    exact.prefer([7, 2])
+    assert _high(exact, 10) == [2, 7]
+    more = ProportionRanks(fraction=0.4, choose="high_quality", seed=3)
+    more.prefer([7, 2])
+    chosen = _high(more, 10)
+    assert len(chosen) == 4 and {2, 7} <= set(chosen)
+    fewer = ProportionRanks(fraction=0.1, choose="high_quality", seed=3)
+    fewer.prefer([7, 2])
+    assert _high(fewer, 10) in ([2], [7])
+    assert (
+        ProportionRanks(fraction=0.2, choose="random", seed=3).wants_high_quality_clients is False
+    )
+
+
+def test_high_quality_choice_needs_the_high_quality_clients() -> None:
+    with pytest.raises(ConfigError, match="needs a partition with high-quality clients"):
+        ProportionRanks(choose="high_quality").assign(10)
+    with pytest.raises(ConfigError, match="choose must be one of random, high_quality"):
+        ProportionRanks(choose="best")

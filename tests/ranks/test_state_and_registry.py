@@ -37,7 +37,7 @@ def test_names() -> None:
         "proportion",
     ]
     assert isinstance(get_rank_policy("Loss-Based"), LossBasedRanks)
-    assert rank_policy_options("proportion") == ["high", "low", "fraction", "seed"]
+    assert rank_policy_options("proportion") == ["high", "low", "fraction", "seed", "choose"]
 
 
 @pytest.mark.parametrize(("name", "options"), EXAMPLES)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -12,8 +12,11 @@ from torch import Tensor
 from fedlora.aggregation.state import GlobalState
 from fedlora.aggregation.validation import RoundLayout, validate_round
 from fedlora.aggregation.weights import Weighting, client_weights
+from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
 from fedlora.lora.update import ClientUpdate
+
+LINALG_ERROR: type[Exception] = torch.linalg.LinAlgError  # type: ignore[attr-defined]
 
 Regularizer = Callable[[Sequence[tuple[Tensor, Tensor]]], Tensor]
 """A client-side loss term from the live ``(A, B)`` parameters of every adapted module."""
@@ -28,8 +31,10 @@ class Aggregator(ABC):
     The method's needs are hooks, so that runners never ask which method is in use:
     ``trains_A`` (False: clients freeze ``A``, as in FFA-LoRA), ``merges_into_base`` (True: the
     round's update is merged into the base weights and clients restart from fresh LoRA, as FLoRA),
-    :meth:`client_regularizer` (a term a client adds to its training loss, as HetLoRA) and
-    :meth:`configure_federation` (the largest rank any client of the federation may train).
+    :meth:`client_regularizer` (a term a client adds to its training loss, as HetLoRA),
+    :meth:`configure_federation` (the largest rank any client of the federation may train) and
+    :meth:`prune` with :attr:`prunes_ranks` (a client sends, and keeps, fewer slots than it was
+    served: HetLoRA's rank self-pruning).
     """
 
     name: ClassVar[str]
@@ -42,9 +47,29 @@ class Aggregator(ABC):
     def configure_federation(self, max_rank: int) -> None:  # noqa: B027 (an optional hook)
         """Learn the largest rank any client of the federation may train, before round 1."""
 
+    def check_tiers(self, tiers: Sequence[Any]) -> None:  # noqa: B027 (an optional hook)
+        """Refuse, before the run, rank tiers this method cannot aggregate (FedIT: mixed)."""
+
     def client_regularizer(self) -> Regularizer | None:
         """A term every client adds to its local loss (``None``: plain training)."""
         return None
+
+    @property
+    def prunes_ranks(self) -> bool:
+        """Whether a client may send fewer slots of a module than it was served.
+
+        The server then accepts the smaller rank and serves the client that rank from then on;
+        a larger rank is never accepted.
+        """
+        return False
+
+    def prune(self, update: ClientUpdate) -> ClientUpdate:
+        """What a client sends of its trained ``update``: all of it, unless the method prunes.
+
+        Runs on the client after local training; a method with :attr:`prunes_ranks` may return
+        fewer slots per module (at least one), whose rank the client keeps.
+        """
+        return update
 
     def validate_update(self, update: ClientUpdate, previous: GlobalState) -> None:
         """All checks of one update against the state it was served from (raise on a bad one)."""
@@ -69,13 +94,20 @@ class Aggregator(ABC):
         for name in layout.module_shapes:
             folded = [u.modules[name].folded(dtype) for u in updates]
             prior = previous.modules.get(name)
-            combined[name] = self.combine(
-                name, folded, weights.to(dtype), None if prior is None else _as_dtype(prior, dtype)
-            )
+            try:
+                combined[name] = self.combine(
+                    name,
+                    folded,
+                    weights.to(dtype),
+                    None if prior is None else _as_dtype(prior, dtype),
+                )
+            except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
+                raise FedloraError(f"module {name!r}: {error}") from None
         dense = {
             name: _dense_mean([u.dense[name] for u in updates], weights)
             for name in layout.dense_shapes
         }
+        _check_finite_result(combined, dense)
         if self.merges_into_base:
             fresh = {
                 n: FoldedFactors.empty(f.out_features, f.in_features, dtype)
@@ -143,6 +175,23 @@ def weighted_sum(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
 def _dense_mean(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
     return weighted_sum([t.to(dtype) for t in tensors], weights.to(dtype))
+
+
+def _check_finite_result(
+    combined: Mapping[str, FoldedFactors], dense: Mapping[str, Tensor]
+) -> None:
+    """Finite updates can still sum past the float range: such a round must not become the
+    global state (the caller keeps the previous one)."""
+    for name, factors in combined.items():
+        if not (bool(torch.isfinite(factors.A).all()) and bool(torch.isfinite(factors.B).all())):
+            raise FedloraError(
+                f"module {name!r}: the aggregate is not finite (an update too large?)"
+            )
+    for name, tensor in dense.items():
+        if not bool(torch.isfinite(tensor).all()):
+            raise FedloraError(
+                f"dense {name!r}: the aggregate is not finite (an update too large?)"
+            )
 
 
 def _compute_dtype(updates: Sequence[ClientUpdate]) -> torch.dtype:

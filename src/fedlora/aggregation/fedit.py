@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -19,6 +20,15 @@ class FedIT(Aggregator):
     """
 
     name = "fedit"
+
+    def check_tiers(self, tiers: Sequence[Any]) -> None:
+        distinct = sorted({str(tier) for tier in tiers})
+        if len(distinct) > 1:
+            raise FedloraError(
+                f"fedit averages factors of one rank, but the rank policy gives {distinct}; "
+                "give every client one rank (ranks.policy = 'fixed'), or use zero_padding, "
+                "replication or flexlora"
+            )
 
     def combine(
         self,

@@ -10,12 +10,14 @@ from fedlora.aggregation.ffa import FFA
 from fedlora.aggregation.flexlora import FlexLoRA
 from fedlora.aggregation.flora import FLoRA
 from fedlora.aggregation.hetlora import HetLoRA
+from fedlora.aggregation.norm_replication import NormReplication
 from fedlora.aggregation.replication import Replication
 from fedlora.aggregation.zero_padding import ZeroPadding
 from fedlora.registry import Registry
 
 _AGGREGATORS: Registry[Aggregator] = Registry(
-    "aggregator", (FedIT, ZeroPadding, HetLoRA, Replication, FlexLoRA, FLoRA, FFA)
+    "aggregator",
+    (FedIT, ZeroPadding, HetLoRA, Replication, NormReplication, FlexLoRA, FLoRA, FFA),
 )
 
 

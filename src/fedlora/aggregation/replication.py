@@ -38,12 +38,19 @@ class Replication(Aggregator):
         weights: Tensor,
         previous: FoldedFactors | None,
     ) -> FoldedFactors:
-        ranks = torch.tensor([f.rank for f in factors])
-        rank = int(ranks.max())
-        slots = torch.arange(rank)
-        owns = ranks[:, None] > slots[None, :]  # client k owns slot j
-        slot_weights = weights[:, None] * owns.to(weights.dtype)
-        slot_weights = slot_weights / slot_weights.sum(dim=0, keepdim=True)
+        owned = weights[:, None] * ownership(factors).to(weights.dtype)
+        return self.slotwise_mean(factors, owned, previous)
+
+    def slotwise_mean(
+        self, factors: Sequence[FoldedFactors], owned: Tensor, previous: FoldedFactors | None
+    ) -> FoldedFactors:
+        """Slot ``j`` averaged over the clients ``k`` with weights ``owned[k, j]``, normalised.
+
+        ``owned`` is zero where client ``k`` does not own slot ``j``; every slot of the round
+        needs a positive total.
+        """
+        rank = owned.shape[1]
+        slot_weights = owned / owned.sum(dim=0, keepdim=True)
         A = factors[0].A.new_zeros(rank, factors[0].in_features)
         B = factors[0].B.new_zeros(factors[0].out_features, rank)
         for f, w in zip(factors, slot_weights, strict=True):
@@ -53,3 +60,9 @@ class Replication(Aggregator):
             A = torch.cat([A, previous.A[rank:]])
             B = torch.cat([B, previous.B[:, rank:]], dim=1)
         return FoldedFactors(A=A, B=B)
+
+
+def ownership(factors: Sequence[FoldedFactors]) -> Tensor:
+    """``owns[k, j]``: client ``k`` owns rank slot ``j`` (``j < r_k``), up to the round's rank."""
+    ranks = torch.tensor([f.rank for f in factors])
+    return ranks[:, None] > torch.arange(int(ranks.max()))[None, :]

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors, LoraFactors
+from fedlora.lora.settings import LoraSettings
 from fedlora.lora.slot_init import fresh_lora_A
-
-_T = TypeVar("_T", int, float)
 
 
 @dataclass(frozen=True)
@@ -60,27 +58,23 @@ class GlobalState:
         return self.modules[module].delta()
 
     def factors_for(
-        self,
-        rank_map: Mapping[str, int] | int,
-        alpha: Mapping[str, float] | float,
-        use_rslora: bool = False,
+        self, rank_map: Mapping[str, int] | int, lora: LoraSettings
     ) -> dict[str, LoraFactors]:
-        """The factors a client of the given ranks and alpha(s) starts its next round from.
+        """The factors a client of the given ranks and LoRA settings starts its next round from.
 
-        ``rank_map`` and ``alpha`` are either one value for every module or a value per module.
-        The client's ``s * B @ A`` equals the global update truncated to its first ``r`` slots.
+        ``rank_map`` is one rank for every module or a rank per module.  The client's
+        ``s * B @ A`` equals the global update truncated to its first ``r`` slots.
         """
         result: dict[str, LoraFactors] = {}
         for name, factors in self.modules.items():
-            r = _per_module(rank_map, name, "rank")
-            a = _per_module(alpha, name, "alpha")
+            r = _rank_of(rank_map, name)
             limit = min(factors.out_features, factors.in_features)
             if not 1 <= r <= limit:
                 raise FedloraError(
                     f"module {name!r}: rank {r} is outside 1..{limit}, the range of its "
                     f"{factors.out_features} x {factors.in_features} layer"
                 )
-            result[name] = self.slots(name, r).unfold(float(a), r, use_rslora)
+            result[name] = self.slots(name, r).unfold(r, lora)
         return result
 
     def slots(self, name: str, r: int) -> FoldedFactors:
@@ -103,9 +97,9 @@ class GlobalState:
         )
 
 
-def _per_module(value: Mapping[str, _T] | _T, name: str, what: str) -> _T:
-    if isinstance(value, Mapping):
-        if name not in value:
-            raise FedloraError(f"no {what} given for module {name!r}")
-        return value[name]
-    return value
+def _rank_of(rank_map: Mapping[str, int] | int, name: str) -> int:
+    if isinstance(rank_map, Mapping):
+        if name not in rank_map:
+            raise FedloraError(f"no rank given for module {name!r}")
+        return rank_map[name]
+    return rank_map

@@ -18,6 +18,9 @@ from fedlora.errors import EmptyRoundError, InvalidUpdateError
 from fedlora.lora.factors import LoraFactors
 from fedlora.lora.update import ClientUpdate
 
+MAX_EXAMPLES = 2**53
+"""The largest data size a client may claim: beyond it a float64 weight is no longer exact."""
+
 
 @dataclass(frozen=True)
 class RoundLayout:
@@ -57,7 +60,7 @@ def validate_round(
         layout = RoundLayout.of_state(previous)
     else:
         layout = RoundLayout.of_update(updates[0])
-    seen: set[str] = set()
+    seen: set[int] = set()
     for update in updates:
         if update.client_id in seen:
             raise InvalidUpdateError("appears twice in the same round", client_id=update.client_id)
@@ -72,9 +75,9 @@ def _check_update(update: ClientUpdate, layout: RoundLayout, contents: bool) -> 
         raise InvalidUpdateError(
             f"num_examples must be an int, got {type(update.num_examples).__name__}", client_id=cid
         )
-    if update.num_examples <= 0:
+    if not 0 < update.num_examples <= MAX_EXAMPLES:
         raise InvalidUpdateError(
-            f"num_examples must be positive, got {update.num_examples}", client_id=cid
+            f"num_examples must be in 1..2^53, got {_short(update.num_examples)}", client_id=cid
         )
     _check_names(set(update.modules), set(layout.module_shapes), "LoRA module", cid)
     _check_names(set(update.dense), set(layout.dense_shapes), "dense tensor", cid)
@@ -92,7 +95,12 @@ def _check_update(update: ClientUpdate, layout: RoundLayout, contents: bool) -> 
             _check_finite(tensor, "dense tensor", cid, name)
 
 
-def _check_names(got: set[str], expected: set[str], what: str, cid: str) -> None:
+def _short(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 20 else f"a {len(text)}-digit number"
+
+
+def _check_names(got: set[str], expected: set[str], what: str, cid: int) -> None:
     missing, extra = sorted(expected - got), sorted(got - expected)
     if missing:
         raise InvalidUpdateError(
@@ -105,7 +113,7 @@ def _check_names(got: set[str], expected: set[str], what: str, cid: str) -> None
 
 
 def _check_factors(
-    factors: LoraFactors, shape: tuple[int, int], cid: str, name: str, contents: bool
+    factors: LoraFactors, shape: tuple[int, int], cid: int, name: str, contents: bool
 ) -> None:
     out_features, in_features = shape
     A, B, r = factors.A, factors.B, factors.r
@@ -136,7 +144,7 @@ def _check_factors(
         _check_finite(B, "B", cid, name)
 
 
-def _check_finite(tensor: Tensor, what: str, cid: str, name: str) -> None:
+def _check_finite(tensor: Tensor, what: str, cid: int, name: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
         raise InvalidUpdateError(

@@ -1,21 +1,42 @@
-"""``fedlora flower-sim``: the experiment through Flower's Ray simulation on this machine.
+"""``fedlora flower-sim`` and ``fedlora flower-run``: the experiment through Flower.
 
-Starts a private ``--simulation`` SuperLink on a free loopback port (with the offline
-environment of :mod:`fedlora.flower.env`), submits the Flower app with ``flwr run``, waits for
-it and tears everything down.  The run directory is the same as ``fedlora run`` writes.
+``flower-sim`` starts a private ``--simulation`` SuperLink on a free loopback port (with the
+offline environment of :mod:`fedlora.flower.env`), submits the Flower app and tears everything
+down.  ``flower-run`` submits the app to a SuperLink that is already running (a deployment),
+streams the ServerApp's log and exits non-zero when the run did not complete, which
+``flwr run --stream`` does not do.  Both send the resolved config inline (``config-b64``), so the
+server needs no copy of the user's files, and write the same run directory as ``fedlora run``.
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
 
-from fedlora.config import load_config
+from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir
+
+EXIT_RUN_FAILED = 1
+RunConfig = dict[str, str | int | float | bool]
+
+
+def flower_run_config(
+    config: ExperimentConfig | None, out: Path, *, overwrite: bool, round_timeout: float
+) -> RunConfig:
+    """The Flower run config of an experiment; ``config=None`` resumes the run in ``out``."""
+    from fedlora.flower.server_app import encode_config
+
+    run_config: RunConfig = {"out-dir": str(out), "round-timeout": round_timeout}
+    if config is None:
+        run_config["resume"] = True
+    else:
+        run_config.update({"config-b64": encode_config(config), "overwrite": overwrite})
+    return run_config
 
 
 def flower_sim_command(
@@ -31,15 +52,10 @@ def flower_sim_command(
     config = load_config(config_path, overrides)
     run_dir = (out or Path(config.run.out_dir)).resolve()
     RunDir.check_free(run_dir, overwrite=overwrite)
-    from fedlora.flower.launch import FlowerLaunchError, LocalFederation
+    from fedlora.flower.launch import LocalFederation
+    from fedlora.flower.superlink import FlowerLaunchError
 
-    run_config: dict[str, str | int | float | bool] = {
-        "config": str(config_path.resolve()) if config_path is not None else "",
-        "overrides": ";".join(overrides),
-        "out-dir": str(run_dir),
-        "overwrite": overwrite,
-        "round-timeout": timeout,
-    }
+    run_config = flower_run_config(config, run_dir, overwrite=overwrite, round_timeout=timeout)
     federation_config = {
         "num-supernodes": config.run.num_clients,
         "client-resources-num-cpus": cpus_per_client,
@@ -64,3 +80,71 @@ def flower_sim_command(
         raise FedloraError(f"flower-sim: the Flower run ended as {outcome.status}")
     console.print((run_dir / "summary.md").read_text(encoding="utf-8"))
     return 0
+
+
+def flower_run_command(
+    config_path: Path | None,
+    overrides: Sequence[str],
+    *,
+    superlink: str,
+    root_certificates: Path | None,
+    insecure: bool,
+    out: Path | None,
+    overwrite: bool,
+    resume: bool,
+    round_timeout: float,
+    timeout: float,
+) -> int:
+    """Submit the app to a running SuperLink, stream its log, and say how the run ended."""
+    console = Console(stderr=True)
+    if insecure == (root_certificates is not None):
+        raise FedloraError(
+            "flower-run: give --root-certificates CA.pem for a TLS SuperLink, or --insecure"
+        )
+    if root_certificates is not None and not root_certificates.is_file():
+        raise FedloraError(f"--root-certificates {root_certificates}: no such file")
+    if resume:
+        if config_path is not None or overrides or out is None:
+            raise FedloraError(
+                "flower-run --resume continues the run in --out with its saved config; give "
+                "--out and drop CONFIG and --set"
+            )
+        config = None
+        run_dir = out
+    else:
+        config = load_config(config_path, overrides)
+        run_dir = out or Path(config.run.out_dir)
+    from fedlora.flower.env import offline_environment
+    from fedlora.flower.superlink import APP_DIR, FlowerLaunchError, SuperLinkClient
+
+    run_config = flower_run_config(
+        config, run_dir, overwrite=overwrite, round_timeout=round_timeout
+    )
+    with tempfile.TemporaryDirectory(prefix="fedlora-flower-run-") as work:
+        home, cli_home = Path(work) / "home", Path(work) / "flwr"
+        client = SuperLinkClient(
+            superlink,
+            cli_home,
+            offline_environment(home, cli_home),
+            root_certificates=root_certificates,
+        )
+        try:
+            run_id = client.submit(APP_DIR, run_config)
+            console.print(f"fedlora flower-run: run {run_id} submitted to {superlink}")
+            outcome = client.wait_run(run_id, timeout, poll=2.0, on_log=_echo)
+        except FlowerLaunchError as error:
+            raise FedloraError(f"flower-run: {str(error).splitlines()[0]}") from None
+    if not outcome.completed:
+        details = f" ({outcome.details})" if outcome.details else ""
+        console.print(f"fedlora flower-run: run {run_id} ended as {outcome.status}{details}")
+        return EXIT_RUN_FAILED
+    console.print(
+        f"fedlora flower-run: run {run_id} completed; its run directory is {run_dir} on the "
+        f"SuperLink's machine"
+    )
+    return 0
+
+
+def _echo(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -67,12 +67,12 @@ def _cell(value: float | None) -> str:
 
 def plot_command(paths: Sequence[Path], out: Path | None) -> int:
     runs = {}
-    for path in paths:
+    for path, name in zip(paths, run_labels(paths), strict=True):
         run = RunDir(path)
         rows = run.metrics()
         if not rows:
             raise FedloraError(f"{path}: no metrics.jsonl with any round")
-        runs[path.name] = rows
+        runs[name] = rows
     if len(runs) == 1:
         name, rows = next(iter(runs.items()))
         target = out or RunDir(paths[0]).plots_dir / "metrics.png"
@@ -82,6 +82,30 @@ def plot_command(paths: Sequence[Path], out: Path | None) -> int:
         plot_comparison({name: [rows] for name, rows in runs.items()}, target, "runs")
     print(target)
     return 0
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """A distinct label per run: the shortest tail of its path that no other run shares.
+
+    ``a/flexlora-seed0`` and ``b/flexlora-seed0`` keep their parent folder; a run given twice
+    (under any spelling of its path) is an error rather than one curve hiding the other.
+    """
+    resolved = [path.resolve() for path in paths]
+    seen: dict[Path, Path] = {}
+    for path, full in zip(paths, resolved, strict=True):
+        if full in seen:
+            raise FedloraError(f"{path}: the same run as {seen[full]}, given twice")
+        seen[full] = path
+    labels = []
+    for full in resolved:
+        others = [other for other in resolved if other != full]
+        depth = 1
+        while depth < len(full.parts) and any(
+            other.parts[-depth:] == full.parts[-depth:] for other in others
+        ):
+            depth += 1
+        labels.append("/".join(full.parts[-depth:]))
+    return labels
 
 
 def config_command(

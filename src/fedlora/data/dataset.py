@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -18,13 +18,16 @@ class TextClassificationData:
     """Texts with 0-based integer labels that index ``label_names``.
 
     Validated on construction so that partitioners, summaries and tokenisation can trust the
-    shapes: one label per text, every label in ``[0, num_classes)``.
+    shapes: one label per text, every label in ``[0, num_classes)``.  ``notes`` say how the labels
+    were read where that is worth a line in the run's summary (e.g. ids counted from 1); they
+    do not take part in equality.
     """
 
     texts: list[str]
     labels: LabelArray
     label_names: list[str]
     name: str
+    notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
@@ -80,4 +83,9 @@ class TextClassificationData:
             labels=self.labels[idx],
             label_names=list(self.label_names),
             name=self.name,
+            notes=self.notes,
         )
+
+    def class_counts(self) -> list[int]:
+        """Rows per class, every class included (zeros too)."""
+        return [int(c) for c in np.bincount(self.labels, minlength=self.num_classes)]

@@ -1,37 +1,78 @@
-"""Getting text-classification data into memory: named benchmarks, CSV, JSONL and a synthetic set.
+"""Getting text-classification data into memory: data files, the named presets, a synthetic set.
 
-Named benchmarks come from a local copy first (offline machines and tests), then the Hugging Face
-hub.  Every bad input becomes a one-line :class:`ConfigError` naming the file and line or column.
+Every file dataset goes through one path (:func:`load_files`): read the rows of any format
+(:mod:`fedlora.data.files`), decide the run's label vocabulary once from the classes or the
+training rows (:mod:`fedlora.data.labels`), map the test rows through it, or split a test set off
+a single file.  The named benchmarks (``ag_news``, ``dbpedia_14``) are only presets of that path:
+a folder layout, a file layout and a classes file, with the Hugging Face hub as a fallback when
+no local copy exists.  Every bad input becomes a one-line :class:`ConfigError` naming the file and
+line or the config key.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
-import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fedlora.data.dataset import LabelArray, TextClassificationData
+from fedlora.data.files import (
+    FORMATS,
+    Column,
+    FileLayout,
+    RawRows,
+    file_format,
+    is_data_file,
+    read_rows,
+)
+from fedlora.data.labels import LabelFormat, Vocabulary, build_vocabulary
 from fedlora.errors import ConfigError
 
 DATA_ENV = "FEDLORA_DATA"
 """Environment variable naming a directory that holds local copies of the named datasets."""
 
-_HUB_IDS = {"ag_news": "fancyzhx/ag_news", "dbpedia_14": "fancyzhx/dbpedia_14"}
-_LOCAL_FILES = {"ag_news": ("train.csv", "test.csv"), "dbpedia_14": ("data.csv",)}
-_INT_LABEL = re.compile(r"[+-]?\d+")
+_DATA_EXTENSIONS = tuple(f".{name}" for name in FORMATS)
 
-Column = int | str
+
+README_LAYOUT = FileLayout(label_column=0, text_columns=(1,), has_header=False)
+"""The file layout of ``data/README.md``: no header, the label id, then the text."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named dataset: where its files are in its folder and how to read them.
+
+    The folder format of ``data/README.md``: header-less CSV, the label (a 0-based id) in column
+    0, the text in column 1, class names in ``classes.txt``.  Without a test file, ``test_size``
+    rows are split off the training file, stratified by class.
+    """
+
+    name: str
+    hub_id: str
+    hub_text_columns: tuple[str, ...]
+    train_file: str
+    test_file: str | None = None
+    test_size: int = 2000
+    layout: FileLayout = field(default_factory=lambda: README_LAYOUT)
+    classes_file: str = "classes.txt"
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset("ag_news", "fancyzhx/ag_news", ("text",), "train.csv", "test.csv"),
+        Preset("dbpedia_14", "fancyzhx/dbpedia_14", ("title", "content"), "data.csv"),
+    )
+}
 
 
 def available_datasets() -> list[str]:
     """The names :func:`load_named_dataset` accepts."""
-    return sorted(_HUB_IDS)
+    return sorted(PRESETS)
 
 
 def load_named_dataset(
@@ -39,28 +80,45 @@ def load_named_dataset(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     seed: int = 0,
-    test_size: int = 2000,
+    test_size: int | None = None,
 ) -> tuple[TextClassificationData, TextClassificationData]:
     """The ``(train, test)`` splits of a named benchmark (``"ag_news"`` or ``"dbpedia_14"``).
 
     Looks for ``<dir>/<name>/`` in ``data_dir``, else in ``$FEDLORA_DATA``, else asks the Hugging
-    Face hub.  The local DBpedia-14 subset has no test file, so ``test_size`` rows are split off it,
-    stratified by class with ``seed``; sources with their own test split ignore both.
+    Face hub.  The local DBpedia-14 subset has no test file, so ``test_size`` rows (default
+    2,000) are split off it, stratified by class with ``seed``; sources with their own test split
+    ignore both.
     """
-    if name not in _HUB_IDS:
+    if name not in PRESETS:
         raise ConfigError(
             f"unknown dataset {name!r}; valid names: {', '.join(available_datasets())}"
         )
+    preset = PRESETS[name]
     root, origin = _local_root(data_dir)
     if root is not None and (root / name).is_dir():
-        return _load_local(name, root / name, seed=seed, test_size=test_size)
+        folder = root / name
+        files = [preset.train_file, preset.classes_file]
+        files += [preset.test_file] if preset.test_file else []
+        for file in files:
+            if not (folder / file).is_file():
+                raise ConfigError(f"dataset {name!r}: local copy {folder} has no {file}")
+        return load_files(
+            folder / preset.train_file,
+            folder / preset.test_file if preset.test_file else None,
+            preset.layout,
+            classes=read_class_names(folder / preset.classes_file),
+            label_format="from_0",
+            test_size=preset.test_size if test_size is None else test_size,
+            seed=seed,
+            name=name,
+        )
     looked = f"{root / name} ({origin})" if root is not None else f"nowhere local ({origin})"
     try:
-        return _load_from_hub(name)
+        return _load_from_hub(preset)
     except Exception as exc:  # any hub/network failure means "not available here"
         raise ConfigError(
             f"dataset {name!r}: no local copy, looked in {looked}, and the Hugging Face hub "
-            f"({_HUB_IDS[name]}) failed with {type(exc).__name__}; point {DATA_ENV} or data_dir "
+            f"({preset.hub_id}) failed with {type(exc).__name__}; point {DATA_ENV} or data_dir "
             f"at a directory holding {name}/"
         ) from exc
 
@@ -75,61 +133,170 @@ def _local_root(data_dir: str | os.PathLike[str] | None) -> tuple[Path | None, s
     return None, f"no data_dir given and {DATA_ENV} is unset"
 
 
-def _load_local(
-    name: str, folder: Path, *, seed: int, test_size: int
-) -> tuple[TextClassificationData, TextClassificationData]:
-    """Read the README-format copy in ``folder``: header-less CSV plus ``classes.txt``."""
-    for file in (*_LOCAL_FILES[name], "classes.txt"):
-        if not (folder / file).is_file():
-            raise ConfigError(f"dataset {name!r}: local copy {folder} has no {file}")
-    label_names = _read_class_names(folder / "classes.txt")
-
-    def read(file: str) -> TextClassificationData:
-        return load_csv(
-            folder / file,
-            label_column=0,
-            text_columns=[1],
-            has_header=False,
-            label_names=label_names,
-            name=name,
-        )
-
-    if name == "ag_news":
-        return read("train.csv"), read("test.csv")
-    data = read("data.csv")
-    train_idx, test_idx = stratified_split(data.labels, test_size=test_size, seed=seed)
-    return data.subset(train_idx), data.subset(test_idx)
-
-
-def _read_class_names(path: Path) -> list[str]:
+def read_class_names(path: str | os.PathLike[str]) -> list[str]:
+    """One class name per line, in id order (blank lines skipped), e.g. a ``classes.txt``."""
+    file = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = file.read_text(encoding="utf-8-sig").splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: classes file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read class names ({exc})") from exc
+        raise ConfigError(f"{file}: cannot read class names ({exc})") from None
     names = [line.strip() for line in lines if line.strip()]
     if not names:
-        raise ConfigError(f"{path}: no class names")
+        raise ConfigError(f"{file}: no class names")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{file}: the class names have duplicates")
     return names
 
 
-def _load_from_hub(name: str) -> tuple[TextClassificationData, TextClassificationData]:
-    """Download (or reuse the cached) hub copy and map its columns to texts and labels."""
+def _load_from_hub(preset: Preset) -> tuple[TextClassificationData, TextClassificationData]:
+    """Download (or reuse the cached) hub copy and map it through the same vocabulary path."""
     import datasets  # heavy import, only needed without a local copy
 
-    hub: Any = datasets.load_dataset(_HUB_IDS[name])
-    label_names = [str(n) for n in hub["train"].features["label"].names]
-    return _from_hub_split(hub["train"], name, label_names), _from_hub_split(
-        hub["test"], name, label_names
-    )
+    hub: Any = datasets.load_dataset(preset.hub_id)
+    vocabulary = Vocabulary([str(n) for n in hub["train"].features["label"].names], 0)
+
+    def split(part: Any, which: str) -> TextClassificationData:
+        columns = [list(part[c]) for c in preset.hub_text_columns]
+        rows = RawRows(
+            source=f"{preset.hub_id} {which}",
+            labels=[int(label) for label in part["label"]],
+            texts=[_join([str(v) for v in values]) for values in zip(*columns, strict=True)],
+            where=[f"row {i + 1}" for i in range(len(part))],
+        )
+        return _dataset(rows, vocabulary, preset.name)
+
+    return split(hub["train"], "train"), split(hub["test"], "test")
 
 
-def _from_hub_split(split: Any, name: str, label_names: list[str]) -> TextClassificationData:
-    if name == "dbpedia_14":  # title and body are separate columns there
-        texts = [_join([t, c]) for t, c in zip(split["title"], split["content"], strict=True)]
+@dataclass(frozen=True)
+class DatasetFiles:
+    """The files ``data.dataset`` names: a training file, a test file, a classes file if any."""
+
+    train: Path
+    test: Path | None
+    classes_file: Path | None = None
+
+
+def dataset_files(dataset: str, test_file: str = "", fmt: str = "") -> DatasetFiles:
+    """Where a file dataset is: a data file, or a folder with ``train.*`` and ``test.*``.
+
+    A folder may hold ``data.*`` instead of ``train.*`` (without ``test.*``, the test rows are
+    split off it) and a ``classes.txt`` (one class name per line, in id order), which is used
+    unless the config names the classes.  ``test_file`` (``data.test_file``) overrides the
+    folder's test file.
+    """
+    path = Path(dataset)
+    classes_file = None
+    if path.is_dir():
+        extensions = {f".{fmt}"} if fmt else set(_DATA_EXTENSIONS)
+        found = {
+            stem: sorted(p for p in path.glob(f"{stem}.*") if p.suffix.lower() in extensions)
+            for stem in ("train", "test", "data")
+        }
+        for stem, candidates in found.items():
+            if len(candidates) > 1:
+                names = " and ".join(p.name for p in candidates)
+                raise ConfigError(
+                    f"data.dataset: folder {path} holds {names}; keep one {stem} file"
+                )
+        train = found["train"] or found["data"]
+        if not train:
+            raise ConfigError(
+                f"data.dataset: folder {path} holds no train.* or data.* file "
+                f"({', '.join(sorted(extensions))})"
+            )
+        test = found["test"][0] if found["test"] else None
+        if (path / "classes.txt").is_file():
+            classes_file = path / "classes.txt"
+        files = DatasetFiles(train[0], test, classes_file)
+    elif path.is_file():
+        file_format(path, fmt)
+        files = DatasetFiles(path, None)
+    elif is_data_file(path) or "/" in dataset or os.sep in dataset:
+        raise ConfigError(f"data.dataset: {dataset}: file not found")
     else:
-        texts = [str(t) for t in split["text"]]
-    labels = np.asarray(list(split["label"]), dtype=np.int64)
-    return TextClassificationData(texts=texts, labels=labels, label_names=label_names, name=name)
+        raise ConfigError(
+            f"data.dataset: unknown dataset {dataset!r}; give {', '.join(available_datasets())}, "
+            f"synthetic, or the path of a .csv, .tsv, .json, .jsonl or .parquet file (or of a "
+            f"folder holding train.* and test.*)"
+        )
+    if test_file:
+        test = Path(test_file)
+        if not test.is_file():
+            raise ConfigError(f"data.test_file: {test_file}: file not found")
+        files = DatasetFiles(files.train, test, files.classes_file)
+    return files
+
+
+def load_files(
+    train_path: str | os.PathLike[str],
+    test_path: str | os.PathLike[str] | None,
+    layout: FileLayout,
+    *,
+    classes: Sequence[str] | None = None,
+    label_format: LabelFormat = "auto",
+    test_size: float = 0.2,
+    seed: int = 0,
+    name: str | None = None,
+    test_layout: FileLayout | None = None,
+) -> tuple[TextClassificationData, TextClassificationData]:
+    """``(train, test)`` from a training file and a test file (or a split of the training file).
+
+    One vocabulary for both: ``classes`` if given, else the training labels; every test label
+    is mapped through it, and one outside it is an error naming the test file and line.  Without
+    a test file, ``test_size`` rows (a fraction in (0, 1) or a number of rows) are split off the
+    training file, stratified by class with ``seed``.
+    """
+    train_rows = read_rows(train_path, layout)
+    vocabulary, notes = build_vocabulary(train_rows, classes, label_format)
+    dataset_name = name or Path(train_path).stem
+    if test_path is None:
+        full = _dataset(train_rows, vocabulary, dataset_name, notes)
+        count = test_size if isinstance(test_size, int) else round(test_size * len(full))
+        if not 0 < count < len(full):
+            raise ConfigError(
+                f"data.test_size: {test_size} of {len(full)} rows of {train_path} leaves no "
+                f"training or no test rows"
+            )
+        train_idx, test_idx = stratified_split(full.labels, test_size=count, seed=seed)
+        return full.subset(train_idx), full.subset(test_idx)
+    test_rows = read_rows(test_path, test_layout or layout)
+    hint = (
+        ""
+        if classes
+        else "; the classes come from the training file: list every class in data.classes "
+        "(or data.classes_file) if it lacks some"
+    )
+    train = _dataset(train_rows, vocabulary, dataset_name, notes)
+    return train, _dataset(test_rows, vocabulary, dataset_name, (), hint)
+
+
+def _dataset(
+    rows: RawRows,
+    vocabulary: Vocabulary,
+    name: str,
+    notes: Sequence[str] = (),
+    hint: str = "",
+) -> TextClassificationData:
+    labels = vocabulary.encode(rows, hint)
+    return TextClassificationData(rows.texts, labels, list(vocabulary.names), name, tuple(notes))
+
+
+def missing_classes_note(train: TextClassificationData) -> str | None:
+    """A note (for a warning and the summary) when some class has no training rows.
+
+    Such a class keeps its output in the model (the vocabulary is the run's), but nothing teaches
+    it: that must never be silent.
+    """
+    empty = [n for n, c in zip(train.label_names, train.class_counts(), strict=True) if c == 0]
+    if not empty:
+        return None
+    return (
+        f"{len(empty)} of {train.num_classes} classes have no training rows: "
+        f"{', '.join(empty[:8])}{', ...' if len(empty) > 8 else ''}"
+    )
 
 
 def stratified_split(
@@ -158,6 +325,20 @@ def stratified_split(
     return train, test
 
 
+def load_file(
+    path: str | os.PathLike[str],
+    layout: FileLayout,
+    *,
+    classes: Sequence[str] | None = None,
+    label_format: LabelFormat = "auto",
+    name: str | None = None,
+) -> TextClassificationData:
+    """One labelled file on its own: its vocabulary is ``classes``, else its own labels."""
+    rows = read_rows(path, layout)
+    vocabulary, notes = build_vocabulary(rows, classes, label_format)
+    return _dataset(rows, vocabulary, name or Path(path).stem, notes)
+
+
 def load_csv(
     path: str | os.PathLike[str],
     *,
@@ -166,67 +347,22 @@ def load_csv(
     has_header: bool = True,
     delimiter: str = ",",
     label_names: Sequence[str] | None = None,
+    label_format: LabelFormat = "auto",
     name: str | None = None,
 ) -> TextClassificationData:
     """A dataset from a UTF-8 CSV file; columns by header name or 0-based index.
 
-    Text columns are joined with a space.  Integer-looking labels are class ids (names from
-    ``label_names`` or ``"0"``, ``"1"``, ...); other labels are class names, numbered in sorted
-    order unless ``label_names`` fixes the order.
+    Text columns are joined with a space.  Labels are read as :func:`build_vocabulary` says:
+    ``label_names`` (the classes in id order) or the file's own labels.
     """
-    file = Path(path)
-    wanted = [text_columns] if isinstance(text_columns, int | str) else list(text_columns)
-    if not wanted:
-        raise ConfigError(f"{file}: text_columns is empty")
-    raw_labels: list[int | str] = []
-    lines: list[int] = []
-    texts: list[str] = []
-    try:
-        with file.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, delimiter=delimiter, strict=True)
-            header: list[str] | None = next(reader, None) if has_header else None
-            if has_header and header is None:
-                raise ConfigError(f"{file}: empty file, expected a header row")
-            label_idx = _column_index(label_column, header, file)
-            text_idx = [_column_index(c, header, file) for c in wanted]
-            needed = max(label_idx, *text_idx)
-            end = reader.line_num
-            for row in reader:
-                line, end = end + 1, reader.line_num
-                if not row:
-                    continue
-                if len(row) <= needed:
-                    raise ConfigError(
-                        f"{file} line {line}: {len(row)} columns, column {needed} is needed"
-                    )
-                value = row[label_idx].strip()
-                raw_labels.append(int(value) if _INT_LABEL.fullmatch(value) else value)
-                lines.append(line)
-                texts.append(_join([row[i] for i in text_idx]))
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not UTF-8 at byte {exc.start}") from None
-    except csv.Error as exc:
-        raise ConfigError(f"{file} line {reader.line_num}: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read ({exc.strerror})") from None
-    labels, names = _encode_labels(raw_labels, lines, label_names, str(file))
-    return TextClassificationData(texts, labels, names, name or file.stem)
-
-
-def _column_index(column: Column, header: list[str] | None, file: Path) -> int:
-    if isinstance(column, bool) or not isinstance(column, int | str):
-        raise ConfigError(f"{file}: column {column!r} must be a name or a 0-based index")
-    if isinstance(column, int):
-        if column < 0:
-            raise ConfigError(f"{file}: column index {column} is negative")
-        return column
-    if header is None:
-        raise ConfigError(f"{file}: column {column!r} given by name but has_header=False")
-    if column not in header:
-        raise ConfigError(f"{file}: no column {column!r}; header has {', '.join(header)}")
-    return header.index(column)
+    layout = FileLayout(
+        label_column=label_column,
+        text_columns=_columns(text_columns),
+        format="csv",
+        delimiter=delimiter,
+        has_header=has_header,
+    )
+    return load_file(path, layout, classes=label_names, label_format=label_format, name=name)
 
 
 def load_jsonl(
@@ -235,94 +371,16 @@ def load_jsonl(
     label_key: str,
     text_keys: str | Sequence[str],
     label_names: Sequence[str] | None = None,
+    label_format: LabelFormat = "auto",
     name: str | None = None,
 ) -> TextClassificationData:
-    """A dataset from a UTF-8 JSON-lines file, one object per line; blank lines are skipped.
-
-    Text values are joined with a space.  Integer labels are class ids, string labels are class
-    names (see :func:`load_csv`); the first label decides which, and the rest must match.
-    """
-    file = Path(path)
-    keys = [text_keys] if isinstance(text_keys, str) else list(text_keys)
-    if not keys:
-        raise ConfigError(f"{file}: text_keys is empty")
-    raw_labels: list[int | str] = []
-    lines: list[int] = []
-    texts: list[str] = []
-    try:
-        with file.open(encoding="utf-8") as handle:
-            for line, content in enumerate(handle, start=1):
-                if not content.strip():
-                    continue
-                record = _parse_json_object(content, file, line)
-                if label_key not in record:
-                    raise ConfigError(f"{file} line {line}: no key {label_key!r}")
-                label = record[label_key]
-                if isinstance(label, bool) or not isinstance(label, int | str):
-                    raise ConfigError(f"{file} line {line}: bad label {label!r}")
-                parts = []
-                for key in keys:
-                    value = record.get(key)
-                    if not isinstance(value, str):
-                        what = "no key" if key not in record else "a non-string value for key"
-                        raise ConfigError(f"{file} line {line}: {what} {key!r}")
-                    parts.append(value)
-                raw_labels.append(label)
-                lines.append(line)
-                texts.append(_join(parts))
-    except FileNotFoundError:
-        raise ConfigError(f"{file}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{file}: not UTF-8 at byte {exc.start}") from None
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read ({exc.strerror})") from None
-    labels, names = _encode_labels(raw_labels, lines, label_names, str(file))
-    return TextClassificationData(texts, labels, names, name or file.stem)
+    """A dataset from a UTF-8 JSON-lines file, one object per line; blank lines are skipped."""
+    layout = FileLayout(label_column=label_key, text_columns=_columns(text_keys), format="jsonl")
+    return load_file(path, layout, classes=label_names, label_format=label_format, name=name)
 
 
-def _parse_json_object(content: str, file: Path, line: int) -> dict[str, Any]:
-    try:
-        record = json.loads(content)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{file} line {line}: invalid JSON ({exc.msg})") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{file} line {line}: expected a JSON object")
-    return record
-
-
-def _encode_labels(
-    raw: list[int | str], lines: list[int], label_names: Sequence[str] | None, source: str
-) -> tuple[LabelArray, list[str]]:
-    """Class ids and class names from raw labels that are all ids or all names."""
-    if not raw:
-        raise ConfigError(f"{source}: no data rows")
-    if label_names is not None and len(set(label_names)) != len(label_names):
-        raise ConfigError(f"{source}: label_names has duplicates")
-    if isinstance(raw[0], int):
-        limit = len(label_names) if label_names is not None else None
-        for value, line in zip(raw, lines, strict=True):
-            if not isinstance(value, int) or value < 0 or (limit is not None and value >= limit):
-                expected = f"an id in [0, {limit})" if limit is not None else "an id >= 0"
-                raise ConfigError(f"{source} line {line}: bad label {value!r}, expected {expected}")
-        ids = [int(v) for v in raw]
-        names = (
-            list(label_names) if label_names is not None else [str(i) for i in range(max(ids) + 1)]
-        )
-        return np.asarray(ids, dtype=np.int64), names
-    if label_names is None:
-        for value, line in zip(raw, lines, strict=True):
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{source} line {line}: bad label {value!r}, expected a name")
-        names = sorted({str(v) for v in raw})
-    else:
-        names = list(label_names)
-    lookup = {n: i for i, n in enumerate(names)}
-    ids = []
-    for value, line in zip(raw, lines, strict=True):
-        if not isinstance(value, str) or value not in lookup:
-            raise ConfigError(f"{source} line {line}: bad label {value!r}, not a class name")
-        ids.append(lookup[value])
-    return np.asarray(ids, dtype=np.int64), names
+def _columns(columns: Column | Sequence[Column]) -> tuple[Column, ...]:
+    return (columns,) if isinstance(columns, int | str) else tuple(columns)
 
 
 def _join(parts: Sequence[str]) -> str:

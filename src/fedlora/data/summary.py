@@ -57,8 +57,14 @@ def write_label_distribution(
         for client, row in enumerate(matrix.tolist()):
             writer.writerow([client, *row, sum(row)])
     png_path = folder / "label_distribution.png"
-    _plot(matrix, list(label_names), png_path)
+    _plot(matrix, [_shown(name) for name in label_names], png_path)
     return csv_path, png_path
+
+
+def _shown(name: str) -> str:
+    """A class name as Matplotlib draws it verbatim: ``$`` is not math, ``_x`` is not hidden."""
+    name = name.replace("$", r"\$")
+    return f" {name}" if name.startswith("_") else name
 
 
 def _plot(matrix: npt.NDArray[np.int64], label_names: list[str], path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from fedlora.engine.client import ClientTrainer, train_config
 from fedlora.engine.driver import PHASES, RoundDriver, RunResult
-from fedlora.engine.evaluation import Evaluation, evaluate_global, test_metrics
+from fedlora.engine.evaluation import Evaluation, test_metrics
 from fedlora.engine.experiment import Experiment, build_experiment, load_data
 from fedlora.engine.merging import MergedBase
 from fedlora.engine.seeds import sample_clients
@@ -27,7 +27,6 @@ __all__ = [
     "TrainTask",
     "Transport",
     "build_experiment",
-    "evaluate_global",
     "load_data",
     "run_experiment",
     "run_in_process",

@@ -49,8 +49,9 @@ class ClientTrainer:
     Parameters
     ----------
     model : the base model with its adapters (shared by every client this trainer serves).
-    config : the experiment config (training settings, seed, LoRA alpha).
-    aggregator : the method; its hooks say whether ``A`` is frozen and what regulariser to add.
+    config : the experiment config (training and LoRA settings, seed).
+    aggregator : the method; its hooks say whether ``A`` is frozen, what regulariser to add and
+        which slots the client keeps after training.
     rows : the tokenised training rows.
     partitions : each client's row indices into ``rows``.
     held_out : each client's own held-out rows, for ``score_on = "local"`` (else empty).
@@ -76,6 +77,7 @@ class ClientTrainer:
         self.held_out = held_out or {}
         self.base = base or MergedBase(model)
         self.settings = train_config(config)
+        self.lora = config.model.lora_settings()
 
     def train(self, task: TrainTask) -> ClientReply:
         """Train ``task.client`` from the served factors; the reply carries its update."""
@@ -83,9 +85,9 @@ class ClientTrainer:
         if task.client not in self.partitions:
             raise FedloraError(f"this trainer holds no rows of client {task.client}")
         self.base.apply(task.merged, task.merged_after)
-        model, seed, lora = self.model, self.config.run.seed, self.config.model
+        model, seed = self.model, self.config.run.seed
         indices = self.partitions[task.client]
-        model.activate({n: f.r for n, f in task.factors.items()}, lora.lora_alpha, lora.use_rslora)
+        model.activate({n: f.r for n, f in task.factors.items()}, self.lora)
         model.freeze_A(not self.aggregator.trains_A)
         model.load(task.factors, task.dense)
         regularizer = self.aggregator.client_regularizer()
@@ -99,7 +101,7 @@ class ClientTrainer:
                 self.settings,
                 regularizer=penalty,
             )
-        update = model.extract(str(task.client), len(indices))
+        update = self.aggregator.prune(model.extract(task.client, len(indices)))
         score = None
         if task.score:
             held = self.held_out.get(task.client)

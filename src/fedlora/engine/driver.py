@@ -4,9 +4,10 @@ One :class:`RoundDriver` does every step of a round: sample the clients, decide 
 map, serve its factors (and the merges it lacks), hand the tasks to a transport, validate each
 reply once, score the clients for a loss-based policy, aggregate, merge into the base (FLoRA),
 promote, evaluate, record the metrics, checkpoint; and it starts (round 0: the untuned model and
-the trivial baselines) and resumes runs.  The in-process pool and Flower are transports
-(:mod:`fedlora.engine.transport`), so both runners produce the same run directory from the same
-decisions.
+the trivial baselines) and resumes runs.  When the method lets clients prune their rank
+(HetLoRA's self-pruning) it accepts the smaller rank a client sends and serves it that rank from
+then on.  The in-process pool and Flower are transports (:mod:`fedlora.engine.transport`), so
+both runners produce the same run directory from the same decisions.
 """
 
 from __future__ import annotations
@@ -14,23 +15,33 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from fedlora.aggregation import GlobalState
+from fedlora.aggregation.robust import bound_updates
 from fedlora.data import label_distribution, write_label_distribution
-from fedlora.engine.evaluation import Evaluation, evaluate_global, held_out_loss, test_metrics
+from fedlora.engine.evaluation import Evaluation, held_out_loss, test_metrics
 from fedlora.engine.experiment import Experiment
 from fedlora.engine.merging import MergedBase
 from fedlora.engine.seeds import sample_clients
 from fedlora.engine.traffic import Traffic, total
 from fedlora.engine.transport import ClientReply, Roster, TrainTask, Transport
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, MergedRound
+from fedlora.lora import ClientUpdate, LoraFactors, MergedRound
 from fedlora.ranks import RankTier, Scoring
 from fedlora.report import write_run_report
-from fedlora.runs import Checkpoint, RoundMetrics, RunDir, load_checkpoint, save_checkpoint
+from fedlora.runs import (
+    Checkpoint,
+    Expected,
+    RoundMetrics,
+    RunDir,
+    faults,
+    load_checkpoint,
+    save_checkpoint,
+)
+from fedlora.runs.checkpoint import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +88,9 @@ class RoundDriver:
     """Runs the rounds of one experiment through a transport and writes its run directory.
 
     Everything random in a round derives from ``(seed, round, client)`` and the checkpoint holds
-    the global state, the rank policy's state and which merges every client holds, so a resumed
-    run ends with the same numbers as an uninterrupted one, through either transport.
+    the global state, the rank policy's state, which merges every client holds and the ranks
+    clients pruned, so a resumed run ends with the same numbers as an uninterrupted one, through
+    either transport.
 
     Parameters
     ----------
@@ -97,11 +109,14 @@ class RoundDriver:
     ) -> None:
         self.experiment = experiment
         self.config = experiment.config
+        self.lora = experiment.lora
         self.run_dir = run_dir
         self.on_phase = on_phase
         self.base = MergedBase(experiment.model)
         self.merged: list[MergedRound] = []
         self.known_merged: dict[int, int] = {}
+        self.pruned: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+        """Per client that pruned: its tier's rank map then, and the rank map it pruned to."""
         self.roster = Roster(clients=frozenset())
 
     # ------------------------------------------------------------------ the run
@@ -146,21 +161,29 @@ class RoundDriver:
         scoring = exp.policy.wants_scores(round_index)
         tasks = [self._task(state, c, tiers[c], round_index, scoring) for c in clients]
         timer.start("train")
+        faults.point("round:train")
         replies = transport.train(tasks)
         timer.start("validate")
         accepted, dropped = self._accept(replies, tasks, state)
+        pruned = self._remember_pruning(accepted, tasks)
         scores, promoted = self._scores_and_promotion(accepted, scoring, timer)
         timer.start("aggregate")
-        new_state = self._aggregate(accepted, state, round_index, dropped)
+        faults.point("round:aggregate")
+        notes: dict[str, Any] = {}
+        new_state = self._aggregate(accepted, state, round_index, dropped, notes)
         timer.start("evaluate")
+        faults.point("round:evaluate")
         evaluation = None
         if round_index % run.eval_every == 0 or round_index == run.rounds:
-            evaluation = evaluate_global(exp, new_state)
+            evaluation = exp.evaluate(new_state)
         timer.stop()
         row = self._row(
             round_index, new_state, tasks, tiers, accepted, dropped, evaluation, timer.seconds
         )
         row.extra.update(_score_extra(scores, promoted))
+        row.extra.update(notes)
+        if pruned:
+            row.extra["pruned"] = {str(c): ranks for c, ranks in pruned.items()}
         timer.start("record")
         self._record(row, new_state)
         timer.stop()
@@ -171,18 +194,29 @@ class RoundDriver:
         announced = self.roster.announced.get(client)
         return announced if announced is not None else self.experiment.policy.tier_of(client)
 
+    def served_ranks(self, client: int, tier: RankTier) -> dict[str, int]:
+        """The rank of every module ``client`` is served: its tier's, or what it pruned them to.
+
+        A pruned rank map holds while the client's tier is the one it pruned from; a new tier
+        (a loss-based promotion) starts from the new tier's ranks.
+        """
+        ranks = tier.rank_map(self.experiment.module_names)
+        pruned = self.pruned.get(client)
+        if pruned is not None and pruned[0] == ranks:
+            return dict(pruned[1])
+        return ranks
+
     # ------------------------------------------------------------------ a round's steps
 
     def _task(
         self, state: GlobalState, client: int, tier: RankTier, round_index: int, scoring: bool
     ) -> TrainTask:
-        model = self.config.model
-        rank_map = tier.rank_map(self.experiment.module_names)
+        rank_map = self.served_ranks(client, tier)
         after = self.known_merged.get(client, 0)
         return TrainTask(
             client=client,
             round=round_index,
-            factors=state.factors_for(rank_map, model.lora_alpha, model.use_rslora),
+            factors=state.factors_for(rank_map, self.lora),
             dense=state.dense,
             merged=[m for m in self.merged if m.round > after],
             merged_after=after,
@@ -227,12 +261,15 @@ class RoundDriver:
             return "a second reply"
         if update is None:
             return "no update"
-        if update.client_id != str(reply.client):
-            return f"the update is labelled client {update.client_id!r}"
-        alpha = self.config.model.lora_alpha
+        if update.client_id != reply.client:
+            return f"the update is labelled client {update.client_id}"
+        if task.score and (reply.local_score is None or math.isnan(reply.local_score)):
+            return f"it was asked for its score and sent {reply.local_score}"
+        alpha = self.lora.alpha
+        prunes = self.experiment.aggregator.prunes_ranks
         for name, factors in update.modules.items():
             expected = task.factors.get(name)
-            if expected is not None and factors.r != expected.r:
+            if expected is not None and not _rank_accepted(factors.r, expected.r, prunes):
                 return f"module {name!r}: rank {factors.r} but it was served rank {expected.r}"
             if not math.isclose(factors.alpha, alpha, rel_tol=1e-6):
                 return f"module {name!r}: lora alpha {factors.alpha} but the run uses {alpha}"
@@ -241,6 +278,21 @@ class RoundDriver:
         except FedloraError as error:
             return str(error)
         return None
+
+    def _remember_pruning(
+        self, accepted: Sequence[ClientReply], tasks: Sequence[TrainTask]
+    ) -> dict[int, dict[str, int]]:
+        """Remember the rank maps of the accepted clients that sent fewer slots than served."""
+        served = {task.client: _ranks(task.factors) for task in tasks}
+        pruned: dict[int, dict[str, int]] = {}
+        for reply in accepted:
+            sent = _ranks(_required(reply.update).modules)
+            if sent != served[reply.client]:
+                pruned[reply.client] = sent
+                tier = self.tier(reply.client).rank_map(self.experiment.module_names)
+                self.pruned[reply.client] = (tier, sent)
+                log.info("client %d pruned its ranks to %s", reply.client, _ranks_label(sent))
+        return pruned
 
     def _scores_and_promotion(
         self, accepted: Sequence[ClientReply], scoring: bool, timer: _Timer
@@ -262,18 +314,17 @@ class RoundDriver:
     def _score(self, reply: ClientReply) -> float:
         """A client's score: its own held-out loss, or the server's validation loss of it."""
         if _scores_locally(self.experiment.policy.scoring):
-            if reply.local_score is None:
-                raise FedloraError(f"client {reply.client} sent no score of its own")
+            if reply.local_score is None:  # _problem accepted no such reply
+                raise FedloraError(f"internal: client {reply.client} has no score")
             return reply.local_score
         update = _required(reply.update)
-        exp, model = self.experiment, self.config.model
-        exp.model.activate(
-            {n: f.r for n, f in update.modules.items()}, model.lora_alpha, model.use_rslora
-        )
+        exp = self.experiment
+        exp.model.activate(_ranks(update.modules), self.lora)
         exp.model.load(update.modules, update.dense)
-        return held_out_loss(
+        loss = held_out_loss(
             exp.model, exp.train, exp.score_rows, self.config.train.eval_batch_size
         )
+        return math.inf if math.isnan(loss) else loss  # a diverged adapter scores worst
 
     def _aggregate(
         self,
@@ -281,19 +332,38 @@ class RoundDriver:
         state: GlobalState,
         round_index: int,
         dropped: list[str],
+        notes: dict[str, Any],
     ) -> GlobalState:
-        """The new state, or ``state`` moved to this round when the round cannot change it."""
+        """The new state, or ``state`` moved to this round when the round cannot change it.
+
+        The robust bounds of ``aggregation`` (off by default) apply first; what they did is
+        added to ``notes``.
+        """
         kept = replace(state, round=round_index, merge_into_base={})
+        method = self.config.aggregation
+        bounding = bound_updates(
+            [_required(reply.update) for reply in accepted],
+            norm_bound=method.norm_bound,
+            mode=method.bound_mode,
+            max_examples=method.max_examples,
+        )
+        for client, why in bounding.rejected.items():
+            log.warning("dropping client %d: %s", client, why)
+            dropped.append(f"client {client}: {why}")
+        if bounding.clipped:
+            notes["clipped_norms"] = {str(c): n for c, n in bounding.clipped.items()}
+        if bounding.capped:
+            notes["capped_examples"] = {str(c): n for c, n in bounding.capped.items()}
+        updates = bounding.updates
         needed = self.config.run.min_replies
-        if len(accepted) < needed:
+        if len(updates) < needed:
             problem = (
-                f"{len(accepted)} valid replies, fewer than the {needed} needed; "
+                f"{len(updates)} valid replies, fewer than the {needed} needed; "
                 "the global state is kept"
             )
             log.warning("round %d: %s", round_index, problem)
             dropped.append(f"round: {problem}")
             return kept
-        updates = [_required(reply.update) for reply in accepted]
         try:
             new_state = self.experiment.aggregator.aggregate(updates, state, validated=True)
         except FedloraError as error:
@@ -329,11 +399,12 @@ class RoundDriver:
                 sum(r.train_loss * _required(r.update).num_examples for r in accepted) / examples
             )
         clients = [t.client for t in tasks]
+        served = {t.client: _ranks(t.factors) for t in tasks}
         losses = {r.client: r.train_loss for r in accepted}
         return RoundMetrics(
             round=round_index,
             clients=clients,
-            ranks=[tiers[c].max_rank for c in clients],
+            ranks=[max(served[c].values()) for c in clients],
             train_loss=train_loss,
             bytes_up=total_up.bytes,
             bytes_down=total_down.bytes,
@@ -348,7 +419,7 @@ class RoundDriver:
             merged_params_down=total_down.merged_params,
             **test_metrics(evaluation),
             extra={
-                "tiers": [str(tiers[c]) for c in clients],
+                "tiers": [self._tier_label(tiers[c], served[c]) for c in clients],
                 "client_train_loss": [losses.get(c) for c in clients],
                 "client_examples": [
                     updates[c].num_examples if c in updates else None for c in clients
@@ -367,17 +438,32 @@ class RoundDriver:
             },
         )
 
+    def _tier_label(self, tier: RankTier, served: dict[str, int]) -> str:
+        """The tier's name, and what the client pruned it to when it did."""
+        if served == tier.rank_map(self.experiment.module_names):
+            return str(tier)
+        return f"{tier} pruned to {_ranks_label(served)}"
+
     def _record(self, row: RoundMetrics, state: GlobalState) -> None:
         self.run_dir.append_metrics(row)
+        faults.point("round:record")
         run = self.config.run
         if row.round % run.checkpoint_every == 0 or row.round == run.rounds:
             save_checkpoint(
                 Checkpoint(
                     state=state,
                     policy_state=self.experiment.policy.state_dict(),
-                    extra={"known_merged": {str(c): r for c, r in self.known_merged.items()}},
+                    extra={
+                        "known_merged": {str(c): r for c, r in self.known_merged.items()},
+                        "pruned": {
+                            str(c): {"from": tier, "ranks": ranks}
+                            for c, (tier, ranks) in self.pruned.items()
+                        },
+                        "merged_rounds": [m.round for m in self.merged],
+                    },
                 ),
                 self.run_dir.checkpoint_dir,
+                self.config.to_toml(),
             )
 
     # ------------------------------------------------------------------ start and resume
@@ -398,7 +484,7 @@ class RoundDriver:
         if exp.policy.wants_scores(0):
             extra.update(self._probe(transport, state, timer))
         timer.start("evaluate")
-        evaluation = evaluate_global(exp, state)
+        evaluation = exp.evaluate(state)
         baselines = exp.evaluator.baselines()
         timer.stop()
         row = RoundMetrics(
@@ -430,21 +516,42 @@ class RoundDriver:
         replies = transport.train(tasks)
         timer.start("validate")
         accepted, dropped = self._accept(replies, tasks, state)
+        pruned = self._remember_pruning(accepted, tasks)
         scores, promoted = self._scores_and_promotion(accepted, True, timer)
         timer.stop()
-        return {**_score_extra(scores, promoted), "probe_dropped": dropped}
+        extra = {**_score_extra(scores, promoted), "probe_dropped": dropped}
+        if pruned:
+            extra["probe_pruned"] = {str(c): ranks for c, ranks in pruned.items()}
+        return extra
 
     def _restore(self) -> tuple[GlobalState, list[RoundMetrics]]:
-        checkpoint = load_checkpoint(self.run_dir.checkpoint_dir)
+        """The newest checkpoint that is this run's and intact; every file checked first."""
+        exp = self.experiment
+        expected = Expected(
+            config_digest=config_digest(self.config.to_toml()),
+            seed=self.config.run.seed,
+            max_round=self.config.run.rounds,
+            module_shapes=exp.module_shapes,
+            dense_shapes=exp.model.dense_shapes(),
+        )
+        checkpoint = load_checkpoint(self.run_dir.checkpoint_dir, expected)
         state = checkpoint.state
-        self.experiment.policy.load_state_dict(checkpoint.policy_state)
         self.merged = self.run_dir.merged.load(until=state.round)
+        saved = checkpoint.extra.get("merged_rounds", [])
+        if [m.round for m in self.merged] != saved:
+            raise FedloraError(
+                f"{self.run_dir.merged_dir}: merged rounds {[m.round for m in self.merged]}, but "
+                f"the checkpoint of round {state.round} merged {saved}"
+            )
+        rows = self.run_dir.keep_metrics_until(state.round)
+        exp.policy.load_state_dict(checkpoint.policy_state)
         self.run_dir.merged.drop_after(state.round)
         self.base.apply(self.merged, after=0)
         self.base.store = self.run_dir.merged
         known = checkpoint.extra.get("known_merged", {})
         self.known_merged = {int(c): int(r) for c, r in known.items()}
-        rows = self.run_dir.keep_metrics_until(state.round)
+        pruned = checkpoint.extra.get("pruned", {})
+        self.pruned = {int(c): (dict(p["from"]), dict(p["ranks"])) for c, p in pruned.items()}
         return state, rows
 
     # ------------------------------------------------------------------ the federation
@@ -478,6 +585,21 @@ def _score_extra(scores: dict[int, float], promoted: list[int] | None) -> dict[s
 
 def _scores_locally(scoring: Scoring | None) -> bool:
     return scoring is not None and scoring.on == "local"
+
+
+def _rank_accepted(sent: int, served: int, prunes: bool) -> bool:
+    """The served rank, or a smaller one from a client of a method that prunes."""
+    return sent == served or (prunes and sent < served)
+
+
+def _ranks(factors: Mapping[str, LoraFactors]) -> dict[str, int]:
+    return {name: f.r for name, f in factors.items()}
+
+
+def _ranks_label(ranks: Mapping[str, int]) -> str:
+    """``r4``, or ``r2-4`` when the modules differ."""
+    low, high = min(ranks.values()), max(ranks.values())
+    return f"r{low}" if low == high else f"r{low}-{high}"
 
 
 def _required(update: ClientUpdate | None) -> ClientUpdate:

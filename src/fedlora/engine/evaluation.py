@@ -12,21 +12,19 @@ class for classification, copying the input for generation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from types import SimpleNamespace
+from typing import Any, Protocol, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-from fedlora.aggregation import GlobalState
 from fedlora.data import TokenizedData
 from fedlora.errors import ConfigError
 from fedlora.model import AdaptedModel, evaluate, evaluate_lm, macro_f1
 from fedlora.model.instructions import TokenizedInstructions
-
-if TYPE_CHECKING:
-    from fedlora.engine.experiment import Experiment
 
 
 @dataclass(frozen=True)
@@ -95,15 +93,17 @@ class Evaluator(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class ClassificationEvaluator:
-    """Cross-entropy, accuracy and macro-F1 on the whole test split.
+    """Cross-entropy, accuracy and macro-F1 on the whole test split, and per-class metrics.
 
     ``train_label_counts[c]`` is the number of training rows of class ``c`` (every class of the
-    dataset, zeros included): what the majority-class baseline knows.
+    dataset, zeros included): what the majority-class baseline knows.  ``class_names`` name the
+    classes in ``extra["per_class"]``, one entry per class in id order (default: their ids).
     """
 
     test: TokenizedData
     batch_size: int
     train_label_counts: npt.NDArray[np.int64]
+    class_names: Sequence[str] = ()
 
     def __post_init__(self) -> None:
         counts = self.train_label_counts
@@ -117,15 +117,23 @@ class ClassificationEvaluator:
                 f"the test split has label {int(self.test.labels.max())} but the training counts "
                 f"cover {len(counts)} classes"
             )
+        if self.class_names and len(self.class_names) != len(counts):
+            raise ConfigError(
+                f"{len(self.class_names)} class names for {len(counts)} classes of training counts"
+            )
 
     def __call__(self, model: AdaptedModel) -> Evaluation:
         indices = np.arange(len(self.test), dtype=np.int64)
-        result = evaluate(model, self.test.batches(indices, self.batch_size))
+        recorder = _Predictions(model)
+        result = evaluate(recorder, self.test.batches(indices, self.batch_size))
+        names = list(self.class_names) or [str(c) for c in range(len(self.train_label_counts))]
+        per_class = per_class_metrics(torch.cat(recorder.predicted), self.test.labels, names)
         return Evaluation(
             loss=result.loss,
             accuracy=result.accuracy,
             macro_f1=result.macro_f1,
             score=result.accuracy,
+            extra={"per_class": per_class},
         )
 
     def baselines(self) -> dict[str, Evaluation]:
@@ -149,6 +157,54 @@ class ClassificationEvaluator:
         }
 
 
+class _Predictions:
+    """A classifier for :func:`evaluate` that keeps the class it predicts for every row.
+
+    It runs the model on the model's own device and hands the logits back on the CPU, where
+    :func:`evaluate` (which sees a plain callable) keeps the labels.
+    """
+
+    def __init__(self, model: AdaptedModel) -> None:
+        self.model = model
+        self.predicted: list[torch.Tensor] = []
+
+    def __call__(self, **batch: torch.Tensor) -> Any:
+        device = self.model.device
+        logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+        self.predicted.append(logits.argmax(dim=-1))
+        return SimpleNamespace(logits=logits)
+
+    def eval(self) -> Any:
+        return self.model.eval()
+
+
+def per_class_metrics(
+    predicted: torch.Tensor, truth: torch.Tensor, names: Sequence[str]
+) -> list[dict[str, str | float | int | None]]:
+    """Per class in id order: its name, test rows (support), precision, recall and F1.
+
+    A list, not a mapping by name, so the class order survives ``metrics.jsonl`` (written with
+    sorted keys).  A metric whose denominator is zero (precision of a class never predicted,
+    recall of a class absent from the test rows) is ``None``, not 0: nothing was measured.
+    """
+    metrics: list[dict[str, str | float | int | None]] = []
+    for c, name in enumerate(names):
+        is_predicted, is_true = predicted == c, truth == c
+        tp = int((is_predicted & is_true).sum())
+        fp = int((is_predicted & ~is_true).sum())
+        fn = int((~is_predicted & is_true).sum())
+        metrics.append(
+            {
+                "class": name,
+                "support": tp + fn,
+                "precision": tp / (tp + fp) if tp + fp else None,
+                "recall": tp / (tp + fn) if tp + fn else None,
+                "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            }
+        )
+    return metrics
+
+
 def held_out_loss(
     model: AdaptedModel,
     data: TokenizedData | TokenizedInstructions,
@@ -160,14 +216,3 @@ def held_out_loss(
     if isinstance(data, TokenizedInstructions):
         return evaluate_lm(model, batches).loss
     return evaluate(model, batches).loss
-
-
-def evaluate_global(experiment: Experiment, state: GlobalState) -> Evaluation:
-    """The global adapter, at its own rank per module (at least 1), on the test set."""
-    config = experiment.config
-    rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
-    alpha, rslora = config.model.lora_alpha, config.model.use_rslora
-    factors = state.factors_for(rank_map, alpha, rslora)
-    experiment.model.activate(rank_map, alpha, rslora)
-    experiment.model.load(factors, state.dense)
-    return experiment.evaluator(experiment.model)

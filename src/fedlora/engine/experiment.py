@@ -7,7 +7,10 @@ so they train the same clients on the same data with the same ranks.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,27 +19,35 @@ import numpy.typing as npt
 from fedlora.aggregation import Aggregator, GlobalState, get_aggregator
 from fedlora.config import ExperimentConfig
 from fedlora.data import (
+    PRESETS,
+    FileLayout,
+    Partitioner,
     QualityPartitioner,
     TextClassificationData,
     TokenizedData,
+    Vocabulary,
+    dataset_files,
     get_partitioner,
-    load_csv,
-    load_jsonl,
+    load_files,
     load_named_dataset,
+    missing_classes_note,
+    read_class_names,
     stratified_split,
     synthetic_classification,
 )
 from fedlora.data.holdout import hold_out_balanced, split_own_rows
 from fedlora.engine.client import ClientTrainer, TrainingRows
-from fedlora.engine.evaluation import ClassificationEvaluator, Evaluator
+from fedlora.engine.evaluation import ClassificationEvaluator, Evaluation, Evaluator
 from fedlora.engine.instruction import (
     GenerationEvaluator,
+    InstructionSplit,
     load_instructions,
     split_instructions,
     tokenize_instructions,
 )
 from fedlora.engine.merging import MergedBase
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, UnknownNameError
+from fedlora.lora import LoraSettings
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
 from fedlora.ranks import RankPolicy, get_rank_policy
 from fedlora.seeds import derive_seed, rng
@@ -78,12 +89,25 @@ class Experiment:
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         return self.model.module_shapes()
 
+    @property
+    def lora(self) -> LoraSettings:
+        """The LoRA settings of every adapter of the run (clients' and the evaluated global one)."""
+        return self.config.model.lora_settings()
+
     def initial_state(self) -> GlobalState:
         return GlobalState.initial(
             self.model.module_shapes(),
             dense=self.model.initial_dense(),
             seed=self.config.run.seed,
         )
+
+    def evaluate(self, state: GlobalState) -> Evaluation:
+        """The global adapter, at its own rank per module (at least 1), on the test set."""
+        rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
+        factors = state.factors_for(rank_map, self.lora)
+        self.model.activate(rank_map, self.lora)
+        self.model.load(factors, state.dense)
+        return self.evaluator(self.model)
 
     def client_trainer(self, base: MergedBase | None = None) -> ClientTrainer:
         """A trainer of every client on this experiment's model (the in-process clients)."""
@@ -99,150 +123,217 @@ class Experiment:
 
 
 @dataclass(frozen=True)
-class _TaskWorld:
-    """What differs between the tasks: the model, the training rows and the test set."""
+class RowPlan:
+    """Which training rows exist and who holds them, decided without tokenising anything.
 
-    model: AdaptedModel
-    train: TrainingRows
+    The server and every Flower node compute the same plan from the same config, so a node can
+    tokenise its own client's rows only and still train on exactly the rows the in-process
+    runner gives that client.
+    """
+
     groups: npt.NDArray[np.int64]
     group_names: list[str]
     partitions: list[Indices]
-    evaluator: Evaluator
-    data_notes: dict[str, Any]
+    score_rows: Indices
+    held_out: dict[int, Indices]
     high_quality_clients: list[int] | None = None
 
 
-def build_experiment(config: ExperimentConfig) -> Experiment:
-    """Load and tokenise the data, partition it, load the model, build the policy and method."""
+@dataclass(frozen=True)
+class ClassificationRows:
+    train: TextClassificationData
+    test: TextClassificationData
+    plan: RowPlan
+
+
+@dataclass(frozen=True)
+class InstructionRows:
+    split: InstructionSplit
+    plan: RowPlan
+
+
+def policy_and_method(config: ExperimentConfig) -> tuple[RankPolicy, Aggregator]:
+    """The rank policy (assigned) and the aggregator: names and options fail before any data,
+    each error naming its config key."""
+    with _key("ranks.options"):
+        policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
+        if policy.wants_high_quality_clients:
+            partitioner = _partitioner(config)
+            if isinstance(partitioner, QualityPartitioner):
+                policy.prefer(partitioner.high_quality_clients(config.run.num_clients))
+        policy.assign(config.run.num_clients)
+    with _key("aggregation.options"):
+        aggregator = get_aggregator(
+            config.aggregation.method,
+            weighting=config.aggregation.weighting,
+            **config.aggregation.options,
+        )
+        aggregator.check_tiers(policy.possible_tiers())
+    return policy, aggregator
+
+
+@contextmanager
+def _key(key: str) -> Iterator[None]:
+    """Name the config key of an option error raised by a policy, method or partitioner."""
+    try:
+        yield
+    except UnknownNameError:
+        raise
+    except ConfigError as error:
+        message = str(error)
+        if message.startswith(("ranks.", "aggregation.", "data.", "run.")):
+            raise
+        raise ConfigError(f"{key}: {message}") from None
+
+
+def classification_rows(config: ExperimentConfig, policy: RankPolicy) -> ClassificationRows:
+    """The classification data, loaded and subsampled, and its row plan."""
+    partitioner = _partitioner(config)
+    train, test = load_data(config)
+    labels = np.asarray(train.labels, dtype=np.int64)
+    partitions = [
+        np.asarray(p, dtype=np.int64) for p in partitioner.partition(labels, config.run.num_clients)
+    ]
+    high_quality = None
+    if isinstance(partitioner, QualityPartitioner):
+        high_quality = partitioner.high_quality_clients(config.run.num_clients)
+    plan = _plan(config, policy, labels, list(train.label_names), partitions, high_quality)
+    return ClassificationRows(train=train, test=test, plan=plan)
+
+
+def instruction_rows(config: ExperimentConfig, policy: RankPolicy) -> InstructionRows:
+    """The instruction examples, split into seen tasks (dealt to clients) and test tasks."""
+    partitioner = None
+    if config.data.partition != "natural":
+        partitioner = _partitioner(config)
+    elif config.data.partition_options:
+        raise ConfigError("data.partition_options: the natural partition takes no options")
+    split = split_instructions(config, load_instructions(config), partitioner)
+    plan = _plan(config, policy, split.task_ids, split.task_names, split.partitions, None)
+    return InstructionRows(split=split, plan=plan)
+
+
+def _partitioner(config: ExperimentConfig) -> Partitioner:
+    with _key("data.partition_options"):
+        return get_partitioner(
+            config.data.partition,
+            seed=derive_seed(config.run.seed, "partition"),
+            **config.data.partition_options,
+        )
+
+
+def _plan(
+    config: ExperimentConfig,
+    policy: RankPolicy,
+    groups: npt.NDArray[np.int64],
+    group_names: list[str],
+    partitions: list[Indices],
+    high_quality: list[int] | None,
+) -> RowPlan:
+    """Hold out the rows a loss-based policy scores clients on (server set, or own rows)."""
     seed = config.run.seed
-    # Names and options first: a typo should fail before any data or model is loaded.
-    policy = get_rank_policy(config.ranks.policy, **_policy_options(config))
-    policy.assign(config.run.num_clients)
-    aggregator = get_aggregator(
-        config.aggregation.method,
-        weighting=config.aggregation.weighting,
-        **config.aggregation.options,
-    )
-    world = _causal_lm_world(config) if config.is_causal_lm else _classification_world(config)
-    _check_ranks_fit(policy, world.model)
-    partitions = world.partitions
     score_rows: Indices = np.empty(0, dtype=np.int64)
     held_out: dict[int, Indices] = {}
     scoring = policy.scoring
     if scoring is not None and scoring.on == "server":
         score_rows, partitions = hold_out_balanced(
-            world.groups, partitions, scoring.rows, rng(seed, "score_rows")
+            groups, partitions, scoring.rows, rng(seed, "score_rows")
         )
     elif scoring is not None:
         partitions, own = split_own_rows(partitions, OWN_HELD_OUT_SHARE, rng(seed, "held_out"))
         held_out = dict(enumerate(own))
-    return Experiment(
-        config=config,
-        train=world.train,
-        groups=world.groups,
-        group_names=world.group_names,
+    return RowPlan(
+        groups=groups,
+        group_names=group_names,
         partitions=partitions,
-        model=world.model,
-        aggregator=aggregator,
-        policy=policy,
-        evaluator=world.evaluator,
         score_rows=score_rows,
         held_out=held_out,
-        high_quality_clients=world.high_quality_clients,
-        data_notes=world.data_notes,
+        high_quality_clients=high_quality,
     )
 
 
-def _adapt(config: ExperimentConfig, model: Any, head: list[str] | None) -> AdaptedModel:
-    return AdaptedModel(
-        model,
-        config.model.target_modules or None,
-        head,
-        lora_dropout=config.model.lora_dropout,
-        init_seed=derive_seed(config.run.seed, "model_init", 1),
-    )
-
-
-def _classification_world(config: ExperimentConfig) -> _TaskWorld:
-    seed = config.run.seed
-    partitioner = get_partitioner(
-        config.data.partition,
-        seed=derive_seed(seed, "partition"),
-        **config.data.partition_options,
-    )
-    train_data, test_data = load_data(config)
-    model, tokenizer = load_classifier(
-        config.model.name, train_data.num_classes, seed=derive_seed(seed, "model_init", 0)
-    )
-    labels = np.asarray(train_data.labels, dtype=np.int64)
-    max_length = config.model.max_length
-    train = TokenizedData.from_dataset(train_data, tokenizer, max_length)
-    test = TokenizedData.from_dataset(test_data, tokenizer, max_length)
-    return _TaskWorld(
-        model=_adapt(config, model, None),
-        train=train,
-        groups=labels,
-        group_names=list(train_data.label_names),
-        partitions=[
-            np.asarray(p, dtype=np.int64)
-            for p in partitioner.partition(labels, config.run.num_clients)
-        ],
-        evaluator=ClassificationEvaluator(
+def build_experiment(config: ExperimentConfig) -> Experiment:
+    """Load and tokenise the data, partition it, load the model, build the policy and method."""
+    policy, aggregator = policy_and_method(config)
+    if config.is_causal_lm:
+        rows = instruction_rows(config, policy)
+        plan = rows.plan
+        model, tokenizer = load_model(config)
+        instructions = tokenize_instructions(rows.split.train, tokenizer, config)
+        generation = GenerationEvaluator(rows.split, tokenizer, config)
+        train: TrainingRows = instructions
+        evaluator: Evaluator = generation
+        notes: dict[str, Any] = {
+            "train rows": f"{len(instructions)} in {len(rows.split.task_names)} tasks",
+            "test rows": f"{len(rows.split.test)} of {rows.split.held_out}",
+            "rows cut to model.max_length": f"{instructions.num_truncated} train "
+            f"({instructions.num_response_truncated} with the response cut), "
+            f"{generation.tokens.num_truncated} test; "
+            f"{generation.num_truncated_prompts} test prompts cut for generation",
+        }
+    else:
+        data = classification_rows(config, policy)
+        plan = data.plan
+        model, tokenizer = load_model(config, data.train.num_classes)
+        max_length = config.model.max_length
+        train = TokenizedData.from_dataset(data.train, tokenizer, max_length)
+        test = TokenizedData.from_dataset(data.test, tokenizer, max_length)
+        evaluator = ClassificationEvaluator(
             test,
             config.train.eval_batch_size,
-            np.bincount(labels, minlength=train_data.num_classes),
-        ),
-        high_quality_clients=(
-            partitioner.high_quality_clients(config.run.num_clients)
-            if isinstance(partitioner, QualityPartitioner)
-            else None
-        ),
-        data_notes={
+            np.bincount(plan.groups, minlength=data.train.num_classes),
+            class_names=list(data.train.label_names),
+        )
+        notes = {
             "train rows": len(train),
             "test rows": len(test),
             "texts cut to model.max_length": f"{train.num_truncated} train, "
             f"{test.num_truncated} test",
-        },
-    )
-
-
-def _causal_lm_world(config: ExperimentConfig) -> _TaskWorld:
-    partitioner = None
-    if config.data.partition != "natural":
-        partitioner = get_partitioner(
-            config.data.partition,
-            seed=derive_seed(config.run.seed, "partition"),
-            **config.data.partition_options,
-        )
-    elif config.data.partition_options:
-        raise ConfigError("data.partition_options: the natural partition takes no options")
-    instructions = load_instructions(config)
-    model, tokenizer = load_causal_lm(
-        config.model.name, seed=derive_seed(config.run.seed, "model_init", 0)
-    )
-    split = split_instructions(config, instructions, partitioner)
-    train = tokenize_instructions(split.train, tokenizer, config)
-    evaluator = GenerationEvaluator(split, tokenizer, config)
-    return _TaskWorld(
-        model=_adapt(config, model, []),
+            **_class_notes(data.train, data.test),
+        }
+    _check_ranks_fit(policy, model)
+    return Experiment(
+        config=config,
         train=train,
-        groups=split.task_ids,
-        group_names=split.task_names,
-        partitions=split.partitions,
+        groups=plan.groups,
+        group_names=plan.group_names,
+        partitions=plan.partitions,
+        model=model,
+        aggregator=aggregator,
+        policy=policy,
         evaluator=evaluator,
-        data_notes={
-            "train rows": f"{len(train)} in {len(split.task_names)} tasks",
-            "test rows": f"{len(split.test)} of {split.held_out}",
-            "rows cut to model.max_length": f"{train.num_truncated} train "
-            f"({train.num_response_truncated} with the response cut), "
-            f"{evaluator.tokens.num_truncated} test; "
-            f"{evaluator.num_truncated_prompts} test prompts cut for generation",
-        },
+        score_rows=plan.score_rows,
+        held_out=plan.held_out,
+        high_quality_clients=plan.high_quality_clients,
+        data_notes=notes,
     )
+
+
+def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedModel, Any]:
+    """The base model wrapped for LoRA and its tokenizer (a classifier of ``num_classes``)."""
+    seed = derive_seed(config.run.seed, "model_init", 0)
+    head: list[str] | None = None  # a classifier's head is trained densely
+    if config.is_causal_lm:
+        model, tokenizer = load_causal_lm(config.model.name, seed=seed)
+        head = []  # the LM head stays frozen: only LoRA factors travel
+    else:
+        model, tokenizer = load_classifier(config.model.name, num_classes, seed=seed)
+    adapted = AdaptedModel(
+        model,
+        config.model.target_modules or None,
+        head,
+        init_seed=derive_seed(config.run.seed, "model_init", 1),
+    )
+    return adapted, tokenizer
 
 
 def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextClassificationData]:
-    """The train and test splits named by ``data.dataset``, subsampled as configured."""
+    """The train and test splits named by ``data.dataset``, subsampled as configured.
+
+    One label vocabulary for both (see :func:`~fedlora.data.load_files`); notes on how the
+    labels were read (ids counted from 1, classes without training rows) are warned about and
+    kept in ``train.notes`` for the run's summary.
+    """
     data = config.data
     seed = config.run.seed
     name = data.dataset
@@ -252,16 +343,25 @@ def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextCla
             full.labels, test_size=400, seed=derive_seed(seed, "test_split")
         )
         train, test = full.subset(train_rows), full.subset(test_rows)
-    elif name.endswith((".csv", ".jsonl")):
-        if not data.test_file:
-            raise ConfigError(f"data.test_file: a test file is required with dataset {name!r}")
-        train, test = _load_file(name, config), _load_file(data.test_file, config)
-    else:
+    elif name in PRESETS:
         train, test = load_named_dataset(
             name, data_dir=data.data_dir or None, seed=derive_seed(seed, "test_split")
         )
+    else:
+        train, test = _load_file_dataset(config)
     train = _subsample(train, data.max_train_samples, rng(seed, "train_subsample"))
     test = _subsample(test, data.max_test_samples, rng(seed, "test_subsample"))
+    missing = missing_classes_note(train)
+    if missing is not None:
+        train = replace(train, notes=(*train.notes, missing))
+    for note in train.notes:
+        warnings.warn(f"data: {note}", UserWarning, stacklevel=2)
+    present = [n for n, c in zip(train.label_names, train.class_counts(), strict=True) if c]
+    if len(present) < 2:
+        raise ConfigError(
+            f"data.label_column: the training rows hold {len(present)} class "
+            f"({', '.join(present)}); a classifier needs at least 2"
+        )
     if len(train) < config.run.num_clients:
         raise ConfigError(
             f"run.num_clients: {config.run.num_clients} clients but only {len(train)} training rows"
@@ -269,11 +369,80 @@ def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextCla
     return train, test
 
 
-def _load_file(path: str, config: ExperimentConfig) -> TextClassificationData:
-    columns = config.data.text_columns
-    if path.endswith(".csv"):
-        return load_csv(path, label_column=config.data.label_column, text_columns=columns)
-    return load_jsonl(path, label_key=config.data.label_column, text_keys=columns)
+def file_layout(config: ExperimentConfig) -> FileLayout:
+    """How the config's ``data.*`` keys say to read a data file (the run's and a node's)."""
+    data = config.data
+    return FileLayout(
+        label_column=data.label_column,
+        text_columns=tuple(data.text_columns),
+        format=data.format,
+        delimiter=data.delimiter,
+        has_header=data.has_header,
+        column_names=tuple(data.column_names),
+    )
+
+
+def _configured_classes(config: ExperimentConfig) -> list[str] | None:
+    data = config.data
+    if data.classes:
+        return list(data.classes)
+    if data.classes_file:
+        if not Path(data.classes_file).is_file():
+            raise ConfigError(f"data.classes_file: {data.classes_file}: file not found")
+        return read_class_names(data.classes_file)
+    return None
+
+
+def _load_file_dataset(
+    config: ExperimentConfig,
+) -> tuple[TextClassificationData, TextClassificationData]:
+    data = config.data
+    files = dataset_files(data.dataset, data.test_file, data.format)
+    classes = _configured_classes(config)
+    if classes is None and files.classes_file is not None:
+        classes = read_class_names(files.classes_file)
+    train, test = load_files(
+        files.train,
+        files.test,
+        file_layout(config),
+        classes=classes,
+        label_format=data.label_format,
+        test_size=data.test_size,
+        seed=derive_seed(config.run.seed, "test_split"),
+        name=Path(data.dataset).stem or None,
+    )
+    if files.test is None:
+        split = f"{len(test)} test rows split off {files.train} (data.test_size = {data.test_size})"
+        train = replace(train, notes=(*train.notes, split))
+    return train, test
+
+
+def node_vocabulary(config: ExperimentConfig, class_names: Sequence[str]) -> Vocabulary:
+    """How a Flower node reads the labels of a file of its own into the run's classes.
+
+    The server sends only the class names.  Text labels are looked up by name.  Integer labels
+    are ids where the config says how they count (a preset, the synthetic set, or
+    ``data.label_format`` 'from_0' / 'from_1'); otherwise they are looked up by name too, which
+    is exact for vocabularies inferred from integer labels (their names are the ids).
+    """
+    data = config.data
+    first_id: int | None = None
+    if data.dataset in PRESETS or data.dataset == "synthetic" or data.label_format == "from_0":
+        first_id = 0
+    elif data.label_format == "from_1":
+        first_id = 1
+    return Vocabulary(list(class_names), first_id)
+
+
+def _class_notes(train: TextClassificationData, test: TextClassificationData) -> dict[str, str]:
+    """The summary's lines on the classes: names with train / test rows, and label notes."""
+    counts = zip(train.label_names, train.class_counts(), test.class_counts(), strict=True)
+    notes = {
+        "classes (train / test rows)": ", ".join(f"{n} ({a} / {b})" for n, a, b in counts),
+    }
+    if train.notes:
+        notes["labels"] = "; ".join(train.notes)
+    return notes
 
 
 def _subsample(

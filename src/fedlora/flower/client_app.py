@@ -3,13 +3,16 @@
 A node learns everything from the server's message (the resolved experiment config, its factors,
 the merges it lacks, the round) and from its own ``--node-config``: ``partition-id`` and
 ``num-partitions`` (filled in by Flower's simulation), optionally ``lora-rank`` (the rank it can
-afford) and ``data-dir`` (where its copy of the datasets lives).  The node's world (data, base
-model) is built once per process and reused across rounds; the merged rounds it applied (FLoRA)
-are kept on its disk, so a node that starts a fresh process per message applies each merge once.
+afford), ``data-dir`` (where its copy of the datasets lives) and ``data-file`` (a file of its own
+that never leaves it, instead of its share of the run's dataset).  A node builds only its own
+client's rows (:mod:`fedlora.engine.node`), tokenised once into its cache, and its model, once
+per process; the merged rounds it applied (FLoRA) are kept on its disk too, so a node that starts
+a fresh process per message reads both back instead of rebuilding them.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
@@ -18,7 +21,8 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedlora.config import ExperimentConfig, build_config
-from fedlora.engine import ClientTrainer, MergedBase, TrainTask, build_experiment
+from fedlora.engine import ClientTrainer, TrainTask
+from fedlora.engine.node import build_node_trainer
 from fedlora.errors import FedloraError
 from fedlora.flower.records import (
     ARRAYS,
@@ -33,7 +37,8 @@ from fedlora.runs.merged import MergedStore
 
 app = ClientApp()
 
-_TRAINERS: dict[tuple[str, str], ClientTrainer] = {}
+_TRAINERS: dict[tuple[str, str, int, str | None], ClientTrainer] = {}
+RUN_KEY = re.compile(r"[0-9a-f]{8,64}")
 
 
 @app.query()
@@ -60,13 +65,8 @@ def train(msg: Message, context: Context) -> Message:
         raise FedloraError(
             f"this node serves partition {context.node_config.get('partition-id')}, not {client}"
         )
-    trainer = _trainer(config, str(settings["run-key"]))
-    factors, dense = record_to_factors(
-        msg.content.array_records[ARRAYS],
-        config.model.lora_alpha,
-        config.model.use_rslora,
-        str(client),
-    )
+    trainer = _trainer(config, client, str(settings["run-key"]), settings, context.node_config)
+    factors, dense = record_to_factors(msg.content.array_records[ARRAYS], trainer.lora, client)
     merged = msg.content.array_records.get(MERGED)
     task = TrainTask(
         client=client,
@@ -106,14 +106,33 @@ def _config(toml_text: str, node: Mapping[str, Any]) -> ExperimentConfig:
     return config
 
 
-def _trainer(config: ExperimentConfig, run_key: str) -> ClientTrainer:
-    """This process's trainer for the run (built on first use, kept for later messages)."""
-    key = (config.to_toml(), run_key)
+def _trainer(
+    config: ExperimentConfig,
+    client: int,
+    run_key: str,
+    settings: ConfigRecord,
+    node: Mapping[str, Any],
+) -> ClientTrainer:
+    """This process's trainer of its client (built on first use, kept for later messages).
+
+    Built from the client's own rows only, tokenised once into the node's cache.
+    """
+    if not RUN_KEY.fullmatch(run_key):
+        raise FedloraError(f"run-key {run_key!r} is not a run id")
+    data_file = node.get("data-file")
+    data_file = str(data_file) if isinstance(data_file, str) and data_file else None
+    key = (config.to_toml(), run_key, client, data_file)
     if key not in _TRAINERS:
         _TRAINERS.clear()
-        experiment = build_experiment(config)
-        store = MergedStore(cache_dir() / "nodes" / run_key / "merged")
-        _TRAINERS[key] = experiment.client_trainer(MergedBase(experiment.model, store))
+        names = settings.get("class-names")
+        _TRAINERS[key] = build_node_trainer(
+            config,
+            client,
+            cache=cache_dir() / "nodes" / "rows",
+            data_file=data_file,
+            class_names=[str(n) for n in names] if isinstance(names, list) else None,
+            merged=MergedStore(cache_dir() / "nodes" / run_key / "merged"),
+        )
     return _TRAINERS[key]
 
 

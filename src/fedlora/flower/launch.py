@@ -22,19 +22,16 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -42,19 +39,19 @@ from typing import IO, Any
 import httpx
 
 from fedlora.flower.env import offline_environment
+from fedlora.flower.superlink import (
+    ANSI,
+    APP_DIR,
+    CONNECTION,
+    ConfigValue,
+    FlowerLaunchError,
+    RunOutcome,
+    SuperLinkClient,
+    bin_path,
+    config_string,
+)
 
-#: The Flower app of this repository (``flower_app/pyproject.toml``).
-APP_DIR = Path(__file__).resolve().parents[3] / "flower_app"
-#: The name of the SuperLink connection written into the CLI's ``config.toml``.
-CONNECTION = "fedlora-local"
 LOOPBACK = "127.0.0.1"
-ConfigValue = str | int | float | bool
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-class FlowerLaunchError(RuntimeError):
-    """A Flower process did not start, a CLI call failed, or a run did not finish in time."""
-
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -64,30 +61,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-def bin_path(name: str) -> str:
-    """A console script of the running interpreter's environment (``flwr``, ``flower-...``)."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        raise FlowerLaunchError(f"{path} does not exist (is flwr installed in this environment?)")
-    return str(path)
-
-
-def config_string(values: Mapping[str, ConfigValue]) -> str:
-    """``key=value`` pairs as ``flwr run --run-config`` and ``--node-config`` parse them."""
-    parts = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        elif '"' in value and "'" in value:
-            raise FlowerLaunchError(f"{key}: value {value!r} holds both kinds of quote")
-        else:
-            text = f'"{value}"' if "'" in value else f"'{value}'"
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -133,7 +106,7 @@ class FlowerProcess:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-        return _ANSI.sub("", text[-chars:])
+        return ANSI.sub("", text[-chars:])
 
     def wait_for_log(self, text: str, timeout: float = 120.0) -> None:
         """Wait until ``text`` appears in this process's log (it must stay alive meanwhile)."""
@@ -149,28 +122,6 @@ class FlowerProcess:
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, sig)
-
-
-@dataclass
-class RunOutcome:
-    """How a ``flwr run`` ended: its status (``finished:completed`` ...) and the ServerApp log."""
-
-    run_id: int
-    status: str
-    details: str
-    seconds: float
-    log: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "finished:completed"
-
-    def describe(self) -> str:
-        return (
-            f"run {self.run_id}: {self.status} after {self.seconds:.1f} s"
-            f"{' (' + self.details + ')' if self.details else ''}\n--- flwr log ---\n{self.log}"
-        )
 
 
 class LocalFederation:
@@ -198,6 +149,7 @@ class LocalFederation:
         self.superlink: FlowerProcess | None = None
         self.supernodes: list[FlowerProcess] = []
         self.cli_home = self.root / "flwr-cli"
+        self._cli: SuperLinkClient | None = None
         self.leftovers: list[str] = []
         self._closed = False
         # Ray's session folders (sockets, logs) go here, not into /tmp/ray; kept short because
@@ -280,7 +232,7 @@ class LocalFederation:
             process = self._spawn(f"superlink{attempt or ''}", args, port)
             self.superlink = process
             if self._wait_healthy(process, timeout):
-                self._write_cli_config()
+                self._connect_cli()
                 return process
             # It exited: a port race is worth another try, anything else is not.
             self.superlink = None
@@ -307,21 +259,15 @@ class LocalFederation:
             f"{process.log_tail()}"
         )
 
-    def _write_cli_config(self) -> None:
-        """``[superlink] default = CONNECTION`` and the connection block, in the CLI's home."""
-        self.cli_home.mkdir(parents=True, exist_ok=True)
-        lines = [
-            "[superlink]",
-            f'default = "{CONNECTION}"',
-            "",
-            f"[superlink.{CONNECTION}]",
-            f'address = "{self.address}"',
-        ]
-        if self.tls is None:
-            lines.append("insecure = true")
-        else:
-            lines.append(f"root-certificates = {json.dumps(str(self.tls.ca.resolve()))}")
-        (self.cli_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    def _connect_cli(self) -> None:
+        root = None if self.tls is None else self.tls.ca
+        self._cli = SuperLinkClient(
+            self.address,
+            self.cli_home,
+            self.environment(self.cli_home),
+            root_certificates=root,
+            cwd=self.root,
+        )
 
     # ------------------------------------------------------------------ SuperNodes
 
@@ -343,11 +289,6 @@ class LocalFederation:
         process = self._spawn(name, args, port)
         self.supernodes.append(process)
         return process
-
-    def nodes(self) -> list[dict[str, Any]]:
-        """``flwr supernode list`` as JSON: ``node-id``, ``status`` (``online`` ...) per node."""
-        nodes = self.flwr_json("supernode", "list", CONNECTION).get("nodes", [])
-        return list(nodes) if isinstance(nodes, list) else []
 
     def wait_for_nodes(self, count: int, timeout: float = 90.0) -> list[dict[str, Any]]:
         """Wait until ``count`` SuperNodes are online; a SuperNode that exits fails at once."""
@@ -372,41 +313,17 @@ class LocalFederation:
 
     # ------------------------------------------------------------------ the CLI
 
-    def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> str:
-        """Run ``flwr ARGS`` with the CLI's home; its stdout (stderr is added on failure)."""
-        try:
-            result = subprocess.run(
-                [bin_path("flwr"), *args],
-                env=self.environment(self.cli_home),
-                cwd=str(self.root),
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=timeout,
-                start_new_session=True,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise FlowerLaunchError(f"flwr {' '.join(args)} timed out after {timeout} s") from error
-        if check and result.returncode != 0:
-            raise FlowerLaunchError(
-                f"flwr {' '.join(args)} exited with {result.returncode}:\n"
-                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-            )
-        return result.stdout
+    @property
+    def cli(self) -> SuperLinkClient:
+        """The ``flwr`` CLI connected to this federation's SuperLink."""
+        if self._cli is None:
+            raise FlowerLaunchError("the SuperLink is not running")
+        return self._cli
 
-    def flwr_json(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
-        """``flwr ARGS --format json``, parsed; ``"success": false`` raises."""
-        output = self.flwr(*args, "--format", "json", timeout=timeout, check=False)
-        start = output.find("{")
-        try:
-            data = json.loads(output[start:]) if start >= 0 else None
-        except json.JSONDecodeError:
-            data = None
-        if not isinstance(data, dict):
-            raise FlowerLaunchError(f"flwr {' '.join(args)}: no JSON in its output:\n{output}")
-        if data.get("success") is False:
-            raise FlowerLaunchError(f"flwr {' '.join(args)} failed: {data}")
-        return data
+    def nodes(self) -> list[dict[str, Any]]:
+        """``flwr supernode list`` as JSON: ``node-id``, ``status`` (``online`` ...) per node."""
+        nodes = self.cli.flwr_json("supernode", "list", CONNECTION).get("nodes", [])
+        return list(nodes) if isinstance(nodes, list) else []
 
     def submit(
         self,
@@ -414,50 +331,10 @@ class LocalFederation:
         run_config: Mapping[str, ConfigValue] | None = None,
         federation_config: Mapping[str, ConfigValue] | None = None,
     ) -> int:
-        """``flwr run APP`` (not streamed); the run id."""
-        args = ["run", str(app), CONNECTION]
-        if run_config:
-            args += ["--run-config", config_string(run_config)]
-        if federation_config:
-            args += ["--federation-config", config_string(federation_config)]
-        data = self.flwr_json(*args)
-        try:
-            return int(data["run-id"])
-        except (KeyError, TypeError, ValueError):
-            raise FlowerLaunchError(f"flwr run gave no run id: {data}") from None
-
-    def run_info(self, run_id: int) -> dict[str, Any]:
-        """The run's row of ``flwr ls --run-id``: ``status``, ``status-details``, timings."""
-        runs = self.flwr_json("ls", CONNECTION, "--run-id", str(run_id)).get("runs") or [{}]
-        info = runs[0]
-        return dict(info) if isinstance(info, dict) else {}
+        return self.cli.submit(app, run_config, federation_config)
 
     def wait_run(self, run_id: int, timeout: float, poll: float = 1.0) -> RunOutcome:
-        """Poll until the run finishes; past ``timeout`` stop it and raise with its log."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            info = self.run_info(run_id)
-            status = str(info.get("status", ""))
-            if status.startswith("finished"):
-                outcome = RunOutcome(
-                    run_id=run_id,
-                    status=status,
-                    details=str(info.get("status-details", "") or ""),
-                    seconds=time.monotonic() - start,
-                    info=info,
-                )
-                if not outcome.completed:
-                    outcome.log = self.log(run_id)
-                return outcome
-            if self.superlink is not None and not self.superlink.alive():
-                raise FlowerLaunchError(f"the SuperLink died:\n{self.superlink.log_tail()}")
-            time.sleep(poll)
-        with contextlib.suppress(FlowerLaunchError):
-            self.flwr("stop", str(run_id), CONNECTION, check=False)
-        raise FlowerLaunchError(
-            f"run {run_id} did not finish within {timeout:.0f} s; stopped it\n--- flwr log ---\n"
-            f"{self.log(run_id)}"
-        )
+        return self.cli.wait_run(run_id, timeout, poll=poll, check=self._check_superlink)
 
     def run(
         self,
@@ -475,11 +352,11 @@ class LocalFederation:
         return outcome
 
     def log(self, run_id: int) -> str:
-        """The ServerApp's log (``flwr log --show``); never raises."""
-        try:
-            return _ANSI.sub("", self.flwr("log", str(run_id), CONNECTION, "--show", check=False))
-        except FlowerLaunchError as error:
-            return f"(no log: {error})"
+        return self.cli.log(run_id)
+
+    def _check_superlink(self) -> None:
+        if self.superlink is not None and not self.superlink.alive():
+            raise FlowerLaunchError(f"the SuperLink died:\n{self.superlink.log_tail()}")
 
     # ------------------------------------------------------------------ teardown
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from torch import Tensor
 
 from fedlora.aggregation import GlobalState
 from fedlora.errors import FedloraError, InvalidUpdateError
-from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, MergedRound
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, LoraSettings, MergedRound
 
 ARRAYS = "arrays"
 CONFIG = "config"
@@ -37,9 +39,12 @@ def factors_to_record(
 
 
 def record_to_factors(
-    record: ArrayRecord, alpha: float, use_rslora: bool, client_id: str
+    record: ArrayRecord, lora: LoraSettings, client_id: int
 ) -> tuple[dict[str, LoraFactors], dict[str, Tensor]]:
-    """Inverse of :func:`factors_to_record`; the rank of each module is read from its arrays."""
+    """Inverse of :func:`factors_to_record` for factors of ``lora``'s scale.
+
+    The rank of each module is read from its arrays.
+    """
     pairs: dict[str, dict[str, Tensor]] = {}
     dense: dict[str, Tensor] = {}
     for key, tensor in record.to_torch_state_dict().items():
@@ -59,7 +64,7 @@ def record_to_factors(
             raise InvalidUpdateError("needs both A and B", client_id=client_id, module=name)
         A, B = pair["A"], pair["B"]
         rank = int(A.shape[0]) if A.ndim == 2 else 0
-        factors[name] = LoraFactors(A=A, B=B, alpha=alpha, r=rank, use_rslora=use_rslora)
+        factors[name] = LoraFactors(A=A, B=B, alpha=lora.alpha, r=rank, use_rslora=lora.use_rslora)
     return factors, dense
 
 
@@ -107,7 +112,7 @@ def reply_content(update: ClientUpdate, metrics: Mapping[str, float | int]) -> R
             METRICS: MetricRecord(
                 {
                     "num-examples": update.num_examples,
-                    "client": int(update.client_id),
+                    "client": update.client_id,
                     "alpha": float(alpha),
                     **metrics,
                 }
@@ -116,25 +121,40 @@ def reply_content(update: ClientUpdate, metrics: Mapping[str, float | int]) -> R
     )
 
 
-def update_from_reply(content: RecordDict, use_rslora: bool) -> ClientUpdate:
-    """Rebuild a :class:`ClientUpdate`; malformed content raises :class:`InvalidUpdateError`."""
+def update_from_reply(content: RecordDict, lora: LoraSettings) -> ClientUpdate:
+    """Rebuild a :class:`ClientUpdate` trained with ``lora`` and the alpha the reply states.
+
+    Malformed content raises :class:`FedloraError`; content that names no client yet raises a
+    plain one, which the transport reports for the client whose node sent the reply.
+    """
     metrics = content.metric_records.get(METRICS)
     arrays = content.array_records.get(ARRAYS)
     if metrics is None or arrays is None:
-        raise InvalidUpdateError("reply lacks arrays or metrics", client_id="?")
-    client_id = str(int(_scalar(metrics, "client", "?")))
-    alpha = _scalar(metrics, "alpha", client_id)
-    factors, dense = record_to_factors(arrays, alpha, use_rslora, client_id)
+        raise FedloraError("reply lacks arrays or metrics")
+    client_id = metric_integer(metrics, "client")
+    sent = replace(lora, alpha=_scalar(metrics, "alpha"))
+    factors, dense = record_to_factors(arrays, sent, client_id)
     return ClientUpdate(
         client_id=client_id,
         modules=factors,
-        num_examples=int(_scalar(metrics, "num-examples", client_id)),
+        num_examples=metric_integer(metrics, "num-examples"),
         dense=dense,
     )
 
 
-def _scalar(metrics: MetricRecord, key: str, client_id: str) -> float:
+def metric_integer(metrics: MetricRecord, key: str) -> int:
+    """A whole number a reply states (an int, or a float with no fraction); else an error."""
+    value = _scalar(metrics, key)
+    if not value.is_integer():
+        raise FedloraError(f"metric {key!r} is {value}, not a whole number")
+    return int(value)
+
+
+def _scalar(metrics: MetricRecord, key: str) -> float:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidUpdateError(f"metric {key!r} is missing or not a number", client_id=client_id)
-    return float(value)
+        raise FedloraError(f"metric {key!r} is missing or not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise FedloraError(f"metric {key!r} is {number}")
+    return number

@@ -1,8 +1,10 @@
 """The Flower ServerApp: the round driver with Flower as its transport.
 
 Run config keys (``[tool.flwr.app.config]`` of the Flower app, or ``flwr run --run-config``):
-``config`` (path of a fedlora TOML config; empty = the defaults), ``overrides`` (``key=value``
-pairs separated by ``;``), ``out-dir`` (run directory; empty = ``run.out_dir``), ``overwrite``
+``config`` (path of a fedlora TOML config on the SuperLink's machine; empty = the defaults),
+``config-b64`` (the TOML config itself, base64-encoded, as ``fedlora flower-run`` sends it, so
+that no file has to be copied to the server), ``overrides`` (``key=value`` pairs separated by
+``;``), ``out-dir`` (run directory; empty = ``run.out_dir``), ``overwrite``
 (replace a run directory that holds a run), ``resume`` (continue the run in ``out-dir`` from its
 checkpoint, with its saved config), ``round-timeout`` (seconds to wait for replies),
 ``connect-timeout`` (seconds to wait for every node).
@@ -10,6 +12,8 @@ checkpoint, with its saved config), ``round-timeout`` (seconds to wait for repli
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +22,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedlora.config import ExperimentConfig, load_config
+from fedlora.config import ExperimentConfig, load_config, load_config_text
 from fedlora.engine import RoundDriver, build_experiment
 from fedlora.errors import FedloraError
 from fedlora.flower.transport import FlowerTransport
@@ -54,6 +58,7 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
         grid,
         config,
         run_key=run_dir.run_id,
+        class_names=[] if config.is_causal_lm else experiment.group_names,
         timeout=float(run_config.get("round-timeout", 600.0)),
         connect_timeout=float(run_config.get("connect-timeout", 120.0)),
     )
@@ -62,11 +67,26 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
 
 
 def server_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
-    path = str(run_config.get("config", "") or "") or None
+    """The experiment config the run config names: sent inline, a file, or the defaults."""
     overrides = [item for item in str(run_config.get("overrides", "")).split(";") if item.strip()]
-    config = load_config(path, overrides)
+    inline = str(run_config.get("config-b64", "") or "")
+    if inline:
+        try:
+            text = base64.b64decode(inline, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as error:
+            raise FedloraError(
+                f"run config config-b64 is not base64 of a TOML file ({error})"
+            ) from None
+        config = load_config_text(text, overrides, source="run config config-b64")
+    else:
+        config = load_config(str(run_config.get("config", "") or "") or None, overrides)
     out_dir = str(run_config.get("out-dir", "") or "")
     return config.replace({"run.out_dir": out_dir}) if out_dir else config
+
+
+def encode_config(config: ExperimentConfig) -> str:
+    """``config-b64``: the resolved config, for a server that cannot read the client's files."""
+    return base64.b64encode(config.to_toml().encode("utf-8")).decode("ascii")
 
 
 def _log_to_stderr() -> None:

@@ -29,8 +29,10 @@ from fedlora.flower.records import (
     METRICS,
     factors_to_record,
     merged_to_record,
+    metric_integer,
     update_from_reply,
 )
+from fedlora.lora import LoraSettings
 from fedlora.ranks import RankTier
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class FlowerTransport:
     config : the experiment config, sent to every node so that it trains exactly as configured.
     run_key : names this run on the nodes' disks (their cache of merged rounds); the same for a
         resumed run.
+    class_names : the run's classes (classification), for nodes that read a file of their own.
     timeout : seconds to wait for the replies of one exchange.
     connect_timeout : seconds to wait for every client's node to connect.
     """
@@ -66,21 +69,27 @@ class FlowerTransport:
         config: ExperimentConfig,
         *,
         run_key: str,
+        class_names: Sequence[str] = (),
         timeout: float = 600.0,
         connect_timeout: float = 120.0,
     ) -> None:
         self.grid = grid
         self.config = config
         self.run_key = run_key
+        self.class_names = list(class_names)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.nodes: dict[int, NodeInfo] = {}
+        self.num_clients = 0
+        self._strangers: set[int] = set()  # nodes that identified as no client of this run
+        self.lora = config.model.lora_settings()
         self._config_toml = config.to_toml()
 
     # ------------------------------------------------------------------ connect
 
     def connect(self, num_clients: int) -> Roster:
         """Ask every connected node which client it is and which rank it announces."""
+        self.num_clients = num_clients
         deadline = time.monotonic() + self.connect_timeout
         while len(node_ids := list(self.grid.get_node_ids())) < num_clients:
             if time.monotonic() > deadline:
@@ -89,6 +98,16 @@ class FlowerTransport:
                     f"{self.connect_timeout:.0f} s"
                 )
             time.sleep(1.0)
+        self._identify(node_ids)
+        missing = sorted(set(range(num_clients)) - set(self.nodes))
+        if missing:
+            log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
+        announced = {c: i.announced for c, i in self.nodes.items() if i.announced is not None}
+        return Roster(clients=frozenset(self.nodes), announced=announced)
+
+    def _identify(self, node_ids: Sequence[int]) -> None:
+        """Query ``node_ids`` and learn which client each serves (a newer node of a client
+        replaces one that left: a SuperNode that restarts comes back under a new id)."""
         queries = [
             Message(
                 content=RecordDict({CONFIG: ConfigRecord({"query": "identity"})}),
@@ -97,45 +116,65 @@ class FlowerTransport:
             )
             for node_id in node_ids
         ]
+        live = set(self.grid.get_node_ids())
         for reply in self.grid.send_and_receive(queries, timeout=self.connect_timeout):
             node_id = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %d did not identify itself: %s", node_id, reply.error.reason)
                 continue
             try:
-                info = _node_info(node_id, reply.content.config_records[CONFIG], num_clients)
+                info = _node_info(node_id, reply.content.config_records[CONFIG], self.num_clients)
             except FedloraError as error:
                 log.warning("node %d is left out: %s", node_id, error)
                 continue
-            if info.client in self.nodes:
+            current = self.nodes.get(info.client)
+            if current is not None and current.node_id in live:
                 log.warning(
                     "nodes %d and %d both serve client %d; node %d is left out",
-                    self.nodes[info.client].node_id,
+                    current.node_id,
                     node_id,
                     info.client,
                     node_id,
                 )
                 continue
+            if current is not None:
+                log.info("client %d is back, on node %d", info.client, node_id)
             self.nodes[info.client] = info
-        missing = sorted(set(range(num_clients)) - set(self.nodes))
-        if missing:
-            log.warning("no node serves client(s) %s; they are skipped when sampled", missing)
-        announced = {c: i.announced for c, i in self.nodes.items() if i.announced is not None}
-        return Roster(clients=frozenset(self.nodes), announced=announced)
+
+    def _refresh(self) -> None:
+        """Before every exchange: identify the nodes that joined since the last one."""
+        known = {info.node_id for info in self.nodes.values()} | self._strangers
+        new = [node for node in self.grid.get_node_ids() if node not in known]
+        if new:
+            self._identify(new)
+            self._strangers |= set(new) - {info.node_id for info in self.nodes.values()}
 
     # ------------------------------------------------------------------ train
 
     def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
-        messages = [self._message(task) for task in tasks]
-        by_node = {self.nodes[task.client].node_id: task.client for task in tasks}
-        replies = []
-        for message in self.grid.send_and_receive(messages, timeout=self.timeout):
-            node_id = message.metadata.src_node_id
-            client = by_node.get(node_id)
-            if client is None:
-                log.warning("node %d replied without being asked; ignored", node_id)
+        """Send each task to its client's node; replies are matched to tasks by message id,
+        so an error the SuperLink sends for a node that went away is that node's client's."""
+        self._refresh()
+        replies = [
+            ClientReply.failed(task.client, "no node serves it")
+            for task in tasks
+            if task.client not in self.nodes
+        ]
+        sendable = [task for task in tasks if task.client in self.nodes]
+        messages = [self._message(task) for task in sendable]
+        answers = self.grid.send_and_receive(messages, timeout=self.timeout)
+        sent = {m.metadata.message_id: task for m, task in zip(messages, sendable, strict=True)}
+        for message in answers:
+            task = sent.pop(message.metadata.reply_to_message_id, None)
+            if task is None:
+                log.warning(
+                    "node %d sent a reply to no message of this round; ignored",
+                    message.metadata.src_node_id,
+                )
                 continue
-            replies.append(_decode(message, client, self.config.model.use_rslora))
+            replies.append(
+                _decode(message, task.client, self.nodes[task.client].node_id, self.lora)
+            )
         return replies
 
     def _message(self, task: TrainTask) -> Message:
@@ -148,6 +187,7 @@ class FlowerTransport:
                     "merged-after": task.merged_after,
                     "score": task.score,
                     "run-key": self.run_key,
+                    "class-names": self.class_names,
                     "fedlora-config": self._config_toml,
                 }
             ),
@@ -161,17 +201,23 @@ class FlowerTransport:
         )
 
 
-def _decode(message: Message, client: int, use_rslora: bool) -> ClientReply:
-    """The node's reply as a :class:`ClientReply`; whatever is wrong with it becomes its error."""
-    node_id = message.metadata.src_node_id
+def _decode(message: Message, client: int, node_id: int, lora: LoraSettings) -> ClientReply:
+    """The reply for ``client``'s task, sent to ``node_id``, as a :class:`ClientReply`; whatever
+    is wrong with it becomes its error (a reply is untrusted input: any failure to read it is
+    the reply's, never the server's)."""
     if message.has_error():
         return ClientReply.failed(client, f"node {node_id} sent an error: {message.error.reason}")
     try:
-        update = update_from_reply(message.content, use_rslora)
+        update = update_from_reply(message.content, lora)
         metrics = message.content.metric_records[METRICS]
-    except (FedloraError, KeyError) as error:
-        return ClientReply.failed(client, f"node {node_id} sent a malformed reply: {error}")
-    if update.client_id != str(client):
+        steps = metric_integer(metrics, "steps") if "steps" in metrics else 0
+        merged = metric_integer(metrics, "merged-round") if "merged-round" in metrics else 0
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else ""
+        return ClientReply.failed(
+            client, f"node {node_id} sent a malformed reply: {type(error).__name__}: {reason}"
+        )
+    if update.client_id != client:
         return ClientReply.failed(
             client, f"node {node_id} answered for client {update.client_id}, not its own"
         )
@@ -180,10 +226,10 @@ def _decode(message: Message, client: int, use_rslora: bool) -> ClientReply:
         client=client,
         update=update,
         train_loss=_number(metrics, "train-loss", math.nan),
-        steps=int(_number(metrics, "steps", 0)),
+        steps=steps,
         seconds=_number(metrics, "seconds", 0.0),
         local_score=float(score) if isinstance(score, int | float) else None,
-        merged_round=int(_number(metrics, "merged-round", 0)),
+        merged_round=merged,
     )
 
 

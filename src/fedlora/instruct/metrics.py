@@ -13,9 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
-
-from rouge_score import rouge_scorer  # type: ignore[import-untyped]
+from typing import TYPE_CHECKING, Any
 
 from fedlora.errors import ConfigError
 
@@ -29,7 +27,11 @@ TASK_METRICS = (ROUGE_L, EXACT_MATCH)
 
 
 @lru_cache(maxsize=1)
-def _scorer() -> rouge_scorer.RougeScorer:
+def _scorer() -> Any:
+    # Imported on first use: rouge-score pulls in nltk (about 2 s), which a process that only
+    # trains (every Flower ClientApp, one per message) never needs.
+    from rouge_score import rouge_scorer  # type: ignore[import-untyped]
+
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 
 

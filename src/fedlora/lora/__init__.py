@@ -1,7 +1,8 @@
-"""LoRA adapter state: factors, their scale-folded form, client updates, fresh slot init."""
+"""LoRA adapter state: settings, factors, their scale-folded form, client updates, fresh slots."""
 
-from fedlora.lora.factors import FoldedFactors, LoraFactors, lora_scale
+from fedlora.lora.factors import FoldedFactors, LoraFactors
 from fedlora.lora.merged import MergedRound
+from fedlora.lora.settings import LoraSettings, lora_scale
 from fedlora.lora.slot_init import fresh_lora_A
 from fedlora.lora.update import ClientUpdate
 
@@ -9,6 +10,7 @@ __all__ = [
     "ClientUpdate",
     "FoldedFactors",
     "LoraFactors",
+    "LoraSettings",
     "MergedRound",
     "fresh_lora_A",
     "lora_scale",

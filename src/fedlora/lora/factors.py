@@ -8,16 +8,12 @@ alphas contribute their true update; factors are unfolded with the receiving cli
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-
-def lora_scale(alpha: float, r: int, use_rslora: bool = False) -> float:
-    """PEFT's LoRA scaling: ``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
-    return alpha / math.sqrt(r) if use_rslora else alpha / r
+from fedlora.lora.settings import LoraSettings, lora_scale
 
 
 @dataclass(frozen=True)
@@ -73,16 +69,16 @@ class FoldedFactors:
     def delta(self) -> Tensor:
         return self.B @ self.A
 
-    def unfold(self, alpha: float, r: int, use_rslora: bool = False) -> LoraFactors:
-        """Hand the first ``r`` slots to a client that trains with ``alpha`` and rank ``r``."""
+    def unfold(self, r: int, lora: LoraSettings) -> LoraFactors:
+        """Hand the first ``r`` slots to a client that trains rank ``r`` with ``lora``'s scale."""
         if r > self.rank:
             raise ValueError(f"cannot unfold rank {r} from folded factors of rank {self.rank}")
         return LoraFactors(
             A=self.A[:r].clone(),
-            B=self.B[:, :r] / lora_scale(alpha, r, use_rslora),
-            alpha=alpha,
+            B=self.B[:, :r] / lora.scale(r),
+            alpha=lora.alpha,
             r=r,
-            use_rslora=use_rslora,
+            use_rslora=lora.use_rslora,
         )
 
     @classmethod

@@ -4,7 +4,7 @@ train, evaluate.
 Uses transformers and PEFT; imports only the LoRA state types from the layers above it.
 """
 
-from fedlora.model.adapted import AdaptedModel, AdapterLayout
+from fedlora.model.adapted import AdaptedModel
 from fedlora.model.causal import load_causal_lm, tiered_ranks
 from fedlora.model.generation import GenerationResult, evaluate_generation, generate_greedy
 from fedlora.model.gguf import (
@@ -14,6 +14,7 @@ from fedlora.model.gguf import (
     smollm2_gguf_path,
 )
 from fedlora.model.instructions import IGNORE_INDEX, TokenizedInstructions, apply_template
+from fedlora.model.layout import AdapterLayout
 from fedlora.model.loading import MINILM_ALIASES, load_classifier, resolve_model_path
 from fedlora.model.targets import (
     DEFAULT_TARGETS,

@@ -8,12 +8,17 @@ adapter's ``A (r x in)`` and ``B (out x r)`` line up with the layer's ``(out, in
 Defaults by ``model.config.model_type``:
 
 - BERT (and MiniLM, which is a BERT), RoBERTa, ALBERT: ``query`` and ``value``, the attention
-  projections of the original LoRA paper and of FlexLoRA's and Byun & Lee's encoder experiments;
+  projections the original LoRA paper (Hu et al.) adapts and PEFT's default for these models;
 - DistilBERT: ``q_lin`` and ``v_lin``, its names for the same projections;
 - LLaMA, Qwen2, Mistral: all seven projections (``q/k/v/o_proj``, ``gate/up/down_proj``), the
   usual choice for decoder LLMs;
 - GPT-2: its four projections ``attn.c_attn`` (q, k, v fused), ``attn.c_proj``, ``mlp.c_fc`` and
   ``mlp.c_proj``.
+
+Byun & Lee's communication counts need three projections per layer, not two: 552,960 LoRA
+parameters per rank-20 client on DistilBERT is ``20 x 6 layers x 3 x (768 + 768)``.  The paper
+does not say which three; ``model.target_modules = ["q_lin", "k_lin", "v_lin"]`` (BERT/MiniLM:
+``["query", "key", "value"]``) reproduces the counts (a test checks them).
 
 The classification head is trained densely (PEFT ``modules_to_save``): it is freshly initialised
 for the task, so a low-rank update of it would make no sense.  By default it is every top-level

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -74,6 +74,15 @@ class RankPolicy(ABC):
     def scoring(self) -> Scoring | None:
         """How clients are scored when :meth:`wants_scores` (``None``: the policy never asks)."""
         return None
+
+    @property
+    def wants_high_quality_clients(self) -> bool:
+        """True when the allocation depends on which clients hold high-quality data; the runner
+        then calls :meth:`prefer` with them before :meth:`assign`."""
+        return False
+
+    def prefer(self, clients: Sequence[int]) -> None:  # noqa: B027 (an optional hook)
+        """The clients the allocation should favour (the partition's high-quality ones)."""
 
     def possible_tiers(self) -> list[RankTier]:
         """Every tier a client may train during the run (the allocation and any promotion)."""

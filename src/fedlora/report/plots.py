@@ -1,17 +1,20 @@
-"""PNG plots of runs (matplotlib's Agg backend: no display needed)."""
+"""PNG plots of runs (matplotlib's Agg backend: no display needed).
+
+matplotlib is imported on first use: the engine imports this module, and a process that only
+trains (a Flower ClientApp, started afresh for every message) should not pay for pyplot.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.axes import Axes
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 from fedlora.report.companion import with_companion
 from fedlora.runs.metrics import Headline, RoundMetrics, headline
@@ -19,6 +22,7 @@ from fedlora.runs.metrics import Headline, RoundMetrics, headline
 
 def plot_run(rows: Sequence[RoundMetrics], path: Path, title: str) -> Path:
     """The headline test metric (accuracy and macro-F1, or Rouge-L), and train/test loss."""
+    plt = _pyplot()
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     metrics = with_companion(headline(rows))
     evaluated = [r for r in rows if r.evaluated]
@@ -57,6 +61,7 @@ def plot_comparison(
     One line per method: the mean over seeds, with a min–max band.
     """
     metrics = with_companion(headline(r for seeds in runs.values() for rows in seeds for r in rows))
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         _plot_seed_bands(ax, runs, metric)
@@ -109,3 +114,12 @@ def _baseline_lines(
             linewidth=1,
             label=f"{name} ({metric.label})",
         )
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

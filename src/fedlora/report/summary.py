@@ -46,6 +46,7 @@ def run_summary(
         lines += [
             f"- final (round {final.round}): {_values(final, shown)}",
             f"- best {metric.label}: {metric.value(best):.4f} (round {best.round})",
+            *_per_class(final),
         ]
     lines += _promotions(rows)
     lines.append(_communication(rows))
@@ -62,6 +63,19 @@ def _values(row: RoundMetrics, metrics: Sequence[Headline]) -> str:
         if value is not None:
             parts.append(f"{metric.label} {value:.4f}")
     return ", ".join(parts)
+
+
+def _per_class(row: RoundMetrics) -> list[str]:
+    """F1 and test rows of every class, by name, in the given round (classification)."""
+    per_class = row.extra.get("per_class")
+    if not per_class:
+        return []
+    parts = []
+    for values in per_class:
+        f1 = values.get("f1")
+        shown = "-" if f1 is None else f"{f1:.4f}"
+        parts.append(f"{values.get('class')} {shown} ({values.get('support', 0)})")
+    return [f"- F1 per class (test rows), round {row.round}: {', '.join(parts)}"]
 
 
 def _promotions(rows: Sequence[RoundMetrics]) -> list[str]:

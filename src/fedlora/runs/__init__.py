@@ -1,6 +1,7 @@
 """Run directories: resolved config, per-round metrics, checkpoints, summaries and plots."""
 
-from fedlora.runs.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from fedlora.runs import faults
+from fedlora.runs.checkpoint import Checkpoint, Expected, load_checkpoint, save_checkpoint
 from fedlora.runs.metrics import (
     ACCURACY,
     MACRO_F1,
@@ -19,9 +20,11 @@ __all__ = [
     "ROUGE_L",
     "SCORE",
     "Checkpoint",
+    "Expected",
     "Headline",
     "RoundMetrics",
     "RunDir",
+    "faults",
     "headline",
     "load_checkpoint",
     "read_metrics",

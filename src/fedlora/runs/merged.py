@@ -18,6 +18,7 @@ from torch import Tensor
 
 from fedlora.errors import FedloraError
 from fedlora.lora import FoldedFactors, MergedRound
+from fedlora.runs import faults
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ class MergedStore:
             tensors[f"{name}/B"] = factors.B.contiguous()
         path = self._file(merged.round)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        faults.point("merged:write")
         save_file(tensors, str(tmp))
+        faults.point("merged:rename")
         os.replace(tmp, path)
 
     def load(self, until: int) -> list[MergedRound]:

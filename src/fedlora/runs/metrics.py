@@ -90,17 +90,25 @@ def headline(rows: Iterable[RoundMetrics]) -> Headline:
 CSV_COLUMNS = [f.name for f in fields(RoundMetrics) if f.name not in ("clients", "ranks", "extra")]
 
 
-def read_metrics(path: Path) -> list[RoundMetrics]:
-    """All rounds of a ``metrics.jsonl`` file; a corrupt line is an error naming the line."""
+def read_metrics(path: Path, *, repair_torn_tail: bool = False) -> list[RoundMetrics]:
+    """All rounds of a ``metrics.jsonl`` file; a corrupt line is an error naming the line.
+
+    With ``repair_torn_tail`` a last line cut short by a crash (no newline, not a record) is
+    dropped instead: its round is run again on resume.
+    """
     rows: list[RoundMetrics] = []
     if not path.exists():
         return rows
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rows.append(RoundMetrics.from_json(line))
         except (json.JSONDecodeError, TypeError) as error:
+            if repair_torn_tail and number == len(lines) and not text.endswith("\n"):
+                break
             raise FedloraError(f"{path} line {number}: not a metrics record ({error})") from None
     return rows
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
-from fedlora.runs.checkpoint import META
+from fedlora.runs.checkpoint import has_checkpoint
 from fedlora.runs.merged import MergedStore
 from fedlora.runs.metrics import RoundMetrics, read_metrics, write_metrics_csv
 
@@ -20,8 +21,10 @@ METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 SUMMARY = "summary.md"
 CHECKPOINT = "checkpoint"
+LABEL_FILES = ("label_distribution.csv", "label_distribution.png")
 MERGED = "merged"
 PLOTS = "plots"
+RUN_FOLDERS = {CHECKPOINT: "round-*.safetensors*", MERGED: "round-*.safetensors*", PLOTS: "*.png"}
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class RunDir:
         return self.summary_file.exists()
 
     def has_checkpoint(self) -> bool:
-        return (self.checkpoint_dir / META).exists()
+        return has_checkpoint(self.checkpoint_dir)
 
     @classmethod
     def check_free(
@@ -76,6 +79,12 @@ class RunDir:
         ``how`` says, in the caller's terms, how to overwrite and how to resume.
         """
         run = cls(path)
+        _check_writable(path)
+        if run.config_file.exists() is False and path.is_dir() and any(path.iterdir()):
+            raise FedloraError(
+                f"run directory {path} is a folder that holds files but no run; give an empty "
+                f"or new folder"
+            )
         if not overwrite and run.config_file.exists():
             what = "a finished run" if run.is_finished() else "an unfinished run"
             resume = how[1].format(path=path)
@@ -84,16 +93,23 @@ class RunDir:
                 f"run directory {path} already holds {what}; {how[0]} to replace it{hint}"
             )
 
+    def _remove_run_files(self) -> None:
+        """Only what a run writes (never other files a user keeps in the folder)."""
+        for name in (CONFIG, RUN_ID, METRICS, METRICS_CSV, SUMMARY, *LABEL_FILES):
+            (self.path / name).unlink(missing_ok=True)
+        for folder, pattern in RUN_FOLDERS.items():
+            for entry in (self.path / folder).glob(pattern):
+                entry.unlink()
+            with contextlib.suppress(OSError):  # left alone when it holds other files
+                (self.path / folder).rmdir()
+
     @classmethod
     def create(cls, path: Path, config: ExperimentConfig, *, overwrite: bool) -> RunDir:
         """A fresh run directory; refuses to replace an existing run unless ``overwrite``."""
         cls.check_free(path, overwrite=overwrite)
         run = cls(path)
-        if overwrite and path.exists():
-            for name in (CONFIG, RUN_ID, METRICS, METRICS_CSV, SUMMARY):
-                (path / name).unlink(missing_ok=True)
-            for name in (CHECKPOINT, MERGED, PLOTS):
-                shutil.rmtree(path / name, ignore_errors=True)
+        if overwrite and run.config_file.exists():
+            run._remove_run_files()
         path.mkdir(parents=True, exist_ok=True)
         run.config_file.write_text(config.to_toml(), encoding="utf-8")
         (path / RUN_ID).write_text(uuid.uuid4().hex, encoding="utf-8")
@@ -113,13 +129,30 @@ class RunDir:
         return read_metrics(self.metrics_file)
 
     def append_metrics(self, row: RoundMetrics) -> None:
+        """One more line, on disk (fsynced) before the round's checkpoint is written."""
         with self.metrics_file.open("a", encoding="utf-8") as handle:
             handle.write(row.to_json() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         write_metrics_csv(self.metrics(), self.path / METRICS_CSV)
 
     def keep_metrics_until(self, last_round: int) -> list[RoundMetrics]:
-        """Drop metrics of rounds after the checkpoint (they are recomputed on resume)."""
-        rows = [row for row in self.metrics() if row.round <= last_round]
+        """The metrics of rounds 0..``last_round`` (a checkpoint's), the later ones dropped
+        (they are recomputed on resume); a line torn by a crash is repaired, a missing round
+        is an error."""
+        if not self.metrics_file.exists():
+            raise FedloraError(f"{self.metrics_file} is missing; the run cannot be resumed")
+        rows = [
+            row
+            for row in read_metrics(self.metrics_file, repair_torn_tail=True)
+            if row.round <= last_round
+        ]
+        if [row.round for row in rows] != list(range(last_round + 1)):
+            held = [row.round for row in rows]
+            raise FedloraError(
+                f"{self.metrics_file} holds rounds {held}, not 0..{last_round} of its "
+                f"checkpoint; the run cannot be resumed exactly"
+            )
         self.rewrite_metrics(rows)
         return rows
 
@@ -141,3 +174,16 @@ class RunDir:
     def merged(self) -> MergedStore:
         """FLoRA's merged rounds, one file each, re-applied in order on resume."""
         return MergedStore(self.merged_dir)
+
+
+def _check_writable(path: Path) -> None:
+    """A run directory must be a folder this process can write: checked before any work."""
+    if path.exists() and not path.is_dir():
+        raise FedloraError(f"run directory {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FedloraError(f"run directory {path} lies under a file, {existing}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FedloraError(f"run directory {path}: {existing} is not writable")

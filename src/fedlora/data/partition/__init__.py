@@ -1,7 +1,9 @@
-"""Splitting a dataset among federated clients: IID, label skew, size skew, quality, natural."""
+"""Splitting a dataset among federated clients: IID, label skew, size skew, quality, natural,
+and Flower Datasets' partitioners by name."""
 
 from fedlora.data.partition.base import IndexArray, Partitioner
 from fedlora.data.partition.dirichlet import DirichletPartitioner
+from fedlora.data.partition.flower import FlowerDatasetsPartitioner, flower_partitioner_names
 from fedlora.data.partition.iid import IidPartitioner
 from fedlora.data.partition.natural import NaturalPartitioner
 from fedlora.data.partition.quality import QualityPartition, QualityPartitioner
@@ -15,6 +17,7 @@ from fedlora.data.partition.size_skew import SizeSkewPartitioner
 
 __all__ = [
     "DirichletPartitioner",
+    "FlowerDatasetsPartitioner",
     "IidPartitioner",
     "IndexArray",
     "NaturalPartitioner",
@@ -23,6 +26,7 @@ __all__ = [
     "QualityPartitioner",
     "SizeSkewPartitioner",
     "available_partitioners",
+    "flower_partitioner_names",
     "get_partitioner",
     "partitioner_class",
     "partitioner_options",

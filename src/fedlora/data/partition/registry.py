@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedlora.data.partition.base import Partitioner
 from fedlora.data.partition.dirichlet import DirichletPartitioner
+from fedlora.data.partition.flower import PREFIX, FlowerDatasetsPartitioner
 from fedlora.data.partition.iid import IidPartitioner
 from fedlora.data.partition.natural import NaturalPartitioner
 from fedlora.data.partition.quality import QualityPartitioner
@@ -37,6 +40,12 @@ def partitioner_options(name: str) -> dict[str, bool]:
     return _PARTITIONERS.options(name)
 
 
-def get_partitioner(name: str, **options: object) -> Partitioner:
-    """Build partitioner ``name``; unknown or missing options are a :class:`ConfigError`."""
+def get_partitioner(name: str, **options: Any) -> Partitioner:
+    """Build partitioner ``name``; unknown or missing options are a :class:`ConfigError`.
+
+    ``flwr_datasets.<Class>`` names a partitioner of Flower Datasets (see
+    :class:`~fedlora.data.partition.flower.FlowerDatasetsPartitioner`).
+    """
+    if isinstance(name, str) and name.startswith(PREFIX):
+        return FlowerDatasetsPartitioner(class_name=name.removeprefix(PREFIX), **options)
     return _PARTITIONERS.build(name, **options)

@@ -1,0 +1,93 @@
+"""Run every experiment suite (or the named ones): resumable, finished runs skipped, in parallel.
+
+Each run is a ``fedlora run`` subprocess with its own run directory under
+``runs/experiments/<suite>/``: a finished run (``summary.md``) is skipped, an interrupted one
+continues from its checkpoint (``fedlora run --resume``), a run killed before its first
+checkpoint starts over.  ``--workers`` runs go side by side with ``--threads`` torch threads each
+(two single-thread runs on two cores beat one two-thread run here: see docs/results.md).
+Kill it at any time and start it again.
+
+    python experiments/run.py [SUITE ...] [--workers 2] [--threads 1] [--list]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+from fedlora.runs import RunDir
+from suites import Job, all_suites
+
+
+def command(job: Job) -> list[str]:
+    """The ``fedlora run`` that starts, continues or restarts this job."""
+    fedlora = [sys.executable, "-m", "fedlora.cli", "run"]
+    run = RunDir(job.out)
+    if run.has_checkpoint():
+        return [*fedlora, "--resume", str(job.out), "--no-progress"]
+    config = [] if job.config_path is None else [str(job.config_path)]
+    overrides = [item for override in job.overrides for item in ("--set", override)]
+    return [*fedlora, *config, *overrides, "--overwrite", "--no-progress"]
+
+
+def pending(jobs: list[Job]) -> list[Job]:
+    return [job for job in jobs if not RunDir(job.out).is_finished()]
+
+
+def run_all(jobs: list[Job], workers: int, threads: int) -> int:
+    """Run the jobs, ``workers`` at a time; the number that failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    queue = list(jobs)
+    running: list[tuple[Job, subprocess.Popen[bytes], float]] = []
+    failed = 0
+    while queue or running:
+        while queue and len(running) < workers:
+            job = queue.pop(0)
+            log = job.out.parent / "logs" / f"{job.name}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("ab") as handle:
+                process = subprocess.Popen(
+                    command(job), env=env, stdout=handle, stderr=subprocess.STDOUT
+                )
+            running.append((job, process, time.monotonic()))
+            print(f"started  {job.suite}/{job.name}", flush=True)
+        time.sleep(2.0)
+        for entry in list(running):
+            job, process, start = entry
+            if process.poll() is None:
+                continue
+            running.remove(entry)
+            minutes = (time.monotonic() - start) / 60
+            if process.returncode == 0:
+                print(f"finished {job.suite}/{job.name} in {minutes:.1f} min", flush=True)
+            else:
+                failed += 1
+                print(f"FAILED   {job.suite}/{job.name} (exit {process.returncode}); see logs/")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="*", help="suite names (default: all)")
+    parser.add_argument("--workers", type=int, default=2, help="runs side by side")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--list", action="store_true", help="list the runs and their state")
+    args = parser.parse_args(argv)
+    jobs = [job for suite in all_suites(args.suites) for job in suite.jobs]
+    todo = pending(jobs)
+    if args.list:
+        for job in jobs:
+            run = RunDir(job.out)
+            state = "finished" if run.is_finished() else "resumable" if run.has_checkpoint() else ""
+            print(f"{job.suite}/{job.name:40} {state}")
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished")
+        return 0
+    print(f"{len(todo)} of {len(jobs)} runs to do, {args.workers} at a time", flush=True)
+    return 1 if run_all(todo, args.workers, args.threads) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

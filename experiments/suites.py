@@ -1,0 +1,114 @@
+"""Experiment suites: one TOML file per figure or table, expanded into runs (cell x seed).
+
+A suite names a base config (or the built-in defaults), overrides for every run, the seeds, and
+its cells: each cell is a named set of further overrides (a method, a rank allocation).  Every
+(cell, seed) is one ordinary run directory under ``runs/experiments/<suite>/``, so a suite is
+resumable run by run and any run can be inspected with ``fedlora inspect``.
+
+Suite file::
+
+    description = "..."
+    config = "configs/x.toml"          # optional; relative to the repository
+    seeds = [0, 1, 2]
+    set = ["run.rounds=20"]            # every cell
+    [cells.flexlora]
+    set = ["aggregation.method=flexlora"]
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedlora.config import ExperimentConfig, load_config
+from fedlora.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = REPO / "experiments" / "suites"
+RUNS = REPO / "runs" / "experiments"
+RESULTS = REPO / "docs" / "results"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of a suite: a cell at a seed."""
+
+    suite: str
+    cell: str
+    seed: int
+    config_path: Path | None
+    overrides: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{_slug(self.cell)}-seed{self.seed}"
+
+    @property
+    def out(self) -> Path:
+        return RUNS / self.suite / self.name
+
+    def config(self) -> ExperimentConfig:
+        """The resolved config of this run (validated: a bad suite fails before any run)."""
+        return load_config(self.config_path, list(self.overrides))
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    seeds: tuple[int, ...]
+    cells: dict[str, tuple[str, ...]]
+    jobs: tuple[Job, ...]
+
+
+def load_suite(path: Path) -> Suite:
+    """A suite file, every cell's config validated."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    unknown = set(data) - {"description", "config", "seeds", "set", "cells"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    config_path = REPO / data["config"] if data.get("config") else None
+    shared = tuple(data.get("set", []))
+    seeds = tuple(int(s) for s in data.get("seeds", [0]))
+    cells = {name: tuple(cell.get("set", [])) for name, cell in data.get("cells", {}).items()}
+    if not cells:
+        raise ConfigError(f"{path}: a suite needs at least one [cells.NAME]")
+    jobs = []
+    for cell, overrides in cells.items():
+        for seed in seeds:
+            job = Job(
+                suite=path.stem,
+                cell=cell,
+                seed=seed,
+                config_path=config_path,
+                overrides=(
+                    *shared,
+                    *overrides,
+                    f"run.seed={seed}",
+                    f"run.name='{_slug(cell)}-seed{seed}'",
+                    f"run.out_dir='{RUNS / path.stem / f'{_slug(cell)}-seed{seed}'}'",
+                ),
+            )
+            job.config()
+            jobs.append(job)
+    return Suite(path.stem, str(data.get("description", "")), seeds, cells, tuple(jobs))
+
+
+def all_suites(names: list[str] | None = None) -> list[Suite]:
+    paths = sorted(SUITES.glob("*.toml"))
+    if names:
+        known = {p.stem: p for p in paths}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ConfigError(f"no suite {missing}; suites: {', '.join(known)}")
+        paths = [known[n] for n in names]
+    return [load_suite(p) for p in paths]
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")

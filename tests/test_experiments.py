@@ -1,0 +1,84 @@
+"""Every experiment suite loads, validates, and each of its cells runs one tiny round.
+
+The real runs take hours (``python experiments/run.py``); here every cell's config is resolved and
+validated as the suite defines it, then run for one round with a tiny model, a few hundred rows
+and one local step, so that a broken suite fails in CI instead of hours into a run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from fedlora.engine import build_experiment, run_experiment
+from fedlora.runs import RunDir
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _suites_module() -> ModuleType:
+    path = REPO_ROOT / "experiments" / "suites.py"
+    spec = importlib.util.spec_from_file_location("experiment_suites", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+SUITES = _suites_module()
+ALL = SUITES.all_suites()
+
+
+def test_there_are_suites_and_each_names_its_runs() -> None:
+    assert {suite.name for suite in ALL} >= {
+        "agnews_default",
+        "instruct_smollm2",
+        "loss_based_scoring",
+    }
+    for suite in ALL:
+        names = [job.name for job in suite.jobs]
+        assert len(names) == len(set(names)) == len(suite.cells) * len(suite.seeds)
+
+
+def _tiny(config: Any, out: Path, models: dict[str, Path], data: Path) -> Any:
+    """The run shrunk to seconds: a tiny model, few rows, one round of one step."""
+    settings: dict[str, Any] = {
+        "run.rounds": 1,
+        "run.out_dir": str(out),
+        "train.steps": 1,
+        "data.max_test_samples": 16,
+    }
+    if config.is_causal_lm:
+        settings |= {"model.name": str(models["causal"]), "model.max_length": 64}
+        settings |= {"instruct.eval_per_task": 1, "instruct.max_new_tokens": 2}
+        settings["data.data_dir"] = str(out / "no-topic-data")
+    else:
+        settings |= {"model.name": str(models["classifier"]), "data.max_train_samples": 400}
+        settings["data.data_dir"] = str(data)
+    if config.ranks.policy == "distribution":  # FlexLoRA's tiers do not fit a tiny model
+        tiers = [2, 4, {"attention": 4, "mlp": 8}, 8]
+        settings["ranks.options"] = {**config.ranks.options, "tiers": tiers}
+    if config.ranks.policy == "loss_based":
+        settings["ranks.options"] = {**config.ranks.options, "score_rows": 40}
+    return config.replace(settings)
+
+
+@pytest.mark.parametrize(
+    "job", [s.jobs[i] for s in ALL for i in range(0, len(s.jobs), len(s.seeds))], ids=str
+)
+def test_every_cell_runs_one_tiny_round(
+    job: Any, tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    config = _tiny(job.config(), tmp_path / "run", models, shared_data_dir)
+    run_dir = RunDir.create(tmp_path / "run", config, overwrite=False)
+    rows = run_experiment(build_experiment(config), run_dir).metrics
+    assert [row.round for row in rows] == [0, 1]
+    assert run_dir.is_finished()
