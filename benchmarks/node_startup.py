@@ -178,8 +178,9 @@ def deployment(before: str, rounds: int) -> dict[str, Any]:
         )
         try:
             for name, source in (("before", old), ("after", REPO)):
-                (Path(work) / name).mkdir()
-                results[name] = deployment_rounds(source, rounds, Path(work) / name)
+                folder = Path(work) / "runs" / name
+                folder.mkdir(parents=True)
+                results[name] = deployment_rounds(source, rounds, folder)
         finally:
             subprocess.run(
                 ["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False
@@ -217,11 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = dict(list(CONFIGS.items())[:1]) if args.skip_llm else CONFIGS
     report = run(configs, args.repeats)
-    if args.deployment:
-        report["deployment"] = deployment(args.before, args.rounds)
-    print_table(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if args.deployment:
+        report["deployment"] = deployment(args.before, args.rounds)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print_table(report)
     print(f"\nwritten: {args.out}")
     return 0
 

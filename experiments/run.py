@@ -3,8 +3,9 @@
 Each run is a ``fedlora run`` subprocess with its own run directory under
 ``runs/experiments/<suite>/``: a finished run (``summary.md``) is skipped, an interrupted one
 continues from its checkpoint (``fedlora run --resume``), a run killed before its first
-checkpoint starts over.  ``--workers`` runs go side by side with ``--threads`` torch threads each
-(two single-thread runs on two cores beat one two-thread run here: see docs/results.md).
+checkpoint starts over.  ``--workers`` runs go side by side with ``--threads`` torch threads
+each: keep ``workers x threads`` at the number of cores (oversubscribed torch runs several
+times slower).
 Kill it at any time and start it again.
 
     python experiments/run.py [SUITE ...] [--workers 2] [--threads 1] [--list]

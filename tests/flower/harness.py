@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import pytest
 import torch
 from filelock import FileLock
 
+from fedlora.config import ExperimentConfig
+from fedlora.engine import run_in_process
 from fedlora.flower.launch import APP_DIR, LocalFederation, RunOutcome, TlsFiles
-from fedlora.runs import RoundMetrics, load_checkpoint, read_metrics
+from fedlora.runs import RoundMetrics, RunDir, load_checkpoint, read_metrics
 from tests.engine.helpers import write_tiny_config
 from tests.flower.tls import write_tls_files
 
@@ -30,8 +33,10 @@ __all__ = [
     "LocalFederation",
     "RunOutcome",
     "assert_completed",
+    "assert_same_as_in_process",
     "assert_same_run",
     "federations",
+    "wait_for_checkpoint",
     "write_tiny_config",
     "write_tls_files",
 ]
@@ -110,6 +115,25 @@ def assert_same_run(
     for name, tensor in reference.dense.items():
         torch.testing.assert_close(state.dense[name], tensor, rtol=0, atol=atol)
     return ours
+
+
+def assert_same_as_in_process(flower_dir: Path, config: ExperimentConfig, tmp_path: Path) -> None:
+    """The in-process runner with the same config computes the same run."""
+    reference_dir = tmp_path / "in-process"
+    reference = config.replace({"run.out_dir": str(reference_dir)})
+    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
+    assert_same_run(flower_dir, reference_dir, rel=1e-6, atol=1e-5)
+
+
+def wait_for_checkpoint(
+    out_dir: Path, round_index: int, federation: LocalFederation, run_id: int
+) -> None:
+    """Until the run in ``out_dir`` has checkpointed ``round_index`` (its log on a timeout)."""
+    checkpoint = out_dir / "checkpoint" / f"round-{round_index:05d}.safetensors"
+    deadline = time.monotonic() + 240.0
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline, federation.log(run_id)
+        time.sleep(0.5)
 
 
 def _close(a: float | None, b: float | None, rel: float, what: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ import pytest
 from fedlora.cli import main
 from fedlora.commands.flower import flower_run_config
 from fedlora.config import load_config
-from fedlora.engine import run_in_process
 from fedlora.flower.superlink import CONNECTION
 from fedlora.runs import RunDir, read_metrics
 from tests.flower.harness import (
@@ -29,8 +27,9 @@ from tests.flower.harness import (
     FederationFactory,
     LocalFederation,
     assert_completed,
-    assert_same_run,
+    assert_same_as_in_process,
     client_ranks,
+    wait_for_checkpoint,
     write_tiny_config,
 )
 
@@ -86,16 +85,10 @@ def test_nodes_train_at_their_announced_ranks(
     _assert_announced_ranks(out_dir, rounds=1)
 
     # The in-process runner with the announced ranks as its rank list computes the same run.
-    reference_dir = tmp_path / "in-process"
     reference = load_config(str(config_path)).replace(
-        {
-            "run.out_dir": str(reference_dir),
-            "ranks.policy": "list",
-            "ranks.options": {"ranks": ANNOUNCED},
-        }
+        {"ranks.policy": "list", "ranks.options": {"ranks": ANNOUNCED}}
     )
-    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
-    assert_same_run(out_dir, reference_dir, rel=1e-6, atol=1e-5)
+    assert_same_as_in_process(out_dir, reference, tmp_path)
 
 
 def test_deployment_over_tls(
@@ -169,11 +162,7 @@ def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
     config = load_config(str(config_path)).replace({"run.out_dir": str(out_dir)})
     run_config = flower_run_config(config, out_dir, overwrite=False, round_timeout=120.0)
     run_id = federation.submit(APP_DIR, run_config)
-    checkpoint = out_dir / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 240.0
-    while not (checkpoint.exists() and '"round": 1' in checkpoint.read_text()):
-        assert time.monotonic() < deadline, federation.log(run_id)
-        time.sleep(0.5)
+    wait_for_checkpoint(out_dir, 1, federation, run_id)
     servers = [pid for pid, command in federation.processes() if "flwr-serverapp" in command]
     assert servers, list(federation.processes())
     for pid in servers:
@@ -189,10 +178,7 @@ def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
     assert main([*args, "--out", str(tmp_path / "no-such-run"), "--resume"]) == 1
     assert federation.close() == []
 
-    reference_dir = tmp_path / "in-process"
-    reference = config.replace({"run.out_dir": str(reference_dir)})
-    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
-    assert_same_run(out_dir, reference_dir, rel=1e-6, atol=1e-5)
+    assert_same_as_in_process(out_dir, config, tmp_path)
 
 
 def test_a_supernode_that_restarts_gets_its_client_back(
@@ -205,11 +191,7 @@ def test_a_supernode_that_restarts_gets_its_client_back(
     run_id = federation.submit(
         APP_DIR, {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0}
     )
-    checkpoint = out_dir / "checkpoint" / "round-00001.safetensors"
-    deadline = time.monotonic() + 240.0
-    while not checkpoint.exists():
-        assert time.monotonic() < deadline, federation.log(run_id)
-        time.sleep(0.5)
+    wait_for_checkpoint(out_dir, 1, federation, run_id)
     victim = federation.supernodes[2]
     federation.stop_supernode(victim, signal.SIGKILL)
     federation.start_supernode({"partition-id": 2, "num-partitions": 3, "lora-rank": 8})

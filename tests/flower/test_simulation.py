@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from fedlora.config import load_config
-from fedlora.engine import run_in_process, sample_clients
-from fedlora.runs import RunDir, read_metrics
+from fedlora.engine import sample_clients
+from fedlora.runs import read_metrics
 from tests.engine.helpers import tiny_causal_config
 from tests.flower.harness import (
     APP_DIR,
     FederationFactory,
     assert_completed,
-    assert_same_run,
+    assert_same_as_in_process,
     write_tiny_config,
 )
 
@@ -66,7 +66,4 @@ def test_ray_simulation_matches_in_process(
         assert all(row.ranks == [RANKS[c] for c in row.clients] for row in rows[1:])
     assert (flower_dir / "summary.md").exists()
 
-    reference_dir = tmp_path / "in-process"
-    reference = config.replace({"run.out_dir": str(reference_dir)})
-    run_in_process(reference, RunDir.create(reference_dir, reference, overwrite=False))
-    assert_same_run(flower_dir, reference_dir, rel=1e-6, atol=1e-5)
+    assert_same_as_in_process(flower_dir, config, tmp_path)
