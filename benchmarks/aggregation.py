@@ -33,7 +33,7 @@ Threads: one torch thread per process by default (``--threads``).  The machine t
 on is shared with other jobs; with two OpenMP threads on two busy cores a thread that is descheduled
 stalls its partner at every barrier, and a 1024 x 1024 SVD varied from 0.3 s to 25 s between calls.
 Single-threaded calls are stable, and the reference and fedlora get the same resources, so the
-ratio compares the algorithms.  ``--threads 0`` uses torch's default on an idle machine.
+ratio compares the algorithms.  ``--threads 0`` uses one thread per core.
 
 Memory: peak RSS increase of the call.  Right before each call the process runs ``gc.collect()``,
 reads its current RSS (``VmRSS``) and resets the kernel's high-water mark by writing ``5`` to
@@ -45,8 +45,7 @@ hence this.  The first call runs in a fresh process and is the honest figure; la
 reuse memory that glibc kept resident after the first one (large tensors are mmapped and returned
 on free, but smaller ones can stay in the heap), so they can only read lower.  The maximum over
 the calls, i.e. the first call's, is reported; the JSON keeps every call's value.  Where
-``clear_refs`` is not writable the script falls back to ``ru_maxrss`` after the first call minus
-the RSS before it, valid for that first call only.
+``clear_refs`` is not writable the peak is not measured.
 
 Accuracy: the singular values of each method's rank-``r_max`` global update ``B A`` are recomputed
 in float64 from the factors (``svdvals(B L)`` with ``A A^T = L L^T``, exact whether or not ``A`` has
@@ -64,32 +63,31 @@ Usage::
 
     .venv/bin/python benchmarks/aggregation.py            # full run, ~14 min on 2 busy cores
     .venv/bin/python benchmarks/aggregation.py --quick    # smoke run, ~1 min (80 s on 2 busy cores)
+
+It prints Markdown tables and writes them with their numbers to
+``benchmarks/results/aggregation.json`` (``aggregation_quick.json`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import multiprocessing as mp
-import os
-import platform
-import re
-import resource
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from bench_env import proc_status_mb, reset_peak_rss, set_threads
+from bench_tools import Report, table
+from bench_tools import parser as bench_parser
 from fedlora.aggregation import FlexLoRA, GlobalState, choose_method
 from fedlora.lora import ClientUpdate, LoraFactors
 
@@ -143,7 +141,6 @@ class Measurement:
     cpu_times_s: list[float] = field(default_factory=list)
     peak_rss_increase_mb: list[float] = field(default_factory=list)
     warmup_s: float | None = None
-    memory_method: str = ""
     threads: int = 0
     checksum: float = 0.0
     skipped: str | None = None
@@ -166,7 +163,6 @@ class Call:
     wall_s: float
     cpu_s: float
     peak_mb: float | None
-    memory_method: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +202,7 @@ def make_updates(case: Case, seed: int) -> list[ClientUpdate]:
         decay = (1.0 + torch.arange(rank, dtype=torch.float32)) ** -0.5
         B = torch.randn(case.out_features, rank, generator=generator) * 0.01 * decay
         factors = LoraFactors(A=A, B=B, alpha=ALPHA, r=rank)
-        updates.append(ClientUpdate(client_id=f"c{k}", modules={MODULE: factors}, num_examples=n))
+        updates.append(ClientUpdate(client_id=k, modules={MODULE: factors}, num_examples=n))
     return updates
 
 
@@ -254,57 +250,26 @@ def fedlora_runner(svd: str, case: Case) -> Callable[[list[ClientUpdate]], Any]:
 _WORKER: dict[str, Any] = {}
 
 
-def _proc_status_kb(key: str) -> int:
-    with open("/proc/self/status") as status:
-        match = re.search(rf"^{key}:\s+(\d+) kB", status.read(), re.MULTILINE)
-    if match is None:
-        raise OSError(f"{key} not in /proc/self/status")
-    return int(match.group(1))
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _ru_maxrss_kb() -> int:
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # kB on Linux
-
-
 def worker_setup(case: Case, method: str, seed: int, threads: int) -> tuple[int, float]:
     """Build the inputs in the worker; returns its torch thread count and the input checksum."""
-    if threads > 0:
-        torch.set_num_threads(threads)
     updates = make_updates(case, seed)
     _WORKER.clear()
     _WORKER["updates"] = updates
     _WORKER["fn"] = reference_flexlora if method == "reference" else fedlora_runner(method, case)
-    _WORKER["calls"] = 0
-    return torch.get_num_threads(), checksum(updates)
+    return set_threads(threads), checksum(updates)
 
 
 def worker_call() -> Call:
     """Run the method once: wall and CPU seconds, peak RSS increase (MB, None if unmeasurable)."""
     _WORKER.pop("result", None)
-    first = _WORKER["calls"] == 0
-    _WORKER["calls"] += 1
     gc.collect()
-    before_kb = _proc_status_kb("VmRSS")
-    exact = _reset_peak_rss()
+    before = proc_status_mb()["rss_mb"]
+    exact = reset_peak_rss()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     _WORKER["result"] = _WORKER["fn"](_WORKER["updates"])
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    if exact:
-        peak: float | None = (_proc_status_kb("VmHWM") - before_kb) / 1024.0
-        how = "VmHWM after a clear_refs reset - VmRSS before, per call"
-    else:
-        peak = (_ru_maxrss_kb() - before_kb) / 1024.0 if first else None
-        how = "ru_maxrss after the first call - VmRSS before (clear_refs unavailable)"
-    return Call(wall_s=wall, cpu_s=cpu, peak_mb=peak, memory_method=how)
+    peak = proc_status_mb()["hwm_mb"] - before if exact else None
+    return Call(wall_s=wall, cpu_s=cpu, peak_mb=peak)
 
 
 def worker_result() -> tuple[np.ndarray, np.ndarray]:
@@ -331,10 +296,8 @@ class MethodWorker:
 
     def call(self) -> Call:
         result = self.pool.submit(worker_call).result()
-        m = self.measurement
-        m.memory_method = result.memory_method
         if result.peak_mb is not None:
-            m.peak_rss_increase_mb.append(result.peak_mb)
+            self.measurement.peak_rss_increase_mb.append(result.peak_mb)
         return result
 
     def finish(self) -> Measurement:
@@ -482,7 +445,6 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                 "warmup_s": m.warmup_s,
                 "peak_rss_increase_mb": m.peak_mb,
                 "peak_rss_increase_mb_per_call": m.peak_rss_increase_mb,
-                "memory_method": m.memory_method,
                 "torch_threads": m.threads,
                 "speedup_vs_reference": ref.median_s / m.median_s,
                 "sigma_max_rel_err_vs_reference": max_relative_error(s, s_ref),
@@ -542,86 +504,83 @@ def targets(cases: list[dict[str, Any]], noise_tolerance: float, quick: bool) ->
             met = speedup >= SPEEDUP_TARGET_B - noise_tolerance
         verdicts[f"{c['layer']}/{c['scenario']}"] = {
             "target": goal,
-            "speedup": speedup,
-            "sigma_max_rel_err_vs_reference": err,
             "met": bool(met),
             "shapes": "quick shapes, indicative only" if quick else "LLaMA-7B shapes",
         }
     return verdicts
 
 
-def print_table(report: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="FlexLoRA aggregation, one round, one layer (float32)")
-    for name, justify in (
-        ("layer", "left"),
-        ("scen.", "left"),
-        ("K", "right"),
-        ("R", "right"),
-        ("r_max", "right"),
-        ("method", "left"),
-        ("path", "left"),
-        ("median s", "right"),
-        ("n", "right"),
-        ("peak +MB", "right"),
-        ("ref/this", "right"),
-        ("σ err vs ref", "right"),
-        ("Frob err vs ref", "right"),
-        ("σ err vs f64", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for c in report["cases"]:
-        shape = "x".join(str(s) for s in c["shape"])
-        for i, (method, e) in enumerate(c["methods"].items()):
-            head = [shape, c["scenario"], str(c["clients"]), str(c["total_rank"]), str(c["r_max"])]
-            head = head if i == 0 else [""] * 5
+def tables(cases: list[dict[str, Any]], verdicts: dict[str, Any]) -> list[str]:
+    """The summary (reference against ``svd="auto"``) and every method of every case."""
+    summary = []
+    for c in cases:
+        ref, auto = c["methods"]["reference"], c["methods"]["auto"]
+        ranks = [int(r) for r in c["rank_counts"]]
+        who = "heavy-tail-light over" if c["scenario"] == "b" else "ranks"
+        summary.append(
+            (
+                " x ".join(map(str, c["shape"])),
+                f"{c['clients']} ({who} {min(ranks)}–{max(ranks)})",
+                c["total_rank"],
+                f"{ref['median_s']:.3g}",
+                f"{auto['median_s']:.3g} ({c['auto_path']})",
+                f"**{auto['speedup_vs_reference']:.1f}x**",
+                f"{auto['sigma_max_rel_err_vs_reference']:.1e}",
+                f"{ref['peak_rss_increase_mb']:.0f} / {auto['peak_rss_increase_mb']:.0f}",
+                "met" if verdicts[f"{c['layer']}/{c['scenario']}"]["met"] else "MISSED",
+            )
+        )
+    detail = []
+    for c in cases:
+        for method, e in c["methods"].items():
+            case = f"{'x'.join(map(str, c['shape']))} ({c['scenario']})"
             if e["skipped"]:
-                row = [method, e["path"], "skipped", "", "", "", "", "", ""]
-            else:
-                row = [
+                detail.append((case, method, e["path"], "skipped", "", "", "", ""))
+                continue
+            detail.append(
+                (
+                    case,
                     method,
                     e["path"],
                     f"{e['median_s']:.3f}",
-                    str(e["repeats"]),
+                    e["repeats"],
                     f"{e['peak_rss_increase_mb']:.0f}",
                     f"{e['speedup_vs_reference']:.1f}x",
-                    f"{e['sigma_max_rel_err_vs_reference']:.1e}",
-                    f"{e['frobenius_rel_err_vs_reference']:.1e}",
                     f"{e['sigma_max_rel_err_vs_float64']:.1e}",
-                ]
-            table.add_row(*head, *row, end_section=i == len(c["methods"]) - 1)
-    console = Console(width=160)
-    console.print(table)
-    for name, v in report["targets"].items():
-        status = "MET" if v["met"] else "MISSED"
-        console.print(
-            f"target {name} ({v['shapes']}): {v['target']}: {status} "
-            f"(speed-up {v['speedup']:.1f}x, σ err {v['sigma_max_rel_err_vs_reference']:.1e})"
-        )
-    for c in report["cases"]:
-        for method, e in c["methods"].items():
-            if e["skipped"]:
-                console.print(f"{c['layer']}/{c['scenario']} {method}: {e['skipped']}")
+                )
+            )
+    return [
+        table(
+            'FlexLoRA aggregation, one round, one layer, float32: the reference against svd="auto"',
+            (
+                "layer",
+                "clients",
+                "stacked R",
+                "reference s",
+                "fedlora s (path)",
+                "speed-up",
+                "σ rel. error vs reference",
+                "peak +MB ref / fedlora",
+                "target",
+            ),
+            summary,
+        ),
+        table(
+            "Every method (median of n calls; skipped: predicted over --forced-budget)",
+            ("case", "method", "path", "median s", "n", "peak +MB", "ref/this", "σ err vs f64"),
+            detail,
+        ),
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1024x1024 and 2752x1024 layers")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path(__file__).resolve().parent / "results" / "aggregation.json",
-        help="JSON output path (default: benchmarks/results/aggregation.json)",
-    )
+    parser = bench_parser(__doc__, threads=1)
     parser.add_argument(
         "--repeats",
         type=int,
         default=None,
         help="timed calls after warm-up (5; 3 with --quick)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--slow-seconds",
         type=float,
@@ -636,12 +595,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=60.0,
         help="skip a forced fedlora path predicted to take longer than this per call",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads per process (0: torch's default, one per core); see the module doc",
     )
     parser.add_argument(
         "--noise-tolerance",
@@ -659,56 +612,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)  # the float64 ground truth computed in this process
-    started = time.perf_counter()
-
-    def log(message: str) -> None:
-        print(f"{time.perf_counter() - started:7.1f}s {message}", file=sys.stderr, flush=True)
-
-    load_at_start = list(os.getloadavg())
+    report = Report("aggregation", args)
+    set_threads(args.threads)  # the float64 ground truth computed in this process
     layers = QUICK_LAYERS if args.quick else FULL_LAYERS
-    cases = [run_case(case, args, log) for case in build_cases(layers, args.seed)]
-    report = {
-        "benchmark": "flexlora_aggregation_one_round_one_layer",
+    cases = [run_case(case, args, report.log) for case in build_cases(layers, args.seed)]
+    verdicts = targets(cases, args.noise_tolerance, args.quick)
+    results = {
         "config": {
-            "quick": args.quick,
             "seed": args.seed,
             "repeats": args.repeats,
             "slow_seconds": args.slow_seconds,
             "slow_repeats": args.slow_repeats,
             "forced_budget_s": args.forced_budget,
-            "noise_tolerance": args.noise_tolerance,
-            "threads": args.threads,
+            "threads_per_worker": args.threads or "one per core",
             "dtype": "float32",
             "alpha": ALPHA,
-            "scenario_a_ranks": list(SCENARIO_A_RANKS),
             "scenario_b_population": [
                 {"type": t, "attn_rank": a, "mlp_rank": m, "p": p}
                 for t, a, m, p in HEAVY_TAIL_LIGHT
             ],
         },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpu_count": os.cpu_count(),
-            "torch_threads_parent": torch.get_num_threads(),
-            "torch_threads_workers": args.threads or "torch default",
-            "platform": platform.platform(),
-            "load_average_at_start": load_at_start,
-            "load_average_at_end": list(os.getloadavg()),
-        },
         "cases": cases,
-        "targets": {},
-        "wall_time_s": 0.0,
+        "targets": verdicts,
     }
-    report["targets"] = targets(cases, args.noise_tolerance, args.quick)
-    report["wall_time_s"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(report)
-    log(f"wrote {args.out} ({report['wall_time_s']:.0f} s)")
+    report.write(results, tables(cases, verdicts))
     return 0
 
 

@@ -12,21 +12,20 @@ It also scores the copy on the unseen test tasks that ``split_instructions`` hol
 task size), for the default causal-LM config (20 clients) and ``configs/instruct_smollm2.toml``
 (80 clients), seed by seed.  Model-free and deterministic: a few seconds.
 
-    python benchmarks/copy_baseline.py [--seeds 0,1,2] [--out benchmarks/results/copy_baseline.json]
+    python benchmarks/copy_baseline.py [--seeds 0,1,2]
+
+Markdown tables printed and written with their numbers to ``benchmarks/results/copy_baseline.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from collections import defaultdict
-from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench_env import REPO, RESULTS  # first: the offline environment and $FEDLORA_DATA
+from bench_env import REPO  # first: the offline environment and $FEDLORA_DATA
+from bench_tools import Report, table
+from bench_tools import parser as bench_parser
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.engine.instruction import load_instructions, split_instructions
 from fedlora.instruct import TaskScores, available_task_count, copy_input_scores
@@ -68,12 +67,10 @@ def unseen(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__, threads=None)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS / "copy_baseline.json", help="JSON output"
-    )
     args = parser.parse_args(argv)
+    report = Report("copy_baseline", args)
     seeds = [int(s) for s in args.seeds.split(",")]
     default = load_config(None, ["task=causal-lm"])
 
@@ -102,45 +99,43 @@ def main(argv: list[str] | None = None) -> int:
         name: {seed: unseen(load_config(path, [*overrides, f"run.seed={seed}"])) for seed in seeds}
         for name, (path, overrides) in CONFIGS.items()
     }
-    report = {
+    results = {
         "what": "copy the input as the answer; means over tasks (all tasks) or weighted by task "
         "size over the unseen test tasks (as the evaluator); rouge_l = the headline before tasks "
         "carried their metric, score = the headline after",
-        "command": " ".join(["python benchmarks/copy_baseline.py", *(argv or sys.argv[1:])]),
-        "data_dir": os.environ.get("FEDLORA_DATA", ""),
         "seeds": seeds,
         "all_tasks": {"per_seed": per_seed, "by_family": by_family, "by_task": by_task},
         "unseen": splits,
     }
-    _print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(f"\nwritten: {args.out}")
+    report.write(results, _tables(results))
     return 0
 
 
-def _print(report: dict[str, Any]) -> None:
-    header = f"{'':34} {'Rouge-L (before)':>17} {'score (after)':>14} {'exact match':>12}"
+HEADER = ("", "Rouge-L (before)", "score (after)", "exact match")
 
-    def row(label: str, values: dict[str, Any]) -> str:
-        return (
-            f"{label:34} {values['rouge_l']:17.3f} {values['score']:14.3f} "
-            f"{values['exact_match']:12.3f}"
-        )
 
-    print("Copying the input, mean over the tasks of each family (seeds averaged)")
-    print(header)
-    for family, values in report["all_tasks"]["by_family"].items():
-        print(row(f"{family} ({values['tasks']}, {'/'.join(values['metrics'])})", values))
-    for seed, values in report["all_tasks"]["per_seed"].items():
-        print(row(f"all {values['tasks']} tasks, seed {seed}", values))
-    for name, seeds in report["unseen"].items():
-        print(f"\nUnseen test tasks of {name}, weighted by task size")
-        print(header)
-        for seed, values in seeds.items():
-            label = f"seed {seed}: {len(values['by_task'])} tasks, {values['test_examples']} rows"
-            print(row(label, values))
-            print("    " + ", ".join(values["by_task"]))
+def _row(label: str, values: dict[str, Any]) -> tuple[str, ...]:
+    return (label, *(f"{values[name]:.3f}" for name in ("rouge_l", "score", "exact_match")))
+
+
+def _tables(results: dict[str, Any]) -> list[str]:
+    everything = results["all_tasks"]
+    rows = [
+        _row(f"{family} ({values['tasks']}, {'/'.join(values['metrics'])})", values)
+        for family, values in everything["by_family"].items()
+    ]
+    rows += [
+        _row(f"all {values['tasks']} tasks, seed {seed}", values)
+        for seed, values in everything["per_seed"].items()
+    ]
+    tables = [table("Copying the input, mean over the tasks of each family", HEADER, rows)]
+    for name, seeds in results["unseen"].items():
+        rows = [
+            _row(f"seed {seed}: {len(v['by_task'])} tasks, {v['test_examples']} rows", v)
+            for seed, v in seeds.items()
+        ]
+        tables.append(table(f"Unseen test tasks of {name}, weighted by task size", HEADER, rows))
+    return tables
 
 
 if __name__ == "__main__":

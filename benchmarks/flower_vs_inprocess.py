@@ -1,8 +1,9 @@
 """Benchmark: the same experiment through the in-process runner and through Flower's Ray simulation.
 
-Both runs use one config and write a run directory of the same shape; the table compares their
-wall times, printed and written to ``benchmarks/results/flower_vs_inprocess.json`` (``--out``;
-``--quick`` writes ``flower_vs_inprocess_quick.json``).
+Both runs use one config and write a run directory of the same shape; the tables compare their
+wall times and the engine's own phase seconds (``extra["seconds"]`` of every metrics row), printed
+and written to ``benchmarks/results/flower_vs_inprocess.json`` (``--quick``:
+``flower_vs_inprocess_quick.json``).
 
 - *in-process*: ``fedlora run CONFIG --out DIR`` in a fresh process (Python start-up, imports,
   data and model loading included), one client after the other on the shared base model, torch
@@ -14,11 +15,12 @@ wall times, printed and written to ``benchmarks/results/flower_vs_inprocess.json
   server-side evaluation.  Process handling is :mod:`fedlora.flower.launch`, shared with the
   tests (offline environment, process groups, nothing left behind).
 
-Times are taken by watching each run's ``metrics.jsonl`` (a line per round, polled every 50 ms)
-and ``summary.md`` (written last): *total* = launch (in-process) or submission (Flower) until
-``summary.md`` exists; *to round 1* = until the first metrics line; *steady round* = mean gap
-between consecutive metrics lines (rounds 2..R, i.e. training, aggregation, evaluation and
-checkpoint of a round once everything is warm).  Per-round overhead of Flower = its steady
+Times are taken by watching each run's ``metrics.jsonl`` (a line per round, polled every 200 ms):
+*total* = launch (in-process) or submission (Flower) until the process or the run ended; *to
+round 1* = until round 1's line; *steady round* = median gap between consecutive lines of rounds
+1..R (training, aggregation, evaluation and checkpoint of a round once everything is warm).  The
+phase table is the median over rounds 2..R of each phase's seconds as the round driver timed
+them; ``train`` is the transport's whole exchange.  Per-round overhead of Flower = its steady
 round minus the in-process one.  Both runs must agree on clients per round and on losses (the
 table reports the largest relative difference).  Other jobs share the 2 cores of the machine
 this was written on: compare within one run, not across runs.
@@ -35,34 +37,34 @@ import argparse
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_env import RESULTS  # first: the offline environment, before any HF import
+from bench_env import (  # first: the offline environment, before any HF import
+    flower_lock,
+    quiet_transformers,
+    wait_for_others,
+)
 
 # isort: split
 
 import tomli_w
 
+from bench_tools import Report, table
+from bench_tools import parser as bench_parser
+from fedlora.engine import PHASES
 from fedlora.flower.env import offline_environment
-from fedlora.flower.launch import (
-    APP_DIR,
-    FlowerLaunchError,
-    LocalFederation,
-    bin_path,
-    flower_lock,
-)
+from fedlora.flower.launch import LocalFederation
+from fedlora.flower.superlink import APP_DIR, FlowerLaunchError, bin_path
 from fedlora.model.tiny import save_tiny_bert
-from fedlora.runs import read_metrics
+from fedlora.runs import RoundMetrics, read_metrics
 
 # ---------------------------------------------------------------------------------- configs
 
@@ -74,6 +76,7 @@ def full_config(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "num_clients": args.clients,
             "clients_per_round": args.per_round,
+            "seed": args.seed,
         },
         "model": {"name": "minilm"},
         "data": {"dataset": "ag_news", "max_test_samples": args.test_samples},
@@ -81,9 +84,9 @@ def full_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def quick_config(model_dir: Path) -> dict[str, Any]:
+def quick_config(model_dir: Path, seed: int) -> dict[str, Any]:
     return {
-        "run": {"rounds": 3, "num_clients": 4, "clients_per_round": 2},
+        "run": {"rounds": 3, "num_clients": 4, "clients_per_round": 2, "seed": seed},
         "model": {"name": str(model_dir)},
         "data": {
             "dataset": "synthetic",
@@ -125,7 +128,7 @@ class RunWatcher:
         self._done.set()
         self._thread.join()
         self._read()
-        rounds = sorted(self.seen)
+        rounds = sorted(r for r in self.seen if r >= 1)
         gaps = [self.seen[b] - self.seen[a] for a, b in itertools.pairwise(rounds)]
         return {
             "total_s": time.monotonic() - self.start,
@@ -192,11 +195,7 @@ def run_flower(
     }
 
 
-def agreement(flower_dir: Path, reference_dir: Path) -> dict[str, Any]:
-    ours, theirs = (
-        read_metrics(flower_dir / "metrics.jsonl"),
-        read_metrics(reference_dir / "metrics.jsonl"),
-    )
+def agreement(ours: list[RoundMetrics], theirs: list[RoundMetrics]) -> dict[str, Any]:
     same_clients = [a.clients for a in ours] == [b.clients for b in theirs]
     same_ranks = [a.ranks for a in ours] == [b.ranks for b in theirs]
     diffs = []
@@ -212,137 +211,112 @@ def agreement(flower_dir: Path, reference_dir: Path) -> dict[str, Any]:
     }
 
 
-def other_benchmarks() -> list[str]:
-    """Command lines of other benchmark processes (they would disturb the timings)."""
-    found = subprocess.run(
-        ["pgrep", "-af", r"benchmarks/\w+\.py"], capture_output=True, text=True, check=False
-    )
-    mine = str(os.getpid())
-    return [line for line in found.stdout.splitlines() if line.split()[0] != mine]
-
-
-# ---------------------------------------------------------------------------------- report
+def phase_seconds(rows: list[RoundMetrics]) -> dict[str, float]:
+    """Median seconds of each phase over the steady rounds (2..R), as the round driver timed it."""
+    steady = [row.extra["seconds"] for row in rows if row.round >= 2] or [
+        row.extra["seconds"] for row in rows if row.round >= 1
+    ]
+    return {phase: statistics.median(s.get(phase, 0.0) for s in steady) for phase in PHASES}
 
 
 def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:8.1f}"
+    return "-" if value is None else f"{value:.1f}"
 
 
-def print_table(report: dict[str, Any]) -> None:
-    inproc, flower = report["in_process"], report["flower"]
-    print(f"\n{report['experiment']}")
-    print(f"load average (1/5/15 min): {report['machine']['load_average']}")
-    print(f"{'runner':<26}{'total s':>10}{'to round 1 s':>14}{'steady round s':>16}")
-    for name, row in (("in-process (fedlora run)", inproc), ("Flower Ray simulation", flower)):
-        print(
-            f"{name:<26}{_fmt(row['total_s']):>10}{_fmt(row['to_round1_s']):>14}"
-            f"{_fmt(row['steady_round_s']):>16}"
+def tables(runs: dict[str, dict[str, Any]], check: dict[str, Any], experiment: str) -> list[str]:
+    names = {"in_process": "in-process (`fedlora run`)", "flower": "Flower Ray simulation"}
+    walls = [
+        (
+            names[key],
+            _fmt(run["total_s"]),
+            _fmt(run["to_round1_s"]),
+            _fmt(run["steady_round_s"]),
+            _fmt(run.get("superlink_start_s")),
         )
-    print(f"{'SuperLink start (extra)':<26}{_fmt(flower['superlink_start_s']):>10}")
-    summary = report["summary"]
-    print(f"\nFlower / in-process total: {summary['total_ratio']:.2f}x")
-    if summary["overhead_per_round_s"] is not None:
-        print(
-            f"Flower overhead per steady round: {summary['overhead_per_round_s']:+.1f} s "
-            f"({summary['overhead_per_round_pct']:+.0f} % of an in-process round)"
-        )
-    print(f"Flower extra before round 1: {summary['startup_overhead_s']:+.1f} s")
-    check = report["agreement"]
-    print(
-        f"Same clients: {check['same_clients']}, same ranks: {check['same_ranks']}, "
-        f"largest relative loss difference: {check['max_rel_loss_diff']:.1e}"
+        for key, run in runs.items()
+    ]
+    phases = [
+        (names[key], *(f"{run['phases_s'][p]:.2f}" for p in PHASES)) for key, run in runs.items()
+    ]
+    agreement = (
+        f"Same clients: {check['same_clients']}, same ranks: {check['same_ranks']}, largest "
+        f"relative loss difference {check['max_rel_loss_diff']:.1e}."
     )
+    return [
+        table(
+            f"{experiment}: wall seconds",
+            ("runner", "total", "to round 1", "steady round", "SuperLink start (not counted)"),
+            walls,
+        ),
+        table(
+            "Seconds per phase as the round driver timed them (median of rounds 2..R)",
+            ("runner", *PHASES),
+            phases,
+        )
+        + "\n\n"
+        + agreement,
+    ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny random BERT, synthetic data")
+    parser = bench_parser(__doc__, threads=None)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5, help="local steps per client and round")
     parser.add_argument("--test-samples", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=1800.0, help="Flower run deadline (s)")
-    parser.add_argument("--out", type=Path, default=None, help="JSON result file")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument(
         "--wait-for-others",
         type=float,
         default=0.0,
-        help="minutes to wait (polling every 30 s) for other benchmarks/*.py to finish",
+        help="minutes to wait (polling every 30 s) for other benchmarks to finish",
     )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    out = args.out or RESULTS / (
-        "flower_vs_inprocess_quick.json" if args.quick else "flower_vs_inprocess.json"
-    )
+    report = Report("flower_vs_inprocess", args)
+    quiet_transformers()
     work = Path(tempfile.mkdtemp(prefix="fedlora-flower-bench-"))
-    print(f"work folder: {work}")
+    report.log(f"work folder: {work}")
     if args.quick:
-        config = quick_config(save_tiny_bert(work / "tiny-bert"))
+        config = quick_config(save_tiny_bert(work / "tiny-bert"), args.seed)
         experiment = "tiny random BERT (hidden 32, 2 layers), synthetic data"
     else:
         config = full_config(args)
         experiment = "MiniLM (all-MiniLM-L6-v2) on AG News"
     run = config["run"]
     experiment += (
-        f": {run['num_clients']} clients, {run['clients_per_round']} per round, "
+        f", {run['num_clients']} clients, {run['clients_per_round']} per round, "
         f"{run['rounds']} rounds, {config['train']['steps']} local steps"
     )
     config_path = work / "config.toml"
     config_path.write_text(tomli_w.dumps(config), encoding="utf-8")
-
-    deadline = time.monotonic() + 60 * args.wait_for_others
-    while (others := other_benchmarks()) and time.monotonic() < deadline:
-        print(f"waiting for {len(others)} other benchmark process(es) to finish", flush=True)
-        time.sleep(30)
-    if others:
-        print(f"warning: other benchmarks are running, timings will be disturbed: {others}")
-    load = {"start": os.getloadavg()}
+    others = wait_for_others(args.wait_for_others, report.log)
     with flower_lock():
-        print("in-process run ...", flush=True)
+        report.log("in-process run ...")
         inproc = run_in_process(config_path, work / "in-process", work, work / "in-process.log")
-        load["after_in_process"] = os.getloadavg()
-        print("Flower simulation ...", flush=True)
+        report.log("Flower simulation ...")
         flower = run_flower(
             config_path, work / "flower-run", work, run["num_clients"], args.timeout
         )
-        load["after_flower"] = os.getloadavg()
-    check = agreement(work / "flower-run", work / "in-process")
-
-    steady = (inproc["steady_round_s"], flower["steady_round_s"])
-    overhead = None if None in steady else steady[1] - steady[0]
-    report: dict[str, Any] = {
-        "experiment": experiment,
-        "quick": args.quick,
-        "config": config,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "load_average": load,
-            "other_benchmarks_at_start": others,
-            "python": platform.python_version(),
-        },
-        "in_process": inproc,
-        "flower": flower,
-        "summary": {
-            "total_ratio": flower["total_s"] / inproc["total_s"],
-            "overhead_per_round_s": overhead,
-            "overhead_per_round_pct": None if overhead is None else 100 * overhead / steady[0],
-            "startup_overhead_s": flower["to_round1_s"] - inproc["to_round1_s"],
-        },
-        "agreement": check,
+    rows = {
+        "in_process": read_metrics(work / "in-process" / "metrics.jsonl"),
+        "flower": read_metrics(work / "flower-run" / "metrics.jsonl"),
     }
-    print_table(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"\nwritten: {out}")
+    runs = {"in_process": inproc, "flower": flower}
+    for key, run_rows in rows.items():
+        runs[key]["phases_s"] = phase_seconds(run_rows)
+    check = agreement(rows["flower"], rows["in_process"])
+    results = {"experiment": experiment, "config": config, "other_benchmarks_at_start": others}
+    report.write(results | runs | {"agreement": check}, tables(runs, check, experiment))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if check["same_clients"] and check["same_ranks"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

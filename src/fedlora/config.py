@@ -530,6 +530,14 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def format_override(key: str, value: Any) -> str:
+    """``key=value`` as ``--set`` takes it: the inverse of :func:`parse_override`.
+
+    Lets a script record the exact ``fedlora run --set ...`` command of a config it built.
+    """
+    return f"{key}={_toml_value(value)}"
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data

@@ -3,31 +3,29 @@
 The process handling (free ports, offline environment, ``/health`` readiness, ``flwr`` CLI
 calls, teardown by process group) lives in :mod:`fedlora.flower.launch`, shared with the
 benchmarks; this module adds what only the tests need.  Flower runs are serialised across
-pytest-xdist workers (and the benchmarks) by :func:`fedlora.flower.launch.flower_lock`.
+pytest-xdist workers (and the benchmarks, whose ``bench_env.FLOWER_LOCK`` is the same file) by
+:func:`flower_lock`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from fedlora.config import ExperimentConfig
 from fedlora.engine import run_in_process
-from fedlora.flower.launch import (
-    APP_DIR,
-    LocalFederation,
-    RunOutcome,
-    TlsFiles,
-    flower_lock,
-    write_tls_files,
-)
+from fedlora.flower.launch import APP_DIR, LocalFederation, RunOutcome, TlsFiles
 from fedlora.runs import RoundMetrics, RunDir, load_checkpoint, read_metrics
 from tests.engine.helpers import write_tiny_config
+from tests.flower.tls import write_tls_files
 
 __all__ = [
     "APP_DIR",
@@ -44,6 +42,13 @@ __all__ = [
 ]
 
 FederationFactory = Callable[..., LocalFederation]
+
+
+@contextlib.contextmanager
+def flower_lock(timeout: float = 3600.0) -> Iterator[None]:
+    """One Flower experiment at a time on this machine: each starts Ray or a dozen processes."""
+    with FileLock(Path(tempfile.gettempdir()) / "fedlora-flower.lock", timeout=timeout):
+        yield
 
 
 def federations(tmp_path: Path) -> Iterator[FederationFactory]:

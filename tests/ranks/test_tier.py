@@ -198,3 +198,16 @@ def test_rank_map_is_first_match_else_default(
     assert tier.rank_map(names) == expected
     assert all(1 <= r <= tier.max_rank for r in tier.rank_map(names).values())
     assert RankTier.from_dict(json.loads(json.dumps(tier.to_dict()))) == tier
+
+
+def test_capped_rank_map_cuts_only_the_layers_too_narrow_for_the_rank() -> None:
+    # SmolLM2-135M: 576-wide attention, 192-wide key/value projections, 1536-wide MLP.
+    q, k, v = (f"model.layers.0.self_attn.{n}_proj" for n in "qkv")
+    up = "model.layers.0.mlp.up_proj"
+    shapes = {q: (576, 576), k: (192, 576), v: (192, 576), up: (1536, 576)}
+    assert RankTier.uniform(200).capped_rank_map(shapes) == {q: 200, k: 192, v: 192, up: 200}
+    assert FLEX_TYPE3.capped_rank_map(shapes) == FLEX_TYPE3.rank_map(shapes)
+    assert RankTier.uniform(600).capped_rank_map({up: (1536, 576), k: (576, 192)}) == {
+        up: 576,
+        k: 192,
+    }

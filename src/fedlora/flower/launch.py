@@ -10,7 +10,7 @@ reported.
 
 Typical use::
 
-    with LocalFederation(tmp_path, tls=write_tls_files(tmp_path / "certs")) as federation:
+    with LocalFederation(tmp_path, tls=TlsFiles(ca, cert, key)) as federation:
         federation.start_superlink()
         for i, rank in enumerate([2, 4, 8]):
             federation.start_supernode({"partition-id": i, "num-partitions": 3, "lora-rank": rank})
@@ -22,9 +22,6 @@ Typical use::
 from __future__ import annotations
 
 import contextlib
-import datetime
-import fcntl
-import ipaddress
 import os
 import shutil
 import signal
@@ -40,10 +37,6 @@ from types import TracebackType
 from typing import IO, Any
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedlora.flower.env import offline_environment
 from fedlora.flower.superlink import (
@@ -70,29 +63,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def flower_lock(timeout: float = 3600.0) -> Iterator[None]:
-    """One Flower experiment at a time on this machine (tests under xdist, benchmarks)."""
-    path = Path(tempfile.gettempdir()) / "fedlora-flower.lock"
-    with path.open("a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise FlowerLaunchError(f"{path} stayed locked for {timeout:.0f} s") from None
-                time.sleep(1.0)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @dataclass(frozen=True)
 class TlsFiles:
-    """A test CA and a server certificate for 127.0.0.1 / localhost signed by it (PEM files)."""
+    """The PEM files of a TLS federation: the CA, and the SuperLink's certificate and key.
+
+    The certificate must name 127.0.0.1 in its subject alternative names.
+    """
 
     ca: Path
     cert: Path
@@ -100,80 +76,6 @@ class TlsFiles:
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
-
-
-def write_tls_files(directory: Path, *, days: int = 2) -> TlsFiles:
-    """Generate an EC P-256 CA and server certificate (SAN IP 127.0.0.1, DNS localhost)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedlora test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, LOOPBACK)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.IPv4Address(LOOPBACK)), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    files = TlsFiles(
-        ca=directory / "ca.crt", cert=directory / "server.crt", key=directory / "server.key"
-    )
-    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files.key.chmod(0o600)
-    return files
 
 
 # ---------------------------------------------------------------------------------- processes

@@ -220,6 +220,14 @@ class RankTier:
         """``module name -> rank`` for every given module (a PEFT ``rank_pattern``-ready map)."""
         return {name: self.rank_for(name) for name in module_names}
 
+    def capped_rank_map(self, shapes: Mapping[str, tuple[int, int]]) -> dict[str, int]:
+        """:meth:`rank_map` with each rank cut to ``min(out, in)``, the most its layer can hold.
+
+        FlexLoRA's rank 200 does not fit a model's narrower layers (SmolLM2-135M's 192-wide
+        key/value projections): this is the tier as close as such a model allows.
+        """
+        return {name: min(rank, *shapes[name]) for name, rank in self.rank_map(shapes).items()}
+
     def unused_patterns(self, module_names: Iterable[str]) -> list[str]:
         """Patterns that decide no module's rank: usually a sign the aliases miss this model."""
         names = list(module_names)
