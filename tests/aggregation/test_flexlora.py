@@ -302,3 +302,36 @@ def test_clients_that_cancel_out_leave_fresh_slots_under_the_sqrt_split(svd: str
     slots = state.modules["m"]
     torch.testing.assert_close(torch.linalg.vector_norm(slots.A, dim=1), torch.ones(3, dtype=DTYPE))
     assert float(slots.B.abs().max()) < 1e-12
+
+
+@given(rounds(max_clients=4, max_dim=10), st.sampled_from(["dense", "factored"]))
+def test_energy_kept_is_the_share_of_the_squared_singular_values(case, svd) -> None:  # type: ignore[no-untyped-def]
+    # Each client rank r of the round keeps sum_{i<=r} sigma_i^2 / ||dW||_F^2 of the averaged
+    # update, the definition read off a dense SVD of dW.
+    shapes, updates = case
+    flexlora = get_aggregator("flexlora", svd=svd, energy=True)
+    flexlora.aggregate(updates, initial(shapes))
+    report = flexlora.round_report()["energy_kept"]
+    assert set(report) == set(shapes)
+    for name in shapes:
+        expected = average_delta(updates, name).double()
+        sigma2 = torch.linalg.svdvals(expected).square()
+        ranks = {u.modules[name].r for u in updates}
+        assert {int(r) for r in report[name]} >= ranks
+        for rank, share in report[name].items():
+            total = float(sigma2.sum())
+            want = 1.0 if total == 0 else min(float(sigma2[: int(rank)].sum()) / total, 1.0)
+            assert share == pytest.approx(want, abs=1e-9)
+
+
+def test_energy_is_reported_only_when_asked_for() -> None:
+    shapes = {"m": (6, 5)}
+    updates = [make_update(0, shapes, {"m": 2}, seed=0), make_update(1, shapes, {"m": 4}, seed=1)]
+    plain = get_aggregator("flexlora")
+    plain.aggregate(updates, initial(shapes))
+    assert plain.round_report() == {}
+    asked = get_aggregator("flexlora", energy=True)
+    asked.aggregate(updates, initial(shapes))
+    shares = asked.round_report()["energy_kept"]["m"]
+    assert list(shares) == ["2", "4"]
+    assert 0.0 < shares["2"] < shares["4"] <= 1.0

@@ -323,3 +323,19 @@ def test_in_process_clients_are_served_one_at_a_time(tiny_bert_dir: Path, tmp_pa
     row = driver.run(transport).metrics[1]
     assert events == [(kind, c) for c in row.clients for kind in ("served", "trained")]
     assert [e["down"] is not None for e in row.extra["traffic"]] == [True] * len(row.clients)
+
+
+def test_flexlora_energy_kept_is_in_the_rounds_metrics(tiny_bert_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(
+        tiny_bert_dir,
+        tmp_path / "run",
+        **{"run.rounds": 1, "aggregation.options": {"energy": True}},
+    )
+    row = _run(config).metrics[1]
+    experiment = build_experiment(config)
+    kept = row.extra["energy_kept"]
+    assert set(kept) == set(experiment.module_names)
+    for shares in kept.values():
+        assert {int(r) for r in shares} >= set(row.ranks)
+        assert all(0.0 < s <= 1.0 for s in shares.values())
+        assert shares[str(min(row.ranks))] < 1.0  # the low rank truncates a rank-sum update

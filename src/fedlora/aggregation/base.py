@@ -71,6 +71,11 @@ class Aggregator(ABC):
         """
         return update
 
+    def round_report(self) -> dict[str, Any]:
+        """What the method measured in its last :meth:`aggregate` call, for the round's metrics
+        (FlexLoRA: the energy each rank's truncation keeps, when asked for)."""
+        return {}
+
     def validate_update(self, update: ClientUpdate, previous: GlobalState) -> None:
         """All checks of one update against the state it was served from (raise on a bad one)."""
         validate_round([update], previous)

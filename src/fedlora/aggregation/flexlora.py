@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -43,6 +43,10 @@ class FlexLoRA(Aggregator):
         round without high-rank clients does not truncate what they are served later; when the
         round's stacked rank is smaller, fresh slots (``B`` zero, no update) hold the rank.
         An explicit ``max_rank`` is used as given.
+    energy : also report, per module and for every client rank of the round, the share of the
+        aggregated update's energy ``||dW||_F^2`` that the rank-``r`` truncation keeps
+        (FlexLoRA's Figure 8 reads its complement as the SVD truncation error).  Off by
+        default: ``||dW||_F^2`` costs two Gram matrices of the stacked factors per module.
     """
 
     name = "flexlora"
@@ -54,6 +58,7 @@ class FlexLoRA(Aggregator):
         sigma: SigmaPlacement = "B",
         svd: SvdMethod = "auto",
         max_rank: int | None = None,
+        energy: bool = False,
     ) -> None:
         super().__init__(weighting=weighting)
         if sigma not in SIGMA_PLACEMENTS:
@@ -67,6 +72,8 @@ class FlexLoRA(Aggregator):
         self.sigma: SigmaPlacement = sigma
         self.svd: SvdMethod = svd
         self.max_rank = max_rank
+        self.energy = energy
+        self._energy_kept: dict[str, dict[int, float]] = {}
 
     def configure_federation(self, max_rank: int) -> None:
         """Keep the triplets of the federation's largest rank unless ``max_rank`` was given.
@@ -85,6 +92,7 @@ class FlexLoRA(Aggregator):
         The slots above the round's stacked rank are the fresh ones :meth:`GlobalState.slots`
         serves anyway; keeping them keeps the rank for the next round's SVD.
         """
+        self._energy_kept = {}
         state = super().aggregate(updates, previous, validated=validated)
         if self.max_rank is not None:
             return state
@@ -106,6 +114,9 @@ class FlexLoRA(Aggregator):
         # Triplets past the stacked rank R have singular value 0 whichever path computes them.
         keep = min(keep, sum(f.rank for f in factors))
         triplets = top_svd_of_sum(factors, weights, keep, self.svd)
+        if self.energy:
+            ranks = {f.rank for f in factors} | {keep}
+            self._energy_kept[module] = energy_kept(factors, weights, triplets.S, ranks)
         U, S, Vh = triplets.U, triplets.S, triplets.Vh
         if self.sigma == "B":
             return FoldedFactors(A=Vh, B=U * S)
@@ -117,8 +128,37 @@ class FlexLoRA(Aggregator):
         b_scale = torch.where(live, root, S)
         return FoldedFactors(A=a_scale[:, None] * Vh, B=U * b_scale)
 
+    def round_report(self) -> dict[str, Any]:
+        if not self._energy_kept:
+            return {}
+        shares = {
+            module: {str(rank): share for rank, share in sorted(kept.items())}
+            for module, kept in self._energy_kept.items()
+        }
+        return {"energy_kept": shares}
+
     @staticmethod
     def _default_rank(factors: Sequence[FoldedFactors], previous: FoldedFactors | None) -> int:
         """The state's rank so far or the round's largest client rank, whichever is more."""
         held = 0 if previous is None else previous.rank
         return max(held, *(f.rank for f in factors))
+
+
+def energy_kept(
+    factors: Sequence[FoldedFactors], weights: Tensor, S: Tensor, ranks: Iterable[int]
+) -> dict[int, float]:
+    """For each rank ``r``: ``sum_{i<=r} sigma_i^2 / ||dW||_F^2`` of ``dW = sum_k w_k B_k A_k``.
+
+    ``||P Q||_F^2 = sum((P^T P) * (Q Q^T))`` with the stacked ``P`` and ``Q``, in float64, so the
+    total needs no SVD tail; ``S`` holds the top singular values the aggregation computed (a
+    rank beyond them keeps all of their energy).  An all-zero ``dW`` keeps everything.
+    """
+    P = torch.cat([w * f.B for f, w in zip(factors, weights, strict=True)], dim=1).double()
+    Q = torch.cat([f.A for f in factors], dim=0).double()
+    total = float((P.T @ P).mul_(Q @ Q.T).sum())
+    cumulative = S.double().square().cumsum(0)
+    shares: dict[int, float] = {}
+    for rank in ranks:
+        kept = float(cumulative[min(rank, len(S)) - 1]) if len(S) and rank > 0 else 0.0
+        shares[rank] = 1.0 if total <= 0.0 else min(kept / total, 1.0)
+    return shares

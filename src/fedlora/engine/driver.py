@@ -423,6 +423,7 @@ class RoundDriver:
             log.warning("round %d: aggregation failed, the state is kept: %s", round_index, error)
             dropped.append(f"round: {error}")
             return kept
+        notes.update(self.experiment.aggregator.round_report())
         if new_state.merge_into_base:
             merged = MergedRound(round=round_index, modules=dict(new_state.merge_into_base))
             self.merged.append(merged)
