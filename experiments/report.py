@@ -7,7 +7,11 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   model and the trivial baselines below (``fedlora compare``'s tables, :mod:`fedlora.report`);
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
 - ``promotion.csv`` for suites whose runs promote clients (loss-based allocation): who was
-  promoted, which clients were high-quality, and the precision of the promotion.
+  promoted, which clients were high-quality, and the precision of the promotion;
+- ``energy.csv`` / ``energy.png`` for suites whose FlexLoRA runs record ``energy_kept``: per
+  round, module and client rank, the share of the aggregated update's energy the rank's
+  truncation keeps, and its complement (the SVD truncation error, FlexLoRA's Figure 8) per
+  module averaged over rounds and seeds.
 
 These files are small and committed: every number in the README and docs/results.md comes from
 one of them.
@@ -19,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from fedlora.report import comparison_rows, plot_comparison, write_comparison
 from fedlora.runs import RoundMetrics, RunDir
@@ -81,6 +88,54 @@ def write_promotions(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path
     return True
 
 
+def write_energy(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
+    """The energy each client rank's truncation keeps, per round and module; False if none."""
+    lines = [
+        [cell, seed, row.round, module, int(rank), share]
+        for cell, seeds in runs.items()
+        for seed, rows in seeds
+        for row in rows
+        for module, shares in row.extra.get("energy_kept", {}).items()
+        for rank, share in shares.items()
+    ]
+    if not lines:
+        return False
+    with (folder / "energy.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "seed", "round", "module", "rank", "energy_kept"])
+        writer.writerows(lines)
+    plot_truncation_error(lines, folder / "energy.png")
+    return True
+
+
+def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
+    """One panel per cell: per module, ``1 - energy kept`` for each client rank (mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    errors: dict[str, dict[int, dict[str, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
+    for cell, _seed, _round, module, rank, share in lines:
+        errors[cell][rank][module].append(1.0 - share)
+    figure, axes = plt.subplots(1, len(errors), figsize=(6 * len(errors), 4), squeeze=False)
+    for axis, (cell, by_rank) in zip(axes[0], errors.items(), strict=True):
+        modules = sorted({m for by_module in by_rank.values() for m in by_module})
+        for rank, by_module in sorted(by_rank.items()):
+            means = [statistics.fmean(by_module.get(m, [float("nan")])) for m in modules]
+            axis.plot(range(len(modules)), means, marker=".", label=f"rank {rank}")
+        axis.set_title(cell)
+        axis.set_xlabel("module (by name)")
+        axis.set_ylabel("SVD truncation error (1 - energy kept)")
+        axis.set_ylim(0, 1)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
 def report(suite: Suite) -> Path | None:
     runs = finished_runs(suite)
     if not runs:
@@ -92,6 +147,7 @@ def report(suite: Suite) -> Path | None:
     plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
     write_rounds(runs, folder / "rounds.csv")
     write_promotions(runs, folder / "promotion.csv")
+    write_energy(runs, folder)
     done = sum(len(seeds) for seeds in runs.values())
     print(f"{suite.name}: {done} of {len(suite.jobs)} runs finished\n{table}")
     return folder

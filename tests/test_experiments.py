@@ -7,6 +7,8 @@ and one local step, so that a broken suite fails in CI instead of hours into a r
 
 from __future__ import annotations
 
+import csv
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -54,6 +56,8 @@ def _tiny(config: Any, out: Path, models: dict[str, Path], data: Path) -> Any:
         "run.out_dir": str(out),
         "train.steps": 1,
         "data.max_test_samples": 16,
+        "run.num_clients": min(config.run.num_clients, 40),  # a few rows each of the 400 below
+        "run.clients_per_round": min(config.run.clients_per_round, 4),
     }
     if config.is_causal_lm:
         settings |= {"model.name": str(models["causal"]), "model.max_length": 64}
@@ -82,3 +86,28 @@ def test_every_cell_runs_one_tiny_round(
     rows = run_experiment(build_experiment(config), run_dir).metrics
     assert [row.round for row in rows] == [0, 1]
     assert run_dir.is_finished()
+
+
+def test_the_report_writes_flexloras_truncation_energy(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    try:
+        report = importlib.import_module("report")
+    finally:
+        sys.path.remove(str(REPO_ROOT / "experiments"))
+    suite = next(s for s in ALL if s.name == "flexlora_populations_dbpedia")
+    job = next(j for j in suite.jobs if j.cell == "flexlora, heavy_tail_light")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    config = _tiny(job.config(), tmp_path / "run", models, shared_data_dir)
+    experiment = build_experiment(config)
+    run_dir = RunDir.create(tmp_path / "run", config, overwrite=False)
+    rows = run_experiment(experiment, run_dir).metrics
+    assert report.write_energy({job.cell: [(0, rows)]}, tmp_path)
+    with (tmp_path / "energy.csv").open(encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    assert {line["module"] for line in lines} == set(experiment.module_names)
+    assert {int(line["rank"]) for line in lines} >= set(rows[1].ranks)
+    assert all(0.0 < float(line["energy_kept"]) <= 1.0 for line in lines)
+    assert (tmp_path / "energy.png").stat().st_size > 0
+    assert not report.write_energy({"fedit": [(0, rows[:1])]}, tmp_path / "none")
