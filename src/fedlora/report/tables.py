@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 from fedlora.report.companion import with_companion
 from fedlora.runs.metrics import MACRO_F1, Headline, RoundMetrics, headline
@@ -50,6 +51,24 @@ def _spread(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), std
 
 
+def _final_fields(
+    finals: Sequence[RoundMetrics], metric: Headline, with_f1: bool
+) -> dict[str, Any]:
+    """The fields of a row read from its final evaluations, one per seed."""
+    values = [float(metric.value(e) or 0.0) for e in finals]
+    f1 = [float(MACRO_F1.value(e) or 0.0) for e in finals] if with_f1 else None
+    mean, std = _spread(values)
+    return {
+        "seeds": len(values),
+        "metric": metric.label,
+        "final_mean": mean,
+        "final_std": std,
+        "final_per_seed": tuple(values),
+        "final_macro_f1_mean": None if f1 is None else _spread(f1)[0],
+        "final_macro_f1_std": None if f1 is None else _spread(f1)[1],
+    }
+
+
 def comparison_rows(runs: Runs) -> list[ComparisonRow]:
     """One row per method, aggregated over its seeds, then the reference rows.
 
@@ -63,8 +82,6 @@ def comparison_rows(runs: Runs) -> list[ComparisonRow]:
         seeds = [rows for rows in seeds if any(r.evaluated and r.round > 0 for r in rows)]
         if not seeds:
             continue
-        finals = [float(metric.value(_final(rows)) or 0.0) for rows in seeds]
-        f1 = [float(MACRO_F1.value(_final(rows)) or 0.0) for rows in seeds] if with_f1 else None
         bests = [
             max(float(metric.value(r) or 0.0) for r in rows if r.evaluated and r.round > 0)
             for rows in seeds
@@ -73,17 +90,10 @@ def comparison_rows(runs: Runs) -> list[ComparisonRow]:
         every = [r for rows in seeds for r in rows if r.round > 0]  # round 0 trains nothing
         clients = sum(len(r.clients) for r in every) or 1
         seconds = [r.seconds_train + r.seconds_aggregate + r.seconds_eval for r in every]
-        mean, std = _spread(finals)
         table.append(
             ComparisonRow(
                 method=method,
-                seeds=len(seeds),
-                metric=metric.label,
-                final_mean=mean,
-                final_std=std,
-                final_per_seed=tuple(finals),
-                final_macro_f1_mean=None if f1 is None else _spread(f1)[0],
-                final_macro_f1_std=None if f1 is None else _spread(f1)[1],
+                **_final_fields([_final(rows) for rows in seeds], metric, with_f1),
                 best_mean=statistics.fmean(bests),
                 final_test_loss_mean=statistics.fmean(losses),
                 lora_params_up_per_client=sum(r.lora_params_up for r in every) / clients,
@@ -111,20 +121,11 @@ def reference_rows(runs: Runs, metric: Headline, with_f1: bool) -> list[Comparis
             references.setdefault(f"(baseline: {name})", []).append(replace(start, **values))
     rows = []
     for name, evaluations in references.items():
-        values = [float(metric.value(e) or 0.0) for e in evaluations]
-        f1 = [float(MACRO_F1.value(e) or 0.0) for e in evaluations] if with_f1 else None
         losses = [e.test_loss for e in evaluations if e.test_loss is not None]
-        mean, std = _spread(values)
         rows.append(
             ComparisonRow(
                 method=name,
-                seeds=len(values),
-                metric=metric.label,
-                final_mean=mean,
-                final_std=std,
-                final_per_seed=tuple(values),
-                final_macro_f1_mean=None if f1 is None else _spread(f1)[0],
-                final_macro_f1_std=None if f1 is None else _spread(f1)[1],
+                **_final_fields(evaluations, metric, with_f1),
                 final_test_loss_mean=statistics.fmean(losses) if losses else None,
             )
         )
