@@ -6,6 +6,8 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   (mean ± sample std over seeds, and every seed's value), macro-F1, communication; the untuned
   model and the trivial baselines below (``fedlora compare``'s tables, :mod:`fedlora.report`);
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
+- ``baselines.csv``: per seed, every metric of the untuned model and of each trivial baseline
+  (the same for every cell of a seed, read from round 0 of its first finished run);
 - ``promotion.csv`` for suites whose runs promote clients (loss-based allocation): who was
   promoted, which clients were high-quality, and the precision of the promotion;
 - ``energy.csv`` / ``energy.png`` for suites whose FlexLoRA runs record ``energy_kept``: per
@@ -62,6 +64,20 @@ def write_rounds(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Pa
                     if row.evaluated:
                         values = [getattr(row, column) for column in ROUND_COLUMNS]
                         writer.writerow([cell, seed, row.round, *values])
+
+
+def write_baselines(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Path) -> None:
+    starts: dict[int, RoundMetrics] = {}
+    for seeds in runs.values():
+        for seed, rows in seeds:
+            starts.setdefault(seed, next(r for r in rows if r.round == 0))
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["reference", "seed", *ROUND_COLUMNS])
+        for seed, start in sorted(starts.items()):
+            writer.writerow(["untuned model", seed, *(getattr(start, c) for c in ROUND_COLUMNS)])
+            for name, values in start.extra.get("baselines", {}).items():
+                writer.writerow([name, seed, *(values.get(c) for c in ROUND_COLUMNS)])
 
 
 def write_promotions(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Path) -> bool:
@@ -146,6 +162,7 @@ def report(suite: Suite) -> Path | None:
     table = write_comparison(comparison_rows(by_cell), folder)
     plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
     write_rounds(runs, folder / "rounds.csv")
+    write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
     write_energy(runs, folder)
     done = sum(len(seeds) for seeds in runs.values())
