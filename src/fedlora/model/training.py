@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,9 @@ from fedlora.model.adapted import AdaptedModel
 Batch = Mapping[str, Tensor]
 Batches = Callable[[], Iterable[Batch]] | Iterable[Batch]
 """An iterable of batches, or a function returning a fresh one per epoch (to reshuffle)."""
+
+LOSS_CHUNK_ELEMENTS = 1 << 24
+"""How many float32 logits :func:`evaluate_lm` holds at once (64 MB): rows x vocabulary."""
 
 OptimizerName = Literal["adamw", "sgd"]
 Schedule = Literal["constant", "linear", "cosine"]
@@ -228,7 +232,9 @@ class LMEvalResult:
     examples: int
 
 
-def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalResult:
+def evaluate_lm(
+    model: AdaptedModel | Classifier, batches: Batches, *, chunk_rows: int | None = None
+) -> LMEvalResult:
     """Teacher-forced loss and perplexity of a causal LM, weighted by token (not by batch).
 
     Batches hold ``input_ids``, ``attention_mask`` and ``labels`` with ``-100`` on the positions
@@ -236,31 +242,46 @@ def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalRes
     logits at position ``t`` are scored against ``labels[t + 1]``, as Hugging Face's loss does.
     Runs in eval mode under ``torch.inference_mode``.  Quality of what the model *generates* is
     measured by :func:`~fedlora.model.generation.evaluate_generation`, not here.
+
+    The full ``batch x length x vocabulary`` logits are never built: the model's decoder gives
+    the hidden states, and its output layer scores only the labelled positions, ``chunk_rows``
+    at a time (default: :data:`LOSS_CHUNK_ELEMENTS` float32 logits), each chunk upcast to
+    float32.  The split into decoder and output layer is checked once per model against the
+    model's own logits (:func:`split_lm_head`); a model where it does not hold (logits scaled or
+    soft-capped after the output layer) is run whole, and only its cross-entropy is chunked.
     """
     model.eval()
     device = _device(model)
+    network = model.model if isinstance(model, AdaptedModel) else model
     loss_sum = 0.0
     tokens = examples = 0
+    split: LMHeadSplit | None = None
+    checked = False
     with torch.inference_mode():
         for batch in batches() if callable(batches) else batches:
             target = batch["labels"].to(device)
             inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-            logits = model(**inputs).logits.float()
-            if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(target.shape):
-                raise FedloraError(
-                    f"evaluate_lm needs per-token logits (batch x length x vocab) matching the "
-                    f"labels {tuple(target.shape)}, got {tuple(logits.shape)}"
-                )
+            if not checked:
+                split, checked = split_lm_head(network, inputs), True
             shifted = target[:, 1:]
-            loss_sum += float(
-                torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]),
-                    shifted.reshape(-1),
-                    ignore_index=-100,
-                    reduction="sum",
-                )
-            )
-            tokens += int((shifted != -100).sum())
+            kept = shifted != -100
+            if split is not None:
+                rows = split.hidden(inputs)[:, :-1][kept]
+                scores: Callable[[Tensor], Tensor] = split.head
+                vocabulary = split.vocabulary
+            else:
+                logits = model(**inputs).logits
+                if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(target.shape):
+                    raise FedloraError(
+                        f"evaluate_lm needs per-token logits (batch x length x vocab) matching "
+                        f"the labels {tuple(target.shape)}, got {tuple(logits.shape)}"
+                    )
+                rows = logits[:, :-1][kept]
+                del logits
+                scores, vocabulary = _identity, int(rows.shape[-1])
+            size = max(1, LOSS_CHUNK_ELEMENTS // vocabulary) if chunk_rows is None else chunk_rows
+            loss_sum += _chunked_cross_entropy(rows, shifted[kept], scores, size)
+            tokens += int(kept.sum())
             examples += int(target.shape[0])
     if tokens == 0:
         raise FedloraError("evaluate_lm: the batches had no labelled tokens")
@@ -268,6 +289,94 @@ def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalRes
     return LMEvalResult(
         loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=tokens, examples=examples
     )
+
+
+@dataclass(frozen=True)
+class LMHeadSplit:
+    """A causal LM as its decoder (to the last hidden states) and its output layer."""
+
+    decoder: nn.Module
+    head: nn.Module
+    vocabulary: int
+
+    def hidden(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """The last hidden states (``batch x length x hidden``) of ``inputs``."""
+        hidden = self.decoder(**inputs, use_cache=False)[0]
+        if not isinstance(hidden, Tensor):
+            raise FedloraError(f"the decoder returned {type(hidden).__name__}, not hidden states")
+        return hidden
+
+
+_SPLITS: WeakKeyDictionary[nn.Module, LMHeadSplit | None] = WeakKeyDictionary()
+
+
+def split_lm_head(network: Any, inputs: Mapping[str, Tensor]) -> LMHeadSplit | None:
+    """The model's decoder and output layer, if they give its own logits; else ``None``.
+
+    Hugging Face causal LMs (``get_decoder``, ``get_output_embeddings``) compute their logits as
+    ``output_layer(decoder(inputs)[0])``, except a few that scale or soft-cap them afterwards
+    (Gemma-2's ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's
+    ``logits_scaling``, ...).  Rather than list those, the split is checked once per model on
+    the first example of ``inputs`` (at most 16 tokens) against the model's own logits, and
+    remembered.
+    """
+    if not isinstance(network, nn.Module):
+        return None
+    if network in _SPLITS:
+        return _SPLITS[network]
+    split: LMHeadSplit | None = None
+    get_decoder = getattr(network, "get_decoder", None)
+    get_head = getattr(network, "get_output_embeddings", None)
+    if callable(get_decoder) and callable(get_head):
+        decoder, head = get_decoder(), get_head()
+        if (
+            isinstance(decoder, nn.Module)
+            and isinstance(head, nn.Module)
+            and decoder is not network
+        ):
+            vocabulary = _same_logits(network, decoder, head, inputs)
+            if vocabulary:
+                split = LMHeadSplit(decoder, head, vocabulary)
+    _SPLITS[network] = split
+    return split
+
+
+def _same_logits(
+    network: nn.Module, decoder: nn.Module, head: nn.Module, inputs: Mapping[str, Tensor]
+) -> int:
+    """The vocabulary size if ``head(decoder(...))`` gives the model's logits, else 0."""
+    width = min(16, int(inputs["input_ids"].shape[1]))
+    sample = {key: value[:1, :width] for key, value in inputs.items()}
+    try:
+        with torch.inference_mode():
+            expected = network(**sample).logits.float()
+            got = head(LMHeadSplit(decoder, head, 0).hidden(sample)).float()
+    except (TypeError, ValueError, AttributeError, IndexError, RuntimeError, FedloraError):
+        return 0
+    if got.shape != expected.shape:
+        return 0
+    scale = max(1.0, float(expected.abs().max()))
+    return int(expected.shape[-1]) if (got - expected).abs().max() <= 1e-3 * scale else 0
+
+
+def _chunked_cross_entropy(
+    rows: Tensor, targets: Tensor, scores: Callable[[Tensor], Tensor], chunk_rows: int
+) -> float:
+    """The summed cross-entropy of ``scores(rows)`` against ``targets``, ``chunk_rows`` rows at
+    a time, each chunk's logits upcast to float32."""
+    if chunk_rows < 1:
+        raise FedloraError(f"evaluate_lm: chunk_rows must be at least 1, got {chunk_rows}")
+    total = torch.zeros((), dtype=torch.float64, device=rows.device)
+    for start in range(0, int(rows.shape[0]), chunk_rows):
+        logits = scores(rows[start : start + chunk_rows]).float()
+        total += torch.nn.functional.cross_entropy(
+            logits, targets[start : start + chunk_rows], reduction="sum"
+        )
+    return float(total)
+
+
+def _identity(rows: Tensor) -> Tensor:
+    return rows
 
 
 def macro_f1(predictions: Tensor, labels: Tensor) -> float:
