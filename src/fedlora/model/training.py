@@ -33,6 +33,9 @@ Batch = Mapping[str, Tensor]
 Batches = Callable[[], Iterable[Batch]] | Iterable[Batch]
 """An iterable of batches, or a function returning a fresh one per epoch (to reshuffle)."""
 
+FLOAT16_LOSS_SCALE = 2.0**10
+"""The first loss scale of a float16 client's training (halved on every overflowing step)."""
+
 LOSS_CHUNK_ELEMENTS = 1 << 24
 """How many float32 logits :func:`evaluate_lm` holds at once (64 MB): rows x vocabulary."""
 
@@ -149,11 +152,21 @@ def train_local(
     ``regularizer`` is added to every step's loss (e.g. HetLoRA's self-pruning penalty computed
     from ``model.lora_parameters()``).  Gradients are released at the end, so that inactive
     adapters hold no gradient memory.
+
+    On a float16 base model the backward pass is loss-scaled (``torch.amp.GradScaler``, a fresh
+    one per call starting at :data:`FLOAT16_LOSS_SCALE`): float16 gradients of the activations
+    would otherwise underflow before they reach the float32 LoRA factors.  A step whose scaled
+    gradients overflow is skipped (and the scale halved), as mixed-precision training does.
     """
     params = model.trainable_parameters()
     optimizer = _optimizer(params, config)
     epochs, total = _plan(batches, config)
     device = model.device
+    scaler = (
+        torch.amp.GradScaler(device.type, init_scale=FLOAT16_LOSS_SCALE)
+        if model.dtype == torch.float16
+        else None
+    )
     steps = examples = 0
     loss_sum = 0.0
     model.train()
@@ -166,10 +179,18 @@ def train_local(
             loss = _loss(model(**inputs))
             objective = loss if regularizer is None else loss + regularizer()
             optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(objective)
+            if scaler is None:
+                torch.autograd.backward(objective)
+            else:
+                torch.autograd.backward(scaler.scale(objective))
+                scaler.unscale_(optimizer)
             if config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             count = int(inputs["labels"].shape[0])
             steps += 1
             examples += count
