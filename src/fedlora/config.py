@@ -378,6 +378,19 @@ class TrainSection(Section):
     )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps within a round.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 = off.")
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Batches per optimizer step, their gradients summed (a step of k batches of "
+        "batch_size rows is the step of one batch of k * batch_size rows); steps counts "
+        "optimizer steps.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the base model's activations in the backward pass instead of "
+        "keeping them: activation memory that does not grow with depth, for about one more "
+        "forward pass per step.",
+    )
     eval_batch_size: int = Field(64, ge=1, description="Batch size of evaluation.")
 
     @model_validator(mode="after")

@@ -473,3 +473,22 @@ def test_asking_for_cuda_without_one_fails_before_any_data_is_read(
     config = tiny_causal_config(tiny_llama_dir, tmp_path / "run", **{"model.device": "cuda"})
     with pytest.raises(ConfigError, match=r"^model\.device: 'cuda' asked for"):
         build_experiment(config)
+
+
+def test_accumulation_and_checkpointing_reach_the_clients(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{"train.gradient_accumulation_steps": 2, "train.gradient_checkpointing": True},
+    )
+    experiment = build_experiment(config)
+    assert experiment.model.model.is_activation_checkpointing
+    trainer = experiment.client_trainer()
+    assert trainer.settings.gradient_accumulation_steps == 2
+    result = run_experiment(
+        experiment, RunDir.create(Path(config.run.out_dir), config, overwrite=False)
+    )
+    for row in result.metrics[1:]:
+        assert row.train_loss is not None and math.isfinite(row.train_loss)

@@ -40,6 +40,7 @@ def train_config(config: ExperimentConfig) -> TrainConfig:
         schedule=t.schedule,
         warmup_steps=t.warmup_steps,
         max_grad_norm=t.max_grad_norm or None,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
     )
 
 

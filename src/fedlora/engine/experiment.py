@@ -50,7 +50,7 @@ from fedlora.engine.merging import MergedBase
 from fedlora.errors import ConfigError, UnknownNameError
 from fedlora.lora import LoraSettings
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
-from fedlora.model.device import resolve_device, resolve_dtype
+from fedlora.model.device import enable_checkpointing, resolve_device, resolve_dtype
 from fedlora.ranks import RankPolicy, get_rank_policy
 from fedlora.seeds import derive_seed, rng
 
@@ -335,6 +335,8 @@ def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedM
     else:
         model, tokenizer = load_classifier(config.model.name, num_classes, seed=seed, dtype=dtype)
     model.to(device)
+    if config.train.gradient_checkpointing:
+        enable_checkpointing(model)
     adapted = AdaptedModel(
         model,
         config.model.target_modules or None,

@@ -1,4 +1,5 @@
-"""Where the base model runs (``model.device``) and in which precision (``model.dtype``).
+"""Where the base model runs (``model.device``), in which precision (``model.dtype``), and
+whether it keeps its activations (``train.gradient_checkpointing``).
 
 ``"auto"`` is the first CUDA GPU when torch sees one, else the CPU; it is resolved on the machine
 that loads the model, so every Flower node picks its own GPU or CPU.  Asking for CUDA where torch
@@ -16,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -77,6 +79,25 @@ def fork_rng(device: torch.device) -> Iterator[None]:
     devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type="cuda"):
         yield
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Turn on Hugging Face's activation (gradient) checkpointing, non-reentrant.
+
+    Every decoder or encoder layer then keeps only its input and recomputes its activations in
+    the backward pass (with the dropout masks of the forward pass): one more forward per step
+    for activation memory that no longer grows with the number of layers.
+    """
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(
+            f"train.gradient_checkpointing: {type(model).__name__} does not support it; set it "
+            f"to false"
+        )
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if callable(enable):  # transformers >= 5.x
+        enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def _cuda_bf16(device: torch.device) -> bool:

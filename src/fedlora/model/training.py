@@ -50,6 +50,12 @@ class TrainConfig:
     Give at most one of ``epochs`` and ``steps``; with neither, one epoch.  The learning rate
     warms up linearly over ``warmup_steps`` and then follows ``schedule`` down to (almost) zero
     at the last step; linear and cosine schedules with ``epochs`` need batches with a length.
+
+    A step is one optimizer update from ``gradient_accumulation_steps`` batches: their gradients
+    are summed, each batch's loss weighted by its share of the step's examples (of its labelled
+    tokens, for batches of per-token labels), so that ``k`` batches of ``b`` rows make the step
+    that one batch of ``k * b`` rows would.  ``steps`` counts updates; a step never spans two
+    epochs, so an epoch whose batches ``k`` does not divide ends with a shorter step.
     """
 
     epochs: int | None = None
@@ -62,6 +68,7 @@ class TrainConfig:
     schedule: Schedule = "constant"
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.steps is not None:
@@ -70,7 +77,7 @@ class TrainConfig:
             )
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 1)
-        for key in ("epochs", "steps", "batch_size"):
+        for key in ("epochs", "steps", "batch_size", "gradient_accumulation_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
@@ -171,18 +178,27 @@ def train_local(
     loss_sum = 0.0
     model.train()
     try:
-        for batch in epochs:
+        for group in epochs:
             factor = lr_factor(steps, total, config.warmup_steps, config.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
-            inputs = {key: value.to(device) for key, value in batch.items()}
-            loss = _loss(model(**inputs))
-            objective = loss if regularizer is None else loss + regularizer()
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = config.lr * factor
             optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                torch.autograd.backward(objective)
-            else:
-                torch.autograd.backward(scaler.scale(objective))
+            shares = _loss_shares(group)
+            for position, batch in enumerate(group):
+                inputs = {key: value.to(device) for key, value in batch.items()}
+                loss = _loss(model(**inputs))
+                objective = loss if len(group) == 1 else loss * shares[position]
+                if regularizer is not None and position == 0:
+                    objective = objective + regularizer()
+                if scaler is None:
+                    torch.autograd.backward(objective)
+                else:
+                    torch.autograd.backward(scaler.scale(objective))
+                count = int(inputs["labels"].shape[0])
+                examples += count
+                loss_sum += float(loss.detach()) * count
+                del inputs, loss, objective
+            if scaler is not None:
                 scaler.unscale_(optimizer)
             if config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
@@ -191,10 +207,7 @@ def train_local(
             else:
                 scaler.step(optimizer)
                 scaler.update()
-            count = int(inputs["labels"].shape[0])
             steps += 1
-            examples += count
-            loss_sum += float(loss.detach()) * count
             if config.steps is not None and steps >= config.steps:
                 break
     finally:
@@ -434,13 +447,15 @@ def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[Batch], int | None]:
-    """The stream of batches over all epochs and, where known in advance, the number of steps."""
+def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[list[Batch]], int | None]:
+    """The stream of steps (their batches) over all epochs and, where known in advance, the
+    number of steps."""
     first = batches() if callable(batches) else batches
+    per_step = config.gradient_accumulation_steps
     if config.steps is not None:
         total: int | None = config.steps
     elif isinstance(first, Sized):
-        total = len(first) * (config.epochs or 1)
+        total = -(-len(first) // per_step) * (config.epochs or 1)
     else:
         total = None
     if total is None and config.schedule != "constant":
@@ -448,18 +463,27 @@ def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[Batch], int |
             f"train.schedule {config.schedule!r} with epochs needs batches with a length "
             f"(a list, a DataLoader, or a function returning one)"
         )
-    return _stream(batches, first, config.epochs), total
+    return _stream(batches, first, config.epochs, per_step), total
 
 
-def _stream(batches: Batches, first: Iterable[Batch], epochs: int | None) -> Iterator[Batch]:
-    """Epoch after epoch (forever when ``epochs`` is None: the caller counts steps)."""
+def _stream(
+    batches: Batches, first: Iterable[Batch], epochs: int | None, per_step: int
+) -> Iterator[list[Batch]]:
+    """Epoch after epoch (forever when ``epochs`` is None: the caller counts steps), the batches
+    of each epoch in steps of ``per_step``."""
     epoch = 0
     current = first
     while epochs is None or epoch < epochs:
         seen = False
+        step: list[Batch] = []
         for batch in current:
             seen = True
-            yield batch
+            step.append(batch)
+            if len(step) == per_step:
+                yield step
+                step = []
+        if step:
+            yield step
         if not seen:
             raise FedloraError(
                 f"train_local: epoch {epoch + 1} had no batches; pass a list or a function that "
@@ -468,6 +492,22 @@ def _stream(batches: Batches, first: Iterable[Batch], epochs: int | None) -> Ite
         epoch += 1
         if epochs is None or epoch < epochs:
             current = batches() if callable(batches) else batches
+
+
+def _loss_shares(step: list[Batch]) -> list[float]:
+    """Each batch's share of a step's examples, or of its labelled tokens for per-token labels
+    (which a causal LM shifts: the first position of a row predicts nothing)."""
+    counts = []
+    for batch in step:
+        labels = batch.get("labels")
+        if not isinstance(labels, Tensor):
+            counts.append(1)  # the model returns no loss for it, which :func:`_loss` reports
+        elif labels.ndim >= 2:
+            counts.append(int((labels[..., 1:] != -100).sum()))
+        else:
+            counts.append(int(labels.shape[0]))
+    total = sum(counts)
+    return [count / total if total else 1.0 / len(step) for count in counts]
 
 
 def _loss(output: Any) -> Tensor:
