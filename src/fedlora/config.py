@@ -387,9 +387,8 @@ class TrainSection(Section):
     )
     gradient_checkpointing: bool = Field(
         False,
-        description="Recompute the base model's activations in the backward pass instead of "
-        "keeping them: activation memory that does not grow with depth, for about one more "
-        "forward pass per step.",
+        description="Keep only each layer's input and recompute its activations in the backward "
+        "pass: far less activation memory for about one more forward pass per step.",
     )
     eval_batch_size: int = Field(64, ge=1, description="Batch size of evaluation.")
 

@@ -85,8 +85,8 @@ def enable_checkpointing(model: Any) -> None:
     """Turn on Hugging Face's activation (gradient) checkpointing, non-reentrant.
 
     Every decoder or encoder layer then keeps only its input and recomputes its activations in
-    the backward pass (with the dropout masks of the forward pass): one more forward per step
-    for activation memory that no longer grows with the number of layers.
+    the backward pass (with the dropout masks of the forward pass): about one more forward pass
+    per step for far less activation memory.
     """
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ConfigError(
