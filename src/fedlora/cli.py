@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         "--cpus-per-client", type=int, default=1, help="Ray CPUs per ClientApp (default 1)"
     )
     flower.add_argument(
+        "--gpus-per-client",
+        type=float,
+        default=0.0,
+        help="share of a GPU per ClientApp, e.g. 0.5 (default 0: no GPU reserved)",
+    )
+    flower.add_argument(
         "--round-timeout", type=float, default=600.0, help="seconds to wait for a round's replies"
     )
     flower.set_defaults(handler=_cmd_flower_sim)
@@ -180,6 +186,7 @@ def _cmd_flower_sim(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         cpus_per_client=args.cpus_per_client,
+        gpus_per_client=args.gpus_per_client,
         timeout=args.round_timeout,
     )
 

@@ -86,6 +86,25 @@ class ModelSection(Section):
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
     use_rslora: bool = Field(False, description="Scale by alpha/sqrt(r) instead of alpha/r.")
     max_length: int = Field(64, ge=8, description="Maximum tokens per text (longer are cut).")
+    device: str = Field(
+        "auto",
+        description="Device of the base model and of training: 'auto' (the first CUDA GPU if "
+        "torch sees one, else the CPU), 'cpu', 'cuda' or 'cuda:N'. Each Flower node resolves it "
+        "on its own machine (a node's --node-config device=... overrides it).",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Precision of the frozen base weights. LoRA factors (and a classifier's "
+        "trained head) stay float32 and are exchanged in float32 whatever this is; float16 "
+        "trains with loss scaling.",
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+        return value
 
     def lora_settings(self) -> LoraSettings:
         """The LoRA settings every client's adapter, and the served factors, use.
@@ -359,6 +378,18 @@ class TrainSection(Section):
     )
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps within a round.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm; 0 = off.")
+    gradient_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        description="Batches per optimizer step, their gradients summed (a step of k batches of "
+        "batch_size rows is the step of one batch of k * batch_size rows); steps counts "
+        "optimizer steps.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Keep only each layer's input and recompute its activations in the backward "
+        "pass: far less activation memory for about one more forward pass per step.",
+    )
     eval_batch_size: int = Field(64, ge=1, description="Batch size of evaluation.")
 
     @model_validator(mode="after")

@@ -68,6 +68,9 @@ def _fedlora(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
             ["--set", "task=causal-lm", "--set", "data.dataset=/no/such/instructions.json"],
             "no such file or folder",
         ),
+        (["--set", "model.device=gpu"], "model.device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        (["--set", "model.device=cuda:99"], "model.device: 'cuda:99' asked for, but torch"),
+        (["--set", "model.dtype=half"], "model.dtype: Input should be 'float32'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedlora.aggregation import available_aggregators
 from fedlora.config import describe_defaults, load_config
@@ -16,7 +17,7 @@ from fedlora.errors import ConfigError
 from fedlora.instruct import exact_match, rouge_l, tasks_needed, unseen_count
 from fedlora.lora import LoraSettings
 from fedlora.model import IGNORE_INDEX, generate_greedy
-from fedlora.runs import RunDir
+from fedlora.runs import RunDir, load_checkpoint
 from tests.engine.helpers import tiny_causal_config
 
 pytestmark = pytest.mark.slow
@@ -436,3 +437,58 @@ def test_mixing_linear_and_conv1d_targets_is_refused(tiny_gpt2_dir: Path, tmp_pa
     )
     with pytest.raises(ConfigError, match=r"mixes layer kinds \['Conv1D', 'Linear'\]"):
         build_experiment(config)
+
+
+def test_a_bfloat16_llama_runs_rounds_with_float32_factors(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir, tmp_path / "run", **{"model.dtype": "bfloat16", "model.device": "cpu"}
+    )
+    experiment = build_experiment(config)
+    assert experiment.model.dtype == torch.bfloat16
+    result = run_experiment(
+        experiment, RunDir.create(Path(config.run.out_dir), config, overwrite=False)
+    )
+    assert [row.round for row in result.metrics] == [0, 1, 2]
+    for row in result.metrics[1:]:
+        assert row.train_loss is not None and math.isfinite(row.train_loss)
+        assert row.test_loss is not None and math.isfinite(row.test_loss)
+    assert result.metrics[2].test_loss != result.metrics[0].test_loss
+    state = [t for f in result.state.modules.values() for t in (f.A, f.B)]
+    assert {(t.dtype, t.device.type) for t in state} == {(torch.float32, "cpu")}
+    saved = load_checkpoint(RunDir(Path(config.run.out_dir)).checkpoint_dir)
+    assert {t.dtype for f in saved.state.modules.values() for t in (f.A, f.B)} == {torch.float32}
+
+
+def test_asking_for_cuda_without_one_fails_before_any_data_is_read(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedlora.engine.experiment as experiment_module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(
+        experiment_module, "policy_and_method", lambda *_: pytest.fail("read the config on")
+    )
+    config = tiny_causal_config(tiny_llama_dir, tmp_path / "run", **{"model.device": "cuda"})
+    with pytest.raises(ConfigError, match=r"^model\.device: 'cuda' asked for"):
+        build_experiment(config)
+
+
+def test_accumulation_and_checkpointing_reach_the_clients(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir,
+        tmp_path / "run",
+        **{"train.gradient_accumulation_steps": 2, "train.gradient_checkpointing": True},
+    )
+    experiment = build_experiment(config)
+    assert experiment.model.model.is_activation_checkpointing
+    trainer = experiment.client_trainer()
+    assert trainer.settings.gradient_accumulation_steps == 2
+    result = run_experiment(
+        experiment, RunDir.create(Path(config.run.out_dir), config, overwrite=False)
+    )
+    for row in result.metrics[1:]:
+        assert row.train_loss is not None and math.isfinite(row.train_loss)

@@ -19,6 +19,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedlora.aggregation import available_aggregators
 from fedlora.config import ExperimentConfig
 from fedlora.engine import RoundDriver, TrainTask, build_experiment, run_experiment
+from fedlora.errors import ConfigError
 from fedlora.flower import client_app
 from fedlora.flower.records import ARRAYS, CONFIG, MERGED, METRICS, record_to_factors
 from fedlora.flower.transport import FlowerTransport
@@ -408,3 +409,36 @@ def test_a_node_that_rejoins_under_a_new_id_takes_its_client_back() -> None:
     grid.sent.clear()
     transport.train(_tasks())  # known nodes, and the stranger, are not asked again
     assert not [m for m in grid.sent if m.metadata.message_type == MessageType.QUERY]
+
+
+@pytest.mark.slow
+def test_a_bfloat16_run_through_flower_ends_where_the_in_process_run_ends(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # The server's config says "auto"; every node resolves its own device (one says so itself).
+    half = {"model.dtype": "bfloat16"}
+    nodes = _nodes(n1001={"device": "cpu"})
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **half), FakeGrid(nodes, client_app.train)
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **half))
+    _assert_same(flower, reference)
+    full = _in_process(_config(tiny_bert_dir, tmp_path / "float32"))
+    for row, float32_row in zip(flower.metrics[1:], full.metrics[1:], strict=True):
+        assert row.train_loss is not None and torch.isfinite(torch.tensor(row.train_loss))
+        assert row.test_loss is not None and torch.isfinite(torch.tensor(row.test_loss))
+        # Factors and head travel in float32 whatever the base model's precision.
+        assert (row.clients, row.ranks) == (float32_row.clients, float32_row.ranks)
+        assert (row.bytes_up, row.bytes_down) == (float32_row.bytes_up, float32_row.bytes_down)
+    assert row.train_loss != float32_row.train_loss  # the base model did run in bfloat16
+    state = [t for f in flower.state.modules.values() for t in (f.A, f.B)]
+    state += list(flower.state.dense.values())
+    assert {(t.dtype, t.device.type) for t in state} == {(torch.float32, "cpu")}
+
+
+def test_a_nodes_own_device_setting_overrides_the_servers() -> None:
+    toml = ExperimentConfig().to_toml()
+    assert client_app._config(toml, {}).model.device == "auto"
+    assert client_app._config(toml, {"device": "cuda:1"}).model.device == "cuda:1"
+    with pytest.raises(ConfigError, match=r"model\.device: must be"):
+        client_app._config(toml, {"device": "gpu"})

@@ -383,3 +383,93 @@ def test_greedy_generation_is_deterministic_batched_and_returns_only_new_tokens(
     assert truncated.num_truncated_prompts == 2
     with pytest.raises(ConfigError, match="max_new_tokens"):
         generate_greedy(adapted, tok, prompts, max_new_tokens=0)
+
+
+# ---------------------------------------------------------------------- chunked evaluation loss
+
+
+def unchunked_loss(model: Any, batches: list[dict[str, Tensor]]) -> tuple[float, int]:
+    """The teacher-forced loss from the full float32 logits: what evaluate_lm used to compute."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            full = model(**inputs).logits.float()
+            shifted = batch["labels"][:, 1:]
+            total += float(
+                torch.nn.functional.cross_entropy(
+                    full[:, :-1].reshape(-1, full.shape[-1]),
+                    shifted.reshape(-1),
+                    ignore_index=IGNORE_INDEX,
+                    reduction="sum",
+                )
+            )
+            tokens += int((shifted != IGNORE_INDEX).sum())
+    return total / tokens, tokens
+
+
+def padded_batches() -> list[dict[str, Tensor]]:
+    """Two batches of unequal rows: prompts masked out, right padding, one 1-token response."""
+    data = TokenizedInstructions.from_pairs(
+        ["w1 w2 w3 w4 w5", "w6", "w7 w8", "w9 w10 w11"],
+        ["w12 w13 w14 w15 w16 w17", "w18", "w19 w20", "w21 w22 w23"],
+        tokenizer(),
+        32,
+        template="Q {prompt} A",
+    )
+    return list(data.batches([0, 1, 2], 3)) + list(data.batches([3], 1))
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 3, None])
+@pytest.mark.parametrize("kind", ARCHS)
+def test_chunked_lm_loss_equals_the_unchunked_loss(kind: str, chunk_rows: int | None) -> None:
+    adapted = AdaptedModel(tiny_lm(kind, seed=3), head_modules=[])
+    adapted.activate(4, LoraSettings(8.0))
+    adapted.load(random_factors(adapted, seed=5), {})  # the adapter changes the logits
+    batches = padded_batches()
+    assert any((b["attention_mask"] == 0).any() for b in batches)  # there is padding
+    expected, tokens = unchunked_loss(adapted.model, batches)
+    head_rows: list[int] = []
+    head = adapted.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda _, args, __: head_rows.append(args[0][..., 0].numel()))
+    try:
+        result = evaluate_lm(adapted, batches, chunk_rows=chunk_rows)
+    finally:
+        hook.remove()
+    assert result.tokens == tokens == (6 + 1) + (1 + 1) + (2 + 1) + (3 + 1)  # responses + EOS
+    assert result.loss == pytest.approx(expected, rel=1e-6)
+    # The output layer saw the split check's one row (up to 16 positions, through the model and
+    # through the split), then only chunks of labelled positions: never a batch x length block.
+    check, chunks = head_rows[:2], head_rows[2:]
+    assert max(check) <= 16 < min(int(b["input_ids"].numel()) for b in batches[:1])
+    assert max(chunks) <= (chunk_rows or tokens)
+    assert sum(chunks) == tokens
+
+
+def test_a_model_whose_logits_are_soft_capped_is_scored_whole() -> None:
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from fedlora.model.training import split_lm_head
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Gemma2ForCausalLM(
+            Gemma2Config(
+                vocab_size=len(WORDS),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                head_dim=8,
+                max_position_embeddings=64,
+                final_logit_softcapping=2.0,  # tanh(logits / 2) * 2 after the output layer
+                initializer_range=0.2,
+            )
+        ).eval()
+    batches = padded_batches()
+    inputs = {k: v for k, v in batches[0].items() if k != "labels"}
+    assert split_lm_head(model, inputs) is None
+    assert split_lm_head(tiny_lm("llama"), inputs) is not None
+    expected, _ = unchunked_loss(model, batches)
+    assert evaluate_lm(model, batches, chunk_rows=2).loss == pytest.approx(expected, rel=1e-6)

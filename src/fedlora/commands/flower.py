@@ -39,6 +39,28 @@ def flower_run_config(
     return run_config
 
 
+def simulation_resources(
+    num_clients: int, cpus_per_client: int, gpus_per_client: float = 0.0
+) -> dict[str, int | float]:
+    """The federation config of a Ray simulation: SuperNodes, and what each ClientApp holds.
+
+    With ``gpus_per_client`` > 0 Ray gives every ClientApp that share of a GPU and makes only
+    its GPU visible to it, so ``model.device = "auto"`` is that GPU (Ray runs as many ClientApps
+    at once as the shares fit).
+    """
+    if cpus_per_client < 1:
+        raise FedloraError(f"--cpus-per-client must be at least 1, got {cpus_per_client}")
+    if not gpus_per_client >= 0.0:  # NaN too
+        raise FedloraError(f"--gpus-per-client must be >= 0, got {gpus_per_client}")
+    resources: dict[str, int | float] = {
+        "num-supernodes": num_clients,
+        "client-resources-num-cpus": cpus_per_client,
+    }
+    if gpus_per_client > 0:
+        resources["client-resources-num-gpus"] = float(gpus_per_client)
+    return resources
+
+
 def flower_sim_command(
     config_path: Path | None,
     overrides: Sequence[str],
@@ -47,6 +69,7 @@ def flower_sim_command(
     overwrite: bool,
     cpus_per_client: int,
     timeout: float,
+    gpus_per_client: float = 0.0,
 ) -> int:
     console = Console(stderr=True)
     config = load_config(config_path, overrides)
@@ -56,10 +79,9 @@ def flower_sim_command(
     from fedlora.flower.superlink import FlowerLaunchError
 
     run_config = flower_run_config(config, run_dir, overwrite=overwrite, round_timeout=timeout)
-    federation_config = {
-        "num-supernodes": config.run.num_clients,
-        "client-resources-num-cpus": cpus_per_client,
-    }
+    federation_config = simulation_resources(
+        config.run.num_clients, cpus_per_client, gpus_per_client
+    )
     console.print(
         f"fedlora flower-sim: {config.run.num_clients} simulated SuperNodes, "
         f"{config.run.rounds} rounds, run directory {run_dir}"

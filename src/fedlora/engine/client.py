@@ -40,6 +40,7 @@ def train_config(config: ExperimentConfig) -> TrainConfig:
         schedule=t.schedule,
         warmup_steps=t.warmup_steps,
         max_grad_norm=t.max_grad_norm or None,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
     )
 
 
@@ -94,7 +95,7 @@ class ClientTrainer:
         penalty = None if regularizer is None else lambda: regularizer(model.lora_parameters())
         generator = batch_generator(seed, task.round, task.client)
         batch_size = self.settings.batch_size
-        with client_torch_rng(seed, task.round, task.client):
+        with client_torch_rng(seed, task.round, task.client, model.device):
             result = train_local(
                 model,
                 lambda: list(self.rows.batches(indices, batch_size, generator=generator)),

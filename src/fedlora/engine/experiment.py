@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from fedlora.aggregation import Aggregator, GlobalState, get_aggregator
 from fedlora.config import ExperimentConfig
@@ -49,6 +50,7 @@ from fedlora.engine.merging import MergedBase
 from fedlora.errors import ConfigError, UnknownNameError
 from fedlora.lora import LoraSettings
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
+from fedlora.model.device import enable_checkpointing, resolve_device, resolve_dtype
 from fedlora.ranks import RankPolicy, get_rank_policy
 from fedlora.seeds import derive_seed, rng
 
@@ -254,7 +256,16 @@ def _plan(
 
 def build_experiment(config: ExperimentConfig) -> Experiment:
     """Load and tokenise the data, partition it, load the model, build the policy and method."""
+    device_and_dtype(config)  # a device this machine lacks fails before any data is read
     policy, aggregator = policy_and_method(config)
+    if aggregator.merges_into_base and config.model.dtype != "float32":
+        warnings.warn(
+            f"model.dtype = {config.model.dtype!r}: {config.aggregation.method} merges every "
+            f"round into the base weights at that precision, where a merged update smaller "
+            f"than a weight's rounding step is lost; use 'float32' for this method",
+            UserWarning,
+            stacklevel=2,
+        )
     if config.is_causal_lm:
         rows = instruction_rows(config, policy)
         plan = rows.plan
@@ -310,14 +321,22 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
 
 
 def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedModel, Any]:
-    """The base model wrapped for LoRA and its tokenizer (a classifier of ``num_classes``)."""
+    """The base model wrapped for LoRA and its tokenizer (a classifier of ``num_classes``).
+
+    Loaded at ``model.dtype`` in CPU memory, then moved to ``model.device`` as resolved on this
+    machine; the LoRA adapters PEFT adds later follow the base layers' device, in float32.
+    """
+    device, dtype = device_and_dtype(config)
     seed = derive_seed(config.run.seed, "model_init", 0)
     head: list[str] | None = None  # a classifier's head is trained densely
     if config.is_causal_lm:
-        model, tokenizer = load_causal_lm(config.model.name, seed=seed)
+        model, tokenizer = load_causal_lm(config.model.name, seed=seed, dtype=dtype)
         head = []  # the LM head stays frozen: only LoRA factors travel
     else:
-        model, tokenizer = load_classifier(config.model.name, num_classes, seed=seed)
+        model, tokenizer = load_classifier(config.model.name, num_classes, seed=seed, dtype=dtype)
+    model.to(device)
+    if config.train.gradient_checkpointing:
+        enable_checkpointing(model)
     adapted = AdaptedModel(
         model,
         config.model.target_modules or None,
@@ -325,6 +344,12 @@ def load_model(config: ExperimentConfig, num_classes: int = 0) -> tuple[AdaptedM
         init_seed=derive_seed(config.run.seed, "model_init", 1),
     )
     return adapted, tokenizer
+
+
+def device_and_dtype(config: ExperimentConfig) -> tuple[torch.device, torch.dtype]:
+    """``model.device`` resolved on this machine and ``model.dtype``; one-line errors."""
+    device = resolve_device(config.model.device)
+    return device, resolve_dtype(config.model.dtype, device)
 
 
 def load_data(config: ExperimentConfig) -> tuple[TextClassificationData, TextClassificationData]:

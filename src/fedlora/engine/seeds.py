@@ -11,6 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
+from fedlora.model.device import fork_rng
 from fedlora.seeds import derive_seed, rng
 
 
@@ -28,8 +29,14 @@ def batch_generator(seed: int, round_index: int, client: int) -> torch.Generator
 
 
 @contextmanager
-def client_torch_rng(seed: int, round_index: int, client: int) -> Iterator[None]:
-    """Seed torch's default generator (dropout) for one client's training, then restore it."""
-    with torch.random.fork_rng(devices=[]):
+def client_torch_rng(
+    seed: int, round_index: int, client: int, device: torch.device | None = None
+) -> Iterator[None]:
+    """Seed torch's default generators (dropout) for one client's training, then restore them.
+
+    On a GPU ``device`` the dropout masks are drawn by that GPU's generator, seeded the same way
+    (so a run is reproducible on one device, but its masks differ from the CPU's).
+    """
+    with fork_rng(device or torch.device("cpu")):
         torch.manual_seed(derive_seed(seed, "dropout", round_index, client))
         yield

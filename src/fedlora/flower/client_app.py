@@ -3,11 +3,15 @@
 A node learns everything from the server's message (the resolved experiment config, its factors,
 the merges it lacks, the round) and from its own ``--node-config``: ``partition-id`` and
 ``num-partitions`` (filled in by Flower's simulation), optionally ``lora-rank`` (the rank it can
-afford), ``data-dir`` (where its copy of the datasets lives) and ``data-file`` (a file of its own
-that never leaves it, instead of its share of the run's dataset).  A node builds only its own
-client's rows (:mod:`fedlora.engine.node`), tokenised once into its cache, and its model, once
-per process; the merged rounds it applied (FLoRA) are kept on its disk too, so a node that starts
-a fresh process per message reads both back instead of rebuilding them.
+afford), ``data-dir`` (where its copy of the datasets lives), ``data-file`` (a file of its own
+that never leaves it, instead of its share of the run's dataset) and ``device`` (where it trains,
+instead of the config's ``model.device``; ``auto``, the default, is the node's own first GPU or
+its CPU).  Whatever its device and ``model.dtype``, a node replies with float32 factors.
+
+A node builds only its own client's rows (:mod:`fedlora.engine.node`), tokenised once into its
+cache, and its model, once per process; the merged rounds it applied (FLoRA) are kept on its disk
+too, so a node that starts a fresh process per message reads both back instead of rebuilding
+them.
 """
 
 from __future__ import annotations
@@ -99,11 +103,18 @@ def announced_rank(node_config: Mapping[str, object]) -> str | int:
 
 
 def _config(toml_text: str, node: Mapping[str, Any]) -> ExperimentConfig:
+    """The server's config, with what the node's own ``--node-config`` says about this machine:
+    ``data-dir`` (its copy of the datasets) and ``device`` (e.g. ``cuda:1``, else the config's
+    ``model.device``, resolved here: ``auto`` is this node's first GPU, or its CPU)."""
     config = build_config(tomllib.loads(toml_text), "server config")
+    overrides: dict[str, str] = {}
     data_dir = node.get("data-dir")
     if isinstance(data_dir, str) and data_dir:
-        config = config.replace({"data.data_dir": data_dir})
-    return config
+        overrides["data.data_dir"] = data_dir
+    device = node.get("device")
+    if isinstance(device, str) and device:
+        overrides["model.device"] = device
+    return config.replace(overrides) if overrides else config
 
 
 def _trainer(

@@ -120,9 +120,10 @@ class AdaptedModel:
         return {name: tuple(tensor.shape) for name, tensor in self._original_dense()}
 
     def initial_dense(self) -> dict[str, Tensor]:
-        """The head as loaded (float32 copies): the round-0 dense state every client starts from."""
+        """The head as loaded (float32 copies on the CPU): the round-0 dense state every client
+        starts from."""
         return {
-            name: tensor.detach().to(torch.float32, copy=True)
+            name: tensor.detach().to(device="cpu", dtype=torch.float32, copy=True)
             for name, tensor in self._original_dense()
         }
 
@@ -158,7 +159,8 @@ class AdaptedModel:
         self._require_active("load").load(factors, dense)
 
     def extract(self, client_id: int, num_examples: int) -> ClientUpdate:
-        """The active adapter's factors and head as detached float32 copies."""
+        """The active adapter's factors and head as detached float32 copies on the CPU, whatever
+        the base model's device and dtype."""
         return self._require_active("extract").extract(client_id, num_examples)
 
     def lora_parameters(self) -> list[tuple[nn.Parameter, nn.Parameter]]:
@@ -218,7 +220,13 @@ class AdaptedModel:
 
     @property
     def device(self) -> torch.device:
+        """Where the base model's weights (and its adapters) are."""
         return self._layers.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The frozen base weights' precision; LoRA factors are float32 whatever it is."""
+        return self._layers.dtype
 
     # ------------------------------------------------------------------ internals
 

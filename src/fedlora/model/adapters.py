@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import LoraFactors
 from fedlora.lora.update import ClientUpdate
+from fedlora.model.device import fork_rng
 from fedlora.model.layers import TargetLayers
 from fedlora.model.layout import AdapterLayout
 
@@ -71,7 +72,7 @@ class AdapterSlot:
                 target.copy_(source)
 
     def extract(self, client_id: int, num_examples: int) -> ClientUpdate:
-        """This adapter's factors and head as detached float32 copies."""
+        """This adapter's factors and head as detached float32 copies on the CPU."""
         ranks, lora = self.layout.rank_map(), self.layout.lora
         modules = {
             name: LoraFactors(
@@ -148,7 +149,7 @@ class AdapterPool:
         self._created += 1
         config = layout.peft_config(self._head, self._layers.transposed)
         training = self.model.training
-        with _quiet_peft(), torch.random.fork_rng(devices=[]):
+        with _quiet_peft(), fork_rng(self._layers.device):
             torch.manual_seed(self._init_seed)
             if self._peft is None:
                 self._peft = get_peft_model(self.model, config, adapter_name=name)
@@ -185,6 +186,7 @@ class AdapterPool:
         for head in self._head:
             wrapper: Any = self.model.get_submodule(head)
             copy = wrapper.modules_to_save[name]
+            _train_in_float32(copy)
             for parameter_name, parameter in copy.named_parameters():
                 dense[f"{head}.{parameter_name}"] = parameter
         return AdapterSlot(name=name, layout=layout, factors=factors, dense=dense)
@@ -211,7 +213,48 @@ def _checked(what: str, target: nn.Parameter, source: Tensor) -> tuple[nn.Parame
 
 
 def _snapshot(tensor: Tensor) -> Tensor:
-    return tensor.detach().to(torch.float32, copy=True)
+    """A float32 copy on the CPU, where updates are exchanged, aggregated and checkpointed."""
+    return tensor.detach().to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def _train_in_float32(module: nn.Module) -> None:
+    """Keep an adapter's trained copy of a head in float32 on a half-precision base model.
+
+    PEFT upcasts LoRA factors to float32 (``autocast_adapter_dtype``) but copies a
+    ``modules_to_save`` head at the base model's dtype, where AdamW's small steps round away.
+    The copy is cast to float32; its floating inputs are cast to float32 on the way in and its
+    outputs back to the input's dtype on the way out, so the layers around it see no change.
+    """
+    floating = [p for p in module.parameters() if p.is_floating_point()]
+    if all(p.dtype == torch.float32 for p in floating):
+        return
+    module.to(torch.float32)
+    seen: dict[str, torch.dtype] = {}
+
+    def cast_inputs(_: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Tensor) and value.is_floating_point():
+                seen["dtype"] = value.dtype
+                break
+        return _cast(args, torch.float32), _cast(kwargs, torch.float32)
+
+    def cast_output(_: nn.Module, __: Any, output: Any) -> Any:
+        dtype = seen.get("dtype")
+        return output if dtype is None else _cast(output, dtype)
+
+    module.register_forward_pre_hook(cast_inputs, with_kwargs=True)
+    module.register_forward_hook(cast_output)
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors in ``value`` (a tensor, tuple, list or dict) cast to ``dtype``."""
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, tuple | list):
+        return type(value)(_cast(item, dtype) for item in value)
+    if isinstance(value, dict):
+        return {key: _cast(item, dtype) for key, item in value.items()}
+    return value
 
 
 @contextmanager

@@ -27,7 +27,11 @@ from fedlora.model.vocabulary import check_vocabulary
 
 
 def load_causal_lm(
-    name_or_path: str, *, seed: int = 0, local_files_only: bool = False
+    name_or_path: str,
+    *,
+    seed: int = 0,
+    local_files_only: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Any, Any]:
     """A frozen causal LM in eval mode and its tokenizer, from a local folder or a hub id.
 
@@ -38,7 +42,8 @@ def load_causal_lm(
     Weights missing from the checkpoint are initialised from ``seed`` on a forked RNG (torch's
     global generator is untouched).  A tokenizer without a pad token pads with its eos (else unk)
     token, and the model's config and generation config learn that id.  A failure is a one-line
-    ``ConfigError``; ``local_files_only`` skips the network.
+    ``ConfigError``; ``local_files_only`` skips the network.  The weights are loaded in CPU
+    memory at ``dtype``; the caller moves the model to its device.
     """
     path = resolve_causal_path(name_or_path)
     looks_local = path.startswith(("/", "./", "../", "~")) or Path(path).exists()
@@ -55,6 +60,7 @@ def load_causal_lm(
             model: Any = AutoModelForCausalLM.from_pretrained(
                 str(Path(path).expanduser()) if looks_local else path,
                 local_files_only=local_files_only,
+                dtype=dtype,
             )
         tokenizer = AutoTokenizer.from_pretrained(
             str(Path(path).expanduser()) if looks_local else path,

@@ -67,6 +67,10 @@ class TargetLayers:
     def device(self) -> torch.device:
         return _weight(next(iter(self._layers.values()))).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return _weight(next(iter(self._layers.values()))).dtype
+
 
 def _projection(module: nn.Module, name: str) -> nn.Module:
     if not is_projection(module):

@@ -33,7 +33,12 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def load_classifier(
-    name_or_path: str, num_labels: int, *, seed: int = 0, local_files_only: bool = False
+    name_or_path: str,
+    num_labels: int,
+    *,
+    seed: int = 0,
+    local_files_only: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[Any, Any]:
     """A frozen sequence classifier in eval mode and its tokenizer.
 
@@ -42,6 +47,8 @@ def load_classifier(
     untouched.  A tokenizer without
     a pad token (decoder LLMs) pads with its eos (else unk) token, and the model learns that id so
     that it can find the last real token.  ``local_files_only`` skips the network (fails fast).
+    The weights are loaded in CPU memory at ``dtype`` (a head missing from the checkpoint is then
+    initialised the same way on every machine); the caller moves the model to its device.
     """
     if num_labels < 1:
         raise ConfigError(f"num_labels must be at least 1, got {num_labels}")
@@ -57,6 +64,7 @@ def load_classifier(
                 num_labels=num_labels,
                 ignore_mismatched_sizes=True,
                 local_files_only=local_files_only,
+                dtype=dtype,
             )
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_files_only)
     except (OSError, ValueError) as error:

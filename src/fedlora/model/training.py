@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
@@ -31,6 +32,12 @@ from fedlora.model.adapted import AdaptedModel
 Batch = Mapping[str, Tensor]
 Batches = Callable[[], Iterable[Batch]] | Iterable[Batch]
 """An iterable of batches, or a function returning a fresh one per epoch (to reshuffle)."""
+
+FLOAT16_LOSS_SCALE = 2.0**10
+"""The first loss scale of a float16 client's training (halved on every overflowing step)."""
+
+LOSS_CHUNK_ELEMENTS = 1 << 24
+"""How many float32 logits :func:`evaluate_lm` holds at once (64 MB): rows x vocabulary."""
 
 OptimizerName = Literal["adamw", "sgd"]
 Schedule = Literal["constant", "linear", "cosine"]
@@ -43,6 +50,12 @@ class TrainConfig:
     Give at most one of ``epochs`` and ``steps``; with neither, one epoch.  The learning rate
     warms up linearly over ``warmup_steps`` and then follows ``schedule`` down to (almost) zero
     at the last step; linear and cosine schedules with ``epochs`` need batches with a length.
+
+    A step is one optimizer update from ``gradient_accumulation_steps`` batches: their gradients
+    are summed, each batch's loss weighted by its share of the step's examples (of its labelled
+    tokens, for batches of per-token labels), so that ``k`` batches of ``b`` rows make the step
+    that one batch of ``k * b`` rows would.  ``steps`` counts updates; a step never spans two
+    epochs, so an epoch whose batches ``k`` does not divide ends with a shorter step.
     """
 
     epochs: int | None = None
@@ -55,6 +68,7 @@ class TrainConfig:
     schedule: Schedule = "constant"
     warmup_steps: int = 0
     max_grad_norm: float | None = 1.0
+    gradient_accumulation_steps: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.steps is not None:
@@ -63,7 +77,7 @@ class TrainConfig:
             )
         if self.epochs is None and self.steps is None:
             object.__setattr__(self, "epochs", 1)
-        for key in ("epochs", "steps", "batch_size"):
+        for key in ("epochs", "steps", "batch_size", "gradient_accumulation_steps"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or value < 1):
                 raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
@@ -145,31 +159,55 @@ def train_local(
     ``regularizer`` is added to every step's loss (e.g. HetLoRA's self-pruning penalty computed
     from ``model.lora_parameters()``).  Gradients are released at the end, so that inactive
     adapters hold no gradient memory.
+
+    On a float16 base model the backward pass is loss-scaled (``torch.amp.GradScaler``, a fresh
+    one per call starting at :data:`FLOAT16_LOSS_SCALE`): float16 gradients of the activations
+    would otherwise underflow before they reach the float32 LoRA factors.  A step whose scaled
+    gradients overflow is skipped (and the scale halved), as mixed-precision training does.
     """
     params = model.trainable_parameters()
     optimizer = _optimizer(params, config)
     epochs, total = _plan(batches, config)
     device = model.device
+    scaler = (
+        torch.amp.GradScaler(device.type, init_scale=FLOAT16_LOSS_SCALE)
+        if model.dtype == torch.float16
+        else None
+    )
     steps = examples = 0
     loss_sum = 0.0
     model.train()
     try:
-        for batch in epochs:
+        for group in epochs:
             factor = lr_factor(steps, total, config.warmup_steps, config.schedule)
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
-            inputs = {key: value.to(device) for key, value in batch.items()}
-            loss = _loss(model(**inputs))
-            objective = loss if regularizer is None else loss + regularizer()
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = config.lr * factor
             optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(objective)
+            shares = _loss_shares(group)
+            for position, batch in enumerate(group):
+                inputs = {key: value.to(device) for key, value in batch.items()}
+                loss = _loss(model(**inputs))
+                objective = loss if len(group) == 1 else loss * shares[position]
+                if regularizer is not None and position == 0:
+                    objective = objective + regularizer()
+                if scaler is None:
+                    torch.autograd.backward(objective)
+                else:
+                    torch.autograd.backward(scaler.scale(objective))
+                count = int(inputs["labels"].shape[0])
+                examples += count
+                loss_sum += float(loss.detach()) * count
+                del inputs, loss, objective
+            if scaler is not None:
+                scaler.unscale_(optimizer)
             if config.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            count = int(inputs["labels"].shape[0])
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             steps += 1
-            examples += count
-            loss_sum += float(loss.detach()) * count
             if config.steps is not None and steps >= config.steps:
                 break
     finally:
@@ -228,7 +266,9 @@ class LMEvalResult:
     examples: int
 
 
-def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalResult:
+def evaluate_lm(
+    model: AdaptedModel | Classifier, batches: Batches, *, chunk_rows: int | None = None
+) -> LMEvalResult:
     """Teacher-forced loss and perplexity of a causal LM, weighted by token (not by batch).
 
     Batches hold ``input_ids``, ``attention_mask`` and ``labels`` with ``-100`` on the positions
@@ -236,31 +276,46 @@ def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalRes
     logits at position ``t`` are scored against ``labels[t + 1]``, as Hugging Face's loss does.
     Runs in eval mode under ``torch.inference_mode``.  Quality of what the model *generates* is
     measured by :func:`~fedlora.model.generation.evaluate_generation`, not here.
+
+    The full ``batch x length x vocabulary`` logits are never built: the model's decoder gives
+    the hidden states, and its output layer scores only the labelled positions, ``chunk_rows``
+    at a time (default: :data:`LOSS_CHUNK_ELEMENTS` float32 logits), each chunk upcast to
+    float32.  The split into decoder and output layer is checked once per model against the
+    model's own logits (:func:`split_lm_head`); a model where it does not hold (logits scaled or
+    soft-capped after the output layer) is run whole, and only its cross-entropy is chunked.
     """
     model.eval()
     device = _device(model)
+    network = model.model if isinstance(model, AdaptedModel) else model
     loss_sum = 0.0
     tokens = examples = 0
+    split: LMHeadSplit | None = None
+    checked = False
     with torch.inference_mode():
         for batch in batches() if callable(batches) else batches:
             target = batch["labels"].to(device)
             inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-            logits = model(**inputs).logits.float()
-            if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(target.shape):
-                raise FedloraError(
-                    f"evaluate_lm needs per-token logits (batch x length x vocab) matching the "
-                    f"labels {tuple(target.shape)}, got {tuple(logits.shape)}"
-                )
+            if not checked:
+                split, checked = split_lm_head(network, inputs), True
             shifted = target[:, 1:]
-            loss_sum += float(
-                torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]),
-                    shifted.reshape(-1),
-                    ignore_index=-100,
-                    reduction="sum",
-                )
-            )
-            tokens += int((shifted != -100).sum())
+            kept = shifted != -100
+            if split is not None:
+                rows = split.hidden(inputs)[:, :-1][kept]
+                scores: Callable[[Tensor], Tensor] = split.head
+                vocabulary = split.vocabulary
+            else:
+                logits = model(**inputs).logits
+                if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(target.shape):
+                    raise FedloraError(
+                        f"evaluate_lm needs per-token logits (batch x length x vocab) matching "
+                        f"the labels {tuple(target.shape)}, got {tuple(logits.shape)}"
+                    )
+                rows = logits[:, :-1][kept]
+                del logits
+                scores, vocabulary = _identity, int(rows.shape[-1])
+            size = max(1, LOSS_CHUNK_ELEMENTS // vocabulary) if chunk_rows is None else chunk_rows
+            loss_sum += _chunked_cross_entropy(rows, shifted[kept], scores, size)
+            tokens += int(kept.sum())
             examples += int(target.shape[0])
     if tokens == 0:
         raise FedloraError("evaluate_lm: the batches had no labelled tokens")
@@ -268,6 +323,94 @@ def evaluate_lm(model: AdaptedModel | Classifier, batches: Batches) -> LMEvalRes
     return LMEvalResult(
         loss=loss, perplexity=math.exp(min(loss, 700.0)), tokens=tokens, examples=examples
     )
+
+
+@dataclass(frozen=True)
+class LMHeadSplit:
+    """A causal LM as its decoder (to the last hidden states) and its output layer."""
+
+    decoder: nn.Module
+    head: nn.Module
+    vocabulary: int
+
+    def hidden(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """The last hidden states (``batch x length x hidden``) of ``inputs``."""
+        hidden = self.decoder(**inputs, use_cache=False)[0]
+        if not isinstance(hidden, Tensor):
+            raise FedloraError(f"the decoder returned {type(hidden).__name__}, not hidden states")
+        return hidden
+
+
+_SPLITS: WeakKeyDictionary[nn.Module, LMHeadSplit | None] = WeakKeyDictionary()
+
+
+def split_lm_head(network: Any, inputs: Mapping[str, Tensor]) -> LMHeadSplit | None:
+    """The model's decoder and output layer, if they give its own logits; else ``None``.
+
+    Hugging Face causal LMs (``get_decoder``, ``get_output_embeddings``) compute their logits as
+    ``output_layer(decoder(inputs)[0])``, except a few that scale or soft-cap them afterwards
+    (Gemma-2's ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's
+    ``logits_scaling``, ...).  Rather than list those, the split is checked once per model on
+    the first example of ``inputs`` (at most 16 tokens) against the model's own logits, and
+    remembered.
+    """
+    if not isinstance(network, nn.Module):
+        return None
+    if network in _SPLITS:
+        return _SPLITS[network]
+    split: LMHeadSplit | None = None
+    get_decoder = getattr(network, "get_decoder", None)
+    get_head = getattr(network, "get_output_embeddings", None)
+    if callable(get_decoder) and callable(get_head):
+        decoder, head = get_decoder(), get_head()
+        if (
+            isinstance(decoder, nn.Module)
+            and isinstance(head, nn.Module)
+            and decoder is not network
+        ):
+            vocabulary = _same_logits(network, decoder, head, inputs)
+            if vocabulary:
+                split = LMHeadSplit(decoder, head, vocabulary)
+    _SPLITS[network] = split
+    return split
+
+
+def _same_logits(
+    network: nn.Module, decoder: nn.Module, head: nn.Module, inputs: Mapping[str, Tensor]
+) -> int:
+    """The vocabulary size if ``head(decoder(...))`` gives the model's logits, else 0."""
+    width = min(16, int(inputs["input_ids"].shape[1]))
+    sample = {key: value[:1, :width] for key, value in inputs.items()}
+    try:
+        with torch.inference_mode():
+            expected = network(**sample).logits.float()
+            got = head(LMHeadSplit(decoder, head, 0).hidden(sample)).float()
+    except (TypeError, ValueError, AttributeError, IndexError, RuntimeError, FedloraError):
+        return 0
+    if got.shape != expected.shape:
+        return 0
+    scale = max(1.0, float(expected.abs().max()))
+    return int(expected.shape[-1]) if (got - expected).abs().max() <= 1e-3 * scale else 0
+
+
+def _chunked_cross_entropy(
+    rows: Tensor, targets: Tensor, scores: Callable[[Tensor], Tensor], chunk_rows: int
+) -> float:
+    """The summed cross-entropy of ``scores(rows)`` against ``targets``, ``chunk_rows`` rows at
+    a time, each chunk's logits upcast to float32."""
+    if chunk_rows < 1:
+        raise FedloraError(f"evaluate_lm: chunk_rows must be at least 1, got {chunk_rows}")
+    total = torch.zeros((), dtype=torch.float64, device=rows.device)
+    for start in range(0, int(rows.shape[0]), chunk_rows):
+        logits = scores(rows[start : start + chunk_rows]).float()
+        total += torch.nn.functional.cross_entropy(
+            logits, targets[start : start + chunk_rows], reduction="sum"
+        )
+    return float(total)
+
+
+def _identity(rows: Tensor) -> Tensor:
+    return rows
 
 
 def macro_f1(predictions: Tensor, labels: Tensor) -> float:
@@ -304,13 +447,15 @@ def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[Batch], int | None]:
-    """The stream of batches over all epochs and, where known in advance, the number of steps."""
+def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[list[Batch]], int | None]:
+    """The stream of steps (their batches) over all epochs and, where known in advance, the
+    number of steps."""
     first = batches() if callable(batches) else batches
+    per_step = config.gradient_accumulation_steps
     if config.steps is not None:
         total: int | None = config.steps
     elif isinstance(first, Sized):
-        total = len(first) * (config.epochs or 1)
+        total = -(-len(first) // per_step) * (config.epochs or 1)
     else:
         total = None
     if total is None and config.schedule != "constant":
@@ -318,18 +463,27 @@ def _plan(batches: Batches, config: TrainConfig) -> tuple[Iterator[Batch], int |
             f"train.schedule {config.schedule!r} with epochs needs batches with a length "
             f"(a list, a DataLoader, or a function returning one)"
         )
-    return _stream(batches, first, config.epochs), total
+    return _stream(batches, first, config.epochs, per_step), total
 
 
-def _stream(batches: Batches, first: Iterable[Batch], epochs: int | None) -> Iterator[Batch]:
-    """Epoch after epoch (forever when ``epochs`` is None: the caller counts steps)."""
+def _stream(
+    batches: Batches, first: Iterable[Batch], epochs: int | None, per_step: int
+) -> Iterator[list[Batch]]:
+    """Epoch after epoch (forever when ``epochs`` is None: the caller counts steps), the batches
+    of each epoch in steps of ``per_step``."""
     epoch = 0
     current = first
     while epochs is None or epoch < epochs:
         seen = False
+        step: list[Batch] = []
         for batch in current:
             seen = True
-            yield batch
+            step.append(batch)
+            if len(step) == per_step:
+                yield step
+                step = []
+        if step:
+            yield step
         if not seen:
             raise FedloraError(
                 f"train_local: epoch {epoch + 1} had no batches; pass a list or a function that "
@@ -338,6 +492,22 @@ def _stream(batches: Batches, first: Iterable[Batch], epochs: int | None) -> Ite
         epoch += 1
         if epochs is None or epoch < epochs:
             current = batches() if callable(batches) else batches
+
+
+def _loss_shares(step: list[Batch]) -> list[float]:
+    """Each batch's share of a step's examples, or of its labelled tokens for per-token labels
+    (which a causal LM shifts: the first position of a row predicts nothing)."""
+    counts = []
+    for batch in step:
+        labels = batch.get("labels")
+        if not isinstance(labels, Tensor):
+            counts.append(1)  # the model returns no loss for it, which :func:`_loss` reports
+        elif labels.ndim >= 2:
+            counts.append(int((labels[..., 1:] != -100).sum()))
+        else:
+            counts.append(int(labels.shape[0]))
+    total = sum(counts)
+    return [count / total if total else 1.0 / len(step) for count in counts]
 
 
 def _loss(output: Any) -> Tensor:
