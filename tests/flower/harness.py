@@ -25,7 +25,7 @@ from fedlora.engine import run_in_process
 from fedlora.flower.launch import APP_DIR, LocalFederation, RunOutcome, TlsFiles
 from fedlora.runs import RoundMetrics, RunDir, load_checkpoint, read_metrics
 from tests.engine.helpers import write_tiny_config
-from tests.flower.tls import write_tls_files
+from tests.flower.tls import write_node_key, write_tls_files
 
 __all__ = [
     "APP_DIR",
@@ -37,6 +37,7 @@ __all__ = [
     "assert_same_run",
     "federations",
     "wait_for_checkpoint",
+    "write_node_key",
     "write_tiny_config",
     "write_tls_files",
 ]

@@ -30,6 +30,7 @@ from tests.flower.harness import (
     assert_same_as_in_process,
     client_ranks,
     wait_for_checkpoint,
+    write_node_key,
     write_tiny_config,
 )
 
@@ -57,6 +58,11 @@ def _config(tmp_path: Path, model_dir: Path, rounds: int) -> Path:
         policy="fixed",
         options={"rank": 1},
     )
+
+
+def _statuses(federation: LocalFederation) -> dict[int, str]:
+    """Every node the SuperLink knows, by node id: ``online``, ``offline`` or ``registered``."""
+    return {int(node["node-id"]): str(node["status"]) for node in federation.nodes()}
 
 
 def _assert_announced_ranks(out_dir: Path, rounds: int) -> None:
@@ -105,6 +111,99 @@ def test_deployment_over_tls(
     )
     assert_completed(outcome)
     _assert_announced_ranks(out_dir, rounds=1)
+
+
+def test_a_supernode_without_the_ca_certificate_cannot_join(
+    flower_federation: FederationFactory,
+) -> None:
+    federation = flower_federation("no-ca", tls=True)
+    federation.start_superlink()
+    federation.start_supernode({"partition-id": 0, "num-partitions": 2})
+    (trusted,) = federation.wait_for_nodes(1)
+    # Neither the CA nor --insecure: the node cannot verify the SuperLink's certificate.
+    untrusting = federation.start_supernode(
+        {"partition-id": 1, "num-partitions": 2}, trust_ca=False, max_retries=1, max_wait_time=20
+    )
+    # Plain HTTP against the HTTPS port.
+    insecure = federation.start_supernode(
+        {"partition-id": 1, "num-partitions": 2},
+        trust_ca=False,
+        extra_args=["--insecure"],
+        max_retries=1,
+        max_wait_time=20,
+    )
+    for process, reason in [
+        (untrusting, "CERTIFICATE_VERIFY_FAILED"),
+        (insecure, "Server disconnected without sending a response"),
+    ]:
+        assert process.popen.wait(timeout=120) != 0, process.log_tail()
+        log = process.log_tail()
+        assert "Exit Code: 305\nFailed to initialize the connection to the SuperLink" in log, log
+        assert reason in log, log
+        assert "SuperNode ID" not in log
+    assert _statuses(federation) == {int(trusted["node-id"]): "online"}
+
+
+def test_supernode_authentication_admits_registered_nodes_only(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = write_tiny_config(
+        tmp_path / "auth.toml",
+        tiny_bert_dir,
+        rounds=1,
+        num_clients=2,
+        clients_per_round=2,
+        policy="fixed",
+        options={"rank": 2},
+    )
+    out_dir = tmp_path / "deployed-auth"
+    federation = flower_federation("auth", tls=True)
+    federation.start_superlink(supernode_auth=True)
+    keys = tmp_path / "keys"
+    node_ids = []
+    for partition in range(2):
+        _, public = write_node_key(keys / f"sn{partition}")
+        node_ids.append(federation.register_supernode(public))
+    assert _statuses(federation) == dict.fromkeys(node_ids, "registered")
+    members = [
+        federation.start_supernode(
+            {"partition-id": partition, "num-partitions": 2}, private_key=keys / f"sn{partition}"
+        )
+        for partition in range(2)
+    ]
+    federation.wait_for_nodes(2)
+    assert [member.node_id() for member in members] == node_ids  # the ids registration gave
+
+    stranger, _ = write_node_key(keys / "stranger")  # never registered
+    refused = {
+        "[code: 2004] Failed to activate SuperNode": federation.start_supernode(
+            {"partition-id": 1, "num-partitions": 2}, private_key=stranger, max_retries=1
+        ),
+        "[code: 2001] SuperNode authentication is enabled": federation.start_supernode(
+            {"partition-id": 1, "num-partitions": 2}, max_retries=1
+        ),
+    }
+    for reason, process in refused.items():
+        assert process.popen.wait(timeout=120) != 0, process.log_tail()
+        log = process.log_tail()
+        assert (
+            f"Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n{reason}"
+            in log
+        )
+        assert "SuperNode ID" not in log
+    assert _statuses(federation) == dict.fromkeys(node_ids, "online")
+
+    outcome = federation.run(
+        APP_DIR,
+        {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0},
+        timeout=300.0,
+    )
+    assert_completed(outcome)
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1]
+    assert row.extra["dropped"] == []
+    assert all(loss is not None for loss in row.extra["client_train_loss"])
+    assert "left out" not in outcome.log
 
 
 def test_a_node_stopped_mid_round_is_dropped(
