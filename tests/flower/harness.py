@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +24,7 @@ from filelock import FileLock
 
 from fedlora.config import ExperimentConfig
 from fedlora.engine import run_in_process
-from fedlora.flower.launch import APP_DIR, LocalFederation, RunOutcome, TlsFiles
+from fedlora.flower.launch import APP_DIR, FlowerProcess, LocalFederation, RunOutcome, TlsFiles
 from fedlora.runs import RoundMetrics, RunDir, load_checkpoint, read_metrics
 from tests.engine.helpers import write_tiny_config
 from tests.flower.tls import write_node_key, write_tls_files
@@ -36,6 +38,7 @@ __all__ = [
     "assert_same_as_in_process",
     "assert_same_run",
     "federations",
+    "hang_clientapp",
     "wait_for_checkpoint",
     "write_node_key",
     "write_tiny_config",
@@ -135,6 +138,48 @@ def wait_for_checkpoint(
     while not checkpoint.exists():
         assert time.monotonic() < deadline, federation.log(run_id)
         time.sleep(0.5)
+
+
+def hang_clientapp(
+    federation: LocalFederation, supernode: FlowerProcess, timeout: float = 180.0
+) -> list[int]:
+    """Once a SuperNode runs a ClientApp for a train message, SIGSTOP it; the stopped pids.
+
+    The SuperNode itself keeps running (its heartbeat goes on, so the SuperLink keeps it
+    online) but never answers the message: a node whose ClientApp hangs.  Its superexec is
+    stopped first, so that it starts no ClientApp after they are listed.
+    """
+    supernode.wait_for_log("Receiving: train message", timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        log = supernode.log_tail(10_000_000)
+        started = "Start `flwr-clientapp` process" in log[log.index("Receiving: train message") :]
+        found = list(federation.processes(of=supernode))
+        executors = [pid for pid, command in found if "flower-superexec" in command]
+        if started and executors and any("flwr-clientapp" in command for _, command in found):
+            break
+        assert time.monotonic() < deadline, f"{supernode.name} runs no ClientApp: {found}"
+        time.sleep(0.2)
+    for pid in executors:
+        os.kill(pid, signal.SIGSTOP)
+    while not all(_state(pid) in ("T", "") for pid in executors):
+        assert time.monotonic() < deadline, f"superexec {executors} did not stop"
+        time.sleep(0.05)
+    apps = [
+        pid for pid, command in federation.processes(of=supernode) if "flwr-clientapp" in command
+    ]
+    for pid in apps:
+        os.kill(pid, signal.SIGSTOP)
+    assert apps, f"{supernode.name}'s ClientApp ended before it could be stopped"
+    return executors + apps
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (``T`` = stopped), ``""`` when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _close(a: float | None, b: float | None, rel: float, what: str) -> None:

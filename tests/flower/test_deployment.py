@@ -29,6 +29,7 @@ from tests.flower.harness import (
     assert_completed,
     assert_same_as_in_process,
     client_ranks,
+    hang_clientapp,
     wait_for_checkpoint,
     write_node_key,
     write_tiny_config,
@@ -240,6 +241,45 @@ def test_a_node_stopped_mid_round_is_dropped(
     assert losses[2] is None  # the stopped node serves partition 2
     assert losses[0] is not None and losses[1] is not None
     assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)
+
+
+def test_a_node_whose_clientapp_hangs_is_dropped_after_the_round_timeout(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    # The SuperNode stays online (it heartbeats) but never answers its train message, so
+    # neither it nor the SuperLink reports anything: only the round timeout ends the wait.
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
+    out_dir = tmp_path / "deployed-hang"
+    federation = flower_federation("hang")
+    _start(federation)
+    run_id = federation.submit(
+        APP_DIR,
+        {
+            "config": str(config_path),
+            "out-dir": str(out_dir),
+            "round-timeout": 120.0,
+            "overrides": "run.min_replies=2",
+        },
+    )
+    victim = federation.supernodes[2]
+    frozen = hang_clientapp(federation, victim)
+    outcome = federation.wait_run(run_id, timeout=400.0)
+    assert_completed(outcome)
+    assert victim.alive()
+    assert _statuses(federation)[victim.node_id()] == "online"
+    for pid in frozen:
+        os.kill(pid, signal.SIGKILL)
+
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1, 2]
+    expected = f"client 2: node {victim.node_id()} sent no reply within 120 s"
+    assert row.extra["dropped"] == [expected]
+    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
+    assert losses[2] is None
+    assert losses[0] is not None and losses[1] is not None
+    assert f"WARNING fedlora.engine.driver: dropping {expected}" in federation.log(run_id)
+    assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
+    assert RunDir(out_dir).is_finished()
 
 
 def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
