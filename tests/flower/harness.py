@@ -38,7 +38,8 @@ __all__ = [
     "assert_same_as_in_process",
     "assert_same_run",
     "federations",
-    "hang_clientapp",
+    "freeze_clientapp",
+    "freeze_executor",
     "wait_for_checkpoint",
     "write_node_key",
     "write_tiny_config",
@@ -140,38 +141,64 @@ def wait_for_checkpoint(
         time.sleep(0.5)
 
 
-def hang_clientapp(
+def freeze_executor(
     federation: LocalFederation, supernode: FlowerProcess, timeout: float = 180.0
 ) -> list[int]:
-    """Once a SuperNode runs a ClientApp for a train message, SIGSTOP it; the stopped pids.
+    """Once a SuperNode has answered the identity query, SIGSTOP its superexec; the pids.
 
-    The SuperNode itself keeps running (its heartbeat goes on, so the SuperLink keeps it
-    online) but never answers the message: a node whose ClientApp hangs.  Its superexec is
-    stopped first, so that it starts no ClientApp after they are listed.
+    The SuperNode itself keeps running: it heartbeats (the SuperLink keeps it online) and takes
+    the messages sent to it, but no ClientApp is ever started for them, so the node never
+    answers and nothing tells the server why.
     """
-    supernode.wait_for_log("Receiving: train message", timeout)
+    supernode.wait_for_log("Sending: query message", timeout)
     deadline = time.monotonic() + timeout
-    while True:
-        log = supernode.log_tail(10_000_000)
-        started = "Start `flwr-clientapp` process" in log[log.index("Receiving: train message") :]
-        found = list(federation.processes(of=supernode))
-        executors = [pid for pid, command in found if "flower-superexec" in command]
-        if started and executors and any("flwr-clientapp" in command for _, command in found):
-            break
-        assert time.monotonic() < deadline, f"{supernode.name} runs no ClientApp: {found}"
+    while not (executors := _pids(federation, supernode, "flower-superexec")):
+        assert time.monotonic() < deadline, f"{supernode.name} has no superexec"
         time.sleep(0.2)
     for pid in executors:
         os.kill(pid, signal.SIGSTOP)
     while not all(_state(pid) in ("T", "") for pid in executors):
         assert time.monotonic() < deadline, f"superexec {executors} did not stop"
         time.sleep(0.05)
-    apps = [
-        pid for pid, command in federation.processes(of=supernode) if "flwr-clientapp" in command
-    ]
-    for pid in apps:
-        os.kill(pid, signal.SIGSTOP)
-    assert apps, f"{supernode.name}'s ClientApp ended before it could be stopped"
-    return executors + apps
+    return executors
+
+
+def freeze_clientapp(
+    federation: LocalFederation, supernode: FlowerProcess, timeout: float = 180.0
+) -> int:
+    """SIGSTOP the ClientApp that took a SuperNode's train message; its pid.
+
+    A ``flwr-clientapp`` process pulls its message first and only then loads the app, so one
+    that has torch mapped holds its message.  The SuperNode and its superexec keep running.
+    """
+    supernode.wait_for_log("Receiving: train message", timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        apps = _pids(federation, supernode, "flwr-clientapp")
+        newest = max(apps, key=_start_time) if apps else 0
+        if newest and "libtorch" in _maps(newest):
+            os.kill(newest, signal.SIGSTOP)
+            return newest
+        assert time.monotonic() < deadline, f"{supernode.name} runs no ClientApp with torch"
+        time.sleep(0.1)
+
+
+def _pids(federation: LocalFederation, supernode: FlowerProcess, name: str) -> list[int]:
+    return [pid for pid, command in federation.processes(of=supernode) if name in command]
+
+
+def _start_time(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
 
 
 def _state(pid: int) -> str:

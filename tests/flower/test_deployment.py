@@ -29,7 +29,8 @@ from tests.flower.harness import (
     assert_completed,
     assert_same_as_in_process,
     client_ranks,
-    hang_clientapp,
+    freeze_clientapp,
+    freeze_executor,
     wait_for_checkpoint,
     write_node_key,
     write_tiny_config,
@@ -243,14 +244,28 @@ def test_a_node_stopped_mid_round_is_dropped(
     assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)
 
 
-def test_a_node_whose_clientapp_hangs_is_dropped_after_the_round_timeout(
-    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+@pytest.mark.parametrize(
+    ("frozen", "reason"),
+    [
+        # The node's executor hangs: the SuperNode stays online and takes its train message, but
+        # no ClientApp ever runs it, so neither the node nor the SuperLink answers and only the
+        # round timeout ends the wait.
+        pytest.param("executor", "sent no reply within 120 s", id="executor"),
+        # The ClientApp hangs after taking its message: it stops heartbeating to its SuperNode,
+        # which answers for it two heartbeat intervals (about 60 s) later, before the round timeout.
+        pytest.param("clientapp", "sent an error: ClientApp stopped responding.", id="clientapp"),
+    ],
+)
+def test_a_node_that_never_answers_is_dropped(
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    flower_federation: FederationFactory,
+    frozen: str,
+    reason: str,
 ) -> None:
-    # The SuperNode stays online (it heartbeats) but never answers its train message, so
-    # neither it nor the SuperLink reports anything: only the round timeout ends the wait.
     config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
-    out_dir = tmp_path / "deployed-hang"
-    federation = flower_federation("hang")
+    out_dir = tmp_path / "deployed-silent"
+    federation = flower_federation("silent")
     _start(federation)
     run_id = federation.submit(
         APP_DIR,
@@ -262,17 +277,23 @@ def test_a_node_whose_clientapp_hangs_is_dropped_after_the_round_timeout(
         },
     )
     victim = federation.supernodes[2]
-    frozen = hang_clientapp(federation, victim)
+    if frozen == "executor":
+        stopped = freeze_executor(federation, victim)
+    else:
+        stopped = [freeze_clientapp(federation, victim)]
     outcome = federation.wait_run(run_id, timeout=400.0)
     assert_completed(outcome)
+    if frozen == "executor":
+        log = victim.log_tail(10_000_000)
+        assert "flwr-clientapp" not in log[log.index("Receiving: train message") :], log
     assert victim.alive()
     assert _statuses(federation)[victim.node_id()] == "online"
-    for pid in frozen:
+    for pid in stopped:
         os.kill(pid, signal.SIGKILL)
 
     (_, row) = read_metrics(out_dir / "metrics.jsonl")
     assert sorted(row.clients) == [0, 1, 2]
-    expected = f"client 2: node {victim.node_id()} sent no reply within 120 s"
+    expected = f"client 2: node {victim.node_id()} {reason}"
     assert row.extra["dropped"] == [expected]
     losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
     assert losses[2] is None
