@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,10 +24,10 @@ from filelock import FileLock
 
 from fedlora.config import ExperimentConfig
 from fedlora.engine import run_in_process
-from fedlora.flower.launch import APP_DIR, LocalFederation, RunOutcome, TlsFiles
+from fedlora.flower.launch import APP_DIR, FlowerProcess, LocalFederation, RunOutcome, TlsFiles
 from fedlora.runs import RoundMetrics, RunDir, load_checkpoint, read_metrics
 from tests.engine.helpers import write_tiny_config
-from tests.flower.tls import write_tls_files
+from tests.flower.tls import write_node_key, write_tls_files
 
 __all__ = [
     "APP_DIR",
@@ -36,7 +38,10 @@ __all__ = [
     "assert_same_as_in_process",
     "assert_same_run",
     "federations",
+    "freeze_clientapp",
+    "freeze_executor",
     "wait_for_checkpoint",
+    "write_node_key",
     "write_tiny_config",
     "write_tls_files",
 ]
@@ -134,6 +139,74 @@ def wait_for_checkpoint(
     while not checkpoint.exists():
         assert time.monotonic() < deadline, federation.log(run_id)
         time.sleep(0.5)
+
+
+def freeze_executor(
+    federation: LocalFederation, supernode: FlowerProcess, timeout: float = 180.0
+) -> list[int]:
+    """Once a SuperNode has answered the identity query, SIGSTOP its superexec; the pids.
+
+    The SuperNode itself keeps running: it heartbeats (the SuperLink keeps it online) and takes
+    the messages sent to it, but no ClientApp is ever started for them, so the node never
+    answers and nothing tells the server why.
+    """
+    supernode.wait_for_log("Sending: query message", timeout)
+    deadline = time.monotonic() + timeout
+    while not (executors := _pids(federation, supernode, "flower-superexec")):
+        assert time.monotonic() < deadline, f"{supernode.name} has no superexec"
+        time.sleep(0.2)
+    for pid in executors:
+        os.kill(pid, signal.SIGSTOP)
+    while not all(_state(pid) in ("T", "") for pid in executors):
+        assert time.monotonic() < deadline, f"superexec {executors} did not stop"
+        time.sleep(0.05)
+    return executors
+
+
+def freeze_clientapp(
+    federation: LocalFederation, supernode: FlowerProcess, timeout: float = 180.0
+) -> int:
+    """SIGSTOP the ClientApp that took a SuperNode's train message; its pid.
+
+    A ``flwr-clientapp`` process pulls its message first and only then loads the app, so one
+    that has torch mapped holds its message.  The SuperNode and its superexec keep running.
+    """
+    supernode.wait_for_log("Receiving: train message", timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        apps = _pids(federation, supernode, "flwr-clientapp")
+        newest = max(apps, key=_start_time) if apps else 0
+        if newest and "libtorch" in _maps(newest):
+            os.kill(newest, signal.SIGSTOP)
+            return newest
+        assert time.monotonic() < deadline, f"{supernode.name} runs no ClientApp with torch"
+        time.sleep(0.1)
+
+
+def _pids(federation: LocalFederation, supernode: FlowerProcess, name: str) -> list[int]:
+    return [pid for pid, command in federation.processes(of=supernode) if name in command]
+
+
+def _start_time(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (``T`` = stopped), ``""`` when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _close(a: float | None, b: float | None, rel: float, what: str) -> None:

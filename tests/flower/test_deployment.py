@@ -29,7 +29,10 @@ from tests.flower.harness import (
     assert_completed,
     assert_same_as_in_process,
     client_ranks,
+    freeze_clientapp,
+    freeze_executor,
     wait_for_checkpoint,
+    write_node_key,
     write_tiny_config,
 )
 
@@ -57,6 +60,11 @@ def _config(tmp_path: Path, model_dir: Path, rounds: int) -> Path:
         policy="fixed",
         options={"rank": 1},
     )
+
+
+def _statuses(federation: LocalFederation) -> dict[int, str]:
+    """Every node the SuperLink knows, by node id: ``online``, ``offline`` or ``registered``."""
+    return {int(node["node-id"]): str(node["status"]) for node in federation.nodes()}
 
 
 def _assert_announced_ranks(out_dir: Path, rounds: int) -> None:
@@ -107,6 +115,99 @@ def test_deployment_over_tls(
     _assert_announced_ranks(out_dir, rounds=1)
 
 
+def test_a_supernode_without_the_ca_certificate_cannot_join(
+    flower_federation: FederationFactory,
+) -> None:
+    federation = flower_federation("no-ca", tls=True)
+    federation.start_superlink()
+    federation.start_supernode({"partition-id": 0, "num-partitions": 2})
+    (trusted,) = federation.wait_for_nodes(1)
+    # Neither the CA nor --insecure: the node cannot verify the SuperLink's certificate.
+    untrusting = federation.start_supernode(
+        {"partition-id": 1, "num-partitions": 2}, trust_ca=False, max_retries=1, max_wait_time=20
+    )
+    # Plain HTTP against the HTTPS port.
+    insecure = federation.start_supernode(
+        {"partition-id": 1, "num-partitions": 2},
+        trust_ca=False,
+        extra_args=["--insecure"],
+        max_retries=1,
+        max_wait_time=20,
+    )
+    for process, reason in [
+        (untrusting, "CERTIFICATE_VERIFY_FAILED"),
+        (insecure, "Server disconnected without sending a response"),
+    ]:
+        assert process.popen.wait(timeout=120) != 0, process.log_tail()
+        log = process.log_tail()
+        assert "Exit Code: 305\nFailed to initialize the connection to the SuperLink" in log, log
+        assert reason in log, log
+        assert "SuperNode ID" not in log
+    assert _statuses(federation) == {int(trusted["node-id"]): "online"}
+
+
+def test_supernode_authentication_admits_registered_nodes_only(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    config_path = write_tiny_config(
+        tmp_path / "auth.toml",
+        tiny_bert_dir,
+        rounds=1,
+        num_clients=2,
+        clients_per_round=2,
+        policy="fixed",
+        options={"rank": 2},
+    )
+    out_dir = tmp_path / "deployed-auth"
+    federation = flower_federation("auth", tls=True)
+    federation.start_superlink(supernode_auth=True)
+    keys = tmp_path / "keys"
+    node_ids = []
+    for partition in range(2):
+        _, public = write_node_key(keys / f"sn{partition}")
+        node_ids.append(federation.register_supernode(public))
+    assert _statuses(federation) == dict.fromkeys(node_ids, "registered")
+    members = [
+        federation.start_supernode(
+            {"partition-id": partition, "num-partitions": 2}, private_key=keys / f"sn{partition}"
+        )
+        for partition in range(2)
+    ]
+    federation.wait_for_nodes(2)
+    assert [member.node_id() for member in members] == node_ids  # the ids registration gave
+
+    stranger, _ = write_node_key(keys / "stranger")  # never registered
+    refused = {
+        "[code: 2004] Failed to activate SuperNode": federation.start_supernode(
+            {"partition-id": 1, "num-partitions": 2}, private_key=stranger, max_retries=1
+        ),
+        "[code: 2001] SuperNode authentication is enabled": federation.start_supernode(
+            {"partition-id": 1, "num-partitions": 2}, max_retries=1
+        ),
+    }
+    for reason, process in refused.items():
+        assert process.popen.wait(timeout=120) != 0, process.log_tail()
+        log = process.log_tail()
+        assert (
+            f"Exit Code: 305\nFailed to initialize the connection to the SuperLink.\n{reason}"
+            in log
+        )
+        assert "SuperNode ID" not in log
+    assert _statuses(federation) == dict.fromkeys(node_ids, "online")
+
+    outcome = federation.run(
+        APP_DIR,
+        {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0},
+        timeout=300.0,
+    )
+    assert_completed(outcome)
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1]
+    assert row.extra["dropped"] == []
+    assert all(loss is not None for loss in row.extra["client_train_loss"])
+    assert "left out" not in outcome.log
+
+
 def test_a_node_stopped_mid_round_is_dropped(
     tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
 ) -> None:
@@ -133,11 +234,73 @@ def test_a_node_stopped_mid_round_is_dropped(
     assert sorted(row.clients) == [0, 1, 2]
     assert len(row.extra["dropped"]) == 1, row.extra["dropped"]
     # Flower answers for a node that went away with an error, or not at all, depending on timing.
-    assert re.fullmatch(r"client 2: (no reply|node \d+ sent an error: .*)", row.extra["dropped"][0])
+    assert re.fullmatch(
+        r"client 2: node \d+ (sent no reply within 120 s|sent an error: .*)",
+        row.extra["dropped"][0],
+    )
     losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
     assert losses[2] is None  # the stopped node serves partition 2
     assert losses[0] is not None and losses[1] is not None
     assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)
+
+
+@pytest.mark.parametrize(
+    ("frozen", "reason"),
+    [
+        # The node's executor hangs: the SuperNode stays online and takes its train message, but
+        # no ClientApp ever runs it, so neither the node nor the SuperLink answers and only the
+        # round timeout ends the wait.
+        pytest.param("executor", "sent no reply within 120 s", id="executor"),
+        # The ClientApp hangs after taking its message: it stops heartbeating to its SuperNode,
+        # which answers for it two heartbeat intervals (about 60 s) later, before the round timeout.
+        pytest.param("clientapp", "sent an error: ClientApp stopped responding.", id="clientapp"),
+    ],
+)
+def test_a_node_that_never_answers_is_dropped(
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    flower_federation: FederationFactory,
+    frozen: str,
+    reason: str,
+) -> None:
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
+    out_dir = tmp_path / "deployed-silent"
+    federation = flower_federation("silent")
+    _start(federation)
+    run_id = federation.submit(
+        APP_DIR,
+        {
+            "config": str(config_path),
+            "out-dir": str(out_dir),
+            "round-timeout": 120.0,
+            "overrides": "run.min_replies=2",
+        },
+    )
+    victim = federation.supernodes[2]
+    if frozen == "executor":
+        stopped = freeze_executor(federation, victim)
+    else:
+        stopped = [freeze_clientapp(federation, victim)]
+    outcome = federation.wait_run(run_id, timeout=400.0)
+    assert_completed(outcome)
+    if frozen == "executor":
+        log = victim.log_tail(10_000_000)
+        assert "flwr-clientapp" not in log[log.index("Receiving: train message") :], log
+    assert victim.alive()
+    assert _statuses(federation)[victim.node_id()] == "online"
+    for pid in stopped:
+        os.kill(pid, signal.SIGKILL)
+
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1, 2]
+    expected = f"client 2: node {victim.node_id()} {reason}"
+    assert row.extra["dropped"] == [expected]
+    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
+    assert losses[2] is None
+    assert losses[0] is not None and losses[1] is not None
+    assert f"WARNING fedlora.engine.driver: dropping {expected}" in federation.log(run_id)
+    assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
+    assert RunDir(out_dir).is_finished()
 
 
 def test_flower_run_resumes_a_run_whose_serverapp_was_killed(

@@ -42,9 +42,15 @@ def _server_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 class FakeGrid:
     """Routes messages to handlers in this process as Flower routes them to nodes."""
 
-    def __init__(self, node_configs: dict[int, dict[str, Any]], train: Handler) -> None:
+    def __init__(
+        self,
+        node_configs: dict[int, dict[str, Any]],
+        train: Handler,
+        query: Handler = client_app.identify,
+    ) -> None:
         self.node_configs = node_configs
         self.train = train
+        self.query = query
         self.sent: list[Message] = []
 
     def get_node_ids(self) -> list[int]:
@@ -64,10 +70,8 @@ class FakeGrid:
                 state=RecordDict(),
                 run_config={},
             )
-            if message.metadata.message_type == MessageType.QUERY:
-                replies.append(client_app.identify(message, context))
-                continue
-            reply = self.train(message, context)
+            handler = self.query if message.metadata.message_type == MessageType.QUERY else None
+            reply = (handler or self.train)(message, context)
             if reply is not None:
                 replies.append(reply)  # reply_to= makes it come from the node it was sent to
         return replies
@@ -351,12 +355,34 @@ def test_a_bad_reply_becomes_a_failed_reply_of_its_nodes_client() -> None:
     assert all(r.update is None for r in replies.values())
 
 
-def test_a_silent_node_has_no_reply() -> None:
+def test_a_silent_node_is_a_failed_reply_naming_it() -> None:
+    def node(message: Message, context: Context) -> Message | None:
+        return None if context.node_id == 1001 else _echo(message, context)
+
     transport = FlowerTransport(
-        FakeGrid(_nodes(), lambda m, c: None), _plain_config(), run_key="ab12", connect_timeout=1.0
+        FakeGrid(_nodes(), node), _plain_config(), run_key="ab12", timeout=30.0
     )
     transport.connect(NUM_CLIENTS)
-    assert transport.train(_tasks()) == []
+    replies = {r.client: r for r in transport.train(_tasks())}
+    assert sorted(replies) == [0, 1, 2]
+    assert replies[1].error == "node 1001 sent no reply within 30 s"
+    assert replies[1].update is None
+    assert replies[0].error is None and replies[2].error is None
+
+
+def test_a_node_that_does_not_identify_itself_is_left_out_by_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def query(message: Message, context: Context) -> Message | None:
+        return None if context.node_id == 1002 else client_app.identify(message, context)
+
+    transport = FlowerTransport(
+        FakeGrid(_nodes(), _echo, query), _plain_config(), run_key="ab12", connect_timeout=5.0
+    )
+    with caplog.at_level("WARNING", logger="fedlora.flower.transport"):
+        roster = transport.connect(NUM_CLIENTS)
+    assert sorted(roster.clients) == [0, 1, 3]
+    assert "node 1002 did not identify itself within 5 s; it is left out" in caplog.text
 
 
 def test_identify_reports_the_node_config() -> None:

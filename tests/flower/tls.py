@@ -1,4 +1,5 @@
-"""Test certificates: a throw-away CA and a SuperLink certificate for 127.0.0.1, as PEM files."""
+"""Test certificates: a throw-away CA and a SuperLink certificate for 127.0.0.1, as PEM files;
+SuperNode authentication keys in OpenSSH format (what ``ssh-keygen -t ecdsa`` writes)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,26 @@ def write_tls_files(directory: Path, *, days: int = 2) -> TlsFiles:
     )
     files.key.chmod(0o600)
     return files
+
+
+def write_node_key(private_path: Path) -> tuple[Path, Path]:
+    """A SuperNode's EC P-384 key pair: the private key at ``private_path`` and the public key
+    beside it (``.pub``), both in OpenSSH format, as ``flower-supernode
+    --auth-supernode-private-key`` and ``flwr supernode register`` read them."""
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    private_path.chmod(0o600)
+    public_path = private_path.with_name(private_path.name + ".pub")
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+    )
+    return private_path, public_path

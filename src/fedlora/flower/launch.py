@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -52,6 +53,7 @@ from fedlora.flower.superlink import (
 )
 
 LOOPBACK = "127.0.0.1"
+NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 
 # ---------------------------------------------------------------------------------- helpers
 
@@ -118,6 +120,14 @@ class FlowerProcess:
                 raise FlowerLaunchError(f"{self.name} exited before logging {text!r}")
             time.sleep(0.2)
         raise FlowerLaunchError(f"{self.name} did not log {text!r} within {timeout:.0f} s")
+
+    def node_id(self, timeout: float = 120.0) -> int:
+        """The node id a SuperNode was given when it joined (it logs ``SuperNode ID: ...``)."""
+        self.wait_for_log("SuperNode ID: ", timeout)
+        match = NODE_ID.search(self.log_tail(1_000_000))
+        if match is None:
+            raise FlowerLaunchError(f"{self.name} logged no node id:\n{self.log_tail()}")
+        return int(match.group(1))
 
     def signal_group(self, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -187,8 +197,10 @@ class LocalFederation:
             raise FlowerLaunchError("the SuperLink is not running")
         return f"{LOOPBACK}:{self.superlink.port}"
 
-    def _security_flags(self) -> list[str]:
-        return ["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca)]
+    def _security_flags(self, trust_ca: bool = True) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--root-certificates", str(self.tls.ca)] if trust_ca else []
 
     def _spawn(self, name: str, args: list[str], port: int) -> FlowerProcess:
         flwr_home = self.root / f"flwr-{name}"
@@ -213,11 +225,22 @@ class LocalFederation:
     # ------------------------------------------------------------------ SuperLink
 
     def start_superlink(
-        self, *, simulation: bool = False, timeout: float = 60.0, attempts: int = 3
+        self,
+        *,
+        simulation: bool = False,
+        supernode_auth: bool = False,
+        timeout: float = 60.0,
+        attempts: int = 3,
     ) -> FlowerProcess:
-        """Start ``flower-superlink`` on a free port and wait until ``/health`` answers."""
+        """Start ``flower-superlink`` on a free port and wait until ``/health`` answers.
+
+        ``supernode_auth`` (TLS only) admits only SuperNodes whose public key was registered
+        with :meth:`register_supernode` (``--enable-supernode-auth``).
+        """
         if self.superlink is not None:
             raise FlowerLaunchError("the SuperLink is already running")
+        if supernode_auth and self.tls is None:
+            raise FlowerLaunchError("SuperNode authentication needs TLS")
         for attempt in range(attempts):
             port = free_port()
             args = [bin_path("flower-superlink"), "--host", LOOPBACK, "--port", str(port)]
@@ -229,6 +252,8 @@ class LocalFederation:
                 args += ["--ssl-certfile", str(self.tls.cert), "--ssl-keyfile", str(self.tls.key)]
             if simulation:
                 args.append("--simulation")
+            if supernode_auth:
+                args.append("--enable-supernode-auth")
             process = self._spawn(f"superlink{attempt or ''}", args, port)
             self.superlink = process
             if self._wait_healthy(process, timeout):
@@ -275,16 +300,25 @@ class LocalFederation:
         self,
         node_config: Mapping[str, ConfigValue],
         *,
+        private_key: Path | None = None,
+        trust_ca: bool = True,
         max_retries: int = 20,
         max_wait_time: float = 60.0,
         extra_args: Iterable[str] = (),
     ) -> FlowerProcess:
-        """Start ``flower-supernode`` with its own Runtime API port and ``--node-config``."""
+        """Start ``flower-supernode`` with its own Runtime API port and ``--node-config``.
+
+        ``private_key``: the node's OpenSSH EC key, for a SuperLink with SuperNode
+        authentication.  ``trust_ca=False`` (TLS only) starts the node without the federation's
+        CA (and without ``--insecure``): it must refuse the SuperLink's certificate.
+        """
         port = free_port()
         name = f"supernode{len(self.supernodes)}"
-        args = [bin_path("flower-supernode"), *self._security_flags()]
+        args = [bin_path("flower-supernode"), *self._security_flags(trust_ca)]
         args += ["--superlink", self.address, "--host", LOOPBACK, "--port", str(port)]
         args += ["--max-retries", str(max_retries), "--max-wait-time", str(max_wait_time)]
+        if private_key is not None:
+            args += ["--auth-supernode-private-key", str(private_key.resolve())]
         args += ["--node-config", config_string(node_config), *extra_args]
         process = self._spawn(name, args, port)
         self.supernodes.append(process)
@@ -310,6 +344,18 @@ class LocalFederation:
     def stop_supernode(self, process: FlowerProcess, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop one SuperNode (and its superexec and ClientApps) mid-run."""
         process.signal_group(sig)
+
+    def register_supernode(self, public_key: Path) -> int:
+        """``flwr supernode register``: admit the node holding this key; its node id.
+
+        The SuperLink lists it as ``registered`` until a SuperNode with the matching private
+        key connects, which then comes online under this id.
+        """
+        data = self.cli.flwr_json("supernode", "register", str(public_key.resolve()), CONNECTION)
+        try:
+            return int(data["node-id"])
+        except (KeyError, TypeError, ValueError):
+            raise FlowerLaunchError(f"flwr supernode register gave no node id: {data}") from None
 
     # ------------------------------------------------------------------ the CLI
 
@@ -405,9 +451,18 @@ class LocalFederation:
             time.sleep(0.5)
         return [f"{pid} {command}" for pid, command in strays]
 
-    def processes(self) -> Iterator[tuple[int, str]]:
-        """Live (non-zombie) processes whose environment points into this work folder."""
-        markers = (f"HOME={self.home}".encode(), f"FLWR_HOME={self.root}/".encode())
+    def processes(self, of: FlowerProcess | None = None) -> Iterator[tuple[int, str]]:
+        """Live (non-zombie) processes whose environment points into this work folder.
+
+        ``of``: only those started by that process (its ``FLWR_HOME``: e.g. a SuperNode's
+        superexec and ClientApps).
+        """
+        home, flwr_home = f"HOME={self.home}".encode(), f"FLWR_HOME={self.root}/".encode()
+        own = None if of is None else f"FLWR_HOME={of.flwr_home}".encode()
+
+        def ours(var: bytes) -> bool:
+            return var == own if own is not None else var == home or var.startswith(flwr_home)
+
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
@@ -416,7 +471,7 @@ class LocalFederation:
                 if stat.rpartition(")")[2].split()[0] in ("Z", "X"):
                     continue
                 environ = (entry / "environ").read_bytes().split(b"\0")
-                if not any(var == markers[0] or var.startswith(markers[1]) for var in environ):
+                if not any(ours(var) for var in environ):
                     continue
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (OSError, IndexError):

@@ -117,8 +117,11 @@ class FlowerTransport:
             for node_id in node_ids
         ]
         live = set(self.grid.get_node_ids())
-        for reply in self.grid.send_and_receive(queries, timeout=self.connect_timeout):
-            node_id = reply.metadata.src_node_id
+        answers = self.grid.send_and_receive(queries, timeout=self.connect_timeout)
+        asked = {query.metadata.message_id: query.metadata.dst_node_id for query in queries}
+        for reply in answers:
+            # By message id: the SuperLink answers for a node that went away under its own id.
+            node_id = asked.pop(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if reply.has_error():
                 log.warning("node %d did not identify itself: %s", node_id, reply.error.reason)
                 continue
@@ -140,6 +143,12 @@ class FlowerTransport:
             if current is not None:
                 log.info("client %d is back, on node %d", info.client, node_id)
             self.nodes[info.client] = info
+        for node_id in asked.values():
+            log.warning(
+                "node %d did not identify itself within %g s; it is left out",
+                node_id,
+                self.connect_timeout,
+            )
 
     def _refresh(self) -> None:
         """Before every exchange: identify the nodes that joined since the last one."""
@@ -153,7 +162,9 @@ class FlowerTransport:
 
     def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
         """Send each task to its client's node; replies are matched to tasks by message id,
-        so an error the SuperLink sends for a node that went away is that node's client's."""
+        so an error the SuperLink sends for a node that went away is that node's client's.  A
+        node that does not answer within ``timeout`` (it hangs, or is gone without the SuperLink
+        noticing yet) gets a failed reply naming it."""
         tasks = list(tasks)  # Flower sends every message of an exchange at once
         self._refresh()
         replies = [
@@ -175,6 +186,14 @@ class FlowerTransport:
                 continue
             replies.append(
                 _decode(message, task.client, self.nodes[task.client].node_id, self.lora)
+            )
+        for task in sent.values():  # Flower gave up waiting: the node never answered
+            replies.append(
+                ClientReply.failed(
+                    task.client,
+                    f"node {self.nodes[task.client].node_id} sent no reply within "
+                    f"{self.timeout:g} s",
+                )
             )
         return replies
 
