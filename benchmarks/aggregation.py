@@ -23,13 +23,15 @@ on MLP", 10% rank 200; papers.md §1.3).  Everything is float32, what clients se
 Timing: every (layer, scenario, method) runs in its own fresh process (multiprocessing "spawn")
 that builds the inputs once and then runs the method on request, so no method inherits another's
 allocator state.  The parent drives these processes one call at a time, round-robin (reference,
-auto, factored, dense, reference, ...), so every method sees the same background load from other
-jobs on this shared machine, and the ratios are taken between calls made minutes apart at most.
+auto, factored, gram, dense, reference, ...), so every method sees the same background load from
+other jobs on this shared machine, and the ratios are taken between calls made minutes apart at
+most.
 The first call is a warm-up and is discarded; when it takes longer than ``--slow-seconds`` the
 one-off start-up costs are negligible next to it, so it is kept as the first measured repeat and
-only ``--slow-repeats`` calls are made in total (``--repeats`` for the others).  The table shows
-the median wall time; the JSON also has the minimum and the process CPU time of each call.  Times
-are noisy on a shared machine: compare ratios within one run rather than times across runs.
+only ``--slow-repeats`` calls are made in total (``--repeats`` for the others).  The tables show
+the median wall time; the side-by-side one also the ratio of median process CPU times, which other
+jobs' load moves less (the JSON has every call's wall and CPU time).  Times are noisy on a shared
+machine: compare ratios within one run rather than times across runs.
 
 Threads: one torch thread per process by default (``--threads``).  The machine this was written
 on is shared with other jobs; with two OpenMP threads on two busy cores a thread that is descheduled
@@ -449,6 +451,9 @@ def run_case(case: Case, args: argparse.Namespace, log: Callable[[str], None]) -
                 "peak_rss_increase_mb_per_call": m.peak_rss_increase_mb,
                 "torch_threads": m.threads,
                 "speedup_vs_reference": ref.median_s / m.median_s,
+                "cpu_speedup_vs_reference": (
+                    statistics.median(ref.cpu_times_s) / statistics.median(m.cpu_times_s)
+                ),
                 "sigma_max_rel_err_vs_reference": max_relative_error(s, s_ref),
                 "frobenius_rel_err_vs_reference": frobenius_relative_error(m.B, m.A, dense_ref),
                 "sigma_max_rel_err_vs_float64": max_relative_error(s, s_true[:r_max]),
@@ -552,7 +557,8 @@ def tables(cases: list[dict[str, Any]], verdicts: dict[str, Any]) -> list[str]:
                 *(
                     "skipped"
                     if e["skipped"]
-                    else f"{e['median_s']:.3g} (**{e['speedup_vs_reference']:.1f}x**)"
+                    else f"{e['median_s']:.3g} (**{e['speedup_vs_reference']:.1f}x**, "
+                    f"CPU {e['cpu_speedup_vs_reference']:.1f}x)"
                     for e in timed
                 ),
                 " / ".join(
@@ -597,7 +603,8 @@ def tables(cases: list[dict[str, Any]], verdicts: dict[str, Any]) -> list[str]:
             summary,
         ),
         table(
-            "The exact paths side by side: median s (speed-up over the reference)",
+            "The exact paths side by side: median s (speed-up over the reference in wall and "
+            "in CPU time)",
             (
                 "layer",
                 "scenario",

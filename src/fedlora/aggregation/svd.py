@@ -39,8 +39,8 @@ from fedlora.lora.factors import FoldedFactors
 SvdMethod = Literal["auto", "dense", "factored", "gram"]
 SVD_METHODS: tuple[SvdMethod, ...] = ("auto", "dense", "factored", "gram")
 ExactPath = Literal["dense", "factored", "gram"]
-# The Gram matrix is computed by column blocks, upper triangle only: (1 + 1 / 8) / 2 of a product.
-_GRAM_BLOCKS = 8
+# The Gram matrix is computed by column blocks, upper triangle only: (1 + 1 / 16) / 2 of a product.
+_GRAM_BLOCKS = 16
 # The squared core's rounding is about eps * rho^2 * s_1^2 with rho = ||P|| ||Q|| / s_1 (how much
 # the clients' factors cancel; 1-2 in the benchmark's rounds).  Above this (rho > 41 in float32)
 # the projection no longer recovers what the core buries, and the ``gram`` path hands over to
