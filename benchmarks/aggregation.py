@@ -65,8 +65,8 @@ trained adapters do; ``alpha = 16`` (the reference code's constant); ``num_examp
 
 Usage::
 
-    .venv/bin/python benchmarks/aggregation.py            # full run, ~14 min on 2 busy cores
-    .venv/bin/python benchmarks/aggregation.py --quick    # smoke run, ~1 min (80 s on 2 busy cores)
+    .venv/bin/python benchmarks/aggregation.py            # full run, ~18 min on 2 busy cores
+    .venv/bin/python benchmarks/aggregation.py --quick    # smoke run, ~2 min on 2 busy cores
 
 It prints Markdown tables and writes them with their numbers to
 ``benchmarks/results/aggregation.json`` (``aggregation_quick.json`` with ``--quick``).
