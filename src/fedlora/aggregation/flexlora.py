@@ -35,8 +35,11 @@ class FlexLoRA(Aggregator):
         slots kept) is split as "B" splits it: ``sqrt(S)`` would leave both factors ~0, a dead
         slot that training never moves, whereas ``A = V^T`` row and ``B ~ 0`` column is a fresh
         slot in PEFT's sense.  Only the split changes, never the product.
-    svd : "auto" (the cheaper exact path by shape), "dense" (form ``dW``, full SVD, the reference
-        method) or "factored" (QR of the stacked factors and an ``R x R`` core SVD).
+    svd : "auto" (the cheapest exact path by shape), "dense" (form ``dW``, full SVD, the
+        reference method), "factored" (QRs of the stacked factors and a full ``R x R`` core SVD)
+        or "gram" (a QR and a Gram matrix, the top of the squared core by a partial eigensolver,
+        projected back on the factors; the fastest once ``R`` is in the hundreds).  See
+        :mod:`fedlora.aggregation.svd`.
     max_rank : how many triplets the global state keeps per module, at most the stacked rank
         ``sum_k r_k`` (the triplets beyond it have singular value 0).  ``None`` keeps the rank
         the state already held or the round's largest client rank, whichever is more, so a
