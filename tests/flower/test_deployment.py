@@ -67,6 +67,30 @@ def _statuses(federation: LocalFederation) -> dict[int, str]:
     return {int(node["node-id"]): str(node["status"]) for node in federation.nodes()}
 
 
+def _submit_needing_two(federation: LocalFederation, config_path: Path, out_dir: Path) -> int:
+    """Submit a one-round run that completes with two of the three clients."""
+    return federation.submit(
+        APP_DIR,
+        {
+            "config": str(config_path),
+            "out-dir": str(out_dir),
+            "round-timeout": 120.0,
+            "overrides": "run.min_replies=2",
+        },
+    )
+
+
+def _only_client_2_dropped(out_dir: Path) -> str:
+    """Check that clients 0 and 1 trained and client 2 (the victim's) did not; its drop line."""
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1, 2]
+    assert len(row.extra["dropped"]) == 1, row.extra["dropped"]
+    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
+    assert losses[2] is None
+    assert losses[0] is not None and losses[1] is not None
+    return str(row.extra["dropped"][0])
+
+
 def _assert_announced_ranks(out_dir: Path, rounds: int) -> None:
     rows = read_metrics(out_dir / "metrics.jsonl")
     assert [row.round for row in rows] == list(range(rounds + 1))
@@ -215,32 +239,18 @@ def test_a_node_stopped_mid_round_is_dropped(
     out_dir = tmp_path / "deployed-fault"
     federation = flower_federation("fault")
     _start(federation)
-    run_id = federation.submit(
-        APP_DIR,
-        {
-            "config": str(config_path),
-            "out-dir": str(out_dir),
-            "round-timeout": 120.0,
-            "overrides": "run.min_replies=2",
-        },
-    )
+    run_id = _submit_needing_two(federation, config_path, out_dir)
     victim = federation.supernodes[2]
     victim.wait_for_log("Receiving: train message", timeout=180.0)
     federation.stop_supernode(victim)
     outcome = federation.wait_run(run_id, timeout=300.0)
     assert_completed(outcome)
 
-    (_, row) = read_metrics(out_dir / "metrics.jsonl")
-    assert sorted(row.clients) == [0, 1, 2]
-    assert len(row.extra["dropped"]) == 1, row.extra["dropped"]
     # Flower answers for a node that went away with an error, or not at all, depending on timing.
     assert re.fullmatch(
         r"client 2: node \d+ (sent no reply within 120 s|sent an error: .*)",
-        row.extra["dropped"][0],
+        _only_client_2_dropped(out_dir),
     )
-    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
-    assert losses[2] is None  # the stopped node serves partition 2
-    assert losses[0] is not None and losses[1] is not None
     assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)
 
 
@@ -267,15 +277,7 @@ def test_a_node_that_never_answers_is_dropped(
     out_dir = tmp_path / "deployed-silent"
     federation = flower_federation("silent")
     _start(federation)
-    run_id = federation.submit(
-        APP_DIR,
-        {
-            "config": str(config_path),
-            "out-dir": str(out_dir),
-            "round-timeout": 120.0,
-            "overrides": "run.min_replies=2",
-        },
-    )
+    run_id = _submit_needing_two(federation, config_path, out_dir)
     victim = federation.supernodes[2]
     if frozen == "executor":
         stopped = freeze_executor(federation, victim)
@@ -291,13 +293,8 @@ def test_a_node_that_never_answers_is_dropped(
     for pid in stopped:
         os.kill(pid, signal.SIGKILL)
 
-    (_, row) = read_metrics(out_dir / "metrics.jsonl")
-    assert sorted(row.clients) == [0, 1, 2]
     expected = f"client 2: node {victim.node_id()} {reason}"
-    assert row.extra["dropped"] == [expected]
-    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
-    assert losses[2] is None
-    assert losses[0] is not None and losses[1] is not None
+    assert _only_client_2_dropped(out_dir) == expected
     assert f"WARNING fedlora.engine.driver: dropping {expected}" in federation.log(run_id)
     assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
     assert RunDir(out_dir).is_finished()
