@@ -1,13 +1,15 @@
-"""``--set`` overrides written by :func:`format_override` read back as the values they came from."""
+"""``--set`` overrides written by :func:`format_override` read back as the values they came from,
+and a run's identity (what its checkpoints are tied to) holds only the values it sets."""
 
 from __future__ import annotations
 
+import tomllib
 from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fedlora.config import format_override, load_config, parse_override
+from fedlora.config import ExperimentConfig, format_override, load_config, parse_override
 
 _scalars = st.one_of(
     st.integers(-(10**6), 10**6),
@@ -37,3 +39,16 @@ def test_a_tier_with_a_regex_pattern_builds_the_same_config_as_replace() -> None
     from_cli = load_config(None, [format_override(k, v) for k, v in overrides.items()])
     assert from_cli == load_config(None).replace(overrides)
     assert from_cli.ranks.options["tiers"][1]["patterns"] == {r"(^|\.)(k|v)_proj$": 192}
+
+
+def test_a_runs_identity_holds_only_what_differs_from_the_defaults() -> None:
+    # A checkpoint is tied to this: a key at its default (or one a later version adds) leaves
+    # it unchanged, any other value changes it.
+    default = ExperimentConfig()
+    assert default.identity_toml() == ""
+    assert default.replace({"train.lr": default.train.lr}).identity_toml() == ""
+    changed = default.replace({"train.lr": default.train.lr * 2, "run.rounds": 7})
+    assert tomllib.loads(changed.identity_toml()) == {
+        "train": {"lr": default.train.lr * 2},
+        "run": {"rounds": 7},
+    }

@@ -486,6 +486,14 @@ class ExperimentConfig(Section):
     def to_toml(self) -> str:
         return tomli_w.dumps(self.model_dump())
 
+    def identity_toml(self) -> str:
+        """Only the values that differ from their defaults: what makes two runs the same run.
+
+        A checkpoint is tied to this, so a later fedlora that adds a key (with a default) can
+        still resume a run started before it.
+        """
+        return tomli_w.dumps(self.model_dump(exclude_defaults=True))
+
     def replace(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
         """A copy with dotted-key overrides applied (validated again).
 

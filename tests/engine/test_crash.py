@@ -24,8 +24,10 @@ from safetensors.torch import save_file
 
 from fedlora.aggregation import available_aggregators
 from fedlora.cli import main
+from fedlora.config import load_config
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir, load_checkpoint, read_metrics
+from fedlora.runs.checkpoint import config_digest
 from tests.engine.helpers import write_tiny_config
 
 pytestmark = pytest.mark.slow
@@ -172,6 +174,10 @@ def _other_seed(meta: dict[str, Any], tensors: dict[str, Any]) -> None:
     meta["seed"] = 7
 
 
+def _other_config(meta: dict[str, Any], tensors: dict[str, Any]) -> None:
+    meta["config"] = config_digest("[train]\nlr = 0.5\n")
+
+
 def _nan(meta: dict[str, Any], tensors: dict[str, Any]) -> None:
     key = sorted(tensors)[0]
     tensors[key] = tensors[key].clone()
@@ -180,7 +186,7 @@ def _nan(meta: dict[str, Any], tensors: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "damage",
-    ["bytes", "round 99", "round -1", "value 1e30", "seed", "nan", "truncated", "empty"],
+    ["bytes", "round 99", "round -1", "value 1e30", "seed", "config", "nan", "truncated", "empty"],
 )
 def test_a_damaged_checkpoint_is_never_used(
     tiny_bert_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
@@ -204,6 +210,7 @@ def test_a_damaged_checkpoint_is_never_used(
             "round -1": _set_round(-1),
             "value 1e30": _huge_value,
             "seed": _other_seed,
+            "config": _other_config,
             "nan": _nan,
         }[damage]
         _rewrite(newest, change)
@@ -211,6 +218,26 @@ def test_a_damaged_checkpoint_is_never_used(
     # runs again, to the same numbers.
     assert main(["run", "--resume", str(out), "--no-progress"]) == 0
     assert "checkpoint round-00003.safetensors is not usable" in caplog.text
+    _assert_identical(out, reference)
+
+
+def test_a_checkpoint_tied_to_the_whole_config_still_resumes(
+    tiny_bert_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Checkpoints written before 2026-11-26 carry the digest of the whole config (every key,
+    # defaults included); they are still this run's.
+    out = _finished(tmp_path, tiny_bert_dir)
+    reference = tmp_path / "reference"
+    shutil.copytree(out, reference)
+    (out / "summary.md").unlink()
+    whole = load_config(str(out / "config.toml")).to_toml()
+
+    def legacy(meta: dict[str, Any], tensors: dict[str, Any]) -> None:
+        meta["config"] = config_digest(whole)
+
+    _rewrite(out / "checkpoint" / "round-00003.safetensors", legacy)
+    assert main(["run", "--resume", str(out), "--no-progress"]) == 0
+    assert "not usable" not in caplog.text
     _assert_identical(out, reference)
 
 

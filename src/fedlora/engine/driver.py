@@ -517,7 +517,7 @@ class RoundDriver:
                     },
                 ),
                 self.run_dir.checkpoint_dir,
-                self.config.to_toml(),
+                self.config.identity_toml(),
             )
 
     # ------------------------------------------------------------------ start and resume
@@ -581,7 +581,9 @@ class RoundDriver:
         """The newest checkpoint that is this run's and intact; every file checked first."""
         exp = self.experiment
         expected = Expected(
-            config_digest=config_digest(self.config.to_toml()),
+            config_digests=frozenset(
+                config_digest(toml) for toml in (self.config.identity_toml(), self.config.to_toml())
+            ),
             seed=self.config.run.seed,
             max_round=self.config.run.rounds,
             module_shapes=exp.module_shapes,

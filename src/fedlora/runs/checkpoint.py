@@ -54,7 +54,9 @@ class Checkpoint:
 class Expected:
     """What a checkpoint of this run must hold: the checks of :func:`load_checkpoint`."""
 
-    config_digest: str
+    config_digests: frozenset[str]
+    """The digest of the run's identity and its legacy form (the whole config, written before
+    2026-11-26; it matches only while the config keys are unchanged)."""
     seed: int
     max_round: int
     module_shapes: Mapping[str, tuple[int, int]]
@@ -65,7 +67,7 @@ def config_digest(config_toml: str) -> str:
     return hashlib.sha256(config_toml.encode("utf-8")).hexdigest()
 
 
-def save_checkpoint(checkpoint: Checkpoint, directory: Path, config_toml: str) -> Path:
+def save_checkpoint(checkpoint: Checkpoint, directory: Path, config_identity: str) -> Path:
     """Write the checkpoint of ``checkpoint.state.round`` as one unit; the older ones beyond the
     last :data:`KEEP` are removed afterwards."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -79,7 +81,7 @@ def save_checkpoint(checkpoint: Checkpoint, directory: Path, config_toml: str) -
     meta = {
         "round": state.round,
         "seed": state.seed,
-        "config": config_digest(config_toml),
+        "config": config_digest(config_identity),
         "policy_state": checkpoint.policy_state,
         "extra": checkpoint.extra,
         "sha256": _digest(tensors),
@@ -148,7 +150,7 @@ def _read(path: Path, expected: Expected | None) -> Checkpoint:
 def _check_run(
     path: Path, meta: Mapping[str, Any], round_index: int, seed: object, expected: Expected
 ) -> None:
-    if meta.get("config") != expected.config_digest:
+    if meta.get("config") not in expected.config_digests:
         raise FedloraError(f"{path}: saved by a run with another config")
     if seed != expected.seed:
         raise FedloraError(f"{path}: seed {seed!r}, but the run's seed is {expected.seed}")
