@@ -11,7 +11,7 @@ from torch import Tensor
 
 from fedlora.aggregation.base import Aggregator
 from fedlora.aggregation.state import GlobalState
-from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, noise_floor, top_svd_of_sum
+from fedlora.aggregation.svd import SVD_METHODS, SvdMethod, noise_floor, stacked, top_svd_of_sum
 from fedlora.aggregation.weights import Weighting
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
@@ -156,8 +156,7 @@ def energy_kept(
     total needs no SVD tail; ``S`` holds the top singular values the aggregation computed (a
     rank beyond them keeps all of their energy).  An all-zero ``dW`` keeps everything.
     """
-    P = torch.cat([w * f.B for f, w in zip(factors, weights, strict=True)], dim=1).double()
-    Q = torch.cat([f.A for f in factors], dim=0).double()
+    P, Q = (m.double() for m in stacked(factors, weights))
     total = float((P.T @ P).mul_(Q @ Q.T).sum())
     cumulative = S.double().square().cumsum(0)
     shares: dict[int, float] = {}

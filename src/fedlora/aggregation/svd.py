@@ -132,14 +132,21 @@ def top_svd_of_sum(
         for f, w in zip(factors, weights, strict=True):
             dense.addmm_(f.B, f.A, alpha=float(w))
         return _dense_svd(dense, k)
-    P = factors[0].B.new_empty(out_features, total)
-    Q = factors[0].A.new_empty(total, in_features)
+    P, Q = stacked(factors, weights)
+    return _gram_svd(P, Q, k) if path == "gram" else _factored_svd(P, Q, k)
+
+
+def stacked(factors: Sequence[FoldedFactors], weights: Tensor) -> tuple[Tensor, Tensor]:
+    """``P = [w_1 B_1 ... w_K B_K]`` and ``Q = [A_1; ...; A_K]``, so that ``P @ Q`` is the sum."""
+    total = sum(f.rank for f in factors)
+    P = factors[0].B.new_empty(factors[0].out_features, total)
+    Q = factors[0].A.new_empty(total, factors[0].in_features)
     offset = 0
     for f, w in zip(factors, weights, strict=True):
         torch.mul(f.B, w, out=P[:, offset : offset + f.rank])
         Q[offset : offset + f.rank].copy_(f.A)
         offset += f.rank
-    return _gram_svd(P, Q, k) if path == "gram" else _factored_svd(P, Q, k)
+    return P, Q
 
 
 def noise_floor(factors: Sequence[FoldedFactors], weights: Tensor) -> float:
