@@ -232,8 +232,21 @@ def test_supernode_authentication_admits_registered_nodes_only(
     assert "left out" not in outcome.log
 
 
+@pytest.mark.parametrize(
+    "sig",
+    [
+        pytest.param(signal.SIGTERM, id="stopped"),
+        # The whole node frozen (SuperNode, superexec, ClientApp): its heartbeats stop too, so
+        # the SuperLink marks it offline and answers for it, unless the round timeout ends the
+        # wait first; which comes first depends on timing.
+        pytest.param(signal.SIGSTOP, id="frozen"),
+    ],
+)
 def test_a_node_stopped_mid_round_is_dropped(
-    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    flower_federation: FederationFactory,
+    sig: signal.Signals,
 ) -> None:
     config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
     out_dir = tmp_path / "deployed-fault"
@@ -241,17 +254,22 @@ def test_a_node_stopped_mid_round_is_dropped(
     _start(federation)
     run_id = _submit_needing_two(federation, config_path, out_dir)
     victim = federation.supernodes[2]
+    node_id = victim.node_id()
     victim.wait_for_log("Receiving: train message", timeout=180.0)
-    federation.stop_supernode(victim)
-    outcome = federation.wait_run(run_id, timeout=300.0)
+    federation.stop_supernode(victim, sig)
+    outcome = federation.wait_run(run_id, timeout=400.0)
     assert_completed(outcome)
 
     # Flower answers for a node that went away with an error, or not at all, depending on timing.
     assert re.fullmatch(
-        r"client 2: node \d+ (sent no reply within 120 s|sent an error: .*)",
+        rf"client 2: node {node_id} (sent no reply within 120 s|sent an error: .*)",
         _only_client_2_dropped(out_dir),
     )
-    assert "WARNING fedlora.engine.driver: dropping client 2: " in federation.log(run_id)
+    assert f"WARNING fedlora.engine.driver: dropping client 2: node {node_id} " in federation.log(
+        run_id
+    )
+    assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
+    assert RunDir(out_dir).is_finished()
 
 
 @pytest.mark.parametrize(
@@ -296,6 +314,49 @@ def test_a_node_that_never_answers_is_dropped(
     expected = f"client 2: node {victim.node_id()} {reason}"
     assert _only_client_2_dropped(out_dir) == expected
     assert f"WARNING fedlora.engine.driver: dropping {expected}" in federation.log(run_id)
+    assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
+    assert RunDir(out_dir).is_finished()
+
+
+MALFORMED_APP = Path(__file__).parent / "malformed_app"
+
+
+def test_malformed_replies_of_deployed_nodes_are_dropped_by_node(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
+) -> None:
+    """Over a real SuperLink, node 1 sends bytes that are no array and node 2 a NaN
+    ``num-examples`` (malformed_app/malformed_client.py): both are dropped with their node ids
+    and the round is aggregated from node 0's reply alone."""
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
+    out_dir = tmp_path / "deployed-malformed"
+    federation = flower_federation("malformed")
+    _start(federation)
+    run_id = federation.submit(
+        MALFORMED_APP,
+        {
+            "config": str(config_path),
+            "out-dir": str(out_dir),
+            "round-timeout": 120.0,
+            "overrides": "run.min_replies=1",
+        },
+    )
+    outcome = federation.wait_run(run_id, timeout=300.0)
+    assert_completed(outcome)
+
+    (_, row) = read_metrics(out_dir / "metrics.jsonl")
+    assert sorted(row.clients) == [0, 1, 2]
+    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
+    assert losses[0] is not None and losses[1] is None and losses[2] is None
+    garbage, nan = sorted(row.extra["dropped"])  # and no "round: ..." line: it was aggregated
+    node_1, node_2 = (federation.supernodes[i].node_id() for i in (1, 2))
+    assert re.fullmatch(rf"client 1: node {node_1} sent a malformed reply: \w+: .+", garbage)
+    assert nan == (
+        f"client 2: node {node_2} sent a malformed reply: "
+        "FedloraError: metric 'num-examples' is nan"
+    )
+    log = federation.log(run_id)
+    assert f"WARNING fedlora.engine.driver: dropping {nan}" in log
+    assert f"WARNING fedlora.engine.driver: dropping {garbage}" in log
     assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
     assert RunDir(out_dir).is_finished()
 
