@@ -34,6 +34,15 @@ def _suites_module() -> ModuleType:
     return module
 
 
+def _experiment_module(name: str) -> ModuleType:
+    """A script of experiments/ (they import each other as top-level modules)."""
+    sys.path.insert(0, str(REPO_ROOT / "experiments"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO_ROOT / "experiments"))
+
+
 SUITES = _suites_module()
 ALL = SUITES.all_suites()
 
@@ -91,11 +100,7 @@ def test_every_cell_runs_one_tiny_round(
 def test_the_report_writes_flexloras_truncation_energy(
     tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
 ) -> None:
-    sys.path.insert(0, str(REPO_ROOT / "experiments"))
-    try:
-        report = importlib.import_module("report")
-    finally:
-        sys.path.remove(str(REPO_ROOT / "experiments"))
+    report = _experiment_module("report")
     suite = next(s for s in ALL if s.name == "flexlora_populations_dbpedia")
     job = next(j for j in suite.jobs if j.cell == "flexlora, heavy_tail_light")
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
@@ -111,3 +116,27 @@ def test_the_report_writes_flexloras_truncation_energy(
     assert all(0.0 < float(line["energy_kept"]) <= 1.0 for line in lines)
     assert (tmp_path / "energy.png").stat().st_size > 0
     assert not report.write_energy({"fedit": [(0, rows[:1])]}, tmp_path / "none")
+
+
+def test_diagnostics_describe_the_runs_final_model(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    """Per class: supports add up to the test rows and predicted shares to 1; the re-evaluated
+    accuracy is the run's own; only a rank above 5 has high slots to weigh."""
+    diagnose = _experiment_module("diagnose")
+    suite = next(s for s in ALL if s.name == "byun_lee_fig2_agnews")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    shares = {}
+    for cell in ("fedit r5", "fedit r7"):
+        job = next(j for j in suite.jobs if j.cell == cell and j.seed == 0)
+        config = _tiny(job.config(), tmp_path / cell, models, shared_data_dir)
+        run_dir = RunDir.create(tmp_path / cell, config, overwrite=False)
+        rows = run_experiment(build_experiment(config), run_dir).metrics
+        lines = diagnose.diagnose(run_dir, cell, 0, 5)
+        assert [line[6] for line in lines] == ["World", "Sports", "Business", "Sci/Tech"]
+        assert sum(line[7] for line in lines) == 16  # data.max_test_samples of _tiny
+        assert abs(sum(line[9] for line in lines) - 1.0) < 1e-3
+        assert {line[2] for line in lines} == {round(rows[-1].test_accuracy, 4)}
+        shares[cell] = lines[0][3]
+    assert shares["fedit r5"] == 0.0
+    assert 0.0 < shares["fedit r7"] < 1.0

@@ -1,0 +1,146 @@
+"""Why the methods differ: per-class behaviour and the weight of the high slots of final models.
+
+For every finished run of the given suites, the final global state (the run's last checkpoint)
+is evaluated again on the run's test set, and two things are written to
+``docs/results/<suite>/diagnostics.csv`` (one line per run and class):
+
+- per class: its test rows, recall, and the share of all test rows the model predicts as that
+  class (a model that learned the skewed clients' classes only predicts few classes);
+- per run: how much of the global update the slots above ``--low`` carry, as
+  ``||B_hi A_hi||_F / (||B_lo A_lo||_F + ||B_hi A_hi||_F)`` averaged over modules (slots 1..low
+  are what every client trains; the high slots only the high-rank clients), with the mean
+  Frobenius norms of both parts.
+
+The re-evaluated accuracy is checked against the run's own final accuracy, so a diagnostic never
+describes a model other than the one the run reported.  Methods that merge into the base
+weights (FLoRA) are skipped: their final model is not the checkpoint's state alone.
+
+    python experiments/diagnose.py SUITE [SUITE ...] [--low 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from fedlora.aggregation import GlobalState
+from fedlora.config import load_config
+from fedlora.engine import build_experiment
+from fedlora.lora.factors import FoldedFactors
+from fedlora.runs import RunDir, load_checkpoint
+from suites import RESULTS, all_suites
+
+COLUMNS = (
+    "cell",
+    "seed",
+    "accuracy",
+    "high_slot_share",
+    "low_slot_norm",
+    "high_slot_norm",
+    "class",
+    "support",
+    "recall",
+    "predicted_share",
+)
+
+
+def slot_norms(state: GlobalState, low: int) -> tuple[float, float, float]:
+    """The high share (mean over modules), the mean ``||B_lo A_lo||_F`` and ``||B_hi A_hi||_F``."""
+    lows, highs, shares = [], [], []
+    for factors in state.modules.values():
+        lo = float(torch.linalg.matrix_norm(factors.B[:, :low] @ factors.A[:low]))
+        hi = float(torch.linalg.matrix_norm(factors.B[:, low:] @ factors.A[low:]))
+        lows.append(lo)
+        highs.append(hi)
+        shares.append(hi / (lo + hi) if lo + hi else math.nan)
+    return statistics.fmean(shares), statistics.fmean(lows), statistics.fmean(highs)
+
+
+def final_state(run: RunDir) -> GlobalState:
+    """The run's last global state; from ``global.safetensors`` for runs made before checkpoints
+    became one file per round (2026-11-26), which :func:`load_checkpoint` no longer reads."""
+    legacy = run.checkpoint_dir / "global.safetensors"
+    if not legacy.exists():
+        return load_checkpoint(run.checkpoint_dir).state
+    meta = json.loads((run.checkpoint_dir / "state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(legacy))
+    modules = {
+        key.removeprefix("lora/").removesuffix("/A"): FoldedFactors(
+            A=tensor, B=tensors[key.removesuffix("/A") + "/B"]
+        )
+        for key, tensor in tensors.items()
+        if key.startswith("lora/") and key.endswith("/A")
+    }
+    dense = {k.removeprefix("dense/"): t for k, t in tensors.items() if k.startswith("dense/")}
+    return GlobalState(modules=modules, dense=dense, round=meta["round"], seed=meta["seed"])
+
+
+def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
+    """The diagnostic lines of one finished run (none for a merging method)."""
+    config = load_config(run.config_file)
+    experiment = build_experiment(config)
+    if experiment.aggregator.merges_into_base:
+        return []
+    state = final_state(run)
+    evaluation = experiment.evaluate(state)
+    reported = run.metrics()[-1].test_accuracy
+    if reported is None or not math.isclose(evaluation.accuracy, reported, abs_tol=1e-6):
+        raise SystemExit(
+            f"{run.path}: the checkpoint's model scores {evaluation.accuracy}, the run reported "
+            f"{reported}: not the run's final model"
+        )
+    share, low_norm, high_norm = slot_norms(state, low)
+    total = sum(entry["support"] for entry in evaluation.extra["per_class"])
+    lines: list[list[object]] = []
+    for entry in evaluation.extra["per_class"]:
+        support, recall, precision = entry["support"], entry["recall"], entry["precision"]
+        hits = (recall or 0.0) * support
+        predicted = hits / precision if precision else 0.0
+        lines.append(
+            [
+                cell,
+                seed,
+                *(_rounded(x) for x in (evaluation.accuracy, share, low_norm, high_norm)),
+                entry["class"],
+                support,
+                _rounded(recall),
+                _rounded(predicted / total),
+            ]
+        )
+    return lines
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="+", help="suite names")
+    parser.add_argument("--low", type=int, default=5, help="the rank every client trains")
+    args = parser.parse_args(argv)
+    for suite in all_suites(args.suites):
+        done = [job for job in suite.jobs if RunDir(job.out).is_finished()]
+        lines = [
+            line for job in done for line in diagnose(RunDir(job.out), job.cell, job.seed, args.low)
+        ]
+        folder = RESULTS / suite.name
+        folder.mkdir(parents=True, exist_ok=True)
+        path: Path = folder / "diagnostics.csv"
+        with path.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(COLUMNS)
+            writer.writerows(lines)
+        print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
