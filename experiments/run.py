@@ -6,9 +6,14 @@ continues from its checkpoint (``fedlora run --resume``), a run killed before it
 checkpoint starts over.  ``--workers`` runs go side by side with ``--threads`` torch threads
 each: keep ``workers x threads`` at the number of cores (oversubscribed torch runs several
 times slower).
+``--cells`` picks and orders the runs when compute is short: a run is taken by the first
+pattern (shell-style, matched against ``suite/cell``) it matches, in pattern order; runs that
+match none are left out (end with ``"*"`` to keep them, last).  Seeds go round-robin within a
+pattern, so the first finished runs of a cell cover several seeds.
 Kill it at any time and start it again.
 
     python experiments/run.py [SUITE ...] [--workers 2] [--threads 1] [--list]
+        [--cells PATTERN ...]
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 
 from fedlora.runs import RunDir
 from suites import Job, all_suites
@@ -36,6 +42,15 @@ def command(job: Job) -> list[str]:
 
 def pending(jobs: list[Job]) -> list[Job]:
     return [job for job in jobs if not RunDir(job.out).is_finished()]
+
+
+def prioritised(jobs: list[Job], patterns: list[str]) -> list[Job]:
+    """The jobs matching ``patterns``, by the first pattern each matches (see the module doc)."""
+    ordered = []
+    for pattern in patterns:
+        matched = [j for j in jobs if j not in ordered and fnmatch(f"{j.suite}/{j.cell}", pattern)]
+        ordered += sorted(matched, key=lambda j: (j.seed, matched.index(j)))
+    return ordered
 
 
 def run_all(jobs: list[Job], workers: int, threads: int) -> int:
@@ -76,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="runs side by side")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
     parser.add_argument("--list", action="store_true", help="list the runs and their state")
+    parser.add_argument("--cells", nargs="+", help="only these suite/cell patterns, in order")
     args = parser.parse_args(argv)
     jobs = [job for suite in all_suites(args.suites) for job in suite.jobs]
+    if args.cells:
+        jobs = prioritised(jobs, args.cells)
     todo = pending(jobs)
     if args.list:
         for job in jobs:
