@@ -5,6 +5,8 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``comparison.md`` / ``comparison.csv`` / ``comparison.png``: per cell the final headline metric
   (mean ± sample std over seeds, and every seed's value), macro-F1, communication; the untuned
   model and the trivial baselines below (``fedlora compare``'s tables, :mod:`fedlora.report`);
+- ``figure.png`` for suites that declare ``[panels]``: one panel per group of cells (cells of
+  other suites included, e.g. a shared baseline), accuracy and macro-F1 per round;
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
 - ``baselines.csv``: per seed, every metric of the untuned model and of each trivial baseline
   (the same for every cell of a seed, read from round 0 of its first finished run);
@@ -27,10 +29,12 @@ import argparse
 import csv
 import statistics
 from collections import defaultdict
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-from fedlora.report import comparison_rows, plot_comparison, write_comparison
+from fedlora.errors import ConfigError
+from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
 from fedlora.runs import RoundMetrics, RunDir
 from suites import RESULTS, Suite, all_suites
 
@@ -152,6 +156,29 @@ def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def panel_runs(suite: Suite) -> dict[str, dict[str, list[list[RoundMetrics]]]]:
+    """Per panel of the suite, per line label, the metrics of every finished run it shows."""
+    finished = {suite.name: finished_runs(suite)}
+    cells = {suite.name: list(suite.cells)}
+    panels: dict[str, dict[str, list[list[RoundMetrics]]]] = {}
+    for title, entries in suite.panels.items():
+        lines: dict[str, list[list[RoundMetrics]]] = {}
+        for entry in entries:
+            source = entry.suite or suite.name
+            if source not in finished:
+                (other,) = all_suites([source])
+                finished[source], cells[source] = finished_runs(other), list(other.cells)
+            matched = [cell for cell in cells[source] if fnmatch(cell, entry.cell)]
+            if not matched:
+                raise ConfigError(f"suite {suite.name}: panel {title!r}: no cell {entry.pattern!r}")
+            for cell in matched:
+                if cell in finished[source]:
+                    label = entry.label or cell
+                    lines[label] = [rows for _, rows in finished[source][cell]]
+        panels[title] = lines
+    return panels
+
+
 def report(suite: Suite) -> Path | None:
     runs = finished_runs(suite)
     if not runs:
@@ -161,6 +188,8 @@ def report(suite: Suite) -> Path | None:
     by_cell = {cell: [rows for _, rows in seeds] for cell, seeds in runs.items()}
     table = write_comparison(comparison_rows(by_cell), folder)
     plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
+    if suite.panels:
+        plot_panels(panel_runs(suite), folder / "figure.png", suite.description or suite.name)
     write_rounds(runs, folder / "rounds.csv")
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")

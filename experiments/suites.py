@@ -13,13 +13,19 @@ Suite file::
     set = ["run.rounds=20"]            # every cell
     [cells.flexlora]
     set = ["aggregation.method=flexlora"]
+    [panels]                           # optional: figure.png, one panel per entry
+    "rank 20 at random" = ["fedit*", "*, random"]
+    "from other suites" = [{label = "10 %", cell = "other_suite/replication, random"}]
+
+A panel lists cell patterns (shell-style; ``suite/cell`` takes a cell of another suite's runs),
+each optionally with the label its line gets (default: the cell's name).
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedlora.config import ExperimentConfig, load_config
@@ -55,12 +61,29 @@ class Job:
 
 
 @dataclass(frozen=True)
+class PanelEntry:
+    """The cells (a pattern, ``suite/`` first for another suite's) one figure panel shows."""
+
+    pattern: str
+    label: str | None = None
+
+    @property
+    def suite(self) -> str | None:
+        return self.pattern.rpartition("/")[0] or None
+
+    @property
+    def cell(self) -> str:
+        return self.pattern.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
 class Suite:
     name: str
     description: str
     seeds: tuple[int, ...]
     cells: dict[str, tuple[str, ...]]
     jobs: tuple[Job, ...]
+    panels: dict[str, tuple[PanelEntry, ...]] = field(default_factory=dict)
 
 
 def load_suite(path: Path) -> Suite:
@@ -69,7 +92,7 @@ def load_suite(path: Path) -> Suite:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    unknown = set(data) - {"description", "config", "seeds", "set", "cells"}
+    unknown = set(data) - {"description", "config", "seeds", "set", "cells", "panels"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     config_path = REPO / data["config"] if data.get("config") else None
@@ -96,7 +119,22 @@ def load_suite(path: Path) -> Suite:
             )
             job.config()
             jobs.append(job)
-    return Suite(path.stem, str(data.get("description", "")), seeds, cells, tuple(jobs))
+    panels = {
+        str(title): tuple(_panel_entry(path, str(title), entry) for entry in entries)
+        for title, entries in data.get("panels", {}).items()
+    }
+    description = str(data.get("description", ""))
+    return Suite(path.stem, description, seeds, cells, tuple(jobs), panels)
+
+
+def _panel_entry(path: Path, title: str, entry: object) -> PanelEntry:
+    if isinstance(entry, str):
+        return PanelEntry(entry)
+    if isinstance(entry, dict) and set(entry) == {"label", "cell"}:
+        return PanelEntry(str(entry["cell"]), str(entry["label"]))
+    raise ConfigError(
+        f"{path}: panels.{title!r}: {entry!r} is neither a cell pattern nor {{label, cell}}"
+    )
 
 
 def all_suites(names: list[str] | None = None) -> list[Suite]:

@@ -11,6 +11,7 @@ import csv
 import importlib
 import importlib.util
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from fedlora.engine import build_experiment, run_experiment
+from fedlora.errors import ConfigError
 from fedlora.runs import RunDir
 from tests.conftest import REPO_ROOT
 
@@ -140,3 +142,19 @@ def test_diagnostics_describe_the_runs_final_model(
         shares[cell] = lines[0][3]
     assert shares["fedit r5"] == 0.0
     assert 0.0 < shares["fedit r7"] < 1.0
+
+
+def test_every_panel_names_cells_that_exist() -> None:
+    by_name = {suite.name: suite for suite in ALL}
+    panels = [(s, e) for s in ALL for entries in s.panels.values() for e in entries]
+    assert {s.name for s, _ in panels} >= {"byun_lee_fig2_agnews", "byun_lee_fig3_agnews"}
+    for suite, entry in panels:
+        cells = by_name[entry.suite or suite.name].cells
+        assert any(fnmatch(cell, entry.cell) for cell in cells), (suite.name, entry)
+
+
+def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[cells.a]\nset = []\n[panels]\n"p" = [{name = "x"}]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"panels\.'p': \{'name': 'x'\} is neither"):
+        SUITES.load_suite(path)

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from fedlora.cli import main
 from fedlora.commands.progress import round_status
 from fedlora.config import load_config
-from fedlora.report import comparison_rows, plot_comparison, write_comparison
+from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
 from fedlora.runs import RoundMetrics, RunDir
 
 # (accuracy, macro-F1) per round, per (method, seed): rounds 1..3.
@@ -122,6 +122,26 @@ def test_compare_table_csv_and_plot_show_macro_f1(tmp_path: Path, figures: list[
         assert float(csv_rows[method]["final_macro_f1_std"]) == pytest.approx(std, abs=1e-12)
         per_round = [statistics.fmean(SCORES[method, s][i][1] for s in (0, 1)) for i in range(3)]
         assert _line(figure, 1, f"{method} (n=2)") == pytest.approx(per_round, abs=1e-12)
+
+
+def test_panels_give_each_group_a_column_and_each_metric_a_row(
+    tmp_path: Path, figures: list[Figure]
+) -> None:
+    runs = {
+        key: [_row(i + 1, accuracy, f1) for i, (accuracy, f1) in enumerate(scores)]
+        for key, scores in SCORES.items()
+    }
+    seeds = {method: [runs[method, 0], runs[method, 1]] for method in ("flexlora", "replication")}
+    plot_panels(
+        {"only flexlora": {"flexlora": seeds["flexlora"]}, "both": seeds}, tmp_path / "p.png", "t"
+    )
+    (figure,) = figures
+    assert [ax.get_title() for ax in figure.axes] == ["only flexlora", "both"] * 2
+    assert [ax.get_ylabel() for ax in figure.axes] == ["test accuracy"] * 2 + ["test macro-F1"] * 2
+    f1 = [statistics.fmean(SCORES["replication", s][i][1] for s in (0, 1)) for i in range(3)]
+    assert _line(figure, 3, "replication (n=2)") == pytest.approx(f1, abs=1e-12)
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "flexlora (n=2)" in labels and "replication (n=2)" not in labels
 
 
 def test_the_run_plot_shows_macro_f1_beside_accuracy(tmp_path: Path, figures: list[Figure]) -> None:

@@ -60,18 +60,42 @@ def plot_comparison(
 
     One line per method: the mean over seeds, with a min–max band.
     """
-    metrics = with_companion(headline(r for seeds in runs.values() for rows in seeds for r in rows))
+    return plot_panels({"": runs}, path, title)
+
+
+def plot_panels(
+    panels: Mapping[str, Mapping[str, Sequence[Sequence[RoundMetrics]]]], path: Path, title: str
+) -> Path:
+    """One column per panel (a group of methods), one row per headline metric (accuracy, then
+    macro-F1 when there is one), on shared axes: each method the mean over seeds with a min–max
+    band, the trivial baselines dashed.  A single panel puts its metrics side by side."""
+    every = [
+        r for runs in panels.values() for seeds in runs.values() for rows in seeds for r in rows
+    ]
+    metrics = with_companion(headline(every))
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        _plot_seed_bands(ax, runs, metric)
-        _baseline_lines(ax, next(iter(runs.values()), []), metric, "0.4")
-        ax.set(xlabel="round", ylabel=metric.label, title=f"{title}: {metric.label}")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    if len(panels) == 1:
+        fig, grid = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4.5), squeeze=False)
+        axes = grid.T
+    else:
+        fig, axes = plt.subplots(
+            len(metrics),
+            len(panels),
+            figsize=(6 * len(panels), 4.5 * len(metrics)),
+            squeeze=False,
+            sharey="row",
+        )
+    for column, (name, runs) in enumerate(panels.items()):
+        for ax, metric in zip(axes[:, column], metrics, strict=True):
+            _plot_seed_bands(ax, runs, metric)
+            _baseline_lines(ax, next(iter(runs.values()), []), metric, "0.4")
+            ax.set(xlabel="round", ylabel=metric.label, title=name or metric.label)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110 if len(panels) == 1 else 70)
     plt.close(fig)
     return path
 
