@@ -67,15 +67,22 @@ def _statuses(federation: LocalFederation) -> dict[int, str]:
     return {int(node["node-id"]): str(node["status"]) for node in federation.nodes()}
 
 
-def _submit_needing_two(federation: LocalFederation, config_path: Path, out_dir: Path) -> int:
-    """Submit a one-round run that completes with two of the three clients."""
+def _submit(
+    federation: LocalFederation,
+    config_path: Path,
+    out_dir: Path,
+    *,
+    min_replies: int = 2,
+    app: Path = APP_DIR,
+) -> int:
+    """Submit a run that completes with ``min_replies`` of the three clients."""
     return federation.submit(
-        APP_DIR,
+        app,
         {
             "config": str(config_path),
             "out-dir": str(out_dir),
             "round-timeout": 120.0,
-            "overrides": "run.min_replies=2",
+            "overrides": f"run.min_replies={min_replies}",
         },
     )
 
@@ -252,7 +259,7 @@ def test_a_node_stopped_mid_round_is_dropped(
     out_dir = tmp_path / "deployed-fault"
     federation = flower_federation("fault")
     _start(federation)
-    run_id = _submit_needing_two(federation, config_path, out_dir)
+    run_id = _submit(federation, config_path, out_dir)
     victim = federation.supernodes[2]
     node_id = victim.node_id()
     victim.wait_for_log("Receiving: train message", timeout=180.0)
@@ -295,7 +302,7 @@ def test_a_node_that_never_answers_is_dropped(
     out_dir = tmp_path / "deployed-silent"
     federation = flower_federation("silent")
     _start(federation)
-    run_id = _submit_needing_two(federation, config_path, out_dir)
+    run_id = _submit(federation, config_path, out_dir)
     victim = federation.supernodes[2]
     if frozen == "executor":
         stopped = freeze_executor(federation, victim)
@@ -331,15 +338,7 @@ def test_malformed_replies_of_deployed_nodes_are_dropped_by_node(
     out_dir = tmp_path / "deployed-malformed"
     federation = flower_federation("malformed")
     _start(federation)
-    run_id = federation.submit(
-        MALFORMED_APP,
-        {
-            "config": str(config_path),
-            "out-dir": str(out_dir),
-            "round-timeout": 120.0,
-            "overrides": "run.min_replies=1",
-        },
-    )
+    run_id = _submit(federation, config_path, out_dir, min_replies=1, app=MALFORMED_APP)
     outcome = federation.wait_run(run_id, timeout=300.0)
     assert_completed(outcome)
 
