@@ -433,9 +433,27 @@ class InstructSection(Section):
         lt=1.0,
         description="With unseen_fraction = 0: share of each task's examples held out for testing.",
     )
+    seen_test_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "With unseen_fraction > 0: share of each seen task's examples also held out, and "
+            "scored as the seen-task test set (0: unseen tasks only)."
+        ),
+    )
     eval_per_task: int = Field(
         20, ge=0, description="Evaluate at most this many examples per test task (0 = all)."
     )
+
+    @model_validator(mode="after")
+    def _seen_needs_unseen(self) -> InstructSection:
+        if self.seen_test_fraction > 0 and self.unseen_fraction == 0:
+            raise ValueError(
+                "seen_test_fraction needs unseen_fraction > 0 (with unseen_fraction = 0 the test "
+                "set is already a held-out share of every task: test_fraction)"
+            )
+        return self
 
     @field_validator("examples_per_task")
     @classmethod

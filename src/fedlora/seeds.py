@@ -28,6 +28,7 @@ PURPOSES: dict[str, int] = {
     "model_init": 12,  # a new classification head and a new adapter's first values
     "tasks": 13,  # the generated instruction tasks and the unseen ones
     "synthetic": 14,  # the synthetic classification dataset
+    "seen_test": 15,  # seen-task examples held out (instruct.seen_test_fraction), their subsample
 }
 
 

@@ -13,8 +13,9 @@ import torch
 from fedlora.aggregation import available_aggregators
 from fedlora.config import describe_defaults, load_config
 from fedlora.engine import TrainTask, build_experiment, run_experiment
+from fedlora.engine.instruction import load_instructions, split_instructions
 from fedlora.errors import ConfigError
-from fedlora.instruct import exact_match, rouge_l, tasks_needed, unseen_count
+from fedlora.instruct import copy_input_scores, exact_match, rouge_l, tasks_needed, unseen_count
 from fedlora.lora import LoraSettings
 from fedlora.model import IGNORE_INDEX, generate_greedy
 from fedlora.runs import RunDir, load_checkpoint
@@ -74,9 +75,85 @@ def test_natural_partition_gives_whole_tasks_and_holds_unseen_ones_out(
     assert len(set.union(*tasks_of)) == 4
     seen = set(experiment.group_names)
     evaluator = experiment.evaluator
-    test_tasks = {ex.task for ex in evaluator.examples}  # type: ignore[attr-defined]
+    test_tasks = {ex.task for ex in evaluator.test.examples}  # type: ignore[attr-defined]
     assert test_tasks and not test_tasks & seen
     assert all(len(experiment.partitions[c]) > 0 for c in range(4))
+
+
+def test_seen_task_examples_are_held_out_of_training_and_scored_apart(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``seen_test_fraction``: a share of every training task is held out (never trained on)
+    and scored as ``extra["seen_tasks"]``; the copy baseline is scored on it too."""
+    settings = {"instruct.eval_per_task": 0, "data.max_test_samples": 0}
+    plain = build_experiment(tiny_causal_config(tiny_llama_dir, tmp_path / "a", **settings))
+    config = tiny_causal_config(
+        tiny_llama_dir, tmp_path / "b", **settings, **{"instruct.seen_test_fraction": 0.25}
+    )
+    experiment = build_experiment(config)
+    assert plain.evaluator.seen is None  # type: ignore[attr-defined]
+    split = split_instructions(config, load_instructions(config), None)
+    plain_split = split_instructions(plain.config, load_instructions(plain.config), None)
+    seen = experiment.evaluator.seen  # type: ignore[attr-defined]
+    train_of = {t: len(r) for t, r in split.train.by_task().items()}
+    plain_train_of = {t: len(r) for t, r in plain_split.train.by_task().items()}
+    assert split.seen_test is not None and plain_split.seen_test is None
+    held_of = {t: len(r) for t, r in split.seen_test.by_task().items()}
+    assert set(held_of) == set(train_of) == set(plain_train_of)  # every seen task, no other
+    for task, size in plain_train_of.items():
+        assert train_of[task] + held_of[task] == size
+        assert held_of[task] == min(max(round(0.25 * size), 1), size - 1)
+    trained = {(e.instruction, e.input, e.output) for e in split.train.examples}
+    assert not trained & {(e.instruction, e.input, e.output) for e in seen.examples}
+    unseen = {e.task for e in experiment.evaluator.test.examples}  # type: ignore[attr-defined]
+    assert unseen == {e.task for e in plain.evaluator.test.examples}  # type: ignore[attr-defined]
+
+    answers = {p: ex.output for p, ex in zip(seen.prompts, seen.examples, strict=True)}
+
+    def knows_the_seen_tasks(model, tokenizer, prompts, **_):  # type: ignore[no-untyped-def]
+        return [answers.get(p, "") for p in prompts]
+
+    import fedlora.engine.instruction as instruction
+
+    monkeypatch.setattr(instruction, "generate_greedy", knows_the_seen_tasks)
+    evaluation = experiment.evaluate(experiment.initial_state())
+    assert evaluation.extra["seen_tasks"]["score"] == pytest.approx(1.0)
+    assert evaluation.extra["seen_tasks"]["exact_match"] == pytest.approx(1.0)
+    assert evaluation.exact_match == pytest.approx(0.0)  # the unseen tasks got empty answers
+    assert evaluation.extra["seen_tasks"]["loss"] > 0
+    copied = experiment.evaluator.baselines()["copy_input"].extra["seen_tasks"]
+    assert copied == instruction._headline(copy_input_scores(seen.examples, seen.task_sizes))
+
+
+def test_a_run_records_the_seen_task_scores_and_their_copy_baseline(
+    tiny_llama_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_causal_config(
+        tiny_llama_dir, tmp_path / "run", **{"instruct.seen_test_fraction": 0.25, "run.rounds": 1}
+    )
+    run_dir = RunDir.create(tmp_path / "run", config, overwrite=False)
+    start, row = run_experiment(build_experiment(config), run_dir).metrics
+    assert set(start.extra["seen_tasks_baselines"]) == {"copy_input"}
+    assert set(start.extra["seen_tasks_baselines"]["copy_input"]) == {
+        "score",
+        "rouge_l",
+        "exact_match",
+    }
+    for evaluated in (start, row):
+        assert set(evaluated.extra["seen_tasks"]) == {"score", "rouge_l", "exact_match", "loss"}
+    assert row.extra["seen_tasks"]["loss"] != start.extra["seen_tasks"]["loss"]  # it trained
+
+
+def test_seen_task_testing_needs_unseen_tasks() -> None:
+    with pytest.raises(ConfigError, match="seen_test_fraction needs unseen_fraction > 0"):
+        load_config(
+            None,
+            [
+                "task='causal-lm'",
+                "instruct.unseen_fraction=0",
+                "instruct.seen_test_fraction=0.2",
+            ],
+        )
 
 
 def test_response_only_labels_mask_the_prompt(tiny_llama_dir: Path, tmp_path: Path) -> None:
@@ -216,11 +293,11 @@ def test_generation_metric_scores_the_greedy_output_weighted_by_task_size(
     outputs = generate_greedy(
         experiment.model,
         evaluator.tokenizer,  # type: ignore[attr-defined]
-        evaluator.prompts,  # type: ignore[attr-defined]
+        evaluator.test.prompts,  # type: ignore[attr-defined]
         max_new_tokens=config.instruct.max_new_tokens,
     )
-    examples = evaluator.examples  # type: ignore[attr-defined]
-    sizes = evaluator.task_sizes  # type: ignore[attr-defined]
+    examples = evaluator.test.examples  # type: ignore[attr-defined]
+    sizes = evaluator.test.task_sizes  # type: ignore[attr-defined]
     assert len(sizes) >= 2  # the weighting matters
     per_task: dict[str, list[tuple[float, float]]] = {}
     for example, output in zip(examples, outputs, strict=True):
@@ -240,7 +317,8 @@ def test_a_model_that_answers_right_scores_one(
     config = tiny_causal_config(tiny_llama_dir, tmp_path / "run")
     experiment = build_experiment(config)
     evaluator = experiment.evaluator
-    answers = {p: ex.output for p, ex in zip(evaluator.prompts, evaluator.examples, strict=True)}  # type: ignore[attr-defined]
+    test = evaluator.test  # type: ignore[attr-defined]
+    answers = {p: ex.output for p, ex in zip(test.prompts, test.examples, strict=True)}
 
     def oracle(model, tokenizer, prompts, **_):  # type: ignore[no-untyped-def]
         return [answers[p] for p in prompts]
@@ -329,7 +407,7 @@ def test_chat_template_prompts(tiny_llama_dir: Path, tmp_path: Path) -> None:
         tiny_llama_dir, tmp_path / "run", **{"instruct.template": "chat", "run.rounds": 1}
     )
     experiment = build_experiment(config)
-    prompt = experiment.evaluator.prompts[0]  # type: ignore[attr-defined]
+    prompt = experiment.evaluator.test.prompts[0]  # type: ignore[attr-defined]
     assert prompt.startswith("user\n") and prompt.endswith("<s>assistant\n")
     bos = experiment.evaluator.tokenizer.bos_token_id  # type: ignore[attr-defined]
     first = experiment.train.input_ids[0].tolist()

@@ -192,7 +192,7 @@ def test_both_generation_call_sites_use_one_exact_match_rule(
         for i in range(len(answers))
     ]
     evaluator, model = _evaluator(tiny_llama_dir, tmp_path, examples)
-    answer_of = dict(zip(evaluator.prompts, answers, strict=True))
+    answer_of = dict(zip(evaluator.test.prompts, answers, strict=True))
 
     def fake_generate_greedy(model: Any, tokenizer: Any, prompts: list[str], **_: Any) -> list[str]:
         return [answer_of[p] for p in prompts]
@@ -204,7 +204,7 @@ def test_both_generation_call_sites_use_one_exact_match_rule(
     monkeypatch.setattr(generation, "_generate", fake_generate)
     scored = evaluator(model)
     direct = evaluate_generation(
-        model, evaluator.tokenizer, evaluator.prompts, [reference] * 6, max_new_tokens=1
+        model, evaluator.tokenizer, evaluator.test.prompts, [reference] * 6, max_new_tokens=1
     )
     assert direct.outputs == answers
     assert scored.exact_match == scored.score == pytest.approx(np.mean(hits))

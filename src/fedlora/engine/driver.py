@@ -541,6 +541,9 @@ class RoundDriver:
         evaluation = exp.evaluate(state)
         baselines = exp.evaluator.baselines()
         timer.stop()
+        seen = {n: b.extra["seen_tasks"] for n, b in baselines.items() if "seen_tasks" in b.extra}
+        if seen:
+            extra["seen_tasks_baselines"] = seen
         row = RoundMetrics(
             round=0,
             clients=[],

@@ -48,6 +48,7 @@ from fedlora.engine.instruction import (
 )
 from fedlora.engine.merging import MergedBase
 from fedlora.errors import ConfigError, UnknownNameError
+from fedlora.instruct import InstructionData
 from fedlora.lora import LoraSettings
 from fedlora.model import AdaptedModel, load_causal_lm, load_classifier
 from fedlora.model.device import enable_checkpointing, resolve_device, resolve_dtype
@@ -276,10 +277,11 @@ def build_experiment(config: ExperimentConfig) -> Experiment:
         evaluator: Evaluator = generation
         notes: dict[str, Any] = {
             "train rows": f"{len(instructions)} in {len(rows.split.task_names)} tasks",
-            "test rows": f"{len(rows.split.test)} of {rows.split.held_out}",
+            "test rows": f"{len(rows.split.test)} of {rows.split.held_out}"
+            + _seen_rows(rows.split.seen_test, config),
             "rows cut to model.max_length": f"{instructions.num_truncated} train "
             f"({instructions.num_response_truncated} with the response cut), "
-            f"{generation.tokens.num_truncated} test; "
+            f"{generation.test.tokens.num_truncated} test; "
             f"{generation.num_truncated_prompts} test prompts cut for generation",
         }
     else:
@@ -504,3 +506,10 @@ def _check_ranks_fit(policy: RankPolicy, model: AdaptedModel) -> None:
                     f"ranks: tier {tier} asks rank {rank} on {name!r}, above its limit {limit} "
                     f"(min of the {shapes[name][0]} x {shapes[name][1]} layer)"
                 )
+
+
+def _seen_rows(seen_test: InstructionData | None, config: ExperimentConfig) -> str:
+    if seen_test is None:
+        return ""
+    share = config.instruct.seen_test_fraction
+    return f", and {len(seen_test)} of {share:g} of every seen task"

@@ -3,8 +3,9 @@
 FlexLoRA's setting: every task is a client's data (the ``natural`` partition), a share of the tasks
 is held out of every client, and the global model is scored by greedy generation on those unseen
 tasks: each task by its own metric (the ``score``), and by Rouge-L and exact match, averaged with
-each task's data size as weight.  With ``instruct.unseen_fraction = 0`` the test set is instead
-a held-out share of every task.
+each task's data size as weight.  With ``instruct.seen_test_fraction`` a share of every seen
+task's examples is held out too and scored the same way, in ``extra["seen_tasks"]``.  With
+``instruct.unseen_fraction = 0`` the test set is instead a held-out share of every task.
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from fedlora.instruct import (
     tasks_needed,
     train_test_split_per_task,
 )
-from fedlora.model import AdaptedModel, TokenizedInstructions, evaluate_lm, generate_greedy
+from fedlora.model import (
+    AdaptedModel,
+    LMEvalResult,
+    TokenizedInstructions,
+    evaluate_lm,
+    generate_greedy,
+)
 from fedlora.seeds import derive_seed, rng
 
 Indices = npt.NDArray[np.int64]
@@ -43,15 +50,20 @@ CLASSIFICATION_DATASETS = ("ag_news", "dbpedia_14", "synthetic")
 
 @dataclass(frozen=True)
 class InstructionSplit:
-    """Training rows (with their task ids and client partitions) and the test examples."""
+    """Training rows (with their task ids and client partitions) and the test examples.
+
+    ``seen_test``: held-out examples of the training tasks (``instruct.seen_test_fraction``).
+    """
 
     train: InstructionData
     task_ids: Indices
     task_names: list[str]
     partitions: list[Indices]
     test: InstructionData
-    test_task_sizes: dict[str, int]
+    task_sizes: dict[str, int]
+    """Every task's number of examples: the weight of its score."""
     held_out: str
+    seen_test: InstructionData | None = None
 
 
 def load_instructions(config: ExperimentConfig) -> InstructionData:
@@ -104,17 +116,26 @@ def split_instructions(
         held = set(unseen)
         test_rows = np.flatnonzero([example.task in held for example in data.examples])
         held_out = f"{len(unseen)} unseen tasks"
-        train_rows = seen
+        train_rows, seen_rows = seen, seen[:0]
+        if instruct.seen_test_fraction > 0:
+            kept, tested = train_test_split_per_task(
+                data.subset(seen), instruct.seen_test_fraction, derive_seed(seed, "seen_test")
+            )
+            train_rows, seen_rows = seen[kept], seen[tested]
     else:
         train_rows, test_rows = train_test_split_per_task(
             data, instruct.test_fraction, derive_seed(seed, "test_split")
         )
         held_out = f"{instruct.test_fraction:g} of every task"
+        seen_rows = test_rows[:0]
     sizes = {task: len(rows) for task, rows in data.by_task().items()}
     train = _subsample(
         data.subset(train_rows), config.data.max_train_samples, rng(seed, "train_subsample")
     )
     test = _test_examples(data.subset(test_rows), config, rng(seed, "test_subsample"))
+    seen_test = None
+    if len(seen_rows):
+        seen_test = _test_examples(data.subset(seen_rows), config, rng(seed, "seen_test", 1))
     names = train.tasks()
     position = {task: i for i, task in enumerate(names)}
     task_ids = np.asarray([position[ex.task] for ex in train.examples], dtype=np.int64)
@@ -131,8 +152,9 @@ def split_instructions(
         task_names=names,
         partitions=[np.asarray(p, dtype=np.int64) for p in partitions],
         test=test,
-        test_task_sizes={task: sizes[task] for task in test.tasks()},
+        task_sizes=sizes,
         held_out=held_out,
+        seen_test=seen_test,
     )
 
 
@@ -200,53 +222,87 @@ def tokenize_instructions(
     )
 
 
+class _GenerationSet:
+    """One test set's prompts (longest first: batches of similar length waste the least
+    padding), reference tokens and task sizes (the weights of the per-task scores)."""
+
+    def __init__(
+        self,
+        test: InstructionData,
+        task_sizes: dict[str, int],
+        tokenizer: Any,
+        config: ExperimentConfig,
+    ) -> None:
+        prompts = render_prompts(test.examples, config.instruct.template, tokenizer)
+        self.tokens = tokenize_instructions(test, tokenizer, config, prompts)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        self.prompts = [prompts[i] for i in order]
+        self.examples = [test.examples[i] for i in order]
+        self.task_sizes = {task: task_sizes[task] for task in test.tasks()}
+
+
 class GenerationEvaluator:
     """Greedy generation on the test examples, scored per task and weighted by task size.
 
     ``test_loss`` is the teacher-forced loss of the references (response tokens), reported next to
     the generation metrics, never instead of them.  The ``copy_input`` baseline answers every
     test prompt with its input (:func:`~fedlora.instruct.copy_input`) and is scored the same way.
+    With a seen-task test set (``split.seen_test``) the model and the baseline are scored on it
+    too, into ``extra["seen_tasks"]``: score, Rouge-L, exact match and (for the model) loss.
     """
 
-    def __init__(self, split: InstructionSplit, tokenizer: Any, config: ExperimentConfig) -> None:
+    def __init__(
+        self,
+        split: InstructionSplit,
+        tokenizer: Any,
+        config: ExperimentConfig,
+    ) -> None:
         self.tokenizer = tokenizer
-        prompts = render_prompts(split.test.examples, config.instruct.template, tokenizer)
-        self.tokens = tokenize_instructions(split.test, tokenizer, config, prompts)
-        # Longest prompts first: batches of similar length waste the least padding.
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        self.prompts = [prompts[i] for i in order]
-        self.examples = [split.test.examples[i] for i in order]
-        self.task_sizes = split.test_task_sizes
+        self.test = _GenerationSet(split.test, split.task_sizes, tokenizer, config)
+        self.seen = None
+        if split.seen_test is not None:
+            self.seen = _GenerationSet(split.seen_test, split.task_sizes, tokenizer, config)
         self.max_new_tokens = config.instruct.max_new_tokens
         self.max_prompt_length = config.model.max_length
         self.batch_size = config.train.eval_batch_size
-        prompt_rows = tokenizer(self.prompts, add_special_tokens=True)["input_ids"]
+        prompt_rows = tokenizer(self.test.prompts, add_special_tokens=True)["input_ids"]
         self.num_truncated_prompts = sum(len(row) > self.max_prompt_length for row in prompt_rows)
 
     def __call__(self, model: AdaptedModel) -> Evaluation:
-        indices = np.arange(len(self.tokens), dtype=np.int64)
-        lm = evaluate_lm(model, self.tokens.batches(indices, self.batch_size))
+        scores, loss, outputs = self._generate(model, self.test)
+        samples = [
+            {"task": ex.task, "reference": ex.output, "output": out}
+            for ex, out in list(zip(self.test.examples, outputs, strict=True))[:3]
+        ]
+        extra: dict[str, Any] = {"test_perplexity": loss.perplexity, "samples": samples}
+        if self.seen is not None:
+            seen_scores, seen_loss, _ = self._generate(model, self.seen)
+            extra["seen_tasks"] = {**_headline(seen_scores), "loss": seen_loss.loss}
+        return self._evaluation(scores, loss.loss, extra)
+
+    def baselines(self) -> dict[str, Evaluation]:
+        """``copy_input``: every test prompt answered with its input, scored like the model."""
+        extra: dict[str, Any] = {}
+        if self.seen is not None:
+            seen = copy_input_scores(self.seen.examples, self.seen.task_sizes)
+            extra["seen_tasks"] = _headline(seen)
+        copied = copy_input_scores(self.test.examples, self.test.task_sizes)
+        return {"copy_input": self._evaluation(copied, extra=extra)}
+
+    def _generate(
+        self, model: AdaptedModel, test: _GenerationSet
+    ) -> tuple[TaskScores, LMEvalResult, list[str]]:
+        indices = np.arange(len(test.tokens), dtype=np.int64)
+        lm = evaluate_lm(model, test.tokens.batches(indices, self.batch_size))
         outputs = generate_greedy(
             model,
             self.tokenizer,
-            self.prompts,
+            test.prompts,
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             max_prompt_length=self.max_prompt_length,
         )
-        samples = [
-            {"task": ex.task, "reference": ex.output, "output": out}
-            for ex, out in list(zip(self.examples, outputs, strict=True))[:3]
-        ]
-        return self._evaluation(
-            score_tasks(self.examples, outputs, self.task_sizes),
-            lm.loss,
-            {"test_perplexity": lm.perplexity, "samples": samples},
-        )
-
-    def baselines(self) -> dict[str, Evaluation]:
-        """``copy_input``: every test prompt answered with its input, scored like the model."""
-        return {"copy_input": self._evaluation(copy_input_scores(self.examples, self.task_sizes))}
+        return score_tasks(test.examples, outputs, test.task_sizes), lm, outputs
 
     def _evaluation(
         self, scores: TaskScores, loss: float | None = None, extra: dict[str, Any] | None = None
@@ -259,8 +315,12 @@ class GenerationEvaluator:
             score=scores.score,
             extra={
                 **(extra or {}),
-                "task_metric": {ex.task: ex.metric for ex in self.examples},
+                "task_metric": {ex.task: ex.metric for ex in self.test.examples},
                 "task_score": {t: m["score"] for t, m in scores.by_task.items()},
                 "task_rouge_l": {t: m["rouge_l"] for t, m in scores.by_task.items()},
             },
         )
+
+
+def _headline(scores: TaskScores) -> dict[str, float]:
+    return {"score": scores.score, "rouge_l": scores.rouge_l, "exact_match": scores.exact_match}
