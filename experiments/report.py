@@ -12,6 +12,9 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   (the same for every cell of a seed, read from round 0 of its first finished run);
 - ``promotion.csv`` for suites whose runs promote clients (loss-based allocation): who was
   promoted, which clients were high-quality, and the precision of the promotion;
+- ``seen_tasks.csv`` / ``seen_tasks.md`` for instruction suites that hold seen-task examples out
+  (``instruct.seen_test_fraction``): per run the final score, Rouge-L, exact match and loss on
+  the seen tasks, next to the unseen-task score, with the untuned model and the copy baseline;
 - ``energy.csv`` / ``energy.png`` for suites whose FlexLoRA runs record ``energy_kept``: per
   round, module and client rank, the share of the aggregated update's energy the rank's
   truncation keeps, and its complement (the SVD truncation error, FlexLoRA's Figure 8) per
@@ -108,6 +111,60 @@ def write_promotions(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path
     return True
 
 
+SEEN = ("score", "rouge_l", "exact_match", "loss")
+
+
+def write_seen_tasks(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
+    """Final seen-task scores per run, and per seed the untuned model's and the copy baseline's
+    (from round 0, the same for every cell of a seed); False if no run scored seen tasks."""
+    lines: dict[str, dict[int, list[Any]]] = defaultdict(dict)
+    for cell, seeds in runs.items():
+        for seed, rows in seeds:
+            scored = [r for r in rows if "seen_tasks" in r.extra]
+            if not scored:
+                continue
+            start, last = scored[0], scored[-1]
+            copied = start.extra.get("seen_tasks_baselines", {}).get("copy_input", {})
+            lines[cell][seed] = [*(last.extra["seen_tasks"].get(k) for k in SEEN), last.test_score]
+            lines["(untuned model)"][seed] = [
+                *(start.extra["seen_tasks"].get(k) for k in SEEN),
+                start.test_score,
+            ]
+            lines["(baseline: copy_input)"][seed] = [*(copied.get(k) for k in SEEN), None]
+    if not lines:
+        return False
+    order = sorted(lines, key=lambda method: method.startswith("("))  # baselines last
+    with (folder / "seen_tasks.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["method", "seed", *(f"seen_{k}" for k in SEEN), "unseen_score"])
+        for method in order:
+            rows = sorted(lines[method].items())
+            writer.writerows([method, seed, *values] for seed, values in rows)
+    table = [
+        "| method | seeds | seen-task score | per seed | seen-task Rouge-L | unseen-task score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in order:
+        found = [values for _, values in sorted(lines[method].items())]
+        per_seed = ", ".join("—" if x[0] is None else f"{x[0]:.3f}" for x in found)
+        table.append(
+            f"| {method} | {len(found)} | {_spread([x[0] for x in found])} | {per_seed} | "
+            f"{_spread([x[1] for x in found])} | {_spread([x[4] for x in found])} |"
+        )
+    (folder / "seen_tasks.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    return True
+
+
+def _spread(values: list[float | None]) -> str:
+    """``mean ± sample std`` of the values measured (``—`` if none)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "—"
+    if len(known) == 1:
+        return f"{known[0]:.3f}"
+    return f"{statistics.fmean(known):.3f} ± {statistics.stdev(known):.3f}"
+
+
 def write_energy(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
     """The energy each client rank's truncation keeps, per round and module; False if none."""
     lines = [
@@ -194,6 +251,7 @@ def report(suite: Suite) -> Path | None:
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
     write_energy(runs, folder)
+    write_seen_tasks(runs, folder)
     done = sum(len(seeds) for seeds in runs.values())
     print(f"{suite.name}: {done} of {len(suite.jobs)} runs finished\n{table}")
     return folder

@@ -158,3 +158,29 @@ def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> 
     path.write_text('[cells.a]\nset = []\n[panels]\n"p" = [{name = "x"}]\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"panels\.'p': \{'name': 'x'\} is neither"):
         SUITES.load_suite(path)
+
+
+def test_the_report_writes_seen_and_unseen_task_scores(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    report = _experiment_module("report")
+    suite = next(s for s in ALL if s.name == "instruct_smollm2_seen")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    runs = {}
+    for cell in ("flexlora", "hetlora"):
+        job = next(j for j in suite.jobs if j.cell == cell and j.seed == 0)
+        config = _tiny(job.config(), tmp_path / cell, models, shared_data_dir)
+        run_dir = RunDir.create(tmp_path / cell, config, overwrite=False)
+        runs[cell] = [(0, run_experiment(build_experiment(config), run_dir).metrics)]
+    assert report.write_seen_tasks(runs, tmp_path)
+    with (tmp_path / "seen_tasks.csv").open(encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    methods = ["flexlora", "hetlora", "(untuned model)", "(baseline: copy_input)"]
+    assert [line["method"] for line in lines] == methods
+    final = runs["flexlora"][0][1][-1]
+    assert float(lines[0]["seen_score"]) == final.extra["seen_tasks"]["score"]
+    assert float(lines[0]["unseen_score"]) == final.test_score
+    assert lines[3]["seen_loss"] == "" and lines[3]["seen_rouge_l"] != ""
+    table = (tmp_path / "seen_tasks.md").read_text(encoding="utf-8").splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == [f"| {m}" for m in methods]
+    assert not report.write_seen_tasks({"x": [(0, runs["flexlora"][0][1][:0])]}, tmp_path / "n")
