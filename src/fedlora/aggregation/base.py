@@ -95,24 +95,15 @@ class Aggregator(ABC):
                 self.check_update(update, previous)
         weights = client_weights(updates, self.weighting)
         dtype = _compute_dtype(updates)
-        combined: dict[str, FoldedFactors] = {}
-        for name in layout.module_shapes:
-            folded = [u.modules[name].folded(dtype) for u in updates]
-            prior = previous.modules.get(name)
-            try:
-                combined[name] = self.combine(
-                    name,
-                    folded,
-                    weights.to(dtype),
-                    None if prior is None else _as_dtype(prior, dtype),
-                )
-            except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
-                raise FedloraError(f"module {name!r}: {error}") from None
+        combined = {
+            name: self._combine_module(name, updates, weights.to(dtype), previous, dtype)
+            for name in layout.module_shapes
+        }
         dense = {
             name: _dense_mean([u.dense[name] for u in updates], weights)
             for name in layout.dense_shapes
         }
-        _check_finite_result(combined, dense)
+        _check_finite_dense(dense)
         if self.merges_into_base:
             fresh = {
                 n: FoldedFactors.empty(f.out_features, f.in_features, dtype)
@@ -128,6 +119,32 @@ class Aggregator(ABC):
         return GlobalState(
             modules=combined, dense=dense, round=previous.round + 1, seed=previous.seed
         )
+
+    def _combine_module(
+        self,
+        name: str,
+        updates: Sequence[ClientUpdate],
+        weights: Tensor,
+        previous: GlobalState,
+        dtype: torch.dtype,
+    ) -> FoldedFactors:
+        """One module of the round: only its factors are read (an update spilled to disk reads
+        them here) and they are freed on return, so one module of every client is in memory."""
+        folded = [u.modules[name].folded(dtype) for u in updates]
+        prior = previous.modules.get(name)
+        try:
+            result = self.combine(
+                name, folded, weights, None if prior is None else _as_dtype(prior, dtype)
+            )
+        except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
+            raise FedloraError(f"module {name!r}: {error}") from None
+        if not (bool(torch.isfinite(result.A).all()) and bool(torch.isfinite(result.B).all())):
+            # Finite updates can still sum past the float range: such a round must not become
+            # the global state (the caller keeps the previous one).
+            raise FedloraError(
+                f"module {name!r}: the aggregate is not finite (an update too large?)"
+            )
+        return result
 
     def check_update(self, update: ClientUpdate, previous: GlobalState) -> None:  # noqa: B027
         """Method-specific checks of one validated update (raise ``InvalidUpdateError``).
@@ -182,16 +199,7 @@ def _dense_mean(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     return weighted_sum([t.to(dtype) for t in tensors], weights.to(dtype))
 
 
-def _check_finite_result(
-    combined: Mapping[str, FoldedFactors], dense: Mapping[str, Tensor]
-) -> None:
-    """Finite updates can still sum past the float range: such a round must not become the
-    global state (the caller keeps the previous one)."""
-    for name, factors in combined.items():
-        if not (bool(torch.isfinite(factors.A).all()) and bool(torch.isfinite(factors.B).all())):
-            raise FedloraError(
-                f"module {name!r}: the aggregate is not finite (an update too large?)"
-            )
+def _check_finite_dense(dense: Mapping[str, Tensor]) -> None:
     for name, tensor in dense.items():
         if not bool(torch.isfinite(tensor).all()):
             raise FedloraError(
