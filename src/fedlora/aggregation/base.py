@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -94,9 +95,8 @@ class Aggregator(ABC):
             for update in updates:
                 self.check_update(update, previous)
         weights = client_weights(updates, self.weighting)
-        dtype = _compute_dtype(updates)
         combined = {
-            name: self._combine_module(name, updates, weights.to(dtype), previous, dtype)
+            name: self._combine_module(name, updates, weights, previous)
             for name in layout.module_shapes
         }
         dense = {
@@ -106,7 +106,7 @@ class Aggregator(ABC):
         _check_finite_dense(dense)
         if self.merges_into_base:
             fresh = {
-                n: FoldedFactors.empty(f.out_features, f.in_features, dtype)
+                n: FoldedFactors.empty(f.out_features, f.in_features, f.A.dtype)
                 for n, f in combined.items()
             }
             return GlobalState(
@@ -126,15 +126,23 @@ class Aggregator(ABC):
         updates: Sequence[ClientUpdate],
         weights: Tensor,
         previous: GlobalState,
-        dtype: torch.dtype,
     ) -> FoldedFactors:
         """One module of the round: only its factors are read (an update spilled to disk reads
-        them here) and they are freed on return, so one module of every client is in memory."""
-        folded = [u.modules[name].folded(dtype) for u in updates]
+        them here) and they are freed on return, so one module of every client is in memory.
+
+        The module is computed in float32, or the widest precision a client sent it in
+        (half-precision uploads are aggregated in float32, float64 ones in float64).
+        """
+        factors = [u.modules[name] for u in updates]
+        dtype = functools.reduce(
+            torch.promote_types, (t.dtype for f in factors for t in (f.A, f.B)), torch.float32
+        )
+        folded = [f.folded(dtype) for f in factors]
+        del factors  # the unfolded B of every client
         prior = previous.modules.get(name)
         try:
             result = self.combine(
-                name, folded, weights, None if prior is None else _as_dtype(prior, dtype)
+                name, folded, weights.to(dtype), None if prior is None else _as_dtype(prior, dtype)
             )
         except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
             raise FedloraError(f"module {name!r}: {error}") from None
@@ -205,17 +213,6 @@ def _check_finite_dense(dense: Mapping[str, Tensor]) -> None:
             raise FedloraError(
                 f"dense {name!r}: the aggregate is not finite (an update too large?)"
             )
-
-
-def _compute_dtype(updates: Sequence[ClientUpdate]) -> torch.dtype:
-    """float32 at least (half-precision uploads are aggregated in float32), float64 if given."""
-    dtype = torch.float32
-    for update in updates:
-        for factors in update.modules.values():
-            dtype = torch.promote_types(
-                dtype, torch.promote_types(factors.A.dtype, factors.B.dtype)
-            )
-    return dtype
 
 
 def _as_dtype(factors: FoldedFactors, dtype: torch.dtype) -> FoldedFactors:

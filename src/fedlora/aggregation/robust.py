@@ -44,8 +44,10 @@ class Bounding:
 
 
 def lora_norm(update: ClientUpdate) -> float:
-    """``sqrt(sum over modules of ||s B A||_F^2)`` in float64 (no overflow below 1e150)."""
-    squares = (float(update_norm(f.folded(torch.float64))) ** 2 for f in update.modules.values())
+    """``sqrt(sum over modules of ||s B A||_F^2)`` in float64 (no overflow below 1e150), one
+    module in memory at a time (a loop variable would keep the previous one while reading)."""
+    modules = update.modules
+    squares = (float(update_norm(modules[n].folded(torch.float64))) ** 2 for n in modules)
     return math.sqrt(sum(squares))
 
 
