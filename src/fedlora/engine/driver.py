@@ -12,6 +12,7 @@ both runners produce the same run directory from the same decisions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -105,15 +106,28 @@ class _Timer:
         self.seconds: dict[str, float] = {}
         self._phase: str | None = None
         self._tick = 0.0
+        self._aside: dict[str, float] = {}
 
     def start(self, phase: str) -> None:
         self.stop()
         self._phase, self._tick = phase, time.perf_counter()
 
+    @contextlib.contextmanager
+    def aside(self, phase: str) -> Iterator[None]:
+        """Time a part of the current phase as ``phase`` instead, reported when ``phase`` ends
+        (replies are validated as they arrive, while the exchange goes on)."""
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - tick
+            self._tick += elapsed
+            self._aside[phase] = self._aside.get(phase, 0.0) + elapsed
+
     def stop(self) -> None:
         if self._phase is None:
             return
-        elapsed = time.perf_counter() - self._tick
+        elapsed = time.perf_counter() - self._tick + self._aside.pop(self._phase, 0.0)
         self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + elapsed
         if self.callback is not None:
             self.callback(self.round, self._phase, elapsed)
@@ -278,7 +292,7 @@ class RoundDriver:
         timer: _Timer,
     ) -> Exchange:
         """Hand the tasks to the transport, each served only when the transport asks for it, and
-        validate each reply as it arrives (timed as ``validate``).
+        validate each reply as it arrives (timed as ``validate``, not ``train``).
 
         The in-process transport asks for one task at a time, so one client's factors are in
         memory at once (not every sampled client's: 3.2 GB for an 80-client SmolLM2 round);
@@ -305,20 +319,19 @@ class RoundDriver:
         dropped: list[str] = []
         answered: set[int] = set()
         for reply in transport.train(tasks()):
-            timer.start("validate")
-            answered.add(reply.client)
-            problem = reply.error or self._problem(reply, served, accepted, state)
-            if problem is not None:
-                log.warning("dropping client %d: %s", reply.client, problem)
-                dropped.append(f"client {reply.client}: {problem}")
-                if reply.error is not None:
-                    self.known_merged.pop(reply.client, None)  # start it over next time
-            else:
-                sent[reply.client] = Sent.of(_required(reply.update))
-                accepted[reply.client] = _spilled(reply, spill)
-                self.known_merged[reply.client] = reply.merged_round
-            del reply  # a spilled update is in memory only in its file
-            timer.start("train")
+            with timer.aside("validate"):
+                answered.add(reply.client)
+                problem = reply.error or self._problem(reply, served, accepted, state)
+                if problem is not None:
+                    log.warning("dropping client %d: %s", reply.client, problem)
+                    dropped.append(f"client {reply.client}: {problem}")
+                    if reply.error is not None:
+                        self.known_merged.pop(reply.client, None)  # start it over next time
+                else:
+                    sent[reply.client] = Sent.of(_required(reply.update))
+                    accepted[reply.client] = _spilled(reply, spill)
+                    self.known_merged[reply.client] = reply.merged_round
+                del reply  # a spilled update is in memory only in its file
         if len(served) != len(tiers):
             raise FedloraError(f"internal: the transport took {len(served)} of {len(tiers)} tasks")
         for client in sorted(set(served) - answered):
