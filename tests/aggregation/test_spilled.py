@@ -19,7 +19,14 @@ from fedlora.aggregation import GlobalState, available_aggregators, get_aggregat
 from fedlora.aggregation.robust import bound_updates
 from fedlora.errors import FedloraError
 from fedlora.lora import ClientUpdate, LoraFactors
-from fedlora.runs.spill import SPILL_ABOVE_BYTES, SpilledFactors, open_update, save_update, spills
+from fedlora.runs.spill import (
+    SPILL_ABOVE_BYTES,
+    FactorFiles,
+    SpilledFactors,
+    open_update,
+    save_update,
+    spills,
+)
 from tests.aggregation.builders import method_round
 
 OPTIONS = {  # every option that changes which tensors a method reads
@@ -32,10 +39,12 @@ def _spilled(updates: list[ClientUpdate], directory: Path) -> list[ClientUpdate]
     return [save_update(u, directory / f"client-{u.client_id}.safetensors") for u in updates]
 
 
-def _aggregate(method: str, updates: list[ClientUpdate], state: GlobalState) -> GlobalState:
+def _aggregate(
+    method: str, updates: list[ClientUpdate], state: GlobalState, into: FactorFiles | None = None
+) -> GlobalState:
     bounded = bound_updates(updates, norm_bound=1.0).updates  # clips the larger updates
     return get_aggregator(method, **OPTIONS.get(method, {})).aggregate(
-        bounded, state, validated=True
+        bounded, state, validated=True, into=into
     )
 
 
@@ -56,6 +65,18 @@ def test_spilled_updates_aggregate_bit_identically(method: str, tmp_path: Path) 
     updates, state = method_round(method)
     in_memory = _aggregate(method, updates, state)
     _assert_identical(_aggregate(method, _spilled(updates, tmp_path), state), in_memory)
+
+
+@pytest.mark.parametrize("method", sorted(available_aggregators()))
+def test_a_state_written_to_disk_as_it_is_combined_is_the_same(method: str, tmp_path: Path) -> None:
+    updates, state = method_round(method)
+    in_memory = _aggregate(method, updates, state)
+    files = FactorFiles(tmp_path / "state")
+    on_disk = _aggregate(method, _spilled(updates, tmp_path), state, into=files)
+    _assert_identical(on_disk, in_memory)
+    result = on_disk.merge_into_base if in_memory.merge_into_base else on_disk.modules
+    assert result is files  # FLoRA's result is the merge, its modules fresh
+    assert len(list((tmp_path / "state").glob("module-*.safetensors"))) == len(state.modules)
 
 
 def test_spilled_updates_are_validated_like_in_memory_ones(tmp_path: Path) -> None:
@@ -124,8 +145,8 @@ def test_a_damaged_spilled_file_is_one_line_naming_it(tmp_path: Path, how: str) 
         get_aggregator("flexlora").aggregate(spilled, state, validated=True)
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith(f"spilled update {path} is unreadable or corrupt: ")
-    with pytest.raises(FedloraError, match=f"spilled update {path} "):
+    assert message.startswith(f"spilled file {path} is unreadable or corrupt: ")
+    with pytest.raises(FedloraError, match=f"spilled file {path} "):
         open_update(path)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -83,22 +83,29 @@ class Aggregator(ABC):
         self.check_update(update, previous)
 
     def aggregate(
-        self, updates: Sequence[ClientUpdate], previous: GlobalState, *, validated: bool = False
+        self,
+        updates: Sequence[ClientUpdate],
+        previous: GlobalState,
+        *,
+        validated: bool = False,
+        into: MutableMapping[str, FoldedFactors] | None = None,
     ) -> GlobalState:
         """Aggregate one round; the result's ``round`` is ``previous.round + 1``.
 
         ``validated=True`` says every update already passed :meth:`validate_update`; only the
-        round-level checks (no update twice, one layout) are repeated.
+        round-level checks (no update twice, one layout) are repeated.  ``into`` receives each
+        module of the new state as it is combined (default: a dict); a mapping that writes them
+        to disk (:class:`fedlora.runs.spill.FactorFiles`) keeps a state larger than memory out
+        of it.
         """
         layout = validate_round(updates, previous, contents=not validated)
         if not validated:
             for update in updates:
                 self.check_update(update, previous)
         weights = client_weights(updates, self.weighting)
-        combined = {
-            name: self._combine_module(name, updates, weights, previous)
-            for name in layout.module_shapes
-        }
+        combined: MutableMapping[str, FoldedFactors] = {} if into is None else into
+        for name in layout.module_shapes:
+            combined[name] = self._combine_module(name, updates, weights, previous)
         dense = {
             name: _dense_mean([u.dense[name] for u in updates], weights)
             for name in layout.dense_shapes

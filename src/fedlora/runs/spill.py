@@ -12,7 +12,7 @@ read whole.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from fedlora.errors import FedloraError
-from fedlora.lora import ClientUpdate, LoraFactors
+from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors
 
 SpillMode = Literal["auto", "memory", "disk"]
 SPILL_MODES: tuple[SpillMode, ...] = ("auto", "memory", "disk")
@@ -111,7 +111,7 @@ class SpilledFactors(Mapping[str, LoraFactors]):
             raise _unreadable(self.path, error) from None
         if A.ndim != 2 or B.ndim != 2 or A.shape[0] != settings.r or B.shape[1] != settings.r:
             raise FedloraError(
-                f"spilled update {self.path} is corrupt: module {name!r} has A{tuple(A.shape)} "
+                f"spilled file {self.path} is corrupt: module {name!r} has A{tuple(A.shape)} "
                 f"and B{tuple(B.shape)} for rank {settings.r}"
             )
         return LoraFactors(
@@ -125,6 +125,44 @@ class SpilledFactors(Mapping[str, LoraFactors]):
         return len(self._settings)
 
 
+class FactorFiles(MutableMapping[str, FoldedFactors]):
+    """Folded factors in a folder, one safetensors file per module, written as they are set.
+
+    Given to ``Aggregator.aggregate(into=...)``, the new global state goes to disk module by
+    module as it is combined (rank 200 on LLaMA-7B's 224 modules is 2 GB of float32) and is
+    read back one module at a time.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._files: dict[str, Path] = {}
+
+    def __setitem__(self, name: str, factors: FoldedFactors) -> None:
+        path = self._files.get(name, self.directory / f"module-{len(self._files):05d}.safetensors")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        save_file({"A": factors.A.contiguous(), "B": factors.B.contiguous()}, str(path))
+        self._files[name] = path
+
+    def __getitem__(self, name: str) -> FoldedFactors:
+        path = self._files[name]
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return FoldedFactors(
+                    A=handle.get_tensor("A").clone(), B=handle.get_tensor("B").clone()
+                )
+        except _READ_ERRORS as error:
+            raise _unreadable(path, error) from None
+
+    def __delitem__(self, name: str) -> None:
+        self._files.pop(name).unlink()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._files)
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+
 def _unreadable(path: Path, error: BaseException) -> FedloraError:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return FedloraError(f"spilled update {path} is unreadable or corrupt: {reason}")
+    return FedloraError(f"spilled file {path} is unreadable or corrupt: {reason}")
