@@ -70,8 +70,10 @@ SCENARIO_B_CLIENTS = 80
 SAMPLED = ((0, "self_attn.q_proj"), (-1, "mlp.up_proj"), (None, "mlp.down_proj"))
 """Modules whose singular values are checked: (layer: first, last, middle; projection)."""
 PEAK_TARGET_GB = 3.0
+"""The issue's target, in GB (10^9 bytes); the measured sizes are in GiB (2^30 bytes), also
+under the result file's ``_gb`` keys."""
 ROUND_TARGET_A_S = 60.0
-GB = 1024**3
+GIB = 1024**3
 
 
 def module_shapes(hidden: int, intermediate: int, layers: int) -> dict[str, tuple[int, int]]:
@@ -183,8 +185,8 @@ def child_aggregate(args: argparse.Namespace) -> dict[str, Any]:
         "rss_before_gb": before / 1024,
         "peak_rss_gb": status["hwm_mb"] / 1024,
         "rss_after_gb": status["rss_mb"] / 1024,
-        "state_gb": state_bytes / GB,
-        "state_in_memory_gb": 0.0 if args.state_on_disk else state_bytes / GB,
+        "state_gb": state_bytes / GIB,
+        "state_in_memory_gb": 0.0 if args.state_on_disk else state_bytes / GIB,
         "state_rank": flex.max_rank,
     }
 
@@ -239,7 +241,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, report: Report) -> dic
     script = str(Path(__file__).resolve())
     try:
         written = run_child(script, ["write", "--scenario", scenario, *common], report.log)
-        report.log(f"case {scenario}: wrote {written['bytes_on_disk'] / GB:.1f} GB")
+        report.log(f"case {scenario}: wrote {written['bytes_on_disk'] / GIB:.1f} GiB")
         aggregated = run_child(script, ["aggregate", "--scenario", scenario, *common], report.log)
         report.log(f"case {scenario}: aggregated in {aggregated['seconds']:.1f} s")
         accuracy = run_child(script, ["accuracy", "--scenario", scenario, *common], report.log)
@@ -259,7 +261,7 @@ def verdicts(cases: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
     peaks = {c["scenario"]: c["aggregate"]["peak_rss_gb"] for c in cases}
     result: dict[str, Any] = {
         "peak_rss_gb": {"target": PEAK_TARGET_GB, "measured": peaks},
-        "peak_met": all(p < PEAK_TARGET_GB for p in peaks.values()),
+        "peak_met": all(p * GIB / 1e9 < PEAK_TARGET_GB for p in peaks.values()),
     }
     for case in cases:
         if case["scenario"] == "a":
@@ -282,7 +284,7 @@ def tables(cases: list[dict[str, Any]], verdict: dict[str, Any]) -> list[str]:
         rounds.append(
             [
                 f"({case['scenario']}) {described[case['scenario']]}",
-                f"{w['bytes_on_disk'] / GB:.2f}",
+                f"{w['bytes_on_disk'] / GIB:.2f}",
                 f"{w['seconds']['validate'] + w['seconds']['save']:.1f}",
                 f"{a['seconds']:.1f}",
                 f"**{case['round_seconds']:.1f}**",
@@ -309,7 +311,7 @@ def tables(cases: list[dict[str, Any]], verdict: dict[str, Any]) -> list[str]:
     summary = [
         [
             "peak RSS of the aggregation, both cases",
-            f"< {PEAK_TARGET_GB:g} GB",
+            f"< {PEAK_TARGET_GB:g} GB ({PEAK_TARGET_GB * 1e9 / GIB:.2f} GiB)",
             met[verdict["peak_met"]],
         ]
     ]
@@ -327,20 +329,28 @@ def tables(cases: list[dict[str, Any]], verdict: dict[str, Any]) -> list[str]:
             "modules, updates spilled to disk",
             [
                 "clients",
-                "updates on disk GB",
+                "updates on disk GiB",
                 "validate + write s",
                 "aggregate s",
                 "round s",
-                "peak RSS GB (aggregate)",
+                "peak RSS GiB (aggregate)",
                 "of which: before / new state held / module + SVD",
-                "peak RSS GB (write)",
+                "peak RSS GiB (write)",
                 "load",
             ],
             rounds,
         ),
         table(
             "Top singular values of the new state against fedlora's dense path",
-            ["case", "module", "out x in", "stacked R", "k", "max |s-d| / d_1", "max |s-d| / d"],
+            [
+                "case",
+                "module",
+                "out x in",
+                "stacked R",
+                "k",
+                "max abs(s-d) / d_1",
+                "max abs(s-d) / d",
+            ],
             accuracy,
         ),
         table("Targets (issue 14)", ["measure", "target", "verdict"], summary),
