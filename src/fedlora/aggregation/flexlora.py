@@ -105,10 +105,10 @@ class FlexLoRA(Aggregator):
         if self.max_rank is not None:
             return state
         held = previous.rank_map()
-        modules = {
-            name: state.slots(name, max(factors.rank, held.get(name, 0)))
-            for name, factors in state.modules.items()
-        }
+        modules: MutableMapping[str, FoldedFactors] = {} if into is None else into
+        for name in list(state.modules):  # into: each module read, then rewritten in place
+            rank = max(state.modules[name].rank, held.get(name, 0))
+            modules[name] = state.slots(name, rank)
         return replace(state, modules=modules)
 
     def combine(
