@@ -196,16 +196,23 @@ def build_cases(layers: dict[str, tuple[int, int]], seed: int) -> list[Case]:
     return sorted(cases, key=lambda c: (c.scenario, c.index))
 
 
+def synthetic_factors(
+    out_features: int, in_features: int, rank: int, generator: torch.Generator
+) -> LoraFactors:
+    """One client's float32 factors: PEFT's ``A`` init, ``B`` with a decaying spectrum."""
+    bound = 1.0 / math.sqrt(in_features)
+    A = (torch.rand(rank, in_features, generator=generator) * 2.0 - 1.0) * bound
+    decay = (1.0 + torch.arange(rank, dtype=torch.float32)) ** -0.5
+    B = torch.randn(out_features, rank, generator=generator) * 0.01 * decay
+    return LoraFactors(A=A, B=B, alpha=ALPHA, r=rank)
+
+
 def make_updates(case: Case, seed: int) -> list[ClientUpdate]:
     """The round's float32 client updates, identical in every process for the same seed."""
     updates = []
     for k, (rank, n) in enumerate(zip(case.ranks, case.num_examples, strict=True)):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + case.index * 1_009 + k)
-        bound = 1.0 / math.sqrt(case.in_features)
-        A = (torch.rand(rank, case.in_features, generator=generator) * 2.0 - 1.0) * bound
-        decay = (1.0 + torch.arange(rank, dtype=torch.float32)) ** -0.5
-        B = torch.randn(case.out_features, rank, generator=generator) * 0.01 * decay
-        factors = LoraFactors(A=A, B=B, alpha=ALPHA, r=rank)
+        factors = synthetic_factors(case.out_features, case.in_features, rank, generator)
         updates.append(ClientUpdate(client_id=k, modules={MODULE: factors}, num_examples=n))
     return updates
 

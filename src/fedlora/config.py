@@ -356,6 +356,13 @@ class AggregationSection(Section):
     max_examples: int = Field(
         0, ge=0, description="Count a client's claimed data size as at most this (0 = off)."
     )
+    spill: Literal["auto", "memory", "disk"] = Field(
+        "auto",
+        description="Where a round's client updates wait for aggregation: 'memory', 'disk' "
+        "(one safetensors file per client in the run's scratch folder as it arrives, "
+        "aggregated one module at a time, removed after the round), or 'auto': disk when the "
+        "factors served to the round's clients exceed 2 GiB.",
+    )
     options: dict[str, Scalar] = Field(
         default_factory=dict,
         description="Options of the aggregator, e.g. {sigma = 'sqrt'} (flexlora), "

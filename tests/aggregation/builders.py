@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 from hypothesis import strategies as st
@@ -138,3 +139,29 @@ def rounds(
             )
         )
     return shapes, updates
+
+
+ROUND_SHAPES = {"enc.q": (12, 10), "enc.v": (12, 10)}
+ROUND_DENSE = {"head.weight": (3, 10)}
+
+
+def method_round(method: str) -> tuple[list[ClientUpdate], GlobalState]:
+    """Three clients' updates that ``method`` accepts (equal ranks for FedIT, the served ``A``
+    for FFA), with a dense head, and the initial state they were served from."""
+    ranks = [4, 4, 4] if method == "fedit" else [2, 4, 6]
+    updates = [
+        make_update(k, ROUND_SHAPES, r, seed=k, num_examples=10 + k, dense_shapes=ROUND_DENSE)
+        for k, r in enumerate(ranks)
+    ]
+    state = GlobalState.initial(ROUND_SHAPES, dense={"head.weight": torch.zeros(3, 10)}, seed=0)
+    if method == "ffa":  # FFA's clients send back the A they were served
+        updates = [
+            replace(
+                u,
+                modules={
+                    n: replace(f, A=state.slots(n, f.r).A.double()) for n, f in u.modules.items()
+                },
+            )
+            for u in updates
+        ]
+    return updates, state

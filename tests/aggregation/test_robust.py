@@ -11,30 +11,8 @@ from fedlora.aggregation import GlobalState, available_aggregators, get_aggregat
 from fedlora.aggregation.robust import bound_updates, lora_norm
 from fedlora.errors import FedloraError, InvalidUpdateError
 from fedlora.lora import ClientUpdate
-from tests.aggregation.builders import make_update
-
-SHAPES = {"enc.q": (12, 10), "enc.v": (12, 10)}
-DENSE = {"head.weight": (3, 10)}
-
-
-def _round(method: str) -> tuple[list[ClientUpdate], GlobalState]:
-    ranks = [4, 4, 4] if method == "fedit" else [2, 4, 6]
-    updates = [
-        make_update(k, SHAPES, r, seed=k, num_examples=10 + k, dense_shapes=DENSE)
-        for k, r in enumerate(ranks)
-    ]
-    state = GlobalState.initial(SHAPES, dense={"head.weight": torch.zeros(3, 10)}, seed=0)
-    if method == "ffa":  # FFA's clients send back the A they were served
-        updates = [
-            replace(
-                u,
-                modules={
-                    n: replace(f, A=state.slots(n, f.r).A.double()) for n, f in u.modules.items()
-                },
-            )
-            for u in updates
-        ]
-    return updates, state
+from tests.aggregation.builders import ROUND_SHAPES as SHAPES
+from tests.aggregation.builders import method_round
 
 
 def _scaled(update: ClientUpdate, factor: float = 1.0, alpha: float | None = None) -> ClientUpdate:
@@ -59,7 +37,7 @@ def test_a_huge_finite_update_never_makes_the_state_non_finite(
     method: str, factor: float, alpha: float | None
 ) -> None:
     # Either a finite state, or a one-line refusal (the caller then keeps its state).
-    updates, state = _round(method)
+    updates, state = method_round(method)
     updates[1] = _scaled(updates[1], factor, alpha)
     try:
         result = get_aggregator(method).aggregate(updates, state)
@@ -72,7 +50,7 @@ def test_a_huge_finite_update_never_makes_the_state_non_finite(
 
 
 def test_an_absurd_data_size_is_refused_not_overflowed() -> None:
-    updates, state = _round("flexlora")
+    updates, state = method_round("flexlora")
     updates[0] = replace(updates[0], num_examples=10**400)
     with pytest.raises(InvalidUpdateError, match=r"client 0: num_examples must be in 1..2\^53"):
         get_aggregator("flexlora").aggregate(updates, state)
@@ -86,7 +64,7 @@ def _global_delta(updates: list[ClientUpdate], state: GlobalState) -> dict[str, 
 def test_one_poisoned_client_moves_the_update_by_at_most_its_bound() -> None:
     # With clipping at c times the median norm, client 1's term p_1 s_1 B_1 A_1 of FlexLoRA's
     # sum has norm at most p_1 c median, however large its update.
-    updates, state = _round("flexlora")
+    updates, state = method_round("flexlora")
     updates[1] = _scaled(updates[1], 1e6)
     bound = 2.0
     median = sorted(lora_norm(u) for u in updates)[1]
@@ -103,7 +81,7 @@ def test_one_poisoned_client_moves_the_update_by_at_most_its_bound() -> None:
 
 
 def test_reject_drops_the_outlier_and_a_cap_limits_a_claimed_size() -> None:
-    updates, _ = _round("flexlora")
+    updates, _ = method_round("flexlora")
     updates[2] = _scaled(updates[2], 1e6)
     updates[0] = replace(updates[0], num_examples=10**12)
     result = bound_updates(updates, norm_bound=3.0, mode="reject", max_examples=100)

@@ -68,6 +68,7 @@ def write_tiny_config(
     options: dict[str, Any] | None = None,
     steps: int = 1,
     method: str = "flexlora",
+    **overrides: Any,
 ) -> Path:
     """:func:`tiny_config` as a TOML file, for the CLI and for Flower's run config."""
     config = tiny_config(
@@ -83,6 +84,7 @@ def write_tiny_config(
             "train.steps": steps,
             "train.lr": 1e-3,
             "aggregation.method": method,
+            **overrides,
         },
     )
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -137,6 +137,28 @@ def test_a_run_killed_anywhere_resumes_to_the_same_numbers(
     _assert_identical(out, reference)
 
 
+def test_a_run_killed_while_its_updates_are_on_disk_resumes_to_the_same_numbers(
+    tiny_bert_dir: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # Killed as round 2 aggregates its spilled updates: their files stay behind, and the
+    # resumed run removes them and ends as the uninterrupted in-memory one.
+    reference = _reference(tmp_path_factory, tiny_bert_dir, "flexlora")
+    out = tmp_path / "run"
+    config = write_tiny_config(
+        tmp_path / "disk.toml",
+        tiny_bert_dir,
+        rounds=3,
+        options={"ranks": [2, 4, 4, 8]},
+        **{"aggregation.spill": "disk"},
+    )
+    assert _fedlora(str(config), "--out", str(out), kill_at="round:aggregate:2") == -9
+    stale = sorted(p.name for p in (out / "scratch" / "round-00002").iterdir())
+    assert len(stale) == 2 and stale[0].startswith("client-")
+    assert _fedlora("--resume", str(out)) == 0
+    assert not (out / "scratch").exists()
+    _assert_identical(out, reference)
+
+
 # ---------------------------------------------------------------------------------- damage
 
 

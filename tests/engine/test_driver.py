@@ -107,7 +107,7 @@ class CorruptingTransport(InProcessTransport):
         self.spoil = spoil
         self.rounds = rounds
 
-    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
         rounds: list[int] = []
 
         def watched() -> Iterator[TrainTask]:
@@ -115,10 +115,8 @@ class CorruptingTransport(InProcessTransport):
                 rounds.append(task.round)
                 yield task
 
-        replies = super().train(watched())
-        if not rounds or rounds[0] not in self.rounds:
-            return replies
-        return [self._spoiled(reply) for reply in replies]
+        for reply in super().train(watched()):
+            yield self._spoiled(reply) if rounds[0] in self.rounds else reply
 
     def _spoiled(self, reply: ClientReply) -> ClientReply:
         kind = self.spoil.get(reply.client)

@@ -3,7 +3,7 @@ only from a method that prunes, serves the pruned rank from then on, logs and ch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -167,9 +167,9 @@ class ResizingTransport(InProcessTransport):
         self.client = client
         self.change = change
 
-    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
-        replies = super().train(tasks)
-        return [self._resized(r) if r.client == self.client else r for r in replies]
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
+        for reply in super().train(tasks):
+            yield self._resized(reply) if reply.client == self.client else reply
 
     def _resized(self, reply: ClientReply) -> ClientReply:
         assert reply.update is not None

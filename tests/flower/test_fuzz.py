@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedlora.engine import RoundDriver, build_experiment
+from fedlora.engine.driver import _Timer
 from fedlora.flower.records import ARRAYS, METRICS
 from fedlora.flower.transport import FlowerTransport
 from fedlora.runs import RunDir
@@ -107,8 +108,8 @@ def test_a_malformed_reply_is_dropped_and_the_round_goes_on(world: Any, data: An
     driver.roster = transport.connect(4)
     state = experiment.initial_state()
     tiers = {c: experiment.policy.tier_of(c) for c in (0, 1, 2)}
-    exchange = driver._exchange(transport, state, tiers, 1, False)
-    accepted, dropped = driver._accept(exchange.replies, exchange.tasks, state)
+    exchange = driver._exchange(transport, state, tiers, 1, False, _Timer(1, None))
+    accepted, dropped = exchange.accepted, exchange.dropped
     assert {r.client for r in accepted} >= {0, 2}
     if 1 not in {r.client for r in accepted}:
         assert any(d.startswith("client 1:") for d in dropped), dropped

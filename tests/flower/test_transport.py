@@ -52,16 +52,24 @@ class FakeGrid:
         self.train = train
         self.query = query
         self.sent: list[Message] = []
+        self.replies: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return list(self.node_configs)
 
     def send_and_receive(self, messages: Iterable[Message], timeout: float = 0.0) -> list[Message]:
-        replies = []
-        for number, message in enumerate(messages, start=len(self.sent)):
+        ids = self.push_messages(messages)
+        return [reply for message_id in ids for reply in self.pull_messages([message_id])]
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Each message is handled at once; its reply waits to be pulled by the message's id."""
+        ids = []
+        for message in messages:
             # The SuperLink gives every pushed message its id; replies refer to it.
-            message.metadata.__dict__["_message_id"] = f"m{number}"
+            message_id = f"m{len(self.sent)}"
+            message.metadata.__dict__["_message_id"] = message_id
             self.sent.append(message)
+            ids.append(message_id)
             node_id = message.metadata.dst_node_id
             context = Context(
                 run_id=1,
@@ -73,8 +81,11 @@ class FakeGrid:
             handler = self.query if message.metadata.message_type == MessageType.QUERY else None
             reply = (handler or self.train)(message, context)
             if reply is not None:
-                replies.append(reply)  # reply_to= makes it come from the node it was sent to
-        return replies
+                self.replies[message_id] = reply  # reply_to= makes it come from its node
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self.replies.pop(i) for i in message_ids if i in self.replies]
 
 
 def _nodes(count: int = NUM_CLIENTS, **extra: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -174,6 +185,25 @@ def test_loss_based_allocation_is_the_same_through_flower(
     promoted = [r.extra.get("promoted_clients") for r in flower.metrics]
     assert promoted == [r.extra.get("promoted_clients") for r in reference.metrics]
     assert any(promoted)
+
+
+@pytest.mark.slow
+def test_a_flower_run_that_spills_ends_as_one_in_memory(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    # Replies are pulled one at a time and spilled as they come; the server scores spilled ones.
+    overrides = {
+        "ranks.policy": "loss_based",
+        "ranks.options": {"low": 2, "high": 8, "fraction": 0.5, "score_rows": 40},
+    }
+    flower = _flower_run(
+        _config(tiny_bert_dir, tmp_path / "flower", **overrides, **{"aggregation.spill": "disk"}),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    reference = _in_process(_config(tiny_bert_dir, tmp_path / "local", **overrides))
+    _assert_same(flower, reference)
+    assert "client_scores" in flower.metrics[0].extra
+    assert not RunDir(tmp_path / "flower").scratch_dir.exists()
 
 
 @pytest.mark.slow
@@ -324,7 +354,7 @@ def test_each_task_reaches_its_clients_node_with_its_settings() -> None:
     grid = FakeGrid(_nodes(), _echo)
     transport = FlowerTransport(grid, _plain_config(), run_key="ab12", connect_timeout=1.0)
     transport.connect(NUM_CLIENTS)
-    replies = transport.train(_tasks())
+    replies = list(transport.train(_tasks()))
     trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
     assert [m.metadata.dst_node_id for m in trains] == [1000, 1001, 1002]
     assert [m.content.config_records[CONFIG]["score"] for m in trains] == [False, True, False]
@@ -360,12 +390,12 @@ def test_a_silent_node_is_a_failed_reply_naming_it() -> None:
         return None if context.node_id == 1001 else _echo(message, context)
 
     transport = FlowerTransport(
-        FakeGrid(_nodes(), node), _plain_config(), run_key="ab12", timeout=30.0
+        FakeGrid(_nodes(), node), _plain_config(), run_key="ab12", timeout=1.5
     )
     transport.connect(NUM_CLIENTS)
     replies = {r.client: r for r in transport.train(_tasks())}
     assert sorted(replies) == [0, 1, 2]
-    assert replies[1].error == "node 1001 sent no reply within 30 s"
+    assert replies[1].error == "node 1001 sent no reply within 1.5 s"
     assert replies[1].update is None
     assert replies[0].error is None and replies[2].error is None
 
@@ -421,19 +451,19 @@ def test_a_node_that_rejoins_under_a_new_id_takes_its_client_back() -> None:
     grid = FakeGrid(nodes, _echo)
     transport = FlowerTransport(grid, _plain_config(), run_key="ab12", connect_timeout=1.0)
     transport.connect(NUM_CLIENTS)
-    transport.train(_tasks())
+    list(transport.train(_tasks()))
     del nodes[1002]  # the SuperNode of client 2 dies ...
     nodes[1099] = {"partition-id": 2, "num-partitions": NUM_CLIENTS}  # ... and restarts
     nodes[1100] = {"partition-id": 9, "num-partitions": NUM_CLIENTS}  # no client of this run
     grid.sent.clear()
-    replies = transport.train(_tasks())
+    replies = list(transport.train(_tasks()))
     trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
     assert [m.metadata.dst_node_id for m in trains] == [1000, 1001, 1099]
     assert all(r.error is None for r in replies) and len(replies) == 3
     queried = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "query"]
     assert sorted(queried) == [1099, 1100]
     grid.sent.clear()
-    transport.train(_tasks())  # known nodes, and the stranger, are not asked again
+    list(transport.train(_tasks()))  # known nodes, and the stranger, are not asked again
     assert not [m for m in grid.sent if m.metadata.message_type == MessageType.QUERY]
 
 

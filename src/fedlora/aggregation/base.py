@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -82,40 +83,37 @@ class Aggregator(ABC):
         self.check_update(update, previous)
 
     def aggregate(
-        self, updates: Sequence[ClientUpdate], previous: GlobalState, *, validated: bool = False
+        self,
+        updates: Sequence[ClientUpdate],
+        previous: GlobalState,
+        *,
+        validated: bool = False,
+        into: MutableMapping[str, FoldedFactors] | None = None,
     ) -> GlobalState:
         """Aggregate one round; the result's ``round`` is ``previous.round + 1``.
 
         ``validated=True`` says every update already passed :meth:`validate_update`; only the
-        round-level checks (no update twice, one layout) are repeated.
+        round-level checks (no update twice, one layout) are repeated.  ``into`` receives each
+        module of the new state as it is combined (default: a dict); a mapping that writes them
+        to disk (:class:`fedlora.runs.spill.FactorFiles`) keeps a state larger than memory out
+        of it.
         """
         layout = validate_round(updates, previous, contents=not validated)
         if not validated:
             for update in updates:
                 self.check_update(update, previous)
         weights = client_weights(updates, self.weighting)
-        dtype = _compute_dtype(updates)
-        combined: dict[str, FoldedFactors] = {}
+        combined: MutableMapping[str, FoldedFactors] = {} if into is None else into
         for name in layout.module_shapes:
-            folded = [u.modules[name].folded(dtype) for u in updates]
-            prior = previous.modules.get(name)
-            try:
-                combined[name] = self.combine(
-                    name,
-                    folded,
-                    weights.to(dtype),
-                    None if prior is None else _as_dtype(prior, dtype),
-                )
-            except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
-                raise FedloraError(f"module {name!r}: {error}") from None
+            combined[name] = self._combine_module(name, updates, weights, previous)
         dense = {
             name: _dense_mean([u.dense[name] for u in updates], weights)
             for name in layout.dense_shapes
         }
-        _check_finite_result(combined, dense)
+        _check_finite_dense(dense)
         if self.merges_into_base:
             fresh = {
-                n: FoldedFactors.empty(f.out_features, f.in_features, dtype)
+                n: FoldedFactors.empty(f.out_features, f.in_features, f.A.dtype)
                 for n, f in combined.items()
             }
             return GlobalState(
@@ -128,6 +126,40 @@ class Aggregator(ABC):
         return GlobalState(
             modules=combined, dense=dense, round=previous.round + 1, seed=previous.seed
         )
+
+    def _combine_module(
+        self,
+        name: str,
+        updates: Sequence[ClientUpdate],
+        weights: Tensor,
+        previous: GlobalState,
+    ) -> FoldedFactors:
+        """One module of the round: only its factors are read (an update spilled to disk reads
+        them here) and they are freed on return, so one module of every client is in memory.
+
+        The module is computed in float32, or the widest precision a client sent it in
+        (half-precision uploads are aggregated in float32, float64 ones in float64).
+        """
+        factors = [u.modules[name] for u in updates]
+        dtype = functools.reduce(
+            torch.promote_types, (t.dtype for f in factors for t in (f.A, f.B)), torch.float32
+        )
+        folded = [f.folded(dtype) for f in factors]
+        del factors  # the unfolded B of every client
+        prior = previous.modules.get(name)
+        try:
+            result = self.combine(
+                name, folded, weights.to(dtype), None if prior is None else _as_dtype(prior, dtype)
+            )
+        except LINALG_ERROR as error:  # e.g. an SVD of values near overflow
+            raise FedloraError(f"module {name!r}: {error}") from None
+        if not (bool(torch.isfinite(result.A).all()) and bool(torch.isfinite(result.B).all())):
+            # Finite updates can still sum past the float range: such a round must not become
+            # the global state (the caller keeps the previous one).
+            raise FedloraError(
+                f"module {name!r}: the aggregate is not finite (an update too large?)"
+            )
+        return result
 
     def check_update(self, update: ClientUpdate, previous: GlobalState) -> None:  # noqa: B027
         """Method-specific checks of one validated update (raise ``InvalidUpdateError``).
@@ -182,32 +214,12 @@ def _dense_mean(tensors: Sequence[Tensor], weights: Tensor) -> Tensor:
     return weighted_sum([t.to(dtype) for t in tensors], weights.to(dtype))
 
 
-def _check_finite_result(
-    combined: Mapping[str, FoldedFactors], dense: Mapping[str, Tensor]
-) -> None:
-    """Finite updates can still sum past the float range: such a round must not become the
-    global state (the caller keeps the previous one)."""
-    for name, factors in combined.items():
-        if not (bool(torch.isfinite(factors.A).all()) and bool(torch.isfinite(factors.B).all())):
-            raise FedloraError(
-                f"module {name!r}: the aggregate is not finite (an update too large?)"
-            )
+def _check_finite_dense(dense: Mapping[str, Tensor]) -> None:
     for name, tensor in dense.items():
         if not bool(torch.isfinite(tensor).all()):
             raise FedloraError(
                 f"dense {name!r}: the aggregate is not finite (an update too large?)"
             )
-
-
-def _compute_dtype(updates: Sequence[ClientUpdate]) -> torch.dtype:
-    """float32 at least (half-precision uploads are aggregated in float32), float64 if given."""
-    dtype = torch.float32
-    for update in updates:
-        for factors in update.modules.values():
-            dtype = torch.promote_types(
-                dtype, torch.promote_types(factors.A.dtype, factors.B.dtype)
-            )
-    return dtype
 
 
 def _as_dtype(factors: FoldedFactors, dtype: torch.dtype) -> FoldedFactors:

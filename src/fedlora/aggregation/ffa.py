@@ -48,9 +48,10 @@ class FFA(Aggregator):
         weights: Tensor,
         previous: FoldedFactors | None,
     ) -> FoldedFactors:
-        # check_update made sure every A is the served one: keep the full-precision copy.
+        # check_update made sure every A is the served one: keep the full-precision copy (a
+        # copy of a client's, so that the client's update is freed with the module).
         longest = max(factors, key=lambda f: f.rank)
-        shared = longest.A
+        shared = longest.A.clone()
         if previous is not None and previous.rank >= longest.rank:
             shared = previous.A
         rank = shared.shape[0]

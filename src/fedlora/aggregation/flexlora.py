@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -88,7 +88,12 @@ class FlexLoRA(Aggregator):
             self.max_rank = max_rank
 
     def aggregate(
-        self, updates: Sequence[ClientUpdate], previous: GlobalState, *, validated: bool = False
+        self,
+        updates: Sequence[ClientUpdate],
+        previous: GlobalState,
+        *,
+        validated: bool = False,
+        into: MutableMapping[str, FoldedFactors] | None = None,
     ) -> GlobalState:
         """Aggregate one round; by default no module ends with fewer slots than it held.
 
@@ -96,14 +101,14 @@ class FlexLoRA(Aggregator):
         serves anyway; keeping them keeps the rank for the next round's SVD.
         """
         self._energy_kept = {}
-        state = super().aggregate(updates, previous, validated=validated)
+        state = super().aggregate(updates, previous, validated=validated, into=into)
         if self.max_rank is not None:
             return state
         held = previous.rank_map()
-        modules = {
-            name: state.slots(name, max(factors.rank, held.get(name, 0)))
-            for name, factors in state.modules.items()
-        }
+        modules: MutableMapping[str, FoldedFactors] = {} if into is None else into
+        for name in list(state.modules):  # into: each module read, then rewritten in place
+            rank = max(state.modules[name].rank, held.get(name, 0))
+            modules[name] = state.slots(name, rank)
         return replace(state, modules=modules)
 
     def combine(

@@ -4,9 +4,10 @@ The papers aggregate whatever arrives, and so does fedlora by default.  A federa
 networks it does not control can bound what one client does to a round:
 
 - ``norm_bound = c``: a client whose LoRA update ``||s B A||_F`` (all modules together) exceeds
-  ``c`` times the round's median is clipped down to it (``bound_mode = "clip"``: ``B`` scaled,
-  ``A`` untouched, so FFA's frozen ``A`` stays the served one) or dropped (``"reject"``); its
-  dense tensors (a classification head) are bounded the same way against their own median;
+  ``c`` times the round's median is clipped down to it (``bound_mode = "clip"``: ``B`` scaled
+  as it is read, ``A`` untouched, so FFA's frozen ``A`` stays the served one) or dropped
+  (``"reject"``); its dense tensors (a classification head) are bounded the same way against
+  their own median;
 - ``max_examples = n``: a client's claimed data size counts as at most ``n`` (a client that
   claims 10^12 examples would otherwise carry almost all the weight).
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -26,6 +27,7 @@ import torch
 
 from fedlora.aggregation.hetlora import update_norm
 from fedlora.errors import FedloraError
+from fedlora.lora.factors import LoraFactors
 from fedlora.lora.update import ClientUpdate
 
 BoundMode = Literal["clip", "reject"]
@@ -42,8 +44,10 @@ class Bounding:
 
 
 def lora_norm(update: ClientUpdate) -> float:
-    """``sqrt(sum over modules of ||s B A||_F^2)`` in float64 (no overflow below 1e150)."""
-    squares = (float(update_norm(f.folded(torch.float64))) ** 2 for f in update.modules.values())
+    """``sqrt(sum over modules of ||s B A||_F^2)`` in float64 (no overflow below 1e150), one
+    module in memory at a time (a loop variable would keep the previous one while reading)."""
+    modules = update.modules
+    squares = (float(update_norm(modules[n].folded(torch.float64))) ** 2 for n in modules)
     return math.sqrt(sum(squares))
 
 
@@ -105,8 +109,26 @@ def _bound(
 
 
 def _scale_lora(update: ClientUpdate, factor: float) -> ClientUpdate:
-    modules = {n: replace(f, B=f.B * factor) for n, f in update.modules.items()}
-    return replace(update, modules=modules)
+    return replace(update, modules=ScaledFactors(update.modules, factor))
+
+
+class ScaledFactors(Mapping[str, LoraFactors]):
+    """A clipped client's factors, ``B`` scaled as each module is looked up: clipping an update
+    spilled to disk reads one module at a time, as aggregating it does."""
+
+    def __init__(self, factors: Mapping[str, LoraFactors], factor: float) -> None:
+        self.factors = factors
+        self.factor = factor
+
+    def __getitem__(self, name: str) -> LoraFactors:
+        factors = self.factors[name]
+        return replace(factors, B=factors.B * self.factor)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.factors)
+
+    def __len__(self) -> int:
+        return len(self.factors)
 
 
 def _scale_dense(update: ClientUpdate, factor: float) -> ClientUpdate:

@@ -51,21 +51,24 @@ def validate_round(
 ) -> RoundLayout:
     """Check every update; return the layout they share (the previous state's, if it has one).
 
-    ``contents=False`` skips the scan of every value for NaN/Inf, for updates that a runner has
-    already checked one by one as they arrived.
+    ``contents=False`` is for updates that a runner has already checked one by one against
+    ``previous`` as they arrived: only what spans the round is checked (no client twice; one
+    layout when ``previous`` has none), so no factor is read (an update spilled to disk stays
+    there until it is aggregated).
     """
     if not updates:
         raise EmptyRoundError("cannot aggregate a round with no client updates")
     if previous is not None and previous.modules:
-        layout = RoundLayout.of_state(previous)
+        layout, from_state = RoundLayout.of_state(previous), True
     else:
-        layout = RoundLayout.of_update(updates[0])
+        layout, from_state = RoundLayout.of_update(updates[0]), False
     seen: set[int] = set()
     for update in updates:
         if update.client_id in seen:
             raise InvalidUpdateError("appears twice in the same round", client_id=update.client_id)
         seen.add(update.client_id)
-        _check_update(update, layout, contents)
+        if contents or not from_state:
+            _check_update(update, layout, contents)
     return layout
 
 

@@ -12,11 +12,13 @@ both runners produce the same run directory from the same decisions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from fedlora.aggregation import GlobalState
@@ -42,6 +44,7 @@ from fedlora.runs import (
     save_checkpoint,
 )
 from fedlora.runs.checkpoint import config_digest
+from fedlora.runs.spill import save_update, spills
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,28 @@ class Served:
 
 
 @dataclass(frozen=True)
+class Sent:
+    """What the driver keeps of an accepted update apart from its factors (which may be on
+    disk): the ranks the client sent and what they cost to send."""
+
+    ranks: dict[str, int]
+    traffic: Traffic
+
+    @classmethod
+    def of(cls, update: ClientUpdate) -> Sent:
+        return cls(_ranks(update.modules), Traffic.of(update.modules, update.dense))
+
+
+@dataclass(frozen=True)
 class Exchange:
-    """One exchange with the clients: what each was served, and the replies."""
+    """One exchange with the clients: what each was served, the replies that can be aggregated
+    (by client; spilled to disk for a large round) with what each sent, and why each other one
+    was dropped."""
 
     tasks: dict[int, Served]
-    replies: list[ClientReply]
+    accepted: list[ClientReply]
+    sent: dict[int, Sent]
+    dropped: list[str]
 
 
 @dataclass
@@ -86,15 +106,28 @@ class _Timer:
         self.seconds: dict[str, float] = {}
         self._phase: str | None = None
         self._tick = 0.0
+        self._aside: dict[str, float] = {}
 
     def start(self, phase: str) -> None:
         self.stop()
         self._phase, self._tick = phase, time.perf_counter()
 
+    @contextlib.contextmanager
+    def aside(self, phase: str) -> Iterator[None]:
+        """Time a part of the current phase as ``phase`` instead, reported when ``phase`` ends
+        (replies are validated as they arrive, while the exchange goes on)."""
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - tick
+            self._tick += elapsed
+            self._aside[phase] = self._aside.get(phase, 0.0) + elapsed
+
     def stop(self) -> None:
         if self._phase is None:
             return
-        elapsed = time.perf_counter() - self._tick
+        elapsed = time.perf_counter() - self._tick + self._aside.pop(self._phase, 0.0)
         self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + elapsed
         if self.callback is not None:
             self.callback(self.round, self._phase, elapsed)
@@ -146,6 +179,7 @@ class RoundDriver:
         on_round: RoundCallback | None = None,
     ) -> RunResult:
         start = time.perf_counter()
+        self.run_dir.clear_scratch()  # what a killed round spilled
         self.roster = transport.connect(self.config.run.num_clients)
         self._check_roster()
         self.experiment.aggregator.configure_federation(self._federation_max_rank())
@@ -165,7 +199,18 @@ class RoundDriver:
     def run_round(
         self, transport: Transport, state: GlobalState, round_index: int
     ) -> tuple[GlobalState, RoundMetrics]:
-        """One round from ``state``; its metrics row is written and the state checkpointed."""
+        """One round from ``state``; its metrics row is written and the state checkpointed.
+
+        The updates a large round spilled to disk are removed at its end, however it ends.
+        """
+        try:
+            return self._round(transport, state, round_index)
+        finally:
+            self.run_dir.clear_scratch()
+
+    def _round(
+        self, transport: Transport, state: GlobalState, round_index: int
+    ) -> tuple[GlobalState, RoundMetrics]:
         exp, run = self.experiment, self.config.run
         timer = _Timer(round_index, self.on_phase)
         timer.start("serve")
@@ -178,11 +223,10 @@ class RoundDriver:
         scoring = exp.policy.wants_scores(round_index)
         timer.start("train")
         faults.point("round:train")
-        served = self._exchange(transport, state, tiers, round_index, scoring)
-        replies = served.replies
+        served = self._exchange(transport, state, tiers, round_index, scoring, timer)
+        accepted, dropped = served.accepted, served.dropped
         timer.start("validate")
-        accepted, dropped = self._accept(replies, served.tasks, state)
-        pruned = self._remember_pruning(accepted, served.tasks)
+        pruned = self._remember_pruning(served)
         scores, promoted = self._scores_and_promotion(accepted, scoring, timer)
         timer.start("aggregate")
         faults.point("round:aggregate")
@@ -194,16 +238,7 @@ class RoundDriver:
         if round_index % run.eval_every == 0 or round_index == run.rounds:
             evaluation = exp.evaluate(new_state)
         timer.stop()
-        row = self._row(
-            round_index,
-            new_state,
-            served.tasks,
-            tiers,
-            accepted,
-            dropped,
-            evaluation,
-            timer.seconds,
-        )
+        row = self._row(round_index, new_state, served, tiers, evaluation, timer.seconds)
         row.extra.update(_score_extra(scores, promoted))
         row.extra.update(notes)
         if pruned:
@@ -254,14 +289,20 @@ class RoundDriver:
         tiers: Mapping[int, RankTier],
         round_index: int,
         scoring: bool,
+        timer: _Timer,
     ) -> Exchange:
-        """Hand the tasks to the transport, each served only when the transport asks for it.
+        """Hand the tasks to the transport, each served only when the transport asks for it, and
+        validate each reply as it arrives (timed as ``validate``, not ``train``).
 
         The in-process transport asks for one task at a time, so one client's factors are in
         memory at once (not every sampled client's: 3.2 GB for an 80-client SmolLM2 round);
-        what the driver needs afterwards (ranks, traffic) is kept as :class:`Served`.
+        what the driver needs afterwards (ranks, traffic) is kept as :class:`Served`.  When the
+        round is large (``aggregation.spill``) each accepted update goes to a file in the run's
+        scratch folder before the next reply is taken, so the round's updates are never in
+        memory together.
         """
         served: dict[int, Served] = {}
+        spill = self._spill_dir(tiers, round_index)
 
         def tasks() -> Iterator[TrainTask]:
             for client, tier in tiers.items():
@@ -273,32 +314,44 @@ class RoundDriver:
                 )
                 yield task
 
-        replies = transport.train(tasks())
+        accepted: dict[int, ClientReply] = {}
+        sent: dict[int, Sent] = {}
+        dropped: list[str] = []
+        answered: set[int] = set()
+        for reply in transport.train(tasks()):
+            with timer.aside("validate"):
+                answered.add(reply.client)
+                problem = reply.error or self._problem(reply, served, accepted, state)
+                if problem is not None:
+                    log.warning("dropping client %d: %s", reply.client, problem)
+                    dropped.append(f"client {reply.client}: {problem}")
+                    if reply.error is not None:
+                        self.known_merged.pop(reply.client, None)  # start it over next time
+                else:
+                    sent[reply.client] = Sent.of(_required(reply.update))
+                    accepted[reply.client] = _spilled(reply, spill)
+                    self.known_merged[reply.client] = reply.merged_round
+                del reply  # a spilled update is in memory only in its file
         if len(served) != len(tiers):
             raise FedloraError(f"internal: the transport took {len(served)} of {len(tiers)} tasks")
-        return Exchange(tasks=served, replies=replies)
-
-    def _accept(
-        self, replies: Sequence[ClientReply], served: Mapping[int, Served], state: GlobalState
-    ) -> tuple[list[ClientReply], list[str]]:
-        """The replies that can be aggregated, by client; why each other one was dropped."""
-        accepted: dict[int, ClientReply] = {}
-        dropped: list[str] = []
-        for reply in replies:
-            problem = reply.error or self._problem(reply, served, accepted, state)
-            if problem is not None:
-                log.warning("dropping client %d: %s", reply.client, problem)
-                dropped.append(f"client {reply.client}: {problem}")
-                if reply.error is not None:
-                    self.known_merged.pop(reply.client, None)  # start it over next time
-                continue
-            accepted[reply.client] = reply
-            self.known_merged[reply.client] = reply.merged_round
-        answered = {reply.client for reply in replies}
         for client in sorted(set(served) - answered):
             log.warning("dropping client %d: no reply", client)
             dropped.append(f"client {client}: no reply")
-        return [accepted[c] for c in sorted(accepted)], dropped
+        accepted_by_client = [accepted[c] for c in sorted(accepted)]
+        return Exchange(tasks=served, accepted=accepted_by_client, sent=sent, dropped=dropped)
+
+    def _spill_dir(self, tiers: Mapping[int, RankTier], round_index: int) -> Path | None:
+        """Where this round's updates go, or ``None`` to keep them in memory: by the size of
+        the factors served (what comes back, float32) and ``aggregation.spill``."""
+        shapes = self.experiment.module_shapes
+        served_bytes = sum(
+            4 * rank * sum(shapes[name])
+            for client, tier in tiers.items()
+            for name, rank in self.served_ranks(client, tier).items()
+        )
+        if not spills(self.config.aggregation.spill, served_bytes):
+            return None
+        return self.run_dir.scratch_dir / f"round-{round_index:05d}"
 
     def _problem(
         self,
@@ -333,18 +386,16 @@ class RoundDriver:
             return str(error)
         return None
 
-    def _remember_pruning(
-        self, accepted: Sequence[ClientReply], served: Mapping[int, Served]
-    ) -> dict[int, dict[str, int]]:
+    def _remember_pruning(self, exchange: Exchange) -> dict[int, dict[str, int]]:
         """Remember the rank maps of the accepted clients that sent fewer slots than served."""
         pruned: dict[int, dict[str, int]] = {}
-        for reply in accepted:
-            sent = _ranks(_required(reply.update).modules)
-            if sent != served[reply.client].ranks:
-                pruned[reply.client] = sent
-                tier = self.tier(reply.client).rank_map(self.experiment.module_names)
-                self.pruned[reply.client] = (tier, sent)
-                log.info("client %d pruned its ranks to %s", reply.client, _ranks_label(sent))
+        for client in sorted(exchange.sent):
+            sent = exchange.sent[client].ranks
+            if sent != exchange.tasks[client].ranks:
+                pruned[client] = sent
+                tier = self.tier(client).rank_map(self.experiment.module_names)
+                self.pruned[client] = (tier, sent)
+                log.info("client %d pruned its ranks to %s", client, _ranks_label(sent))
         return pruned
 
     def _scores_and_promotion(
@@ -434,17 +485,16 @@ class RoundDriver:
         self,
         round_index: int,
         state: GlobalState,
-        tasks: Mapping[int, Served],
+        exchange: Exchange,
         tiers: dict[int, RankTier],
-        accepted: Sequence[ClientReply],
-        dropped: list[str],
         evaluation: Evaluation | None,
         seconds: dict[str, float],
     ) -> RoundMetrics:
         """The one place a round's metrics are assembled."""
+        tasks, accepted, dropped = exchange.tasks, exchange.accepted, exchange.dropped
         updates = {r.client: _required(r.update) for r in accepted}
         down = {client: task.traffic for client, task in tasks.items()}
-        up = {c: Traffic.of(u.modules, u.dense) for c, u in updates.items()}
+        up = {client: sent.traffic for client, sent in exchange.sent.items()}
         total_down, total_up = total(down.values()), total(up.values())
         examples = sum(u.num_examples for u in updates.values())
         train_loss = None
@@ -569,12 +619,13 @@ class RoundDriver:
         timer.start("serve")
         tiers = {c: self.tier(c) for c in sorted(self.roster.clients)}
         timer.start("train")
-        served = self._exchange(transport, state, tiers, 0, scoring=True)
+        served = self._exchange(transport, state, tiers, 0, True, timer)
+        accepted, dropped = served.accepted, served.dropped
         timer.start("validate")
-        accepted, dropped = self._accept(served.replies, served.tasks, state)
-        pruned = self._remember_pruning(accepted, served.tasks)
+        pruned = self._remember_pruning(served)
         scores, promoted = self._scores_and_promotion(accepted, True, timer)
         timer.stop()
+        self.run_dir.clear_scratch()
         extra = {**_score_extra(scores, promoted), "probe_dropped": dropped}
         if pruned:
             extra["probe_pruned"] = {str(c): ranks for c, ranks in pruned.items()}
@@ -658,6 +709,14 @@ def _ranks_label(ranks: Mapping[str, int]) -> str:
     """``r4``, or ``r2-4`` when the modules differ."""
     low, high = min(ranks.values()), max(ranks.values())
     return f"r{low}" if low == high else f"r{low}-{high}"
+
+
+def _spilled(reply: ClientReply, directory: Path | None) -> ClientReply:
+    """``reply`` with its update in a file of ``directory`` (``None``: kept in memory)."""
+    if directory is None:
+        return reply
+    path = directory / f"client-{reply.client:05d}.safetensors"
+    return replace(reply, update=save_update(_required(reply.update), path))
 
 
 def _required(update: ClientUpdate | None) -> ClientUpdate:

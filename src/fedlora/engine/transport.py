@@ -9,7 +9,7 @@ the two transports, so both runners train the same clients from the same factors
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -87,11 +87,13 @@ class Transport(Protocol):
         """Reach the federation's clients (once, before the first task)."""
         ...
 
-    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
         """Train every task; one reply per task, in any order, failures included.
 
         The tasks are served as they are taken: a transport that trains one at a time should
         take the next only after the previous one trained (one client's factors in memory).
+        Replies are yielded as they arrive and the driver validates (and, for a large round,
+        spills to disk) each before it asks for the next, so a transport should not hold them.
         """
         ...
 
@@ -112,5 +114,6 @@ class InProcessTransport:
     def connect(self, num_clients: int) -> Roster:
         return Roster(clients=frozenset(range(num_clients)))
 
-    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
-        return [self.runner.train(task) for task in tasks]
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
+        for task in tasks:
+            yield self.runner.train(task)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -36,6 +36,9 @@ from fedlora.lora import LoraSettings
 from fedlora.ranks import RankTier
 
 log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+"""How long to wait before asking the SuperLink again when no reply arrived."""
 
 
 @dataclass(frozen=True)
@@ -160,42 +163,39 @@ class FlowerTransport:
 
     # ------------------------------------------------------------------ train
 
-    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
-        """Send each task to its client's node; replies are matched to tasks by message id,
-        so an error the SuperLink sends for a node that went away is that node's client's.  A
-        node that does not answer within ``timeout`` (it hangs, or is gone without the SuperLink
-        noticing yet) gets a failed reply naming it."""
-        tasks = list(tasks)  # Flower sends every message of an exchange at once
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
+        """Send each task to its client's node as it is served, then yield the replies as the
+        SuperLink has them, pulled one message at a time (one reply in memory, whatever the
+        number of clients).  Replies are pulled by the id of their task's message, so an error the
+        SuperLink sends for a node that went away is that node's client's.  A node that does not
+        answer within ``timeout`` (it hangs, or is gone without the SuperLink noticing yet) gets
+        a failed reply naming it."""
         self._refresh()
-        replies = [
-            ClientReply.failed(task.client, "no node serves it")
-            for task in tasks
-            if task.client not in self.nodes
-        ]
-        sendable = [task for task in tasks if task.client in self.nodes]
-        messages = [self._message(task) for task in sendable]
-        answers = self.grid.send_and_receive(messages, timeout=self.timeout)
-        sent = {m.metadata.message_id: task for m, task in zip(messages, sendable, strict=True)}
-        for message in answers:
-            task = sent.pop(message.metadata.reply_to_message_id, None)
-            if task is None:
-                log.warning(
-                    "node %d sent a reply to no message of this round; ignored",
-                    message.metadata.src_node_id,
-                )
+        sent: dict[str, TrainTask] = {}
+        for task in tasks:
+            if task.client not in self.nodes:
+                yield ClientReply.failed(task.client, "no node serves it")
                 continue
-            replies.append(
-                _decode(message, task.client, self.nodes[task.client].node_id, self.lora)
+            ids = list(self.grid.push_messages([self._message(task)]))
+            if not ids:
+                yield ClientReply.failed(task.client, "the SuperLink did not accept its task")
+                continue
+            sent[ids[0]] = task
+        deadline = time.monotonic() + self.timeout
+        while sent and time.monotonic() < deadline:
+            pending = len(sent)
+            for message_id in list(sent):
+                for message in self.grid.pull_messages([message_id]):
+                    task = sent.pop(message_id)
+                    yield _decode(message, task.client, self.nodes[task.client].node_id, self.lora)
+                    break  # one reply per message
+            if len(sent) == pending:
+                time.sleep(POLL_SECONDS)
+        for task in sent.values():  # we gave up waiting: the node never answered
+            yield ClientReply.failed(
+                task.client,
+                f"node {self.nodes[task.client].node_id} sent no reply within {self.timeout:g} s",
             )
-        for task in sent.values():  # Flower gave up waiting: the node never answered
-            replies.append(
-                ClientReply.failed(
-                    task.client,
-                    f"node {self.nodes[task.client].node_id} sent no reply within "
-                    f"{self.timeout:g} s",
-                )
-            )
-        return replies
 
     def _message(self, task: TrainTask) -> Message:
         content: dict[str, ArrayRecord | MetricRecord | ConfigRecord] = {

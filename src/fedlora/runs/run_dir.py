@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ CHECKPOINT = "checkpoint"
 LABEL_FILES = ("label_distribution.csv", "label_distribution.png")
 MERGED = "merged"
 PLOTS = "plots"
+SCRATCH = "scratch"
 RUN_FOLDERS = {CHECKPOINT: "round-*.safetensors*", MERGED: "round-*.safetensors*", PLOTS: "*.png"}
 
 
@@ -55,6 +57,15 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / PLOTS
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Client updates of the current round spilled to disk (``aggregation.spill``)."""
+        return self.path / SCRATCH
+
+    def clear_scratch(self) -> None:
+        """Remove what a round spilled: after every round, and what a killed one left."""
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
 
     @property
     def summary_file(self) -> Path:
@@ -97,6 +108,7 @@ class RunDir:
         """Only what a run writes (never other files a user keeps in the folder)."""
         for name in (CONFIG, RUN_ID, METRICS, METRICS_CSV, SUMMARY, *LABEL_FILES):
             (self.path / name).unlink(missing_ok=True)
+        self.clear_scratch()
         for folder, pattern in RUN_FOLDERS.items():
             for entry in (self.path / folder).glob(pattern):
                 entry.unlink()
