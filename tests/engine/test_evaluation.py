@@ -153,7 +153,7 @@ def _evaluator(
         task_names=test.tasks(),
         partitions=[],
         test=test,
-        test_task_sizes={task: SIZES[task] for task in test.tasks()},
+        task_sizes={task: SIZES[task] for task in test.tasks()},
         held_out="by hand",
     )
     return GenerationEvaluator(split, tokenizer, config), model
