@@ -57,6 +57,20 @@ class RunSection(Section):
     min_replies: int = Field(
         1, ge=1, description="Fewest valid client updates a round needs to change the model."
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Processes that train a round's clients side by side (fedlora run): 1 = "
+        "one after another in the server's process; 'auto' = one per torch thread the run may "
+        "use (OMP_NUM_THREADS, else the cores), at most clients_per_round, 1 on a GPU. Each "
+        "worker gets an equal share of those threads (at least one).",
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"must be a whole number >= 1 or 'auto', got {value!r}")
 
     @model_validator(mode="after")
     def _clients_fit(self) -> RunSection:
