@@ -205,9 +205,8 @@ class WorkerPool:
     weights lag behind a task's is sent the merges it lacks from the run's store of merges.
     """
 
-    name = "worker-pool"
-
     def __init__(self, spec: WorkerSpec, workers: int, base: MergedBase) -> None:
+        self.name = f"worker-pool ({workers} x {spec.threads} torch threads)"
         self._spec = pickle.dumps(spec)
         self.size = workers
         self.base = base
