@@ -76,6 +76,7 @@ from fedlora.engine import PHASES
 from fedlora.flower.env import offline_environment
 from fedlora.flower.launch import LocalFederation
 from fedlora.flower.superlink import APP_DIR, FlowerLaunchError, bin_path
+from fedlora.model.gguf import cache_dir
 from fedlora.model.tiny import save_tiny_bert
 from fedlora.runs import RoundMetrics, read_metrics
 
@@ -148,7 +149,10 @@ REFERENCE = "serial_1x1"
 
 
 def environment(runner: Runner, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The runner's threads, and the user's model cache (every runner gets a HOME of its own;
+    none should pay SmolLM2's GGUF conversion)."""
     env = dict(os.environ if base is None else base)
+    env["FEDLORA_CACHE"] = str(cache_dir())
     env.pop("OMP_NUM_THREADS", None)
     env.pop("MKL_NUM_THREADS", None)
     if runner.threads is not None:
