@@ -489,10 +489,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     checks = [run["agreement"] for run in runs.values()]
     agreed = all(check["same_clients"] and check["same_ranks"] for check in checks)
-    identical = True  # the pool reproduces serial 1x1 exactly (when both ran)
-    if REFERENCE in runs and "pool_2x1" in runs:
-        identical = runs["pool_2x1"]["agreement"]["max_rel_loss_diff"] == 0.0
-    return 0 if agreed and identical else 1
+    # Not bit for bit: a pool's server aggregates and evaluates with 2 threads, serial 1x1's
+    # with one (tests/engine/test_pool.py compares them bit for bit at equal threads).
+    close = all(check["max_rel_loss_diff"] < 1e-4 for check in checks)
+    return 0 if agreed and close else 1
 
 
 if __name__ == "__main__":
