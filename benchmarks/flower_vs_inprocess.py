@@ -468,16 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [r for r in RUNNERS if r.key in args.runners.split(",")]
     others = wait_for_others(args.wait_for_others, report.log)
     runs: dict[str, dict[str, Any]] = {}
-    with flower_lock():
-        for runner in chosen:
-            report.log(f"{runner.label} ...")
-            out, log_path = work / "runs" / runner.key, work / f"{runner.key}.log"
-            if runner.workers is None:
+    for runner in chosen:
+        out, log_path = work / "runs" / runner.key, work / f"{runner.key}.log"
+        if runner.workers is None:
+            with flower_lock():  # one federation on the machine at a time
+                report.log(f"{runner.label} ...")
                 runs[runner.key] = run_flower(
                     runner, config_path, out, work, run["num_clients"], args.timeout
                 )
-            else:
-                runs[runner.key] = run_in_process(runner, config_path, out, work, log_path)
+        else:
+            report.log(f"{runner.label} ...")
+            runs[runner.key] = run_in_process(runner, config_path, out, work, log_path)
     rows = {key: read_metrics(work / "runs" / key / "metrics.jsonl") for key in runs}
     reference = rows.get(REFERENCE, next(iter(rows.values())))
     for key, run_rows in rows.items():

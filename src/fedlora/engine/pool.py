@@ -94,11 +94,19 @@ def _describe(error: BaseException) -> str:
 
 
 def _serve(conn: Connection) -> None:
-    """A worker's life: build the trainer, then train every task it receives until EOF.
+    """A worker's life, until the parent closes its end of the pipe.
 
     Ctrl-C is the parent's to handle (it closes the pool), so a worker ignores SIGINT.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _work(conn)
+    except (EOFError, BrokenPipeError):  # the pool closed while this worker was busy
+        return
+
+
+def _work(conn: Connection) -> None:
+    """Build the trainer, then train every task received."""
     try:
         spec: WorkerSpec = pickle.loads(conn.recv_bytes())
         torch.set_num_threads(spec.threads)
@@ -116,10 +124,7 @@ def _serve(conn: Connection) -> None:
         return
     conn.send_bytes(pickle.dumps(_Started()))
     while True:
-        try:
-            task: TrainTask = pickle.loads(conn.recv_bytes())
-        except EOFError:
-            return
+        task: TrainTask = pickle.loads(conn.recv_bytes())
         faults.point(f"pool:client-{task.client}")
         try:
             reply = trainer.train(task)
@@ -231,7 +236,8 @@ class WorkerPool:
                 if task is None:
                     more = False
                     break
-                if not worker.alive:
+                if not worker.alive:  # it died: a new worker takes its place
+                    worker.stop()
                     worker = self.workers[index] = _Worker(self._spec)
                 worker.wait_started()
                 order.append(task.client)
