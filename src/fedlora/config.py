@@ -62,7 +62,8 @@ class RunSection(Section):
         description="Processes that train a round's clients side by side in fedlora run and "
         "compare (Flower runs ignore it): 1 = "
         "one after another in the server's process; 'auto' = one per torch thread the run may "
-        "use (OMP_NUM_THREADS, else the cores), at most clients_per_round, 1 on a GPU. Each "
+        "use (OMP_NUM_THREADS, else the cores), at most clients_per_round and what free memory "
+        "holds, 1 on a GPU. Each "
         "worker gets an equal share of those threads (at least one).",
     )
 

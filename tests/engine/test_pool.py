@@ -211,6 +211,18 @@ def test_pool_size(
     assert pool_size(config, budget) == expected
 
 
+@pytest.mark.parametrize(
+    ("workers", "free_gb", "expected"), [("auto", 3.0, 2), ("auto", 1.5, 1), (2, 0.1, 2)]
+)
+def test_auto_starts_no_more_workers_than_free_memory_holds(
+    tiny_bert_dir: Path, tmp_path: Path, workers: int | str, free_gb: float, expected: int
+) -> None:
+    config = tiny_config(tiny_bert_dir, tmp_path, **{"run.workers": workers, "model.device": "cpu"})
+    model = 250 << 20  # 1.5 GB per worker
+    free = int(free_gb * (1 << 30))
+    assert pool_size(config, 4, model_bytes=model, free_bytes=free)[0] == expected
+
+
 @pytest.mark.parametrize("value", [0, -2, True, 1.5, "two", "", [2]])
 def test_bad_workers_name_the_key(tiny_bert_dir: Path, tmp_path: Path, value: object) -> None:
     with pytest.raises(ConfigError, match=r"^config: run\.workers: ") as caught:

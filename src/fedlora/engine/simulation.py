@@ -15,7 +15,7 @@ import torch
 from fedlora.config import ExperimentConfig
 from fedlora.engine.driver import PhaseCallback, RoundCallback, RoundDriver, RunResult
 from fedlora.engine.experiment import Experiment, build_experiment
-from fedlora.engine.pool import WorkerPool, WorkerSpec, pool_size
+from fedlora.engine.pool import WorkerPool, WorkerSpec, free_memory, pool_size
 from fedlora.engine.transport import InProcessTransport, Transport
 from fedlora.runs import RunDir
 
@@ -37,7 +37,13 @@ def run_experiment(
 @contextmanager
 def client_transport(experiment: Experiment, driver: RoundDriver) -> Iterator[Transport]:
     """The transport ``run.workers`` asks for; a pool is stopped when the run leaves it."""
-    workers, threads = pool_size(experiment.config, torch.get_num_threads())
+    model_bytes = sum(p.numel() * p.element_size() for p in experiment.model.model.parameters())
+    workers, threads = pool_size(
+        experiment.config,
+        torch.get_num_threads(),
+        model_bytes=model_bytes,
+        free_bytes=free_memory(),
+    )
     if workers == 1:
         yield InProcessTransport(experiment.client_trainer(driver.base))
         return
