@@ -57,6 +57,22 @@ class RunSection(Section):
     min_replies: int = Field(
         1, ge=1, description="Fewest valid client updates a round needs to change the model."
     )
+    workers: int | Literal["auto"] = Field(
+        "auto",
+        description="Processes that train a round's clients side by side in fedlora run and "
+        "compare (Flower runs ignore it): 1 = "
+        "one after another in the server's process; 'auto' = one per torch thread the run may "
+        "use (OMP_NUM_THREADS, else the cores), at most clients_per_round and what free memory "
+        "holds, 1 on a GPU. Each "
+        "worker gets an equal share of those threads (at least one).",
+    )
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: object) -> object:
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError(f"must be a whole number >= 1 or 'auto', got {value!r}")
 
     @model_validator(mode="after")
     def _clients_fit(self) -> RunSection:
@@ -478,6 +494,10 @@ CAUSAL_LM_DEFAULTS: dict[str, dict[str, Any]] = {
 """The defaults that differ for ``task = "causal-lm"`` (keys the config leaves unset)."""
 
 
+EXECUTION_KEYS: dict[str, set[str]] = {"run": {"workers"}, "aggregation": {"spill"}}
+"""Keys that change how a run executes, never its numbers (see ``identity_toml``)."""
+
+
 class ExperimentConfig(Section):
     task: Literal["classification", "causal-lm"] = Field(
         "classification",
@@ -515,9 +535,12 @@ class ExperimentConfig(Section):
         """Only the values that differ from their defaults: what makes two runs the same run.
 
         A checkpoint is tied to this, so a later fedlora that adds a key (with a default) can
-        still resume a run started before it.
+        still resume a run started before it.  How the run is executed is no part of it: the
+        worker count and where updates are aggregated from give the same numbers, so a run may
+        resume with others.
         """
-        return tomli_w.dumps(self.model_dump(exclude_defaults=True))
+        data = self.model_dump(exclude_defaults=True, exclude=EXECUTION_KEYS)
+        return tomli_w.dumps({section: v for section, v in data.items() if v != {}})
 
     def replace(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
         """A copy with dotted-key overrides applied (validated again).
