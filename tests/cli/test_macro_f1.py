@@ -199,3 +199,14 @@ def test_comparisons_list_the_untuned_model_and_the_baselines_per_seed(
         line for line in figure.axes[0].get_lines() if line.get_label().startswith("majority_class")
     ]
     assert [line.get_ydata()[0] for line in baseline] == pytest.approx([0.30])
+
+
+def test_a_single_seed_has_no_spread(tmp_path: Path) -> None:
+    """One seed measures no standard deviation: the table says so instead of printing 0."""
+    rows = [_row(i + 1, accuracy, f1) for i, (accuracy, f1) in enumerate(SCORES["flexlora", 0])]
+    table = write_comparison(comparison_rows({"flexlora": [rows]}), tmp_path)
+    final, f1 = SCORES["flexlora", 0][-1]
+    assert f"| flexlora | 1 | {final:.4f} (one seed) | {final:.4f} | {f1:.4f} (one seed) |" in table
+    with (tmp_path / "comparison.csv").open(encoding="utf-8") as handle:
+        (line,) = csv.DictReader(handle)
+    assert line["final_std"] == "" and line["final_macro_f1_std"] == ""

@@ -29,7 +29,7 @@ class ComparisonRow:
     seeds: int
     metric: str
     final_mean: float
-    final_std: float
+    final_std: float | None
     final_per_seed: tuple[float, ...]
     final_macro_f1_mean: float | None = None
     final_macro_f1_std: float | None = None
@@ -45,9 +45,9 @@ def _final(rows: Sequence[RoundMetrics]) -> RoundMetrics:
     return [r for r in rows if r.evaluated and r.round > 0][-1]
 
 
-def _spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single seed)."""
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
+def _spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for a single seed: no spread measured)."""
+    std = statistics.stdev(values) if len(values) > 1 else None
     return statistics.fmean(values), std
 
 
@@ -175,7 +175,9 @@ def _cells(row: ComparisonRow, with_f1: bool) -> list[str]:
 
 
 def _pm(mean: float | None, std: float | None) -> str:
-    return "—" if mean is None or std is None else f"{mean:.4f} ± {std:.4f}"
+    if mean is None:
+        return "—"
+    return f"{mean:.4f} (one seed)" if std is None else f"{mean:.4f} ± {std:.4f}"
 
 
 def _number(value: float | None, form: str) -> str:
