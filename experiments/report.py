@@ -7,6 +7,9 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   model and the trivial baselines below (``fedlora compare``'s tables, :mod:`fedlora.report`);
 - ``figure.png`` for suites that declare ``[panels]``: one panel per group of cells (cells of
   other suites included, e.g. a shared baseline), accuracy and macro-F1 per round;
+- ``convergence.csv`` / ``convergence.md``: per run the mean of the headline metric over every
+  evaluated round after round 0 (the area under its curve: higher is faster learning) and the
+  first round that reaches each of ``THRESHOLDS``; the table gives mean ± std over seeds;
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
 - ``baselines.csv``: per seed, every metric of the untuned model and of each trivial baseline
   (the same for every cell of a seed, read from round 0 of its first finished run);
@@ -38,7 +41,7 @@ from typing import Any
 
 from fedlora.errors import ConfigError
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
-from fedlora.runs import RoundMetrics, RunDir
+from fedlora.runs import RoundMetrics, RunDir, headline
 from suites import RESULTS, Suite, all_suites
 
 ROUND_COLUMNS = (
@@ -109,6 +112,43 @@ def write_promotions(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path
         )
         writer.writerows(lines)
     return True
+
+
+THRESHOLDS = (0.6, 0.7)
+
+
+def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> None:
+    """How fast each run learns: its curve's mean and the first round past each threshold."""
+    lines = []
+    for cell, seeds in runs.items():
+        for seed, rows in seeds:
+            metric = headline(rows)
+            curve = [(r.round, metric.value(r)) for r in rows if r.evaluated and r.round > 0]
+            values = [v for _, v in curve if v is not None]
+            firsts = [
+                next((n for n, v in curve if v is not None and v >= t), None) for t in THRESHOLDS
+            ]
+            lines.append([cell, seed, metric.label, statistics.fmean(values), *firsts])
+    with (folder / "convergence.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        reached = [f"first_round_at_{t:g}" for t in THRESHOLDS]
+        writer.writerow(["cell", "seed", "metric", "mean_over_rounds", *reached])
+        writer.writerows(lines)
+    header = " | ".join(f"first round at {t:g}, per seed" for t in THRESHOLDS)
+    table = [f"| method | seeds | mean over rounds | per seed | {header} |"]
+    table.append("|---|---|---|---|" + "---|" * len(THRESHOLDS))
+    for cell in runs:
+        mine = [line for line in lines if line[0] == cell]
+        means = [line[3] for line in mine]
+        firsts = [
+            ", ".join("—" if line[4 + i] is None else str(line[4 + i]) for line in mine)
+            for i in range(len(THRESHOLDS))
+        ]
+        table.append(
+            f"| {cell} | {len(mine)} | {_spread(means)} | "
+            f"{', '.join(f'{m:.3f}' for m in means)} | {' | '.join(firsts)} |"
+        )
+    (folder / "convergence.md").write_text("\n".join(table) + "\n", encoding="utf-8")
 
 
 SEEN = ("score", "rouge_l", "exact_match", "loss")
@@ -248,6 +288,7 @@ def report(suite: Suite) -> Path | None:
     if suite.panels:
         plot_panels(panel_runs(suite), folder / "figure.png", suite.description or suite.name)
     write_rounds(runs, folder / "rounds.csv")
+    write_convergence(runs, folder)
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
     write_energy(runs, folder)

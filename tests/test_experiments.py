@@ -11,6 +11,7 @@ import csv
 import importlib
 import importlib.util
 import sys
+from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +22,7 @@ import pytest
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError
 from fedlora.runs import RunDir
+from tests.cli.test_macro_f1 import _row
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow
@@ -184,3 +186,25 @@ def test_the_report_writes_seen_and_unseen_task_scores(
     table = (tmp_path / "seen_tasks.md").read_text(encoding="utf-8").splitlines()
     assert [row.split(" | ")[0] for row in table[2:]] == [f"| {m}" for m in methods]
     assert not report.write_seen_tasks({"x": [(0, runs["flexlora"][0][1][:0])]}, tmp_path / "n")
+
+
+def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
+    tmp_path: Path,
+) -> None:
+    report = _experiment_module("report")
+    curves = {0: [0.5, 0.65, 0.72, 0.7], 1: [0.3, 0.4, 0.5, 0.61]}
+    start = replace(_row(1, 0.25, 0.1), round=0)  # the untuned model: not in the curve
+    runs = {
+        "m": [
+            (seed, [start, *(_row(i + 1, a, 0.1) for i, a in enumerate(curve))])
+            for seed, curve in curves.items()
+        ]
+    }
+    report.write_convergence(runs, tmp_path)
+    with (tmp_path / "convergence.csv").open(encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    assert [float(line["mean_over_rounds"]) for line in lines] == pytest.approx([0.6425, 0.4525])
+    assert [line["first_round_at_0.6"] for line in lines] == ["2", "4"]
+    assert [line["first_round_at_0.7"] for line in lines] == ["3", ""]
+    table = (tmp_path / "convergence.md").read_text(encoding="utf-8")
+    assert "| m | 2 | 0.547 ± 0.134 | 0.642, 0.453 | 2, 4 | 3, — |" in table
