@@ -6,7 +6,7 @@ share of that budget), so the serial and pooled runs do the same arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +96,7 @@ class RecordingPool(WorkerPool):
 
     exchanges: list[tuple[list[int], list[ClientReply]]]
 
-    def train(self, tasks: Iterable[TrainTask]) -> list[ClientReply]:
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
         taken: list[int] = []
 
         def recorded() -> Iterable[TrainTask]:
@@ -104,9 +104,9 @@ class RecordingPool(WorkerPool):
                 taken.append(task.client)
                 yield task
 
-        replies = super().train(recorded())
+        replies = list(super().train(recorded()))
         self.exchanges.append((taken, replies))
-        return replies
+        yield from replies
 
 
 def _pooled_run(config: ExperimentConfig, out: Path) -> tuple[RunResult, RecordingPool]:
@@ -180,7 +180,7 @@ def test_a_worker_that_cannot_start_is_an_error_not_a_hang(
     with WorkerPool(broken, 1, MergedBase(experiment.model)) as pool:
         pool.connect(1)
         with pytest.raises(FedloraError, match="worker process could not start"):
-            pool.train([TrainTask(0, 1, {}, {})])
+            list(pool.train([TrainTask(0, 1, {}, {})]))
 
 
 @pytest.mark.parametrize(
