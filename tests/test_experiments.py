@@ -87,6 +87,16 @@ def _tiny(config: Any, out: Path, models: dict[str, Path], data: Path) -> Any:
     return config.replace(settings)
 
 
+def _tiny_run(
+    suite: str, cell: str, out: Path, models: dict[str, Path], data: Path
+) -> tuple[RunDir, list[Any]]:
+    """Seed 0 of a suite's cell, shrunk by :func:`_tiny` and run: its folder and metrics."""
+    job = next(j for s in ALL if s.name == suite for j in s.jobs if j.cell == cell and j.seed == 0)
+    config = _tiny(job.config(), out, models, data)
+    run_dir = RunDir.create(out, config, overwrite=False)
+    return run_dir, run_experiment(build_experiment(config), run_dir).metrics
+
+
 @pytest.mark.parametrize(
     "job", [s.jobs[i] for s in ALL for i in range(0, len(s.jobs), len(s.seeds))], ids=str
 )
@@ -128,14 +138,12 @@ def test_diagnostics_describe_the_runs_final_model(
     """Per class: supports add up to the test rows and predicted shares to 1; the re-evaluated
     accuracy is the run's own; only a rank above 5 has high slots to weigh."""
     diagnose = _experiment_module("diagnose")
-    suite = next(s for s in ALL if s.name == "byun_lee_fig2_agnews")
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     shares = {}
     for cell in ("fedit r5", "fedit r7"):
-        job = next(j for j in suite.jobs if j.cell == cell and j.seed == 0)
-        config = _tiny(job.config(), tmp_path / cell, models, shared_data_dir)
-        run_dir = RunDir.create(tmp_path / cell, config, overwrite=False)
-        rows = run_experiment(build_experiment(config), run_dir).metrics
+        run_dir, rows = _tiny_run(
+            "byun_lee_fig2_agnews", cell, tmp_path / cell, models, shared_data_dir
+        )
         lines = diagnose.diagnose(run_dir, cell, 0, 5)
         assert [line[6] for line in lines] == ["World", "Sports", "Business", "Sci/Tech"]
         assert sum(line[7] for line in lines) == 16  # data.max_test_samples of _tiny
@@ -166,14 +174,11 @@ def test_the_report_writes_seen_and_unseen_task_scores(
     tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
 ) -> None:
     report = _experiment_module("report")
-    suite = next(s for s in ALL if s.name == "instruct_smollm2_seen")
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     runs = {}
     for cell in ("flexlora", "hetlora"):
-        job = next(j for j in suite.jobs if j.cell == cell and j.seed == 0)
-        config = _tiny(job.config(), tmp_path / cell, models, shared_data_dir)
-        run_dir = RunDir.create(tmp_path / cell, config, overwrite=False)
-        runs[cell] = [(0, run_experiment(build_experiment(config), run_dir).metrics)]
+        _, rows = _tiny_run("instruct_smollm2_seen", cell, tmp_path / cell, models, shared_data_dir)
+        runs[cell] = [(0, rows)]
     assert report.write_seen_tasks(runs, tmp_path)
     with (tmp_path / "seen_tasks.csv").open(encoding="utf-8") as handle:
         lines = list(csv.DictReader(handle))
