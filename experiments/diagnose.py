@@ -100,18 +100,15 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
     total = sum(entry["support"] for entry in evaluation.extra["per_class"])
     lines: list[list[object]] = []
     for entry in evaluation.extra["per_class"]:
-        support, recall, precision = entry["support"], entry["recall"], entry["precision"]
-        hits = (recall or 0.0) * support
-        predicted = hits / precision if precision else 0.0
         lines.append(
             [
                 cell,
                 seed,
                 *(_rounded(x) for x in (evaluation.accuracy, share, low_norm, high_norm)),
                 entry["class"],
-                support,
-                _rounded(recall),
-                _rounded(predicted / total),
+                entry["support"],
+                _rounded(entry["recall"]),
+                _rounded(entry["predicted"] / total),
             ]
         )
     return lines

@@ -101,11 +101,19 @@ def test_per_class_metrics_are_keyed_by_class_name_and_match_macro_f1() -> None:
     world, sports, tech = evaluation.extra["per_class"]
     assert [world["class"], sports["class"], tech["class"]] == names
     assert world["support"] == 2 and world["precision"] == 1.0 and world["recall"] == 0.5
+    assert [world["predicted"], sports["predicted"]] == [1, 3]
     assert world["f1"] == pytest.approx(2 / 3)
     assert (sports["support"], sports["recall"], sports["f1"]) == (1, 1.0, 0.5)
     assert sports["precision"] == pytest.approx(1 / 3)
     # never predicted: no precision was measured; present and missed: recall and F1 are 0
-    assert tech == {"class": "Sci/Tech", "support": 1, "precision": None, "recall": 0.0, "f1": 0.0}
+    assert tech == {
+        "class": "Sci/Tech",
+        "support": 1,
+        "predicted": 0,
+        "precision": None,
+        "recall": 0.0,
+        "f1": 0.0,
+    }
     assert evaluation.macro_f1 == pytest.approx((2 / 3 + 0.5 + 0.0) / 3)
     assert evaluation.accuracy == pytest.approx(2 / 4)
     with pytest.raises(ConfigError, match="2 class names for 3 classes"):

@@ -181,7 +181,8 @@ class _Predictions:
 def per_class_metrics(
     predicted: torch.Tensor, truth: torch.Tensor, names: Sequence[str]
 ) -> list[dict[str, str | float | int | None]]:
-    """Per class in id order: its name, test rows (support), precision, recall and F1.
+    """Per class in id order: its name, test rows (support), rows predicted as it, precision,
+    recall and F1.
 
     A list, not a mapping by name, so the class order survives ``metrics.jsonl`` (written with
     sorted keys).  A metric whose denominator is zero (precision of a class never predicted,
@@ -197,6 +198,7 @@ def per_class_metrics(
             {
                 "class": name,
                 "support": tp + fn,
+                "predicted": tp + fp,
                 "precision": tp / (tp + fp) if tp + fp else None,
                 "recall": tp / (tp + fn) if tp + fn else None,
                 "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
