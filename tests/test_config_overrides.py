@@ -48,7 +48,8 @@ def test_a_runs_identity_holds_only_what_differs_from_the_defaults() -> None:
     assert default.identity_toml() == ""
     assert default.replace({"train.lr": default.train.lr}).identity_toml() == ""
     # How a run executes never changes its numbers, so a run may resume with other values.
-    assert default.replace({"run.workers": 2, "aggregation.spill": "disk"}).identity_toml() == ""
+    execution = {"run.workers": 2, "run.client_timeout": 30.0, "aggregation.spill": "disk"}
+    assert default.replace(execution).identity_toml() == ""
     changed = default.replace({"train.lr": default.train.lr * 2, "run.rounds": 7})
     assert tomllib.loads(changed.identity_toml()) == {
         "train": {"lr": default.train.lr * 2},

@@ -67,6 +67,14 @@ class RunSection(Section):
         "worker gets an equal share of those threads (at least one).",
     )
 
+    client_timeout: float = Field(
+        0.0,
+        ge=0.0,
+        description="Seconds a pool worker (run.workers > 1) may train one client: past it the "
+        "worker is killed and replaced and that client's reply is dropped, like a silent Flower "
+        "node. 0 = no limit.",
+    )
+
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, value: object) -> object:
@@ -494,7 +502,10 @@ CAUSAL_LM_DEFAULTS: dict[str, dict[str, Any]] = {
 """The defaults that differ for ``task = "causal-lm"`` (keys the config leaves unset)."""
 
 
-EXECUTION_KEYS: dict[str, set[str]] = {"run": {"workers"}, "aggregation": {"spill"}}
+EXECUTION_KEYS: dict[str, set[str]] = {
+    "run": {"workers", "client_timeout"},
+    "aggregation": {"spill"},
+}
 """Keys that change how a run executes, never its numbers (see ``identity_toml``)."""
 
 

@@ -6,6 +6,7 @@ share of that budget), so the serial and pooled runs do the same arithmetic.
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,31 @@ def test_a_worker_that_dies_costs_only_its_clients_reply(
                 assert reply.error is None
         assert row.train_loss is not None  # the round went on with the others
     assert seen, "the victim was never sampled: pick another client"
+
+
+def test_a_worker_that_hangs_is_killed_at_client_timeout_and_costs_only_its_clients_reply(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stops (SIGSTOP: alive, silent, its pipe open) is what only a timeout ends."""
+    overrides = {"run.clients_per_round": 4, "run.workers": 2, "run.client_timeout": 10.0}
+    config = tiny_config(tiny_bert_dir, tmp_path, **overrides)
+    victim = config.run.num_clients - 1
+    monkeypatch.setenv(faults.STOP_VARIABLE, f"pool:client-{victim}:1")  # each worker's first
+    result = _run(config, tmp_path / "run")
+    seen = 0
+    for row in result.metrics[1:]:
+        dropped = row.extra["dropped"]
+        if victim in row.clients:
+            seen += 1
+            assert len(dropped) == 1, dropped
+            assert dropped[0].startswith(f"client {victim}:")
+            assert "no reply within 10 s (run.client_timeout)" in dropped[0]
+        else:
+            assert dropped == []
+        assert row.train_loss is not None  # the round went on with the others
+    assert seen, "the victim was never sampled: pick another client"
+    stuck = [p for p in multiprocessing.active_children() if p.name == "fedlora-worker"]
+    assert stuck == []  # killed, not left stopped
 
 
 def test_a_worker_that_raises_fails_that_client_only(tiny_bert_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ own copy, applying the FLoRA merges the task lists to its own base weights.  Eve
 a client's training derives from ``(seed, round, client)``, so which worker trains a client does
 not change its update: at equal torch threads per process the pool's run is bit-identical to the
 serial one.  A worker takes the next task only when it is free, so at most ``workers`` clients'
-factors are in flight; a worker that raises or dies costs only its client's reply.
+factors are in flight; a worker that raises or dies costs only its client's reply, and so does
+one that hangs (a deadlock, a stopped process) when ``run.client_timeout`` bounds a client's time:
+the worker is killed and replaced.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
@@ -169,6 +172,9 @@ class _Worker:
         self.conn.send_bytes(spec)
         self.started = False
         self.task: TrainTask | None = None
+        self.timeout: float | None = None
+        self.deadline: float | None = None
+        """When its task's reply is overdue (``time.monotonic()``), if a timeout bounds it."""
         self.merged_round = 0
         """The last merged round its base weights hold, as far as the parent knows."""
 
@@ -183,8 +189,10 @@ class _Worker:
             raise FedloraError(f"a worker process could not start: {message.error}")
         self.started = True
 
-    def send(self, task: TrainTask) -> None:
+    def send(self, task: TrainTask, timeout: float | None) -> None:
         self.task = task
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
         self.conn.send_bytes(pickle.dumps(task))
 
     def receive(self) -> ClientReply:
@@ -192,7 +200,7 @@ class _Worker:
         task = self.task
         if task is None:
             raise FedloraError("internal: a reply from an idle worker")
-        self.task = None
+        self.task = self.deadline = None
         try:
             reply: ClientReply = pickle.loads(self.conn.recv_bytes())
         except (EOFError, OSError):
@@ -201,6 +209,19 @@ class _Worker:
             return ClientReply.failed(task.client, why)
         self.merged_round = reply.merged_round
         return reply
+
+    def abandon(self) -> ClientReply:
+        """Kill a worker whose reply is overdue (SIGKILL ends even a stopped process): a failed
+        reply naming its client.  A new worker takes its place at the next task."""
+        task = self.task
+        if task is None:
+            raise FedloraError("internal: abandoning an idle worker")
+        self.task = self.deadline = None
+        self.process.kill()
+        self.process.join(STOP_SECONDS)
+        why = f"no reply within {self.timeout:g} s (run.client_timeout): its worker was killed"
+        log.warning("client %d: %s", task.client, why)
+        return ClientReply.failed(task.client, why)
 
     @property
     def alive(self) -> bool:
@@ -222,6 +243,12 @@ class _Worker:
             self.process.join()
 
 
+def _seconds_to_first(deadlines: Iterable[float | None]) -> float | None:
+    """How long to wait for replies before the first deadline passes (``None``: no deadline)."""
+    due = [d for d in deadlines if d is not None]
+    return None if not due else max(0.0, min(due) - time.monotonic())
+
+
 class WorkerPool:
     """A transport that trains each round's clients on ``workers`` processes.
 
@@ -229,13 +256,21 @@ class WorkerPool:
     round 0.  Use it as a context manager: leaving it (the end of a run, an error, Ctrl-C)
     stops every worker.  ``base`` is the server's :class:`MergedBase`: a worker whose base
     weights lag behind a task's is sent the merges it lacks from the run's store of merges.
+    ``client_timeout`` (seconds, ``None``: no limit) bounds each client's training.
     """
 
-    def __init__(self, spec: WorkerSpec, workers: int, base: MergedBase) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        workers: int,
+        base: MergedBase,
+        client_timeout: float | None = None,
+    ) -> None:
         self.name = f"worker-pool ({workers} x {spec.threads} torch threads)"
         self._spec = pickle.dumps(spec)
         self.size = workers
         self.base = base
+        self.client_timeout = client_timeout
         self.workers: list[_Worker] = []
 
     def connect(self, num_clients: int) -> Roster:
@@ -266,15 +301,23 @@ class WorkerPool:
                     worker = self.workers[index] = _Worker(self._spec)
                 worker.wait_started()
                 order.append(task.client)
-                worker.send(self._caught_up(task, worker.merged_round))
+                worker.send(self._caught_up(task, worker.merged_round), self.client_timeout)
             busy = [w for w in self.workers if w.task is not None]
             if not busy:
                 break
-            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            ready = wait(
+                [w.conn for w in busy] + [w.process.sentinel for w in busy],
+                timeout=_seconds_to_first(w.deadline for w in busy),
+            )
+            now = time.monotonic()
             for worker in busy:
                 if worker.conn in ready or worker.process.sentinel in ready:
                     reply = worker.receive()
-                    replies[reply.client] = reply
+                elif worker.deadline is not None and now >= worker.deadline:
+                    reply = worker.abandon()
+                else:
+                    continue
+                replies[reply.client] = reply
         for client in order:
             yield replies.pop(client)
 

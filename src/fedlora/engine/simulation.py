@@ -47,7 +47,9 @@ def client_transport(experiment: Experiment, driver: RoundDriver) -> Iterator[Tr
     if workers == 1:
         yield InProcessTransport(experiment.client_trainer(driver.base))
         return
-    with WorkerPool(WorkerSpec.of(experiment, threads), workers, driver.base) as pool:
+    timeout = experiment.config.run.client_timeout or None
+    spec = WorkerSpec.of(experiment, threads)
+    with WorkerPool(spec, workers, driver.base, client_timeout=timeout) as pool:
         yield pool
 
 

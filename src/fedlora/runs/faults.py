@@ -1,9 +1,10 @@
-"""Named points where a crash test kills the process: ``FEDLORA_KILL_AT=<point>:<count>``.
+"""Named points where a crash test kills or freezes the process: ``FEDLORA_KILL_AT=<point>:<n>``.
 
 Crash safety is only shown by crashing.  The kill tests start a run in a subprocess with, say,
-``FEDLORA_KILL_AT=checkpoint:rename:2``: the process SIGKILLs itself the second time it reaches
-that point, and the test resumes the run and compares it with an uninterrupted one.  With the
-variable unset (everywhere else) a point does nothing.
+``FEDLORA_KILL_AT=checkpoint:rename:2``: the process SIGKILLs itself the second (``n``-th) time
+it reaches that point, and the test resumes the run and compares it with an uninterrupted one.
+``FEDLORA_STOP_AT`` (same form) SIGSTOPs the process instead: it hangs without dying, the fault
+a timeout must catch.  With the variables unset (everywhere else) a point does nothing.
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ import os
 import signal
 
 VARIABLE = "FEDLORA_KILL_AT"
-_reached: dict[str, int] = {}
+STOP_VARIABLE = "FEDLORA_STOP_AT"
+_SIGNALS = {VARIABLE: signal.SIGKILL, STOP_VARIABLE: signal.SIGSTOP}
+_reached: dict[tuple[str, str], int] = {}
 
 
 def point(name: str) -> None:
-    """Die here if ``FEDLORA_KILL_AT`` names this point and this is its counted arrival."""
-    target = os.environ.get(VARIABLE)
-    if not target:
-        return
-    where, _, count = target.rpartition(":")
-    if where != name:
-        return
-    _reached[name] = _reached.get(name, 0) + 1
-    if str(_reached[name]) == count:
-        os.kill(os.getpid(), signal.SIGKILL)
+    """Die (or freeze) here if a fault variable names this point and this is its counted arrival."""
+    for variable, sent in _SIGNALS.items():
+        target = os.environ.get(variable)
+        if not target:
+            continue
+        where, _, count = target.rpartition(":")
+        if where != name:
+            continue
+        key = (variable, name)
+        _reached[key] = _reached.get(key, 0) + 1
+        if str(_reached[key]) == count:
+            os.kill(os.getpid(), sent)
