@@ -486,7 +486,8 @@ def _chunked_cross_entropy(
 def _summed_cross_entropy(
     scores: Callable[[Tensor], Tensor], rows: Tensor, targets: Tensor
 ) -> Tensor:
-    return torch.nn.functional.cross_entropy(scores(rows).float(), targets, reduction="sum")
+    logits = scores(rows).float()  # on the output layer's device, as a model split over devices
+    return torch.nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")
 
 
 def _identity(rows: Tensor) -> Tensor:
