@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,13 +90,25 @@ class Report:
         self.log(f"wrote {self.path}")
 
 
-def run_child(script: str, arguments: Sequence[str], log: Log) -> dict[str, Any]:
-    """Run ``script --child FILE ARGUMENTS`` in a fresh interpreter; the JSON it left in FILE."""
+def run_child(
+    script: str, arguments: Sequence[str], log: Log, *, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``script --child FILE ARGUMENTS`` in a fresh interpreter; the JSON it left in FILE.
+
+    ``env`` adds to (or overrides) this process's environment for the child.
+    """
     with tempfile.TemporaryDirectory(prefix="fedlora-bench-") as tmp:
         result = Path(tmp) / "child.json"
         command = [sys.executable, script, "--child", str(result), *arguments]
-        log(f"child: {shlex.join(command[2:])}")
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        extra = "".join(f"{key}={value} " for key, value in (env or {}).items())
+        log(f"child: {extra}{shlex.join(command[2:])}")
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            env=None if env is None else {**os.environ, **env},
+        )
         if done.returncode != 0 or not result.exists():
             raise RuntimeError(f"child {command} failed:\n{done.stderr[-4000:]}")
         child: dict[str, Any] = json.loads(result.read_text(encoding="utf-8"))

@@ -1,9 +1,11 @@
 """A client's local training and the evaluation of a classifier, on an :class:`AdaptedModel`.
 
-:func:`train_local` also trains causal LMs: it minimises whatever loss the model returns for
-the batch's ``labels`` (a Hugging Face causal LM's shifted next-token loss, averaged over the
-batch's labelled tokens).  :func:`evaluate_lm` is the causal LM's teacher-forced loss and
-perplexity; :func:`evaluate` stays a classifier's loss, accuracy and macro-F1.
+:func:`train_local` also trains causal LMs: it minimises a Hugging Face causal LM's shifted
+next-token loss, averaged over the batch's labelled tokens, computed from the decoder's hidden
+states a chunk of positions at a time (without the full ``batch x length x vocabulary`` logits)
+where the model's output layer allows it, else the loss the model returns for the batch's
+``labels``.  :func:`evaluate_lm` is the causal LM's teacher-forced loss and perplexity, computed
+the same way; :func:`evaluate` stays a classifier's loss, accuracy and macro-F1.
 
 Both take batches that are already tokenised and collated: dicts of tensors with ``input_ids``,
 ``attention_mask`` and ``labels`` (and any other inputs the model accepts, e.g.
@@ -25,6 +27,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.model.adapted import AdaptedModel
@@ -37,7 +40,8 @@ FLOAT16_LOSS_SCALE = 2.0**10
 """The first loss scale of a float16 client's training (halved on every overflowing step)."""
 
 LOSS_CHUNK_ELEMENTS = 1 << 24
-"""How many float32 logits :func:`evaluate_lm` holds at once (64 MB): rows x vocabulary."""
+"""How many float32 logits :func:`evaluate_lm` and :func:`train_local` hold at once (64 MB):
+rows x vocabulary."""
 
 OptimizerName = Literal["adamw", "sgd"]
 Schedule = Literal["constant", "linear", "cosine"]
@@ -153,12 +157,26 @@ def train_local(
     config: TrainConfig,
     *,
     regularizer: Callable[[], Tensor] | None = None,
+    chunked_loss: bool = True,
+    chunk_rows: int | None = None,
 ) -> TrainResult:
     """Train the active adapter in place with a fresh optimizer; the model is left in eval mode.
 
     ``regularizer`` is added to every step's loss (e.g. HetLoRA's self-pruning penalty computed
     from ``model.lora_parameters()``).  Gradients are released at the end, so that inactive
     adapters hold no gradient memory.
+
+    A causal LM's batch of per-token ``labels`` is scored without its full ``batch x length x
+    vocabulary`` logits (unless ``chunked_loss`` is false): the loss is Hugging Face's (the
+    logits at ``t`` against ``labels[t + 1]``, ``-100`` ignored, the mean over the batch's
+    labelled tokens), but the output layer sees the decoder's hidden states at the labelled
+    positions only, ``chunk_rows`` rows at a time (default: :data:`LOSS_CHUNK_ELEMENTS` float32
+    logits), and each chunk is checkpointed (:func:`_chunked_cross_entropy`), so that one chunk's
+    logits are alive at a time in the backward pass too.  Where the output layer does not give
+    the model's logits (:func:`split_lm_head`: logit scaling, soft-capping), the model's own loss
+    is used.  Two differences from the model's loss, neither of which changes the expected
+    gradient: a batch without labelled tokens counts as a loss of 0 (not NaN), and a LoRA dropout
+    on the output layer draws its masks per chunk rather than for the whole batch.
 
     On a float16 base model the backward pass is loss-scaled (``torch.amp.GradScaler``, a fresh
     one per call starting at :data:`FLOAT16_LOSS_SCALE`): float16 gradients of the activations
@@ -176,6 +194,9 @@ def train_local(
     )
     steps = examples = 0
     loss_sum = 0.0
+    network = model.model
+    split: LMHeadSplit | None = None
+    checked = not (chunked_loss and _is_causal_lm(network))
     model.train()
     try:
         for group in epochs:
@@ -186,11 +207,20 @@ def train_local(
             shares = _loss_shares(group)
             for position, batch in enumerate(group):
                 inputs = {key: value.to(device) for key, value in batch.items()}
-                loss = _loss(model(**inputs))
+                labels = _token_labels(inputs)
+                if labels is not None and not checked:
+                    split, checked = split_lm_head(network, _without_labels(inputs)), True
+                if labels is not None and split is not None:
+                    summed, tokens = lm_loss_sum(split, _without_labels(inputs), labels, chunk_rows)
+                    loss = summed / max(1, tokens)
+                else:
+                    loss = _loss(model(**inputs))
                 objective = loss if len(group) == 1 else loss * shares[position]
                 if regularizer is not None and position == 0:
                     objective = objective + regularizer()
-                if scaler is None:
+                if not objective.requires_grad:
+                    pass  # no labelled token (and no regulariser): nothing to learn from
+                elif scaler is None:
                     torch.autograd.backward(objective)
                 else:
                     torch.autograd.backward(scaler.scale(objective))
@@ -297,12 +327,8 @@ def evaluate_lm(
             inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
             if not checked:
                 split, checked = split_lm_head(network, inputs), True
-            shifted = target[:, 1:]
-            kept = shifted != -100
             if split is not None:
-                rows = split.hidden(inputs)[:, :-1][kept]
-                scores: Callable[[Tensor], Tensor] = split.head
-                vocabulary = split.vocabulary
+                total, count = lm_loss_sum(split, inputs, target, chunk_rows)
             else:
                 logits = model(**inputs).logits
                 if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(target.shape):
@@ -310,12 +336,12 @@ def evaluate_lm(
                         f"evaluate_lm needs per-token logits (batch x length x vocab) matching "
                         f"the labels {tuple(target.shape)}, got {tuple(logits.shape)}"
                     )
-                rows = logits[:, :-1][kept]
+                rows, targets = _labelled_rows(logits, target)
                 del logits
-                scores, vocabulary = _identity, int(rows.shape[-1])
-            size = max(1, LOSS_CHUNK_ELEMENTS // vocabulary) if chunk_rows is None else chunk_rows
-            loss_sum += _chunked_cross_entropy(rows, shifted[kept], scores, size)
-            tokens += int(kept.sum())
+                size = _chunk_size(int(rows.shape[-1]), chunk_rows)
+                total, count = _chunked_cross_entropy(rows, targets, _identity, size), len(targets)
+            loss_sum += float(total)
+            tokens += count
             examples += int(target.shape[0])
     if tokens == 0:
         raise FedloraError("evaluate_lm: the batches had no labelled tokens")
@@ -344,6 +370,21 @@ class LMHeadSplit:
 _SPLITS: WeakKeyDictionary[nn.Module, LMHeadSplit | None] = WeakKeyDictionary()
 
 
+def lm_loss_sum(
+    split: LMHeadSplit, inputs: Mapping[str, Tensor], labels: Tensor, chunk_rows: int | None
+) -> tuple[Tensor, int]:
+    """The summed next-token cross-entropy of a causal LM's labelled tokens, and their number.
+
+    ``inputs`` are the model's inputs without the ``labels`` (``batch x length``, ``-100`` where a
+    position does not count); the logits at ``t`` are scored against ``labels[t + 1]``.  The
+    output layer sees the labelled positions' hidden states only, ``chunk_rows`` at a time
+    (default: :data:`LOSS_CHUNK_ELEMENTS` float32 logits); see :func:`_chunked_cross_entropy`.
+    """
+    rows, targets = _labelled_rows(split.hidden(inputs), labels)
+    size = _chunk_size(split.vocabulary, chunk_rows)
+    return _chunked_cross_entropy(rows, targets, split.head, size), int(targets.shape[0])
+
+
 def split_lm_head(network: Any, inputs: Mapping[str, Tensor]) -> LMHeadSplit | None:
     """The model's decoder and output layer, if they give its own logits; else ``None``.
 
@@ -352,7 +393,7 @@ def split_lm_head(network: Any, inputs: Mapping[str, Tensor]) -> LMHeadSplit | N
     (Gemma-2's ``final_logit_softcapping``, Cohere's ``logit_scale``, Granite's
     ``logits_scaling``, ...).  Rather than list those, the split is checked once per model on
     the first example of ``inputs`` (at most 16 tokens) against the model's own logits, and
-    remembered.
+    remembered.  The check runs in eval mode (no dropout), whatever mode the model is in.
     """
     if not isinstance(network, nn.Module):
         return None
@@ -381,32 +422,72 @@ def _same_logits(
     """The vocabulary size if ``head(decoder(...))`` gives the model's logits, else 0."""
     width = min(16, int(inputs["input_ids"].shape[1]))
     sample = {key: value[:1, :width] for key, value in inputs.items()}
+    modes = [(module, module.training) for module in network.modules()]
+    network.eval()
     try:
         with torch.inference_mode():
             expected = network(**sample).logits.float()
             got = head(LMHeadSplit(decoder, head, 0).hidden(sample)).float()
     except (TypeError, ValueError, AttributeError, IndexError, RuntimeError, FedloraError):
         return 0
+    finally:
+        for module, mode in modes:  # parents first, so that every module gets its own mode back
+            module.train(mode)
     if got.shape != expected.shape:
         return 0
     scale = max(1.0, float(expected.abs().max()))
     return int(expected.shape[-1]) if (got - expected).abs().max() <= 1e-3 * scale else 0
 
 
+def _labelled_rows(states: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The rows of ``states`` (``batch x length x ...``) at the positions ``t`` whose next label
+    ``labels[t + 1]`` is not ``-100``, and those labels: a causal LM's shifted targets."""
+    shifted = labels[:, 1:]
+    kept = shifted != -100
+    return states[:, :-1][kept], shifted[kept]
+
+
+def _chunk_size(vocabulary: int, chunk_rows: int | None) -> int:
+    if chunk_rows is None:
+        return max(1, LOSS_CHUNK_ELEMENTS // vocabulary)
+    if isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise FedloraError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    return chunk_rows
+
+
 def _chunked_cross_entropy(
     rows: Tensor, targets: Tensor, scores: Callable[[Tensor], Tensor], chunk_rows: int
-) -> float:
+) -> Tensor:
     """The summed cross-entropy of ``scores(rows)`` against ``targets``, ``chunk_rows`` rows at
-    a time, each chunk's logits upcast to float32."""
-    if chunk_rows < 1:
-        raise FedloraError(f"evaluate_lm: chunk_rows must be at least 1, got {chunk_rows}")
+    a time, each chunk's logits upcast to float32 (the float32 sum of float64 partial sums).
+
+    Under autograd every chunk is checkpointed (``torch.utils.checkpoint``, non-reentrant): its
+    forward keeps only its scalar loss and its inputs (a slice of ``rows``), and the backward
+    recomputes that chunk's logits, takes their gradient and frees both before the next chunk.
+    This costs one more forward of the output layer per chunk.  A custom ``autograd.Function``
+    that takes the gradients during the forward pass would save that recomputation, but it would
+    have to name and differentiate the output layer's trainable parameters itself (a LoRA or a
+    ``modules_to_save`` wrapper on the head, tied weights, dropout); checkpointing leaves all of
+    that to autograd for any ``scores`` module, and replays the forward's RNG state, so that a
+    dropout in the head draws the same mask when recomputed.
+    """
     total = torch.zeros((), dtype=torch.float64, device=rows.device)
+    recompute = torch.is_grad_enabled()
     for start in range(0, int(rows.shape[0]), chunk_rows):
-        logits = scores(rows[start : start + chunk_rows]).float()
-        total += torch.nn.functional.cross_entropy(
-            logits, targets[start : start + chunk_rows], reduction="sum"
-        )
-    return float(total)
+        chunk = (rows[start : start + chunk_rows], targets[start : start + chunk_rows])
+        if recompute:
+            part = checkpoint(_summed_cross_entropy, scores, *chunk, use_reentrant=False)
+        else:
+            part = _summed_cross_entropy(scores, *chunk)
+        total = total + part.double()
+    return total.float()
+
+
+def _summed_cross_entropy(
+    scores: Callable[[Tensor], Tensor], rows: Tensor, targets: Tensor
+) -> Tensor:
+    logits = scores(rows).float()  # on the output layer's device, as a model split over devices
+    return torch.nn.functional.cross_entropy(logits, targets.to(logits.device), reduction="sum")
 
 
 def _identity(rows: Tensor) -> Tensor:
@@ -508,6 +589,32 @@ def _loss_shares(step: list[Batch]) -> list[float]:
             counts.append(int(labels.shape[0]))
     total = sum(counts)
     return [count / total if total else 1.0 / len(step) for count in counts]
+
+
+def _is_causal_lm(network: nn.Module) -> bool:
+    """Whether ``network`` is a Hugging Face causal LM, whose loss for per-token labels is the
+    shifted next-token cross-entropy (a token classifier's or a masked LM's is not shifted)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = getattr(network, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    return (
+        getattr(network, "loss_type", None) == "ForCausalLM"
+        or type(network).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+    )
+
+
+def _token_labels(inputs: Mapping[str, Tensor]) -> Tensor | None:
+    """The batch's labels if they are per token (``batch x length``, like ``input_ids``)."""
+    labels, ids = inputs.get("labels"), inputs.get("input_ids")
+    if isinstance(labels, Tensor) and isinstance(ids, Tensor) and labels.shape == ids.shape:
+        return labels if labels.ndim == 2 else None
+    return None
+
+
+def _without_labels(inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {key: value for key, value in inputs.items() if key != "labels"}
 
 
 def _loss(output: Any) -> Tensor:
