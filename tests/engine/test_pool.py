@@ -176,6 +176,37 @@ def test_a_worker_that_hangs_is_killed_at_client_timeout_and_costs_only_its_clie
     assert stuck == []  # killed, not left stopped
 
 
+def test_a_hanging_client_holds_back_no_more_than_workers_replies(
+    tiny_bert_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replies come in task order, so the ones behind a hanging client wait in memory: the other
+    worker stops taking tasks once ``workers`` of them wait (what spilling to disk relies on)."""
+    config = tiny_config(tiny_bert_dir, tmp_path)
+    experiment = build_experiment(config)
+    state = experiment.initial_state()
+    ranks = dict.fromkeys(experiment.module_names, 2)
+    clients = list(range(config.run.num_clients))
+    pulled: list[int] = []
+
+    def tasks() -> Iterator[TrainTask]:
+        for client in clients:
+            pulled.append(client)
+            yield TrainTask(client, 1, state.factors_for(ranks, experiment.lora), state.dense)
+
+    monkeypatch.setenv(faults.STOP_VARIABLE, f"pool:client-{clients[0]}:1")
+    spec = WorkerSpec.of(experiment, 1)
+    with WorkerPool(spec, 2, MergedBase(experiment.model), client_timeout=10.0) as pool:
+        pool.connect(len(clients))
+        replies = pool.train(tasks())
+        first = next(replies)
+        assert first.client == clients[0] and first.update is None
+        assert first.error is not None and "no reply within 10 s" in first.error
+        assert pulled == clients[:3]  # the hanging one, and two replies waiting behind it
+        rest = list(replies)
+    assert [reply.client for reply in rest] == clients[1:]
+    assert all(reply.error is None and reply.update is not None for reply in rest)
+
+
 def test_a_worker_that_raises_fails_that_client_only(tiny_bert_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(tiny_bert_dir, tmp_path)
     experiment = build_experiment(config)

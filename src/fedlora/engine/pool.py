@@ -281,7 +281,10 @@ class WorkerPool:
     def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
         """Train every task; the replies are yielded in task order, whoever trained them, each
         as soon as it and the ones before it are back (so the driver's log and records do not
-        depend on which worker was faster)."""
+        depend on which worker was faster).  Replies waiting for an earlier one are held in
+        memory, so no new task is handed out while ``workers`` of them wait: a slow client
+        cannot make the pool hold more than about twice ``workers`` clients' factors (what
+        ``aggregation.spill`` relies on)."""
         pending: Iterator[TrainTask] = iter(tasks)
         order: list[int] = []
         replies: dict[int, ClientReply] = {}
@@ -290,7 +293,7 @@ class WorkerPool:
             while order and order[0] in replies:
                 yield replies.pop(order.pop(0))
             for index, worker in enumerate(self.workers):
-                if not more or worker.task is not None:
+                if not more or worker.task is not None or len(replies) >= self.size:
                     continue
                 task = next(pending, None)
                 if task is None:
