@@ -27,15 +27,19 @@ class StepWindows:
     """Times the training steps of ``model``: the physical floor of local training.
 
     A step window runs from the entry of the model's forward with autograd on (a forward
-    pre-hook on ``model``) to the return of ``optimizer.step()`` (torch's global post-hook): the
-    forward, the loss, ``zero_grad``, the backward, gradient clipping and the update, i.e. what
-    any training loop must do.  Forwards without autograd (evaluation) are timed apart.
+    pre-hook) to the return of ``optimizer.step()`` (torch's global post-hook): the forward, the
+    loss, ``zero_grad``, the backward, gradient clipping and the update, i.e. what any training
+    loop must do.  Forwards without autograd (evaluation) are timed apart.  The hooks sit on a
+    causal LM's decoder (``get_decoder()``), which its own forward and fedlora's chunked loss
+    (decoder, then the output layer a chunk at a time) both run; else on ``model`` itself.
     """
 
     KEYS = ("steps", "window_s", "forward_s", "optimizer_s", "eval_forward_s")
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = model
+        get_decoder = getattr(model, "get_decoder", None)
+        decoder = get_decoder() if callable(get_decoder) else None
+        self.model = decoder if isinstance(decoder, torch.nn.Module) else model
         self.totals: dict[str, float] = dict.fromkeys(self.KEYS, 0.0)
         self._handles: list[Any] = []
         self._step_start: float | None = None

@@ -16,6 +16,7 @@ from fedlora.aggregation import Aggregator
 from fedlora.config import ExperimentConfig
 from fedlora.data import TokenizedData
 from fedlora.engine.evaluation import held_out_loss
+from fedlora.engine.heap import release_freed_memory
 from fedlora.engine.merging import MergedBase
 from fedlora.engine.seeds import batch_generator, client_torch_rng
 from fedlora.engine.transport import ClientReply, TrainTask
@@ -109,6 +110,7 @@ class ClientTrainer:
             if held is None or not len(held):
                 raise FedloraError(f"client {task.client} holds no rows to score itself on")
             score = held_out_loss(model, self.rows, held, self.config.train.eval_batch_size)
+        release_freed_memory()
         return ClientReply(
             client=task.client,
             update=update,
