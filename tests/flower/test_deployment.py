@@ -165,14 +165,20 @@ def test_a_supernode_without_the_ca_certificate_cannot_join(
         max_retries=1,
         max_wait_time=20,
     )
-    for process, reason in [
-        (untrusting, "CERTIFICATE_VERIFY_FAILED"),
-        (insecure, "Server disconnected without sending a response"),
+    # The TLS SuperLink drops the plaintext request; which of the two the node then sees
+    # depends on timing (CI saw each).
+    plaintext_refused = (
+        "Server disconnected without sending a response",
+        "Connection reset by peer",
+    )
+    for process, reasons in [
+        (untrusting, ("CERTIFICATE_VERIFY_FAILED",)),
+        (insecure, plaintext_refused),
     ]:
         assert process.popen.wait(timeout=120) != 0, process.log_tail()
         log = process.log_tail()
         assert "Exit Code: 305\nFailed to initialize the connection to the SuperLink" in log, log
-        assert reason in log, log
+        assert any(reason in log for reason in reasons), log
         assert "SuperNode ID" not in log
     assert _statuses(federation) == {int(trusted["node-id"]): "online"}
 
