@@ -208,10 +208,11 @@ def train_local(
             for position, batch in enumerate(group):
                 inputs = {key: value.to(device) for key, value in batch.items()}
                 labels = _token_labels(inputs)
+                unlabelled = _without_labels(inputs) if labels is not None else inputs
                 if labels is not None and not checked:
-                    split, checked = split_lm_head(network, _without_labels(inputs)), True
+                    split, checked = split_lm_head(network, unlabelled), True
                 if labels is not None and split is not None:
-                    summed, tokens = lm_loss_sum(split, _without_labels(inputs), labels, chunk_rows)
+                    summed, tokens = lm_loss_sum(split, unlabelled, labels, chunk_rows)
                     loss = summed / max(1, tokens)
                 else:
                     loss = _loss(model(**inputs))
