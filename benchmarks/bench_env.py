@@ -103,6 +103,7 @@ def machine(load: LoadMonitor) -> dict[str, Any]:
         "platform": platform.platform(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", ""),
         "fedlora_data": os.environ.get("FEDLORA_DATA", ""),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         **load.summary(),
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -19,7 +19,7 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
-from bench_env import proc_status_mb
+from bench_env import proc_status_mb, reset_peak_rss
 from fedlora.engine import ClientReply, Roster, TrainTask, Transport
 
 
@@ -120,24 +120,47 @@ class Phases:
 
 
 class OneByOne:
-    """A transport that hands ``inner`` one task at a time and keeps what each client took."""
+    """A transport that hands ``inner`` one task at a time and keeps what each client took.
+
+    Per client: its seconds, its step windows and its memory: the RSS before and after it and
+    the peak while it ran (``VmHWM`` reset before each client, where ``/proc`` allows it; where
+    it does not, ``peak_mb`` is the process's peak so far and ``peak_reset`` says so).  The
+    resets hide the process's earlier peak from ``VmHWM``: :meth:`process_peak_mb` restores it.
+    """
 
     def __init__(self, inner: Transport, windows: StepWindows) -> None:
         self.inner = inner
         self.name = inner.name
         self.windows = windows
         self.clients: list[dict[str, Any]] = []
+        self._peak_before_resets_mb = 0.0
+
+    def process_peak_mb(self, hwm_mb: float) -> float:
+        """The process's true peak, given a ``VmHWM`` read after this transport's last client."""
+        return max(hwm_mb, self._peak_before_resets_mb)
 
     def connect(self, num_clients: int) -> Roster:
         return self.inner.connect(num_clients)
 
-    def train(self, tasks: Sequence[TrainTask]) -> list[ClientReply]:
-        replies = []
+    def train(self, tasks: Iterable[TrainTask]) -> Iterator[ClientReply]:
+        """Each reply is passed on as it comes (the contract: a transport holds no replies)."""
         for task in tasks:
             self.windows.take()
-            replies += self.inner.train([task])
+            before = proc_status_mb()
+            self._peak_before_resets_mb = max(self._peak_before_resets_mb, before["hwm_mb"])
+            reset = reset_peak_rss()
+            (reply,) = self.inner.train([task])
             steps = self.windows.take()["window_s"]
+            after = proc_status_mb()
             self.clients.append(
-                {"client": task.client, "seconds": replies[-1].seconds, "steps_s": steps}
+                {
+                    "client": task.client,
+                    "seconds": reply.seconds,
+                    "steps_s": steps,
+                    "rss_before_mb": before["rss_mb"],
+                    "peak_mb": after["hwm_mb"],
+                    "rss_after_mb": after["rss_mb"],
+                    "peak_reset": reset,
+                }
             )
-        return replies
+            yield reply

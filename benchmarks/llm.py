@@ -247,6 +247,9 @@ def round_child(args: argparse.Namespace) -> int:
             )
             row = driver.run(transport).metrics[-1]
         phases.mark("run report written")
+    for label in ("round 1 train", "round 1 aggregate", "round 1 evaluate", "run report written"):
+        memory = phases.memory[label]  # read after the per-client peak resets: restore the peak
+        memory["hwm_mb"] = transport.process_peak_mb(memory["hwm_mb"])
     tiers = dict(zip(row.clients, row.extra["tiers"], strict=True))
     by_tier: dict[str, list[dict[str, Any]]] = {}
     for client in transport.clients:
@@ -267,7 +270,7 @@ def round_child(args: argparse.Namespace) -> int:
             "round_seconds": phases.seconds[1],
             "round_wall_s": phases.wall(1),
             "memory": phases.memory,
-            "peak_mb": proc_status_mb()["hwm_mb"],
+            "peak_mb": transport.process_peak_mb(proc_status_mb()["hwm_mb"]),
             "adapters_in_memory": experiment.model.num_adapters,
             "per_tier": {
                 tier: {
@@ -275,9 +278,13 @@ def round_child(args: argparse.Namespace) -> int:
                     "median_client_s": statistics.median(c["seconds"] for c in clients),
                     "median_steps_s": statistics.median(c["steps_s"] for c in clients),
                     "total_client_s": sum(c["seconds"] for c in clients),
+                    "max_peak_mb": max(c["peak_mb"] for c in clients),
+                    "max_rise_mb": max(c["peak_mb"] - c["rss_before_mb"] for c in clients),
+                    "rss_growth_mb": sum(c["rss_after_mb"] - c["rss_before_mb"] for c in clients),
                 }
                 for tier, clients in by_tier.items()
             },
+            "per_client": [{**c, "tier": tiers[c["client"]]} for c in transport.clients],
             "bytes_up": row.bytes_up,
             "bytes_down": row.bytes_down,
             "train_loss": row.train_loss,
@@ -320,6 +327,9 @@ def round_tables(child: dict[str, Any]) -> list[str]:
             f"{t['median_client_s']:.2f}",
             f"{t['median_steps_s']:.2f}",
             f"{t['total_client_s']:.1f}",
+            f"{t['max_peak_mb']:.0f}",
+            f"{t['max_rise_mb']:.0f}",
+            f"{t['rss_growth_mb']:+.0f}",
         )
         for tier, t in child["per_tier"].items()
     ]
@@ -331,8 +341,19 @@ def round_tables(child: dict[str, Any]) -> list[str]:
             rows,
         ),
         table(
-            "2b. The round's clients by tier (a client: activate, load, train, extract)",
-            ("tier", "clients", "median s / client", "median s in steps", "total s"),
+            "2b. The round's clients by tier (a client: activate, load, train, extract; memory: "
+            "the highest peak RSS during one client, its largest rise above the RSS the client "
+            "started at, and the RSS the tier's clients left behind in all)",
+            (
+                "tier",
+                "clients",
+                "median s / client",
+                "median s in steps",
+                "total s",
+                "max peak MB",
+                "max rise MB",
+                "RSS left MB",
+            ),
             tiers,
         ),
     ]
