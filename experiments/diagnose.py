@@ -15,7 +15,11 @@ The re-evaluated accuracy is checked against the run's own final accuracy, so a 
 describes a model other than the one the run reported.  Methods that merge into the base
 weights (FLoRA) are skipped: their final model is not the checkpoint's state alone.
 
-    python experiments/diagnose.py SUITE [SUITE ...] [--low 5]
+``diagnostics.md`` summarises the CSV per cell (the table ``docs/results.md`` quotes): the mean
+weight of the high slots, each class's mean recall and the worst class's recall in each seed.
+``--summary-only`` rebuilds it from the committed CSV without evaluating anything.
+
+    python experiments/diagnose.py SUITE [SUITE ...] [--low 5] [--summary-only]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ COLUMNS = (
     "cell",
     "seed",
     "accuracy",
+    "global_rank",
     "high_slot_share",
     "low_slot_norm",
     "high_slot_norm",
@@ -97,6 +102,7 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
             f"{reported}: not the run's final model"
         )
     share, low_norm, high_norm = slot_norms(state, low)
+    rank = max(factors.A.shape[0] for factors in state.modules.values())
     total = sum(entry["support"] for entry in evaluation.extra["per_class"])
     lines: list[list[object]] = []
     for entry in evaluation.extra["per_class"]:
@@ -104,7 +110,9 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
             [
                 cell,
                 seed,
-                *(_rounded(x) for x in (evaluation.accuracy, share, low_norm, high_norm)),
+                _rounded(evaluation.accuracy),
+                rank,
+                *(_rounded(x) for x in (share, low_norm, high_norm)),
                 entry["class"],
                 entry["support"],
                 _rounded(entry["recall"]),
@@ -118,24 +126,69 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+def summary(lines: list[dict[str, str]], low: int) -> str:
+    """Per cell, in the CSV's order: seeds, the mean weight of the slots above ``low`` ("—"
+    when the global rank is at most ``low``: there are none), each class's mean recall (over the
+    seeds whose test rows hold it) and, per seed, the worst class's recall."""
+    cells: dict[str, dict[int, list[dict[str, str]]]] = {}
+    for line in lines:
+        cells.setdefault(line["cell"], {}).setdefault(int(line["seed"]), []).append(line)
+    classes = list(dict.fromkeys(line["class"] for line in lines))
+    header = (
+        f"| cell | seeds | weight of slots above {low} | recall {' / '.join(classes)} "
+        "| worst class's recall, per seed |"
+    )
+    table = [header, "|---|---|---|---|---|"]
+    for cell, seeds in cells.items():
+        runs = [by_class[0] for by_class in seeds.values()]
+        has_high = any(int(run["global_rank"]) > low for run in runs)
+        weight = f"{statistics.fmean(float(r['high_slot_share']) for r in runs):.3f}"
+        recalls = [
+            [
+                float(x["recall"])
+                for s in seeds.values()
+                for x in s
+                if x["class"] == name and x["recall"]
+            ]
+            for name in classes
+        ]
+        worst = [min(float(x["recall"]) for x in s if x["recall"]) for s in seeds.values()]
+        table.append(
+            f"| {cell} | {', '.join(map(str, seeds))} | {weight if has_high else '—'} "
+            f"| {' / '.join(f'{statistics.fmean(r):.2f}' if r else '—' for r in recalls)} "
+            f"| {', '.join(f'{w:.2f}' for w in worst)} |"
+        )
+    return "\n".join(table) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="+", help="suite names")
     parser.add_argument("--low", type=int, default=5, help="the rank every client trains")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="rebuild diagnostics.md from the CSV only"
+    )
     args = parser.parse_args(argv)
     for suite in all_suites(args.suites):
-        done = [job for job in suite.jobs if RunDir(job.out).is_finished()]
-        lines = [
-            line for job in done for line in diagnose(RunDir(job.out), job.cell, job.seed, args.low)
-        ]
         folder = RESULTS / suite.name
-        folder.mkdir(parents=True, exist_ok=True)
         path: Path = folder / "diagnostics.csv"
-        with path.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            writer.writerows(lines)
-        print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
+        if not args.summary_only:
+            done = [job for job in suite.jobs if RunDir(job.out).is_finished()]
+            lines = [
+                line
+                for job in done
+                for line in diagnose(RunDir(job.out), job.cell, job.seed, args.low)
+            ]
+            folder.mkdir(parents=True, exist_ok=True)
+            with path.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(COLUMNS)
+                writer.writerows(lines)
+            print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
+        with path.open(encoding="utf-8") as handle:
+            table = summary(list(csv.DictReader(handle)), args.low)
+        (folder / "diagnostics.md").write_text(table, encoding="utf-8")
+        print(f"{suite.name}: per-cell summary -> {folder / 'diagnostics.md'}")
     return 0
 
 

@@ -144,14 +144,53 @@ def test_diagnostics_describe_the_runs_final_model(
         run_dir, rows = _tiny_run(
             "byun_lee_fig2_agnews", cell, tmp_path / cell, models, shared_data_dir
         )
-        lines = diagnose.diagnose(run_dir, cell, 0, 5)
-        assert [line[6] for line in lines] == ["World", "Sports", "Business", "Sci/Tech"]
-        assert sum(line[7] for line in lines) == 16  # data.max_test_samples of _tiny
-        assert abs(sum(line[9] for line in lines) - 1.0) < 1e-3
-        assert {line[2] for line in lines} == {round(rows[-1].test_accuracy, 4)}
-        shares[cell] = lines[0][3]
+        lines = [
+            dict(zip(diagnose.COLUMNS, x, strict=True))
+            for x in diagnose.diagnose(run_dir, cell, 0, 5)
+        ]
+        assert [line["class"] for line in lines] == ["World", "Sports", "Business", "Sci/Tech"]
+        assert sum(line["support"] for line in lines) == 16  # data.max_test_samples of _tiny
+        assert abs(sum(line["predicted_share"] for line in lines) - 1.0) < 1e-3
+        assert {line["accuracy"] for line in lines} == {round(rows[-1].test_accuracy, 4)}
+        assert {line["global_rank"] for line in lines} == {int(cell.removeprefix("fedit r"))}
+        shares[cell] = lines[0]["high_slot_share"]
     assert shares["fedit r5"] == 0.0
     assert 0.0 < shares["fedit r7"] < 1.0
+
+
+def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
+    """Means per class over seeds, the worst class per seed, and no high-slot weight for a cell
+    whose rank has no slots above ``low`` (its 0.0 is not a measurement)."""
+    diagnose = _experiment_module("diagnose")
+
+    def run(cell: str, seed: int, rank: int, share: float, recalls: list[str]) -> list[dict]:
+        return [
+            {
+                "cell": cell,
+                "seed": str(seed),
+                "global_rank": str(rank),
+                "high_slot_share": str(share),
+                "class": name,
+                "recall": recall,
+            }
+            for name, recall in zip(("a", "b", "c"), recalls, strict=True)
+        ]
+
+    lines = [
+        *run("low", 0, 5, 0.0, ["0.9", "0.1", "0.5"]),
+        *run("low", 1, 5, 0.0, ["0.7", "0.3", ""]),  # class c absent from seed 1's test rows
+        *run("high", 0, 20, 0.2, ["0.6", "0.6", "0.4"]),
+        *run("high", 2, 20, 0.4, ["0.8", "0.2", "0.6"]),
+    ]
+    table = diagnose.summary(lines, low=5).splitlines()
+    assert table[0] == (
+        "| cell | seeds | weight of slots above 5 | recall a / b / c "
+        "| worst class's recall, per seed |"
+    )
+    assert table[2:] == [
+        "| low | 0, 1 | — | 0.80 / 0.20 / 0.50 | 0.10, 0.30 |",
+        "| high | 0, 2 | 0.300 | 0.70 / 0.40 / 0.50 | 0.40, 0.20 |",
+    ]
 
 
 def test_every_panel_names_cells_that_exist() -> None:
