@@ -1,0 +1,90 @@
+"""Does today's code still compute a finished run's numbers?  Re-run it and compare, round by round.
+
+The suites ran on a frozen worktree, so the commits made while they ran could not change them;
+this checks that later code computes the same numbers.  One finished run's own config
+(``config.toml``) is run again with the code this script imports, in a scratch directory, for its
+first ``--rounds`` rounds (client sampling, data and initialisation depend on the seed and the
+round, not on the number of rounds), and every metric both runs recorded is compared.  The result
+goes to ``docs/results/<suite>/recheck.csv``: per round and metric, both values, whether they are
+equal bit for bit, and the commit that re-ran it.
+
+    python experiments/recheck.py SUITE/RUN [--rounds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import subprocess
+import tempfile
+from pathlib import Path
+
+from fedlora.config import load_config
+from fedlora.engine import build_experiment, run_experiment
+from fedlora.runs import RunDir
+from suites import RESULTS, RUNS
+
+METRICS = ("train_loss", "test_loss", "test_accuracy", "test_macro_f1", "test_score")
+
+
+def commit() -> str:
+    """The commit of this checkout, ``+dirty`` when it has uncommitted changes."""
+    here = Path(__file__).parent
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return f"{sha}+dirty" if dirty else sha or "unknown"
+
+
+def recheck(run: RunDir, rounds: int, scratch: Path) -> list[list[object]]:
+    """The comparison lines: round, metric, the run's value, the re-run's, equal bit for bit."""
+    original = {row.round: row for row in run.metrics()}
+    config = load_config(run.config_file).replace(
+        {"run.rounds": rounds, "run.out_dir": str(scratch)}
+    )
+    rerun = run_experiment(
+        build_experiment(config), RunDir.create(scratch, config, overwrite=True)
+    ).metrics
+    code = commit()
+    lines: list[list[object]] = []
+    for row in rerun:
+        for metric in METRICS:
+            before, after = getattr(original[row.round], metric), getattr(row, metric)
+            if before is None or after is None or not math.isfinite(before):
+                continue  # not recorded by both (e.g. a round the longer run did not evaluate)
+            lines.append([row.round, metric, before, after, before == after, code])
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="SUITE/RUN, a finished run under runs/experiments")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds to re-run (default 4)")
+    args = parser.parse_args(argv)
+    suite, _, name = args.run.partition("/")
+    run = RunDir(RUNS / suite / name)
+    if not name or not run.is_finished():
+        parser.error(f"{args.run}: not a finished run under {RUNS}")
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    with tempfile.TemporaryDirectory(prefix="fedlora-recheck-") as tmp:
+        lines = recheck(run, args.rounds, Path(tmp) / "run")
+    path = RESULTS / suite / "recheck.csv"
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "round", "metric", "original", "rerun", "equal", "rerun_commit"])
+        writer.writerows([name, *line] for line in lines)
+    unequal = sum(not line[4] for line in lines)
+    print(f"{args.run}: {len(lines)} values compared, {unequal} differ -> {path}")
+    return 1 if unequal or not lines else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
