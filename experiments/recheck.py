@@ -5,10 +5,14 @@ this checks that later code computes the same numbers.  One finished run's own c
 (``config.toml``) is run again with the code this script imports, in a scratch directory, for its
 first ``--rounds`` rounds (client sampling, data and initialisation depend on the seed and the
 round, not on the number of rounds), and every metric both runs recorded is compared.  The result
-goes to ``docs/results/<suite>/recheck.csv``: per round and metric, both values, whether they are
-equal bit for bit, and the commit that re-ran it.
+is added to ``docs/results/<suite>/recheck.csv`` (replacing an earlier recheck of the same run by
+the same code and overrides): per round and metric, both values, whether they are
+equal bit for bit, their relative difference, and the commit (and any ``--set`` override) that
+re-ran it.  Run it with the suites' thread count (``OMP_NUM_THREADS=1``): threads change the
+order of float sums.  ``--set`` pins an option whose default changed since (for example
+``"aggregation.options={svd='factored'}"``) to find what moved a number.
 
-    python experiments/recheck.py SUITE/RUN [--rounds 4]
+    python experiments/recheck.py SUITE/RUN [--rounds 4] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import csv
 import math
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedlora.config import load_config
@@ -26,16 +31,18 @@ from fedlora.runs import RunDir
 from suites import RESULTS, RUNS
 
 METRICS = ("train_loss", "test_loss", "test_accuracy", "test_macro_f1", "test_score")
+COLUMNS = ("run", "round", "metric", "original", "rerun", "equal", "relative_diff", "rerun_by")
 
 
 def commit() -> str:
-    """The commit of this checkout, ``+dirty`` when it has uncommitted changes."""
+    """The commit of this checkout, ``+dirty`` when the library (``src/``) has uncommitted
+    changes: the code that computed the numbers is then not the commit's."""
     here = Path(__file__).parent
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
     ).stdout.strip()
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "../src"],
         cwd=here,
         capture_output=True,
         text=True,
@@ -43,23 +50,27 @@ def commit() -> str:
     return f"{sha}+dirty" if dirty else sha or "unknown"
 
 
-def recheck(run: RunDir, rounds: int, scratch: Path) -> list[list[object]]:
-    """The comparison lines: round, metric, the run's value, the re-run's, equal bit for bit."""
+def recheck(
+    run: RunDir, rounds: int, scratch: Path, overrides: Sequence[str] = ()
+) -> list[list[object]]:
+    """The comparison lines: round, metric, the run's value, the re-run's, equal bit for bit,
+    the relative difference, and what re-ran it."""
     original = {row.round: row for row in run.metrics()}
-    config = load_config(run.config_file).replace(
+    config = load_config(run.config_file, overrides).replace(
         {"run.rounds": rounds, "run.out_dir": str(scratch)}
     )
     rerun = run_experiment(
         build_experiment(config), RunDir.create(scratch, config, overwrite=True)
     ).metrics
-    code = commit()
+    code = " ".join([commit(), *overrides])
     lines: list[list[object]] = []
     for row in rerun:
         for metric in METRICS:
             before, after = getattr(original[row.round], metric), getattr(row, metric)
             if before is None or after is None or not math.isfinite(before):
                 continue  # not recorded by both (e.g. a round the longer run did not evaluate)
-            lines.append([row.round, metric, before, after, before == after, code])
+            relative = abs(after - before) / max(abs(before), 1e-30)
+            lines.append([row.round, metric, before, after, before == after, relative, code])
     return lines
 
 
@@ -67,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="SUITE/RUN, a finished run under runs/experiments")
     parser.add_argument("--rounds", type=int, default=4, help="rounds to re-run (default 4)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override"
+    )
     args = parser.parse_args(argv)
     suite, _, name = args.run.partition("/")
     run = RunDir(RUNS / suite / name)
@@ -75,14 +89,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory(prefix="fedlora-recheck-") as tmp:
-        lines = recheck(run, args.rounds, Path(tmp) / "run")
+        lines = recheck(run, args.rounds, Path(tmp) / "run", args.set)
     path = RESULTS / suite / "recheck.csv"
+    kept = []  # earlier rechecks of other runs, or by other code or overrides
+    if path.exists():
+        with path.open(encoding="utf-8") as handle:
+            kept = [
+                row
+                for row in csv.reader(handle)
+                if row[0] != "run" and (row[0], row[-1]) != (name, lines[0][-1] if lines else "")
+            ]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run", "round", "metric", "original", "rerun", "equal", "rerun_commit"])
-        writer.writerows([name, *line] for line in lines)
+        writer.writerow(COLUMNS)
+        writer.writerows([*kept, *([name, *line] for line in lines)])
     unequal = sum(not line[4] for line in lines)
-    print(f"{args.run}: {len(lines)} values compared, {unequal} differ -> {path}")
+    largest = max((float(line[5]) for line in lines), default=0.0)  # type: ignore[arg-type]
+    print(
+        f"{args.run}: {len(lines)} values compared, {unequal} differ (largest relative "
+        f"difference {largest:.1e}) -> {path}"
+    )
     return 1 if unequal or not lines else 0
 
 
