@@ -225,8 +225,13 @@ def write_energy(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: 
     return True
 
 
+ERROR_FLOOR = 1e-6
+
+
 def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
-    """One panel per cell: per module, ``1 - energy kept`` for each client rank (mean)."""
+    """One panel per cell: per module, ``1 - energy kept`` for each client rank (mean over rounds
+    and seeds), on a log scale: the errors span orders of magnitude (floored at 1e-6, where a
+    rank holds the whole stacked update)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -241,12 +246,16 @@ def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
     for axis, (cell, by_rank) in zip(axes[0], errors.items(), strict=True):
         modules = sorted({m for by_module in by_rank.values() for m in by_module})
         for rank, by_module in sorted(by_rank.items()):
-            means = [statistics.fmean(by_module.get(m, [float("nan")])) for m in modules]
+            means = [
+                max(statistics.fmean(by_module.get(m, [float("nan")])), ERROR_FLOOR)
+                for m in modules
+            ]
             axis.plot(range(len(modules)), means, marker=".", label=f"rank {rank}")
         axis.set_title(cell)
         axis.set_xlabel("module (by name)")
         axis.set_ylabel("SVD truncation error (1 - energy kept)")
-        axis.set_ylim(0, 1)
+        axis.set_yscale("log")
+        axis.set_ylim(ERROR_FLOOR / 2, 1)
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=80)
