@@ -247,8 +247,9 @@ def round_child(args: argparse.Namespace) -> int:
             )
             row = driver.run(transport).metrics[-1]
         phases.mark("run report written")
-    for label in ("round 1 train", "round 1 aggregate", "round 1 evaluate", "run report written"):
-        memory = phases.memory[label]  # read after the per-client peak resets: restore the peak
+    labels = list(phases.memory)  # in the order read; the resets start in round 1's train phase
+    for label in labels[labels.index("round 1 train") :]:
+        memory = phases.memory[label]
         memory["hwm_mb"] = transport.process_peak_mb(memory["hwm_mb"])
     tiers = dict(zip(row.clients, row.extra["tiers"], strict=True))
     by_tier: dict[str, list[dict[str, Any]]] = {}

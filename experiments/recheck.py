@@ -52,9 +52,9 @@ def commit() -> str:
 
 def recheck(
     run: RunDir, rounds: int, scratch: Path, overrides: Sequence[str] = ()
-) -> list[list[object]]:
+) -> list[tuple[int, str, float, float, bool, float]]:
     """The comparison lines: round, metric, the run's value, the re-run's, equal bit for bit,
-    the relative difference, and what re-ran it."""
+    and the relative difference."""
     original = {row.round: row for row in run.metrics()}
     config = load_config(run.config_file, overrides).replace(
         {"run.rounds": rounds, "run.out_dir": str(scratch)}
@@ -62,15 +62,14 @@ def recheck(
     rerun = run_experiment(
         build_experiment(config), RunDir.create(scratch, config, overwrite=True)
     ).metrics
-    code = " ".join([commit(), *overrides])
-    lines: list[list[object]] = []
+    lines = []
     for row in rerun:
         for metric in METRICS:
             before, after = getattr(original[row.round], metric), getattr(row, metric)
             if before is None or after is None or not math.isfinite(before):
                 continue  # not recorded by both (e.g. a round the longer run did not evaluate)
             relative = abs(after - before) / max(abs(before), 1e-30)
-            lines.append([row.round, metric, before, after, before == after, relative, code])
+            lines.append((row.round, metric, before, after, before == after, relative))
     return lines
 
 
@@ -90,21 +89,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory(prefix="fedlora-recheck-") as tmp:
         lines = recheck(run, args.rounds, Path(tmp) / "run", args.set)
+    rerun_by = " ".join([commit(), *args.set])
     path = RESULTS / suite / "recheck.csv"
     kept = []  # earlier rechecks of other runs, or by other code or overrides
     if path.exists():
         with path.open(encoding="utf-8") as handle:
-            kept = [
-                row
-                for row in csv.reader(handle)
-                if row[0] != "run" and (row[0], row[-1]) != (name, lines[0][-1] if lines else "")
-            ]
+            rows = list(csv.reader(handle))[1:]
+        kept = [row for row in rows if (row[0], row[-1]) != (name, rerun_by)]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        writer.writerows([*kept, *([name, *line] for line in lines)])
+        writer.writerows([*kept, *([name, *line, rerun_by] for line in lines)])
     unequal = sum(not line[4] for line in lines)
-    largest = max((float(line[5]) for line in lines), default=0.0)  # type: ignore[arg-type]
+    largest = max((line[5] for line in lines), default=0.0)
     print(
         f"{args.run}: {len(lines)} values compared, {unequal} differ (largest relative "
         f"difference {largest:.1e}) -> {path}"
