@@ -10,6 +10,10 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``convergence.csv`` / ``convergence.md``: per run the mean of the headline metric over every
   evaluated round after round 0 (the area under its curve: higher is faster learning) and the
   first round that reaches each of ``THRESHOLDS``; the table gives mean ± std over seeds;
+- ``contrasts.csv`` / ``contrasts.md`` for suites that declare ``[contrasts]``: per pair of
+  cells (A, B) and per seed both finished, both curves' means over rounds and final values; the
+  table gives the mean ± std of the paired difference A − B and in how many seeds A is ahead
+  (with three seeds, the per-seed signs say more than a mean);
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
 - ``baselines.csv``: per seed, every metric of the untuned model and of each trivial baseline
   (the same for every cell of a seed, read from round 0 of its first finished run);
@@ -42,7 +46,7 @@ from typing import Any
 from fedlora.errors import ConfigError
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
 from fedlora.runs import RoundMetrics, RunDir, headline
-from suites import RESULTS, Suite, all_suites
+from suites import RESULTS, CellRef, Suite, all_suites
 
 ROUND_COLUMNS = (
     "test_loss",
@@ -117,18 +121,32 @@ def write_promotions(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path
 THRESHOLDS = (0.6, 0.7)
 
 
+def _curve(rows: list[RoundMetrics]) -> list[tuple[int, float]]:
+    """(round, headline metric) of every evaluated round after round 0 (the untuned model)."""
+    metric = headline(rows)
+    values = [(r.round, metric.value(r)) for r in rows if r.evaluated and r.round > 0]
+    return [(n, v) for n, v in values if v is not None]
+
+
+def mean_over_rounds(rows: list[RoundMetrics]) -> float:
+    """The curve's mean: the area under it, higher for a run that learns faster."""
+    return statistics.fmean(v for _, v in _curve(rows))
+
+
+def final_value(rows: list[RoundMetrics]) -> float:
+    """The headline metric after the last evaluated round."""
+    return _curve(rows)[-1][1]
+
+
 def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> None:
     """How fast each run learns: its curve's mean and the first round past each threshold."""
     lines = []
     for cell, seeds in runs.items():
         for seed, rows in seeds:
             metric = headline(rows)
-            curve = [(r.round, metric.value(r)) for r in rows if r.evaluated and r.round > 0]
-            values = [v for _, v in curve if v is not None]
-            firsts = [
-                next((n for n, v in curve if v is not None and v >= t), None) for t in THRESHOLDS
-            ]
-            lines.append([cell, seed, metric.label, statistics.fmean(values), *firsts])
+            curve = _curve(rows)
+            firsts = [next((n for n, v in curve if v >= t), None) for t in THRESHOLDS]
+            lines.append([cell, seed, metric.label, mean_over_rounds(rows), *firsts])
     with (folder / "convergence.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         reached = [f"first_round_at_{t:g}" for t in THRESHOLDS]
@@ -195,14 +213,13 @@ def write_seen_tasks(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fold
     return True
 
 
-def _spread(values: list[float | None]) -> str:
-    """``mean ± sample std`` of the values measured (``—`` if none)."""
+def _spread(values: list[float | None], signed: bool = False) -> str:
+    """``mean ± sample std`` of the values measured (``—`` if none), ``+`` shown if ``signed``."""
     known = [v for v in values if v is not None]
     if not known:
         return "—"
-    if len(known) == 1:
-        return f"{known[0]:.3f}"
-    return f"{statistics.fmean(known):.3f} ± {statistics.stdev(known):.3f}"
+    mean = f"{statistics.fmean(known):{'+' if signed else ''}.3f}"
+    return mean if len(known) == 1 else f"{mean} ± {statistics.stdev(known):.3f}"
 
 
 def write_energy(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
@@ -262,27 +279,94 @@ def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def panel_runs(suite: Suite) -> dict[str, dict[str, list[list[RoundMetrics]]]]:
+class FinishedRuns:
+    """The finished runs of a suite and of the other suites its panels and contrasts name."""
+
+    def __init__(self, suite: Suite) -> None:
+        self.suite = suite
+        self.runs = {suite.name: finished_runs(suite)}
+        self.cells = {suite.name: list(suite.cells)}
+
+    def matching(
+        self, ref: CellRef, where: str
+    ) -> list[tuple[str, list[tuple[int, list[RoundMetrics]]]]]:
+        """Each cell ``ref`` names and its finished (seed, metrics); a name of no cell fails."""
+        source = ref.suite or self.suite.name
+        if source not in self.runs:
+            (other,) = all_suites([source])
+            self.runs[source], self.cells[source] = finished_runs(other), list(other.cells)
+        matched = [cell for cell in self.cells[source] if fnmatch(cell, ref.cell)]
+        if not matched:
+            raise ConfigError(f"suite {self.suite.name}: {where}: no cell {ref.pattern!r}")
+        return [(cell, self.runs[source].get(cell, [])) for cell in matched]
+
+
+def panel_runs(finished: FinishedRuns) -> dict[str, dict[str, list[list[RoundMetrics]]]]:
     """Per panel of the suite, per line label, the metrics of every finished run it shows."""
-    finished = {suite.name: finished_runs(suite)}
-    cells = {suite.name: list(suite.cells)}
     panels: dict[str, dict[str, list[list[RoundMetrics]]]] = {}
-    for title, entries in suite.panels.items():
+    for title, entries in finished.suite.panels.items():
         lines: dict[str, list[list[RoundMetrics]]] = {}
         for entry in entries:
-            source = entry.suite or suite.name
-            if source not in finished:
-                (other,) = all_suites([source])
-                finished[source], cells[source] = finished_runs(other), list(other.cells)
-            matched = [cell for cell in cells[source] if fnmatch(cell, entry.cell)]
-            if not matched:
-                raise ConfigError(f"suite {suite.name}: panel {title!r}: no cell {entry.pattern!r}")
-            for cell in matched:
-                if cell in finished[source]:
-                    label = entry.label or cell
-                    lines[label] = [rows for _, rows in finished[source][cell]]
+            for cell, seeds in finished.matching(entry, f"panel {title!r}"):
+                if seeds:
+                    lines[entry.label or cell] = [rows for _, rows in seeds]
         panels[title] = lines
     return panels
+
+
+CONTRAST_COLUMNS = (
+    "contrast",
+    "a",
+    "b",
+    "seed",
+    "metric",
+    "a_mean_over_rounds",
+    "b_mean_over_rounds",
+    "a_final",
+    "b_final",
+)
+
+
+def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
+    """Per contrast, A minus B in every seed both finished: over rounds and after the last
+    round; False if the suite has no contrast with a paired seed yet."""
+    lines = []
+    for title, (a, b) in finished.suite.contrasts.items():
+        ((_, a_seeds),) = finished.matching(a, f"contrast {title!r}")
+        ((_, b_seeds),) = finished.matching(b, f"contrast {title!r}")
+        b_by_seed = dict(b_seeds)
+        for seed, a_rows in a_seeds:
+            if seed in b_by_seed:
+                pair = (a_rows, b_by_seed[seed])
+                values = [f(rows) for f in (mean_over_rounds, final_value) for rows in pair]
+                lines.append([title, a.pattern, b.pattern, seed, headline(a_rows).label, *values])
+    if not lines:
+        return False
+    with (folder / "contrasts.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CONTRAST_COLUMNS)
+        writer.writerows(lines)
+    table = [
+        "| contrast (A − B) | seeds | over rounds: A, B | A − B | per seed | A ahead "
+        "| after the last round: A, B | A − B | per seed | A ahead |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for title in dict.fromkeys(line[0] for line in lines):
+        mine = [line for line in lines if line[0] == title]
+        cells = [f"| {title} | {', '.join(str(line[3]) for line in mine)}"]
+        for a_column in (5, 7):
+            a_values = [line[a_column] for line in mine]
+            b_values = [line[a_column + 1] for line in mine]
+            differences = [x - y for x, y in zip(a_values, b_values, strict=True)]
+            cells += [
+                f"{statistics.fmean(a_values):.3f}, {statistics.fmean(b_values):.3f}",
+                _spread(differences, signed=True),
+                ", ".join(f"{d:+.3f}" for d in differences),
+                f"{sum(d > 0 for d in differences)} of {len(differences)}",
+            ]
+        table.append(" | ".join(cells) + " |")
+    (folder / "contrasts.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    return True
 
 
 def report(suite: Suite) -> Path | None:
@@ -294,8 +378,10 @@ def report(suite: Suite) -> Path | None:
     by_cell = {cell: [rows for _, rows in seeds] for cell, seeds in runs.items()}
     table = write_comparison(comparison_rows(by_cell), folder)
     plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
+    finished = FinishedRuns(suite)
     if suite.panels:
-        plot_panels(panel_runs(suite), folder / "figure.png", suite.description or suite.name)
+        plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
+    write_contrasts(finished, folder)
     write_rounds(runs, folder / "rounds.csv")
     write_convergence(runs, folder)
     write_baselines(runs, folder / "baselines.csv")

@@ -16,9 +16,13 @@ Suite file::
     [panels]                           # optional: figure.png, one panel per entry
     "rank 20 at random" = ["fedit*", "*, random"]
     "from other suites" = [{label = "10 %", cell = "other_suite/replication, random"}]
+    [contrasts]                        # optional: contrasts.md, A minus B paired by seed
+    "replication - zero padding" = ["replication, random", "zero_padding, random"]
 
 A panel lists cell patterns (shell-style; ``suite/cell`` takes a cell of another suite's runs),
-each optionally with the label its line gets (default: the cell's name).
+each optionally with the label its line gets (default: the cell's name).  A contrast names two
+cells exactly (``suite/cell`` again for another suite's): the claims of the papers are
+comparisons, and a comparison over a few seeds is read seed by seed.
 """
 
 from __future__ import annotations
@@ -61,8 +65,9 @@ class Job:
 
 
 @dataclass(frozen=True)
-class PanelEntry:
-    """The cells (a pattern, ``suite/`` first for another suite's) one figure panel shows."""
+class CellRef:
+    """Cells named by a panel's line or a contrast's side: a pattern, ``suite/`` first for
+    another suite's cells."""
 
     pattern: str
     label: str | None = None
@@ -83,7 +88,8 @@ class Suite:
     seeds: tuple[int, ...]
     cells: dict[str, tuple[str, ...]]
     jobs: tuple[Job, ...]
-    panels: dict[str, tuple[PanelEntry, ...]] = field(default_factory=dict)
+    panels: dict[str, tuple[CellRef, ...]] = field(default_factory=dict)
+    contrasts: dict[str, tuple[CellRef, CellRef]] = field(default_factory=dict)
 
 
 def load_suite(path: Path) -> Suite:
@@ -92,7 +98,7 @@ def load_suite(path: Path) -> Suite:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    unknown = set(data) - {"description", "config", "seeds", "set", "cells", "panels"}
+    unknown = set(data) - {"description", "config", "seeds", "set", "cells", "panels", "contrasts"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     config_path = REPO / data["config"] if data.get("config") else None
@@ -123,18 +129,32 @@ def load_suite(path: Path) -> Suite:
         str(title): tuple(_panel_entry(path, str(title), entry) for entry in entries)
         for title, entries in data.get("panels", {}).items()
     }
+    contrasts = {
+        str(title): _contrast(path, str(title), pair)
+        for title, pair in data.get("contrasts", {}).items()
+    }
     description = str(data.get("description", ""))
-    return Suite(path.stem, description, seeds, cells, tuple(jobs), panels)
+    return Suite(path.stem, description, seeds, cells, tuple(jobs), panels, contrasts)
 
 
-def _panel_entry(path: Path, title: str, entry: object) -> PanelEntry:
+def _panel_entry(path: Path, title: str, entry: object) -> CellRef:
     if isinstance(entry, str):
-        return PanelEntry(entry)
+        return CellRef(entry)
     if isinstance(entry, dict) and set(entry) == {"label", "cell"}:
-        return PanelEntry(str(entry["cell"]), str(entry["label"]))
+        return CellRef(str(entry["cell"]), str(entry["label"]))
     raise ConfigError(
         f"{path}: panels.{title!r}: {entry!r} is neither a cell pattern nor {{label, cell}}"
     )
+
+
+def _contrast(path: Path, title: str, pair: object) -> tuple[CellRef, CellRef]:
+    if (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(isinstance(cell, str) and not set(cell) & set("*?[") for cell in pair)
+    ):
+        return CellRef(pair[0]), CellRef(pair[1])
+    raise ConfigError(f"{path}: contrasts.{title!r}: {pair!r} is not two cell names [A, B]")
 
 
 def all_suites(names: list[str] | None = None) -> list[Suite]:

@@ -202,6 +202,58 @@ def test_every_panel_names_cells_that_exist() -> None:
         assert any(fnmatch(cell, entry.cell) for cell in cells), (suite.name, entry)
 
 
+def test_every_contrast_names_two_cells_that_exist() -> None:
+    by_name = {suite.name: suite for suite in ALL}
+    sides = [(s, ref) for s in ALL for pair in s.contrasts.values() for ref in pair]
+    assert {s.name for s, _ in sides} >= {"byun_lee_fig2_agnews", "flexlora_populations_dbpedia"}
+    for suite, ref in sides:
+        assert ref.cell in by_name[ref.suite or suite.name].cells, (suite.name, ref)
+
+
+@pytest.mark.parametrize("pair", ['["a"]', '["a", "b*"]', '"a"', '["a", 1]'])
+def test_a_contrast_must_name_two_cells_exactly(tmp_path: Path, pair: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[cells.a]\nset = []\n[contrasts]\n"c" = {pair}\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"contrasts\.'c': .* is not two cell names \[A, B\]"):
+        SUITES.load_suite(path)
+
+
+def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
+    """A - B per seed over rounds and at the end; seed 2 of A has no B to pair with."""
+    report = _experiment_module("report")
+    start = replace(_row(1, 0.25, 0.1), round=0)  # the untuned model: not in the curve
+
+    def rows(curve: list[float]) -> list[Any]:
+        return [start, *(_row(i + 1, a, 0.1) for i, a in enumerate(curve))]
+
+    suite = SUITES.Suite(
+        "s",
+        "",
+        (0, 1, 2),
+        {"a": (), "b": ()},
+        (),
+        contrasts={"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))},
+    )
+    finished = report.FinishedRuns(suite)
+    finished.runs["s"] = {
+        "a": [(0, rows([0.6, 0.8])), (1, rows([0.4, 0.5])), (2, rows([0.9, 0.9]))],
+        "b": [(0, rows([0.4, 0.6])), (1, rows([0.5, 0.6]))],
+    }
+    assert report.write_contrasts(finished, tmp_path)
+    with (tmp_path / "contrasts.csv").open(encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    assert [line["seed"] for line in lines] == ["0", "1"]
+    assert [float(line["a_mean_over_rounds"]) for line in lines] == pytest.approx([0.7, 0.45])
+    assert [float(line["b_final"]) for line in lines] == pytest.approx([0.6, 0.6])
+    table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
+    assert table[2] == (
+        "| a - b | 0, 1 | 0.575, 0.525 | +0.050 ± 0.212 | +0.200, -0.100 | 1 of 2 "
+        "| 0.650, 0.600 | +0.050 ± 0.212 | +0.200, -0.100 | 1 of 2 |"
+    )
+    finished.runs["s"]["b"] = []
+    assert not report.write_contrasts(finished, tmp_path / "none")
+
+
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[cells.a]\nset = []\n[panels]\n"p" = [{name = "x"}]\n', encoding="utf-8")
