@@ -96,9 +96,10 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
     state = final_state(run)
     evaluation = experiment.evaluate(state)
     reported = run.metrics()[-1].test_accuracy
-    if reported is None or not math.isclose(evaluation.accuracy, reported, abs_tol=1e-6):
+    accuracy = evaluation.accuracy
+    if accuracy is None or reported is None or not math.isclose(accuracy, reported, abs_tol=1e-6):
         raise SystemExit(
-            f"{run.path}: the checkpoint's model scores {evaluation.accuracy}, the run reported "
+            f"{run.path}: the checkpoint's model scores {accuracy}, the run reported "
             f"{reported}: not the run's final model"
         )
     share, low_norm, high_norm = slot_norms(state, low)

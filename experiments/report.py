@@ -140,13 +140,13 @@ def final_value(rows: list[RoundMetrics]) -> float:
 
 def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> None:
     """How fast each run learns: its curve's mean and the first round past each threshold."""
-    lines = []
+    lines: list[list[Any]] = []  # CSV rows: cell, seed, metric, mean, first round per threshold
     for cell, seeds in runs.items():
         for seed, rows in seeds:
             metric = headline(rows)
             curve = _curve(rows)
-            firsts = [next((n for n, v in curve if v >= t), None) for t in THRESHOLDS]
-            lines.append([cell, seed, metric.label, mean_over_rounds(rows), *firsts])
+            first_rounds = [next((n for n, v in curve if v >= t), None) for t in THRESHOLDS]
+            lines.append([cell, seed, metric.label, mean_over_rounds(rows), *first_rounds])
     with (folder / "convergence.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         reached = [f"first_round_at_{t:g}" for t in THRESHOLDS]
@@ -196,8 +196,8 @@ def write_seen_tasks(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fold
         writer = csv.writer(handle)
         writer.writerow(["method", "seed", *(f"seen_{k}" for k in SEEN), "unseen_score"])
         for method in order:
-            rows = sorted(lines[method].items())
-            writer.writerows([method, seed, *values] for seed, values in rows)
+            by_seed = sorted(lines[method].items())
+            writer.writerows([method, seed, *values] for seed, values in by_seed)
     table = [
         "| method | seeds | seen-task score | per seed | seen-task Rouge-L | unseen-task score |",
         "|---|---|---|---|---|---|",
@@ -330,7 +330,7 @@ CONTRAST_COLUMNS = (
 def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
     """Per contrast, A minus B in every seed both finished: over rounds and after the last
     round; False if the suite has no contrast with a paired seed yet."""
-    lines = []
+    lines: list[list[Any]] = []  # CSV rows: CONTRAST_COLUMNS
     for title, (a, b) in finished.suite.contrasts.items():
         ((_, a_seeds),) = finished.matching(a, f"contrast {title!r}")
         ((_, b_seeds),) = finished.matching(b, f"contrast {title!r}")
