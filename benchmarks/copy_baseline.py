@@ -56,7 +56,7 @@ def all_tasks(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
 def unseen(config: ExperimentConfig) -> dict[str, Any]:
     """The copy on the held-out test tasks of ``config``, scored as the evaluator scores it."""
     split = split_instructions(config, load_instructions(config), None)
-    scores = copy_input_scores(split.test.examples, split.test_task_sizes)
+    scores = copy_input_scores(split.test.examples, split.task_sizes)
     metric = {ex.task: ex.metric for ex in split.test.examples}
     return {
         "num_clients": config.run.num_clients,
