@@ -398,7 +398,8 @@ def singular_values(B: np.ndarray, A: np.ndarray) -> np.ndarray:
     B64 = torch.from_numpy(B).double()
     A64 = torch.from_numpy(A).double()
     L = torch.linalg.cholesky(A64 @ A64.T)
-    return torch.linalg.svdvals(B64 @ L).numpy()
+    values: torch.Tensor = torch.linalg.svdvals(B64 @ L)  # torch.linalg is untyped (Any)
+    return values.numpy()
 
 
 def max_relative_error(values: np.ndarray, reference: np.ndarray) -> float:

@@ -56,8 +56,9 @@ def reset_peak_rss() -> bool:
 def quiet_transformers() -> None:
     from transformers.utils import logging
 
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    # transformers leaves these two helpers unannotated
+    logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def set_threads(threads: int) -> int:

@@ -168,7 +168,9 @@ def child_aggregate(args: argparse.Namespace) -> dict[str, Any]:
     state = flex.aggregate(updates, previous, validated=True, into=into)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     status = proc_status_mb()
-    state_bytes = 4 * sum(flex.max_rank * (out + inp) for out, inp in shapes.values())
+    rank = flex.max_rank
+    assert rank is not None  # configure_federation set it
+    state_bytes = 4 * sum(rank * (out + inp) for out, inp in shapes.values())
     sampled = {
         f"{name}/{which}": getattr(state.modules[name], which).contiguous()
         for name in sampled_modules_of(shapes)

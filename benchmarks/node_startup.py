@@ -45,7 +45,7 @@ from typing import Any
 
 from bench_env import REPO, RESULTS  # first: the offline environment and $FEDLORA_DATA
 
-CONFIGS = {
+CONFIGS: dict[str, tuple[str | None, list[str]]] = {
     "MiniLM, AG News, 20 clients (default)": (None, []),
     "SmolLM2, generated tasks, 80 clients": (str(REPO / "configs/instruct_smollm2.toml"), []),
 }

@@ -31,8 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "experiments"))
 from suites import all_suites  # noqa: E402  (the experiments folder is no package)
 
-QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-
 
 def overrides(suite: str, cell: str, rounds: int, quick: bool) -> list[str]:
     """The suite cell's overrides at seed 0, cut to ``rounds`` rounds (and smaller if quick)."""
@@ -57,10 +55,18 @@ def run_pair(base: list[str], side_by_side: bool, root: Path, log: Log) -> float
         )
     start = time.perf_counter()
     if side_by_side:
-        processes = [subprocess.Popen(c, env=env, **QUIET) for c in commands]
+        processes = [
+            subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for c in commands
+        ]
         codes = [p.wait() for p in processes]
     else:
-        codes = [subprocess.run(c, env=env, check=False, **QUIET).returncode for c in commands]
+        codes = [
+            subprocess.run(
+                c, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            ).returncode
+            for c in commands
+        ]
     seconds = time.perf_counter() - start
     if any(codes):
         raise RuntimeError(f"a run failed (exit codes {codes}); run one of {commands[0]}")

@@ -61,6 +61,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +152,11 @@ def measure_overhead(args: argparse.Namespace, threads: int, log: Log) -> dict[s
         with StepWindows(experiment.model.model) as windows:
             phases = Phases(windows)
             run_experiment(experiment, run_dir, on_phase=phases)
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     for r in range(1, config.run.rounds + 1):
         wall, steps = phases.wall(r), phases.steps[r]
         buckets = round_buckets(wall, phases.seconds[r], steps["train"]["window_s"])
-        entry = {
+        entry: dict[str, Any] = {
             "round": r,
             "wall_s": wall,
             "steps": steps["train"]["steps"],
@@ -313,7 +314,9 @@ def measure_train_step(args: argparse.Namespace, log: Log) -> dict[str, Any]:
         raise RuntimeError("fedlora and the bare loop train different parameters")
     batches = step_batches(steps + warmup, args.seed, tokenizer)
     warm, timed = batches[:warmup], batches[warmup:]
-    loops = {
+    loops: dict[
+        str, tuple[Callable[[], None], Callable[[list[dict[str, torch.Tensor]]], float]]
+    ] = {
         "fedlora": (
             lambda: adapted.load(initial.modules, initial.dense),
             lambda chunk: (

@@ -71,7 +71,11 @@ def child(args: argparse.Namespace) -> int:
         squares[id(parameter)] = float(parameter.grad.pow(2).sum())
 
     train_local(adapted, [small], config, chunked_loss=chunked)  # warm-up
-    hooks = [p.register_post_accumulate_grad_hook(record) for p in adapted.trainable_parameters()]
+    hooks = [
+        # torch leaves register_post_accumulate_grad_hook unannotated
+        p.register_post_accumulate_grad_hook(record)  # type: ignore[no-untyped-call]
+        for p in adapted.trainable_parameters()
+    ]
     reset_peak_rss()
     before = proc_status_mb()["rss_mb"]
     start = time.perf_counter()
