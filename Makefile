@@ -26,6 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/mypy
+	$(BIN)/mypy experiments benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregation.py
