@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/ruff format --check src tests benchmarks experiments
 	$(BIN)/mypy
-	$(BIN)/mypy experiments benchmarks
+	$(BIN)/mypy experiments benchmarks tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregation.py

@@ -54,7 +54,7 @@ def _tasks(pulled: list[int], count: int) -> Iterator[Any]:
 def test_each_reply_is_passed_on_before_the_next_task_is_taken() -> None:
     pulled: list[int] = []
     probe = OneByOne(_Inner(spiky=-1), _Windows())  # type: ignore[arg-type]
-    received = []
+    received: list[int] = []
     for reply in probe.train(_tasks(pulled, 4)):
         assert pulled == list(range(len(received) + 1)), "the probe read ahead of its replies"
         received.append(reply.client)

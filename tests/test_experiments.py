@@ -163,7 +163,9 @@ def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
     whose rank has no slots above ``low`` (its 0.0 is not a measurement)."""
     diagnose = _experiment_module("diagnose")
 
-    def run(cell: str, seed: int, rank: int, share: float, recalls: list[str]) -> list[dict]:
+    def run(
+        cell: str, seed: int, rank: int, share: float, recalls: list[str]
+    ) -> list[dict[str, str]]:
         return [
             {
                 "cell": cell,

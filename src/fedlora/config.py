@@ -514,13 +514,13 @@ class ExperimentConfig(Section):
         "classification",
         description="'classification' (sequence classifier) or 'causal-lm' (instruction tuning).",
     )
-    run: RunSection = Field(default_factory=RunSection)  # type: ignore[arg-type]
-    model: ModelSection = Field(default_factory=ModelSection)  # type: ignore[arg-type]
-    data: DataSection = Field(default_factory=DataSection)  # type: ignore[arg-type]
-    ranks: RanksSection = Field(default_factory=RanksSection)  # type: ignore[arg-type]
-    aggregation: AggregationSection = Field(default_factory=AggregationSection)  # type: ignore[arg-type]
-    train: TrainSection = Field(default_factory=TrainSection)  # type: ignore[arg-type]
-    instruct: InstructSection = Field(default_factory=InstructSection)  # type: ignore[arg-type]
+    run: RunSection = Field(default_factory=RunSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    ranks: RanksSection = Field(default_factory=RanksSection)
+    aggregation: AggregationSection = Field(default_factory=AggregationSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    instruct: InstructSection = Field(default_factory=InstructSection)
 
     @model_validator(mode="before")
     @classmethod

@@ -176,7 +176,7 @@ def test_self_pruning_penalty_matches_definition_and_has_gradients(
     expected = lam * torch.linalg.matrix_norm(B[:, keep:]) * torch.linalg.matrix_norm(A[keep:])
     torch.testing.assert_close(value, expected)
     assume(lam > 0 and keep < 8)
-    value.backward()
+    torch.autograd.backward(value)  # Tensor.backward is unannotated; this is what it calls
     assert A.grad is not None
     assert B.grad is not None
     assert torch.count_nonzero(A.grad[keep:]) > 0

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -71,7 +72,7 @@ def figures(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Figure]]:
 
 def _line(figure: Figure, axes: int, label: str) -> list[float]:
     (line,) = [line for line in figure.axes[axes].get_lines() if line.get_label() == label]
-    return [float(y) for y in line.get_ydata()]
+    return [float(y) for y in np.asarray(line.get_ydata())]  # typed ArrayLike: not iterable
 
 
 def test_progress_shows_macro_f1_beside_accuracy(tmp_path: Path) -> None:
@@ -195,10 +196,13 @@ def test_comparisons_list_the_untuned_model_and_the_baselines_per_seed(
     assert by_name["flexlora"].final_per_seed == (0.6, 0.7)
     plot_comparison({"flexlora": list(runs.values())}, tmp_path / "c.png", "t")
     (figure,) = figures
+    # get_label() is typed object (matplotlib keeps labels as str), get_ydata() ArrayLike.
     baseline = [
-        line for line in figure.axes[0].get_lines() if line.get_label().startswith("majority_class")
+        line
+        for line in figure.axes[0].get_lines()
+        if str(line.get_label()).startswith("majority_class")
     ]
-    assert [line.get_ydata()[0] for line in baseline] == pytest.approx([0.30])
+    assert [np.asarray(line.get_ydata())[0] for line in baseline] == pytest.approx([0.30])
 
 
 def test_a_single_seed_has_no_spread(tmp_path: Path) -> None:

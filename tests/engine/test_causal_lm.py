@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from fedlora.aggregation import available_aggregators
-from fedlora.config import describe_defaults, load_config
-from fedlora.engine import TrainTask, build_experiment, run_experiment
+from fedlora.config import ExperimentConfig, describe_defaults, load_config
+from fedlora.engine import RunResult, TrainTask, build_experiment, run_experiment
 from fedlora.engine.instruction import load_instructions, split_instructions
 from fedlora.errors import ConfigError
 from fedlora.instruct import copy_input_scores, exact_match, rouge_l, tasks_needed, unseen_count
 from fedlora.lora import LoraSettings
-from fedlora.model import IGNORE_INDEX, generate_greedy
+from fedlora.model import IGNORE_INDEX, TokenizedInstructions, generate_greedy
 from fedlora.runs import RunDir, load_checkpoint
 from tests.engine.helpers import tiny_causal_config
 
 pytestmark = pytest.mark.slow
 
 
-def _simulate(config):  # type: ignore[no-untyped-def]
+def _simulate(config: ExperimentConfig) -> RunResult:
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
     return run_experiment(build_experiment(config), run_dir)
 
@@ -161,6 +161,7 @@ def test_response_only_labels_mask_the_prompt(tiny_llama_dir: Path, tmp_path: Pa
     full = build_experiment(
         tiny_causal_config(tiny_llama_dir, tmp_path / "b", **{"instruct.response_only": False})
     ).train
+    assert isinstance(masked, TokenizedInstructions) and isinstance(full, TokenizedInstructions)
     for row in range(len(masked)):
         start, length = int(masked.prompt_lengths[row]), int(masked.lengths[row])
         assert (masked.labels[row, :start] == IGNORE_INDEX).all()
@@ -265,6 +266,7 @@ def test_training_lowers_the_held_out_loss_of_seen_tasks(
     )
     experiment = build_experiment(config)
     before = experiment.evaluate(experiment.initial_state()).loss
+    assert before is not None
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=True)
     rows = run_experiment(experiment, run_dir).metrics
     losses = [row.test_loss for row in rows]

@@ -144,12 +144,14 @@ def test_a_run_killed_while_its_updates_are_on_disk_resumes_to_the_same_numbers(
     # resumed run removes them and ends as the uninterrupted in-memory one.
     reference = _reference(tmp_path_factory, tiny_bert_dir, "flexlora")
     out = tmp_path / "run"
+    # Typed as the **overrides it goes to: a dict[str, str] could, for mypy, hold `rounds`.
+    spill: dict[str, Any] = {"aggregation.spill": "disk"}
     config = write_tiny_config(
         tmp_path / "disk.toml",
         tiny_bert_dir,
         rounds=3,
         options={"ranks": [2, 4, 4, 8]},
-        **{"aggregation.spill": "disk"},
+        **spill,
     )
     assert _fedlora(str(config), "--out", str(out), kill_at="round:aggregate:2") == -9
     stale = sorted(p.name for p in (out / "scratch" / "round-00002").iterdir())

@@ -20,6 +20,7 @@ from fedlora.engine import (
     run_experiment,
     sample_clients,
 )
+from fedlora.engine.transport import ClientRunner
 from fedlora.lora import ClientUpdate, LoraFactors
 from fedlora.runs import RunDir
 from tests.engine.helpers import tiny_config
@@ -294,7 +295,7 @@ def test_a_norm_bound_keeps_one_huge_update_from_stalling_hetlora(
 class RecordingRunner:
     """Wraps a client trainer and records when each client is served and when it trained."""
 
-    def __init__(self, runner: Any, events: list[tuple[str, int]]) -> None:
+    def __init__(self, runner: ClientRunner, events: list[tuple[str, int]]) -> None:
         self.runner = runner
         self.events = events
 

@@ -22,7 +22,7 @@ from tests.engine.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 
-CASES = {
+CASES: dict[str, dict[str, Any]] = {
     "flexlora, server scoring, clipping": {
         "ranks.policy": "loss_based",
         "ranks.options": {"low": 2, "high": 8, "fraction": 0.5, "score_rows": 32},

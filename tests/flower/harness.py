@@ -24,7 +24,8 @@ from filelock import FileLock
 
 from fedlora.config import ExperimentConfig
 from fedlora.engine import run_in_process
-from fedlora.flower.launch import APP_DIR, FlowerProcess, LocalFederation, RunOutcome, TlsFiles
+from fedlora.flower.launch import FlowerProcess, LocalFederation, TlsFiles
+from fedlora.flower.superlink import APP_DIR, RunOutcome
 from fedlora.runs import RoundMetrics, RunDir, load_checkpoint, read_metrics
 from tests.engine.helpers import write_tiny_config
 from tests.flower.tls import write_node_key, write_tls_files

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import torch
 from flwr.app import ConfigRecord, Context, Error, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedlora.aggregation import available_aggregators
@@ -39,8 +41,12 @@ def _server_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client_app._TRAINERS.clear()
 
 
-class FakeGrid:
-    """Routes messages to handlers in this process as Flower routes them to nodes."""
+class FakeGrid(Grid):
+    """Routes messages to handlers in this process as Flower routes them to nodes.
+
+    Only the messaging the transport uses is faked; the run and message factory of a ServerApp's
+    grid are not.
+    """
 
     def __init__(
         self,
@@ -54,10 +60,29 @@ class FakeGrid:
         self.sent: list[Message] = []
         self.replies: dict[str, Message] = {}
 
+    def set_run(self, run: Run) -> None:
+        raise NotImplementedError("the fake grid has no Flower run")
+
+    @property
+    def run(self) -> Run:
+        raise NotImplementedError("the fake grid has no Flower run")
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        raise NotImplementedError("the transport builds its messages itself")
+
     def get_node_ids(self) -> list[int]:
         return list(self.node_configs)
 
-    def send_and_receive(self, messages: Iterable[Message], timeout: float = 0.0) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         ids = self.push_messages(messages)
         return [reply for message_id in ids for reply in self.pull_messages([message_id])]
 
@@ -150,7 +175,7 @@ def test_flower_transport_ends_where_the_in_process_runner_ends(
     tiny_bert_dir: Path, tmp_path: Path, method: str
 ) -> None:
     ranks = [4, 4, 4, 4] if method == "fedit" else [2, 4, 4, 8]
-    overrides = {"aggregation.method": method, "ranks.options": {"ranks": ranks}}
+    overrides: dict[str, Any] = {"aggregation.method": method, "ranks.options": {"ranks": ranks}}
     if method == "flora":
         overrides["run.rounds"] = 3  # clients catch up on merges they missed
     flower = _flower_run(
@@ -261,7 +286,8 @@ def test_flora_nodes_receive_only_the_merges_they_lack(tiny_bert_dir: Path, tmp_
     trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
     for message in trains:
         settings = message.content.config_records[CONFIG]
-        after, round_index = int(settings["merged-after"]), int(settings["server-round"])
+        after, round_index = settings["merged-after"], settings["server-round"]
+        assert isinstance(after, int) and isinstance(round_index, int)
         record = message.content.array_records.get(MERGED)
         keys = set() if record is None else set(record)
         expected = {
@@ -342,7 +368,7 @@ def _echo(message: Message, context: Context, **change: Any) -> Message:
     from fedlora.lora import ClientUpdate, LoraSettings
 
     settings = message.content.config_records[CONFIG]
-    client = int(change.get("client", settings["client"]))  # type: ignore[arg-type]
+    client = int(change.get("client", settings["client"]))
     factors, dense = record_to_factors(
         message.content.array_records[ARRAYS], LoraSettings(16.0), client
     )

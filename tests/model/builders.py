@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -13,12 +13,26 @@ from transformers import (
     BertForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
+    PreTrainedConfig,
 )
 
 VOCAB = 100
 HIDDEN = 32
 NUM_LABELS = 3
 ARCHITECTURES = ("bert", "distilbert", "albert")
+
+ConfigT = TypeVar("ConfigT", bound=PreTrainedConfig)
+
+
+def with_labels(config: ConfigT, num_labels: int) -> ConfigT:
+    """``config`` for a ``num_labels``-way head, set as ``fedlora.model.tiny`` sets it.
+
+    transformers 5's configs take ``num_labels`` as a keyword only through the ``**kwargs`` of
+    their ``__post_init__``, which the typed ``__init__`` does not list; the property's setter
+    gives the same config (the same ``id2label`` and ``label2id``).
+    """
+    config.num_labels = num_labels
+    return config
 
 
 def tiny_model(kind: str, *, seed: int = 0, num_labels: int = NUM_LABELS) -> Any:
@@ -31,47 +45,53 @@ def tiny_model(kind: str, *, seed: int = 0, num_labels: int = NUM_LABELS) -> Any
         torch.manual_seed(seed)
         if kind == "bert":
             model: Any = BertForSequenceClassification(
-                BertConfig(
-                    vocab_size=VOCAB,
-                    hidden_size=HIDDEN,
-                    num_hidden_layers=2,
-                    num_attention_heads=2,
-                    intermediate_size=64,
-                    max_position_embeddings=64,
-                    num_labels=num_labels,
-                    hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0,
+                with_labels(
+                    BertConfig(
+                        vocab_size=VOCAB,
+                        hidden_size=HIDDEN,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        max_position_embeddings=64,
+                        hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0,
+                    ),
+                    num_labels,
                 )
             )
         elif kind == "distilbert":
             model = DistilBertForSequenceClassification(
-                DistilBertConfig(
-                    vocab_size=VOCAB,
-                    dim=HIDDEN,
-                    n_layers=2,
-                    n_heads=2,
-                    hidden_dim=64,
-                    max_position_embeddings=64,
-                    num_labels=num_labels,
-                    dropout=0.0,
-                    attention_dropout=0.0,
-                    seq_classif_dropout=0.0,
+                with_labels(
+                    DistilBertConfig(
+                        vocab_size=VOCAB,
+                        dim=HIDDEN,
+                        n_layers=2,
+                        n_heads=2,
+                        hidden_dim=64,
+                        max_position_embeddings=64,
+                        dropout=0.0,
+                        attention_dropout=0.0,
+                        seq_classif_dropout=0.0,
+                    ),
+                    num_labels,
                 )
             )
         elif kind == "albert":
             model = AlbertForSequenceClassification(
-                AlbertConfig(
-                    vocab_size=VOCAB,
-                    embedding_size=16,
-                    hidden_size=HIDDEN,
-                    num_hidden_layers=2,
-                    num_attention_heads=2,
-                    intermediate_size=64,
-                    max_position_embeddings=64,
-                    num_labels=num_labels,
-                    hidden_dropout_prob=0.0,
-                    attention_probs_dropout_prob=0.0,
-                    classifier_dropout_prob=0.0,
+                with_labels(
+                    AlbertConfig(
+                        vocab_size=VOCAB,
+                        embedding_size=16,
+                        hidden_size=HIDDEN,
+                        num_hidden_layers=2,
+                        num_attention_heads=2,
+                        intermediate_size=64,
+                        max_position_embeddings=64,
+                        hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0,
+                        classifier_dropout_prob=0.0,
+                    ),
+                    num_labels,
                 )
             )
         else:

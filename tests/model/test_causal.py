@@ -48,7 +48,8 @@ def tokenizer(*, pad: bool = True) -> Any:
         single="<bos> $A", special_tokens=[("<bos>", 1)]
     )
     extra = {"pad_token": "<pad>"} if pad else {}
-    return PreTrainedTokenizerFast(
+    # transformers' PreTrainedTokenizerFast.__init__ is unannotated.
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>", **extra
     )
 
@@ -137,7 +138,7 @@ def test_tiered_ranks_give_peft_shapes_and_the_explicit_update(kind: str) -> Non
 
     # One module: PEFT's layer computes x (W + s B A)^T + b, with s = alpha / r.
     q_proj = "model.layers.0.self_attn.q_proj"
-    layer = adapted.model.get_submodule(q_proj)
+    layer: Any = adapted.model.get_submodule(q_proj)  # PEFT's LoRA layer (get_base_layer)
     x = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
     f = factors[q_proj]
     weight = adapted.base_weight(q_proj) + (16.0 / 4) * f.B @ f.A
@@ -430,7 +431,8 @@ def test_chunked_lm_loss_equals_the_unchunked_loss(kind: str, chunk_rows: int | 
     assert any((b["attention_mask"] == 0).any() for b in batches)  # there is padding
     expected, tokens = unchunked_loss(adapted.model, batches)
     head_rows: list[int] = []
-    head = adapted.model.get_output_embeddings()
+    network: Any = adapted.model  # a transformers model: get_output_embeddings is not nn.Module's
+    head = network.get_output_embeddings()
     hook = head.register_forward_hook(lambda _, args, __: head_rows.append(args[0][..., 0].numel()))
     try:
         result = evaluate_lm(adapted, batches, chunk_rows=chunk_rows)
@@ -453,7 +455,8 @@ def test_a_model_whose_logits_are_soft_capped_is_scored_whole() -> None:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = Gemma2ForCausalLM(
+        # The ignore is for .eval() below: transformers' PreTrainedModel.eval is unannotated.
+        model = Gemma2ForCausalLM(  # type: ignore[no-untyped-call]
             Gemma2Config(
                 vocab_size=len(WORDS),
                 hidden_size=32,

@@ -114,7 +114,8 @@ def layer_calls(adapted: AdaptedModel, steps: int) -> tuple[int, Tensor]:
     the backward needs, before the MLP returns).
     """
     calls = []
-    mlp = adapted.model.get_decoder().layers[0].mlp
+    network: Any = adapted.model  # a transformers model: get_decoder is not nn.Module's
+    mlp = network.get_decoder().layers[0].mlp
     hook = mlp.register_forward_pre_hook(lambda *_: calls.append(1))
     data = TokenizedInstructions.from_pairs(["w1 w2", "w3"], ["w4 w5", "w6"], tokenizer(), 16)
     try:

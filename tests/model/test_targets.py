@@ -14,7 +14,7 @@ from fedlora.model import (
     resolve_head,
     resolve_targets,
 )
-from tests.model.builders import tiny_model
+from tests.model.builders import tiny_model, with_labels
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_three_attention_projections_reproduce_byun_and_lees_counts() -> None:
 
     from fedlora.model import AdaptedModel
 
-    model = DistilBertForSequenceClassification(DistilBertConfig(num_labels=4))
+    model = DistilBertForSequenceClassification(with_labels(DistilBertConfig(), 4))
     shapes = AdaptedModel(model, ["q_lin", "k_lin", "v_lin"]).module_shapes()
 
     def params(rank: int) -> int:
@@ -120,5 +120,5 @@ def test_three_attention_projections_reproduce_byun_and_lees_counts() -> None:
     assert params(20) == 552_960
     assert params(7) == 193_536  # their equal-budget homogeneous baseline
     assert abs((0.1 * params(20) + 0.9 * params(5)) - 179_715) < 5
-    default = DistilBertForSequenceClassification(DistilBertConfig(num_labels=4))
+    default = DistilBertForSequenceClassification(with_labels(DistilBertConfig(), 4))
     assert sum(20 * (o + i) for o, i in AdaptedModel(default).module_shapes().values()) != 552_960

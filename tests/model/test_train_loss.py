@@ -62,7 +62,11 @@ def step_gradients(
         assert parameter.grad is not None
         grads[names[id(parameter)]] = parameter.grad.clone()  # the last call has the whole step
 
-    hooks = [p.register_post_accumulate_grad_hook(record) for p in adapted.trainable_parameters()]
+    hooks = [
+        # torch's Tensor.register_post_accumulate_grad_hook is unannotated.
+        p.register_post_accumulate_grad_hook(record)  # type: ignore[no-untyped-call]
+        for p in adapted.trainable_parameters()
+    ]
     config = TrainConfig(
         steps=1,
         optimizer="sgd",
@@ -97,7 +101,8 @@ def assert_same_gradients(got: dict[str, Tensor], expected: dict[str, Tensor]) -
 def head_rows(adapted: AdaptedModel, run: Callable[[], Any]) -> list[int]:
     """How many positions the output layer scored in each of its calls during ``run()``."""
     rows: list[int] = []
-    head = adapted.model.get_output_embeddings()
+    network: Any = adapted.model  # a transformers model: get_output_embeddings is not nn.Module's
+    head = network.get_output_embeddings()
     hook = head.register_forward_hook(lambda _, args, __: rows.append(args[0][..., 0].numel()))
     try:
         run()
@@ -259,7 +264,8 @@ def test_a_batch_without_labelled_tokens_adds_nothing_to_its_step() -> None:
 # ---------------------------------------------------------------------- the split and its check
 
 
-class ScaledLlamaForCausalLM(LlamaForCausalLM):
+# transformers' PreTrainedModel.__init_subclass__ is unannotated.
+class ScaledLlamaForCausalLM(LlamaForCausalLM):  # type: ignore[no-untyped-call]
     """Llama with its logits halved after the output layer (as Cohere's ``logit_scale``)."""
 
     def forward(self, *args: Any, labels: Tensor | None = None, **kwargs: Any) -> Any:
@@ -276,7 +282,9 @@ def test_a_model_whose_output_layer_is_not_its_logits_trains_on_its_own_loss() -
     scaled.load_state_dict(plain.state_dict())
     batches = padded_batches()
     inputs = {key: value for key, value in batches[0].items() if key != "labels"}
-    assert split_lm_head(copy.deepcopy(scaled).eval(), inputs) is None
+    # transformers' PreTrainedModel.eval is unannotated.
+    evaluated = copy.deepcopy(scaled).eval()  # type: ignore[no-untyped-call]
+    assert split_lm_head(evaluated, inputs) is None
     expected, own = step_gradients(adapted_lm(copy.deepcopy(scaled)), batches, chunked=False)
     adapted = adapted_lm(scaled)
     got: dict[str, Tensor] = {}
@@ -307,7 +315,8 @@ def test_the_split_is_checked_without_dropout_and_the_modes_are_restored() -> No
     assert split_lm_head(network, {}) is not None  # remembered for the model
     fresh = adapted_lm(dropout=0.5)
     fresh.model.train()
-    fresh.model.get_output_embeddings().eval()
+    fresh_network: Any = fresh.model  # get_output_embeddings is the transformers model's own
+    fresh_network.get_output_embeddings().eval()
     modes = [m.training for m in fresh.model.modules()]
     inputs = {key: value for key, value in batches[0].items() if key != "labels"}
     assert split_lm_head(fresh.model, inputs) is not None
