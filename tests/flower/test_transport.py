@@ -21,7 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedlora.aggregation import available_aggregators
 from fedlora.config import ExperimentConfig
 from fedlora.engine import RoundDriver, TrainTask, build_experiment, run_experiment
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.flower import client_app
 from fedlora.flower.records import ARRAYS, CONFIG, MERGED, METRICS, record_to_factors
 from fedlora.flower.transport import FlowerTransport
@@ -516,6 +516,30 @@ def test_a_bfloat16_run_through_flower_ends_where_the_in_process_run_ends(
     state = [t for f in flower.state.modules.values() for t in (f.A, f.B)]
     state += list(flower.state.dense.values())
     assert {(t.dtype, t.device.type) for t in state} == {(torch.float32, "cpu")}
+
+
+@pytest.mark.parametrize("key", ["client", "server-round", "merged-after"])
+def test_a_train_message_whose_setting_is_not_an_integer_is_refused_by_name(key: str) -> None:
+    """A server of another version could send a float or a string: refused, not truncated."""
+    settings: dict[str, Any] = {"fedlora-config": ExperimentConfig().to_toml()}
+    settings |= {
+        "run-key": "ab12cd34",
+        "client": 1,
+        "server-round": 1,
+        "merged-after": 0,
+        "score": False,
+        key: 1.5,
+    }
+    message = Message(
+        content=RecordDict({CONFIG: ConfigRecord(settings)}),
+        message_type=MessageType.TRAIN,
+        dst_node_id=1001,
+    )
+    node: dict[str, Any] = {"partition-id": 1, "num-partitions": NUM_CLIENTS}
+    context = Context(run_id=1, node_id=1001, node_config=node, state=RecordDict(), run_config={})
+    expected = rf"the server's train message: setting '{key}' must be an integer, got 1\.5"
+    with pytest.raises(FedloraError, match=expected):
+        client_app.train(message, context)
 
 
 def test_a_nodes_own_device_setting_overrides_the_servers() -> None:

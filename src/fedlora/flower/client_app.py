@@ -43,6 +43,7 @@ app = ClientApp()
 
 _TRAINERS: dict[tuple[str, str, int, str | None], ClientTrainer] = {}
 RUN_KEY = re.compile(r"[0-9a-f]{8,64}")
+TRAIN_MESSAGE = "the server's train message: setting"
 
 
 @app.query()
@@ -63,8 +64,10 @@ def identify(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     """Apply the merges this node lacks, load the served factors, train, reply with the update."""
     settings = msg.content.config_records[CONFIG]
+    client = _int(settings, "client", TRAIN_MESSAGE)
+    round_index = _int(settings, "server-round", TRAIN_MESSAGE)
+    merged_after = _int(settings, "merged-after", TRAIN_MESSAGE)
     config = _config(str(settings["fedlora-config"]), context.node_config)
-    client = int(settings["client"])  # type: ignore[arg-type]
     if client != _int(context.node_config, "partition-id"):
         raise FedloraError(
             f"this node serves partition {context.node_config.get('partition-id')}, not {client}"
@@ -74,11 +77,11 @@ def train(msg: Message, context: Context) -> Message:
     merged = msg.content.array_records.get(MERGED)
     task = TrainTask(
         client=client,
-        round=int(settings["server-round"]),  # type: ignore[arg-type]
+        round=round_index,
         factors=factors,
         dense=dense,
         merged=[] if merged is None else record_to_merged(merged),
-        merged_after=int(settings["merged-after"]),  # type: ignore[arg-type]
+        merged_after=merged_after,
         score=bool(settings["score"]),
     )
     reply = trainer.train(task)
@@ -147,8 +150,9 @@ def _trainer(
     return _TRAINERS[key]
 
 
-def _int(node: Mapping[str, Any], key: str) -> int:
-    value = node.get(key)
+def _int(record: Mapping[str, Any], key: str, where: str = "node config") -> int:
+    """``record[key]`` as an int, or an error naming the key and where it came from."""
+    value = record.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FedloraError(f"node config {key!r} must be an integer, got {value!r}")
+        raise FedloraError(f"{where} {key!r} must be an integer, got {value!r}")
     return value
