@@ -39,9 +39,10 @@ import argparse
 import csv
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fedlora.errors import ConfigError
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
@@ -213,7 +214,7 @@ def write_seen_tasks(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fold
     return True
 
 
-def _spread(values: list[float | None], signed: bool = False) -> str:
+def _spread(values: Sequence[float | None], signed: bool = False) -> str:
     """``mean ± sample std`` of the values measured (``—`` if none), ``+`` shown if ``signed``."""
     known = [v for v in values if v is not None]
     if not known:
@@ -282,9 +283,9 @@ def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
 class FinishedRuns:
     """The finished runs of a suite and of the other suites its panels and contrasts name."""
 
-    def __init__(self, suite: Suite) -> None:
+    def __init__(self, suite: Suite, runs: dict[str, list[tuple[int, list[RoundMetrics]]]]):
         self.suite = suite
-        self.runs = {suite.name: finished_runs(suite)}
+        self.runs = {suite.name: runs}
         self.cells = {suite.name: list(suite.cells)}
 
     def matching(
@@ -314,59 +315,106 @@ def panel_runs(finished: FinishedRuns) -> dict[str, dict[str, list[list[RoundMet
     return panels
 
 
-CONTRAST_COLUMNS = (
-    "contrast",
-    "a",
-    "b",
-    "seed",
-    "metric",
-    "a_mean_over_rounds",
-    "b_mean_over_rounds",
-    "a_final",
-    "b_final",
-)
+class ContrastLine(NamedTuple):
+    """One seed of a contrast: both cells' curve means and final values."""
+
+    contrast: str
+    a: str
+    b: str
+    seed: int
+    metric: str
+    a_mean_over_rounds: float
+    b_mean_over_rounds: float
+    a_final: float
+    b_final: float
+
+
+def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
+    """Per contrast of the suite, a line per seed both cells finished (none yet: empty).
+
+    A and B must be measured alike, the same metric at the same rounds, or their difference
+    would mean nothing: a contrast across suites could otherwise pair unlike runs silently.
+    """
+    contrasts: dict[str, list[ContrastLine]] = {}
+    for title, (a, b) in finished.suite.contrasts.items():
+        ((_, a_seeds),) = finished.matching(a, f"contrast {title!r}")
+        ((_, b_seeds),) = finished.matching(b, f"contrast {title!r}")
+        b_by_seed = dict(b_seeds)
+        lines = []
+        for seed, a_rows in sorted(a_seeds, key=lambda pair: pair[0]):
+            b_rows = b_by_seed.get(seed)
+            if b_rows is None:
+                continue
+            metric = headline(a_rows).label
+            same_rounds = [n for n, _ in _curve(a_rows)] == [n for n, _ in _curve(b_rows)]
+            if headline(b_rows).label != metric or not same_rounds:
+                raise ConfigError(
+                    f"suite {finished.suite.name}: contrast {title!r}, seed {seed}: "
+                    f"{a.pattern!r} and {b.pattern!r} are not measured alike (metric or rounds)"
+                )
+            lines.append(
+                ContrastLine(
+                    title,
+                    a.pattern,
+                    b.pattern,
+                    seed,
+                    metric,
+                    mean_over_rounds(a_rows),
+                    mean_over_rounds(b_rows),
+                    final_value(a_rows),
+                    final_value(b_rows),
+                )
+            )
+        contrasts[title] = lines
+    return contrasts
 
 
 def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
     """Per contrast, A minus B in every seed both finished: over rounds and after the last
     round; False if the suite has no contrast with a paired seed yet."""
-    lines: list[list[Any]] = []  # CSV rows: CONTRAST_COLUMNS
-    for title, (a, b) in finished.suite.contrasts.items():
-        ((_, a_seeds),) = finished.matching(a, f"contrast {title!r}")
-        ((_, b_seeds),) = finished.matching(b, f"contrast {title!r}")
-        b_by_seed = dict(b_seeds)
-        for seed, a_rows in a_seeds:
-            if seed in b_by_seed:
-                pair = (a_rows, b_by_seed[seed])
-                values = [f(rows) for f in (mean_over_rounds, final_value) for rows in pair]
-                lines.append([title, a.pattern, b.pattern, seed, headline(a_rows).label, *values])
-    if not lines:
+    contrasts = contrast_lines(finished)
+    if not any(contrasts.values()):
         return False
     with (folder / "contrasts.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CONTRAST_COLUMNS)
-        writer.writerows(lines)
+        writer.writerow(ContrastLine._fields)
+        writer.writerows(line for lines in contrasts.values() for line in lines)
     table = [
         "| contrast (A − B) | seeds | over rounds: A, B | A − B | per seed | A ahead "
         "| after the last round: A, B | A − B | per seed | A ahead |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for title in dict.fromkeys(line[0] for line in lines):
-        mine = [line for line in lines if line[0] == title]
-        cells = [f"| {title} | {', '.join(str(line[3]) for line in mine)}"]
-        for a_column in (5, 7):
-            a_values = [line[a_column] for line in mine]
-            b_values = [line[a_column + 1] for line in mine]
+    for title, lines in contrasts.items():
+        if not lines:
+            table.append(f"| {title} | no seed of both finished yet |" + " |" * 8)
+            continue
+        cells = [f"| {title}", ", ".join(str(line.seed) for line in lines)]
+        for a_values, b_values in (
+            ([x.a_mean_over_rounds for x in lines], [x.b_mean_over_rounds for x in lines]),
+            ([x.a_final for x in lines], [x.b_final for x in lines]),
+        ):
             differences = [x - y for x, y in zip(a_values, b_values, strict=True)]
             cells += [
                 f"{statistics.fmean(a_values):.3f}, {statistics.fmean(b_values):.3f}",
                 _spread(differences, signed=True),
-                ", ".join(f"{d:+.3f}" for d in differences),
-                f"{sum(d > 0 for d in differences)} of {len(differences)}",
+                ", ".join(_signed(d) for d in differences),
+                _ahead(differences),
             ]
         table.append(" | ".join(cells) + " |")
     (folder / "contrasts.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
+
+
+def _ahead(differences: list[float]) -> str:
+    """In how many seeds A is ahead: ``2 of 3``, with exact ties said apart (``1 of 3, 1 tied``)."""
+    ahead = f"{sum(d > 0 for d in differences)} of {len(differences)}"
+    tied = sum(d == 0 for d in differences)
+    return f"{ahead}, {tied} tied" if tied else ahead
+
+
+def _signed(value: float) -> str:
+    """``+0.012`` / ``-0.012``; an exact tie is ``0.000``, neither a gain nor a loss."""
+    return "0.000" if value == 0 else f"{value:+.3f}"
 
 
 def report(suite: Suite) -> Path | None:
@@ -378,7 +426,7 @@ def report(suite: Suite) -> Path | None:
     by_cell = {cell: [rows for _, rows in seeds] for cell, seeds in runs.items()}
     table = write_comparison(comparison_rows(by_cell), folder)
     plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
-    finished = FinishedRuns(suite)
+    finished = FinishedRuns(suite, runs)
     if suite.panels:
         plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
     write_contrasts(finished, folder)

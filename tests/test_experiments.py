@@ -221,39 +221,66 @@ def test_a_contrast_must_name_two_cells_exactly(tmp_path: Path, pair: str) -> No
 
 
 def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
-    """A - B per seed over rounds and at the end; seed 2 of A has no B to pair with."""
+    """A - B per seed, paired by seed number whatever the order the runs come in: over rounds
+    and after the last round (seed 1's A leads over rounds but ends behind), an exact tie said
+    as one; seed 2 of A has no B, seed 4 of B no A.  B is a cell of another suite."""
     report = _experiment_module("report")
     start = replace(_row(1, 0.25, 0.1), round=0)  # the untuned model: not in the curve
 
     def rows(curve: list[float]) -> list[Any]:
         return [start, *(_row(i + 1, a, 0.1) for i, a in enumerate(curve))]
 
-    suite = SUITES.Suite(
-        "s",
-        "",
-        (0, 1, 2),
-        {"a": (), "b": ()},
-        (),
-        contrasts={"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))},
-    )
-    finished = report.FinishedRuns(suite)
-    finished.runs["s"] = {
-        "a": [(0, rows([0.6, 0.8])), (1, rows([0.4, 0.5])), (2, rows([0.9, 0.9]))],
-        "b": [(0, rows([0.4, 0.6])), (1, rows([0.5, 0.6]))],
+    contrasts = {
+        "a - b": (SUITES.CellRef("a"), SUITES.CellRef("other/b")),
+        "a - c": (SUITES.CellRef("a"), SUITES.CellRef("c")),
     }
+    suite = SUITES.Suite("s", "", (0, 1, 2, 3), {"a": (), "c": ()}, (), contrasts=contrasts)
+    a_runs = [(2, [0.9, 0.9]), (0, [0.6, 0.8]), (3, [0.5, 0.5]), (1, [0.9, 0.5])]
+    b_runs = [(1, [0.5, 0.6]), (4, [0.1, 0.1]), (3, [0.5, 0.5]), (0, [0.4, 0.6])]
+    finished = report.FinishedRuns(suite, {"a": [(seed, rows(c)) for seed, c in a_runs]})
+    finished.runs["other"] = {"b": [(seed, rows(c)) for seed, c in b_runs]}
+    finished.cells["other"] = ["b"]
     assert report.write_contrasts(finished, tmp_path)
     with (tmp_path / "contrasts.csv").open(encoding="utf-8") as handle:
         lines = list(csv.DictReader(handle))
-    assert [line["seed"] for line in lines] == ["0", "1"]
-    assert [float(line["a_mean_over_rounds"]) for line in lines] == pytest.approx([0.7, 0.45])
-    assert [float(line["b_final"]) for line in lines] == pytest.approx([0.6, 0.6])
+    assert [(line["seed"], line["b"]) for line in lines] == [
+        ("0", "other/b"),
+        ("1", "other/b"),
+        ("3", "other/b"),
+    ]
+    assert {line["metric"] for line in lines} == {"test accuracy"}
+    assert [float(line["a_mean_over_rounds"]) for line in lines] == pytest.approx([0.7, 0.7, 0.5])
+    assert [float(line["b_mean_over_rounds"]) for line in lines] == pytest.approx([0.5, 0.55, 0.5])
+    assert [float(line["a_final"]) for line in lines] == pytest.approx([0.8, 0.5, 0.5])
+    assert [float(line["b_final"]) for line in lines] == pytest.approx([0.6, 0.6, 0.5])
     table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
     assert table[2] == (
-        "| a - b | 0, 1 | 0.575, 0.525 | +0.050 ± 0.212 | +0.200, -0.100 | 1 of 2 "
-        "| 0.650, 0.600 | +0.050 ± 0.212 | +0.200, -0.100 | 1 of 2 |"
+        "| a - b | 0, 1, 3 | 0.633, 0.517 | +0.117 ± 0.104 | +0.200, +0.150, 0.000 "
+        "| 2 of 3, 1 tied | 0.600, 0.567 | +0.033 ± 0.153 | +0.200, -0.100, 0.000 "
+        "| 1 of 3, 1 tied |"
     )
-    finished.runs["s"]["b"] = []
+    assert table[3].startswith("| a - c | no seed of both finished yet |")
+    finished.runs["other"]["b"] = []
     assert not report.write_contrasts(finished, tmp_path / "none")
+
+
+def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
+    """B evaluated at other rounds than A: their difference would compare unlike curves."""
+    report = _experiment_module("report")
+    start = replace(_row(1, 0.25, 0.1), round=0)
+    a_rows = [start, _row(1, 0.5, 0.1), _row(2, 0.6, 0.1)]
+    b_rows = [start, _row(2, 0.5, 0.1), _row(4, 0.6, 0.1)]
+    contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
+    suite = SUITES.Suite("s", "", (0,), {"a": (), "b": ()}, (), contrasts=contrasts)
+    finished = report.FinishedRuns(suite, {"a": [(0, a_rows)], "b": [(0, b_rows)]})
+    with pytest.raises(
+        ConfigError, match=r"contrast 'a - b', seed 0: 'a' and 'b' are not measured alike"
+    ):
+        report.contrast_lines(finished)
+    unknown = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("x"))}
+    suite = SUITES.Suite("s", "", (0,), {"a": ()}, (), contrasts=unknown)
+    with pytest.raises(ConfigError, match=r"contrast 'a - b': no cell 'x'"):
+        report.contrast_lines(report.FinishedRuns(suite, {"a": [(0, a_rows)]}))
 
 
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ transport must end exactly where the in-process runner ends, for every aggregato
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -518,18 +519,23 @@ def test_a_bfloat16_run_through_flower_ends_where_the_in_process_run_ends(
     assert {(t.dtype, t.device.type) for t in state} == {(torch.float32, "cpu")}
 
 
-@pytest.mark.parametrize("key", ["client", "server-round", "merged-after"])
-def test_a_train_message_whose_setting_is_not_an_integer_is_refused_by_name(key: str) -> None:
-    """A server of another version could send a float or a string: refused, not truncated."""
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("client", 1.5, "an integer"),
+        ("server-round", "2", "an integer"),
+        ("merged-after", True, "an integer"),
+        ("score", "False", "true or false"),
+    ],
+)
+def test_a_train_message_whose_setting_has_the_wrong_type_is_refused_by_name(
+    key: str, value: Any, expected: str
+) -> None:
+    """A server of another version could send a float or a string: refused by name, not
+    truncated (1.5 to 1) or read as truthy ("False" as True)."""
     settings: dict[str, Any] = {"fedlora-config": ExperimentConfig().to_toml()}
-    settings |= {
-        "run-key": "ab12cd34",
-        "client": 1,
-        "server-round": 1,
-        "merged-after": 0,
-        "score": False,
-        key: 1.5,
-    }
+    settings |= {"run-key": "ab12cd34", "client": 1, "server-round": 1, "merged-after": 0}
+    settings |= {"score": False, key: value}
     message = Message(
         content=RecordDict({CONFIG: ConfigRecord(settings)}),
         message_type=MessageType.TRAIN,
@@ -537,8 +543,8 @@ def test_a_train_message_whose_setting_is_not_an_integer_is_refused_by_name(key:
     )
     node: dict[str, Any] = {"partition-id": 1, "num-partitions": NUM_CLIENTS}
     context = Context(run_id=1, node_id=1001, node_config=node, state=RecordDict(), run_config={})
-    expected = rf"the server's train message: setting '{key}' must be an integer, got 1\.5"
-    with pytest.raises(FedloraError, match=expected):
+    refusal = f"the server's train message: setting '{key}' must be {expected}, got {value!r}"
+    with pytest.raises(FedloraError, match=re.escape(refusal)):
         client_app.train(message, context)
 
 

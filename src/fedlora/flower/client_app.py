@@ -67,6 +67,7 @@ def train(msg: Message, context: Context) -> Message:
     client = _int(settings, "client", TRAIN_MESSAGE)
     round_index = _int(settings, "server-round", TRAIN_MESSAGE)
     merged_after = _int(settings, "merged-after", TRAIN_MESSAGE)
+    score = _bool(settings, "score", TRAIN_MESSAGE)
     config = _config(str(settings["fedlora-config"]), context.node_config)
     if client != _int(context.node_config, "partition-id"):
         raise FedloraError(
@@ -82,7 +83,7 @@ def train(msg: Message, context: Context) -> Message:
         dense=dense,
         merged=[] if merged is None else record_to_merged(merged),
         merged_after=merged_after,
-        score=bool(settings["score"]),
+        score=score,
     )
     reply = trainer.train(task)
     update = reply.update
@@ -148,6 +149,14 @@ def _trainer(
             merged=MergedStore(cache_dir() / "nodes" / run_key / "merged"),
         )
     return _TRAINERS[key]
+
+
+def _bool(record: Mapping[str, Any], key: str, where: str) -> bool:
+    """``record[key]`` as a bool (the string "False" is not one), or an error naming the key."""
+    value = record.get(key)
+    if not isinstance(value, bool):
+        raise FedloraError(f"{where} {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def _int(record: Mapping[str, Any], key: str, where: str = "node config") -> int:
