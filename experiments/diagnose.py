@@ -19,7 +19,7 @@ weights (FLoRA) are skipped: their final model is not the checkpoint's state alo
 weight of the high slots, each class's mean recall and the worst class's recall in each seed.
 ``--summary-only`` rebuilds it from the committed CSV without evaluating anything.
 
-    python experiments/diagnose.py SUITE [SUITE ...] [--low 5] [--summary-only]
+    python experiments/diagnose.py SUITE [SUITE ...] [--low RANK] [--summary-only]
 """
 
 from __future__ import annotations
@@ -162,10 +162,23 @@ def summary(lines: list[dict[str, str]], low: int) -> str:
     return "\n".join(table) + "\n"
 
 
+def smallest_rank(suite: str, runs: list[RunDir]) -> int:
+    """The smallest rank any client of the finished runs trained: the slots up to it are what
+    every client trains (5 in Byun & Lee's setting, 8 in FlexLoRA's populations)."""
+    ranks = [min(row.ranks) for run in runs for row in run.metrics() if row.ranks]
+    if not ranks:
+        raise SystemExit(f"{suite}: no finished run to read the smallest rank from; give --low")
+    return min(ranks)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="+", help="suite names")
-    parser.add_argument("--low", type=int, default=5, help="the rank every client trains")
+    parser.add_argument(
+        "--low",
+        type=int,
+        help="the rank every client trains (default: the smallest rank a client trained)",
+    )
     parser.add_argument(
         "--summary-only", action="store_true", help="rebuild diagnostics.md from the CSV only"
     )
@@ -173,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     for suite in all_suites(args.suites):
         folder = RESULTS / suite.name
         path: Path = folder / "diagnostics.csv"
+        done = [RunDir(job.out) for job in suite.jobs if RunDir(job.out).is_finished()]
+        low = args.low if args.low is not None else smallest_rank(suite.name, done)
         if not args.summary_only:
-            done = [job for job in suite.jobs if RunDir(job.out).is_finished()]
             lines = [
                 line
-                for job in done
-                for line in diagnose(RunDir(job.out), job.cell, job.seed, args.low)
+                for job in suite.jobs
+                if RunDir(job.out).is_finished()
+                for line in diagnose(RunDir(job.out), job.cell, job.seed, low)
             ]
             folder.mkdir(parents=True, exist_ok=True)
             with path.open("w", newline="", encoding="utf-8") as handle:
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 writer.writerows(lines)
             print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
         with path.open(encoding="utf-8") as handle:
-            table = summary(list(csv.DictReader(handle)), args.low)
+            table = summary(list(csv.DictReader(handle)), low)
         (folder / "diagnostics.md").write_text(table, encoding="utf-8")
         print(f"{suite.name}: per-cell summary -> {folder / 'diagnostics.md'}")
     return 0

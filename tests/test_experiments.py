@@ -139,11 +139,12 @@ def test_diagnostics_describe_the_runs_final_model(
     accuracy is the run's own; only a rank above 5 has high slots to weigh."""
     diagnose = _experiment_module("diagnose")
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    shares = {}
+    shares, runs = {}, {}
     for cell in ("fedit r5", "fedit r7"):
         run_dir, rows = _tiny_run(
             "byun_lee_fig2_agnews", cell, tmp_path / cell, models, shared_data_dir
         )
+        runs[cell] = run_dir
         lines = [
             dict(zip(diagnose.COLUMNS, x, strict=True))
             for x in diagnose.diagnose(run_dir, cell, 0, 5)
@@ -156,6 +157,11 @@ def test_diagnostics_describe_the_runs_final_model(
         shares[cell] = lines[0]["high_slot_share"]
     assert shares["fedit r5"] == 0.0
     assert 0.0 < shares["fedit r7"] < 1.0
+    # Without --low, the rank every client trains is the smallest any client of the runs trained.
+    assert diagnose.smallest_rank("s", [runs["fedit r7"], runs["fedit r5"]]) == 5
+    assert diagnose.smallest_rank("s", [runs["fedit r7"]]) == 7
+    with pytest.raises(SystemExit, match="s: no finished run to read the smallest rank from"):
+        diagnose.smallest_rank("s", [])
 
 
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
