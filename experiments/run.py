@@ -40,6 +40,17 @@ def command(job: Job) -> list[str]:
     return [*fedlora, *config, *overrides, "--overwrite", "--no-progress"]
 
 
+def progress(job: Job) -> str:
+    """``finished``, ``resumable after round N of M``, or empty (it starts from nothing)."""
+    run = RunDir(job.out)
+    if run.is_finished():
+        return "finished"
+    if not run.has_checkpoint():
+        return ""
+    rows = run.metrics()
+    return f"resumable after round {rows[-1].round if rows else 0} of {job.config().run.rounds}"
+
+
 def pending(jobs: list[Job]) -> list[Job]:
     return [job for job in jobs if not RunDir(job.out).is_finished()]
 
@@ -99,9 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     todo = pending(jobs)
     if args.list:
         for job in jobs:
-            run = RunDir(job.out)
-            state = "finished" if run.is_finished() else "resumable" if run.has_checkpoint() else ""
-            print(f"{job.suite}/{job.name:40} {state}")
+            print(f"{job.suite}/{job.name:40} {progress(job)}")
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished")
         return 0
     print(f"{len(todo)} of {len(jobs)} runs to do, {args.workers} at a time", flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib
 import importlib.util
+import shutil
 import sys
 from dataclasses import replace
 from fnmatch import fnmatch
@@ -287,6 +288,46 @@ def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
     suite = SUITES.Suite("s", "", (0,), {"a": ()}, (), contrasts=unknown)
     with pytest.raises(ConfigError, match=r"contrast 'a - b': no cell 'x'"):
         report.contrast_lines(report.FinishedRuns(suite, {"a": [(0, a_rows)]}))
+
+
+def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> None:
+    run = _experiment_module("run")
+    (suite,) = run.all_suites(["byun_lee_fig2_agnews"])
+    patterns = ["*/flexlora, *", "byun_lee_fig2_agnews/f*", "nothing/*"]
+    order = [(job.cell, job.seed) for job in run.prioritised(list(suite.jobs), patterns)]
+    flexlora = ["flexlora, high-quality", "flexlora, random"]
+    fedit = ["fedit r5", "fedit r7", "fedit r20", "flexlora r5"]  # suite order, seeds interleaved
+    assert order == [(c, seed) for seed in (0, 1, 2) for c in flexlora] + [
+        (c, seed) for seed in (0, 1, 2) for c in fedit
+    ]
+
+
+def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_bert_dir: Path,
+    tiny_llama_dir: Path,
+    shared_data_dir: Path,
+) -> None:
+    """run.py never restarts a finished run, continues one with a checkpoint, and starts over
+    (``--overwrite``, the suite's settings) one killed before its first checkpoint."""
+    run = _experiment_module("run")
+    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path)
+    (suite,) = run.all_suites(["agnews_default"])
+    job = suite.jobs[0]
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    config = _tiny(job.config(), job.out, models, shared_data_dir)
+    run_experiment(build_experiment(config), RunDir.create(job.out, config, overwrite=False))
+    assert run.progress(job) == "finished" and run.pending([job]) == []
+    RunDir(job.out).summary_file.unlink()  # killed after round 1's checkpoint
+    assert run.progress(job) == f"resumable after round 1 of {job.config().run.rounds}"
+    assert run.pending([job]) == [job]
+    assert run.command(job)[-3:] == ["--resume", str(job.out), "--no-progress"]
+    shutil.rmtree(RunDir(job.out).checkpoint_dir)  # killed before its first checkpoint
+    assert run.progress(job) == ""
+    restart = run.command(job)
+    assert restart[-2:] == ["--overwrite", "--no-progress"]
+    assert [x for x in restart if x != "--set"][-2 - len(job.overrides) : -2] == list(job.overrides)
 
 
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
