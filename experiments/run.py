@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
 from fnmatch import fnmatch
 
-from fedlora.runs import RunDir
+from fedlora.runs import RoundMetrics, RunDir
 from suites import Job, all_suites
 
 
@@ -49,6 +50,43 @@ def progress(job: Job) -> str:
         return ""
     rows = run.metrics()
     return f"resumable after round {rows[-1].round if rows else 0} of {job.config().run.rounds}"
+
+
+def seconds_per_round(rows: list[RoundMetrics]) -> float:
+    """A finished run's recorded seconds (train, aggregate, evaluate) per round after round 0."""
+    rounds = [row for row in rows if row.round > 0]
+    total = sum(row.seconds_train + row.seconds_aggregate + row.seconds_eval for row in rounds)
+    return total / len(rounds)
+
+
+def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:
+    """Seconds of runs left, and the jobs nothing finished tells about.
+
+    A job's rounds left are priced at the median seconds per round of the finished runs of its
+    cell, else of its suite: a median, as a run paused for a while (SIGSTOP) records that pause.
+    """
+    finished: dict[tuple[str, str], list[float]] = {}
+    for job in jobs:
+        run = RunDir(job.out)
+        if run.is_finished():
+            per_round = seconds_per_round(run.metrics())
+            finished.setdefault((job.suite, job.cell), []).append(per_round)
+    by_suite: dict[str, list[float]] = {}
+    for (suite, _), values in finished.items():
+        by_suite.setdefault(suite, []).extend(values)
+    seconds, unknown = 0.0, []
+    for job in jobs:
+        run = RunDir(job.out)
+        if run.is_finished():
+            continue
+        known = finished.get((job.suite, job.cell)) or by_suite.get(job.suite)
+        if not known:
+            unknown.append(job)
+            continue
+        rows = run.metrics() if run.has_checkpoint() else []
+        rounds_left = job.config().run.rounds - (rows[-1].round if rows else 0)
+        seconds += rounds_left * statistics.median(known)
+    return seconds, unknown
 
 
 def pending(jobs: list[Job]) -> list[Job]:
@@ -112,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         for job in jobs:
             print(f"{job.suite}/{job.name:40} {progress(job)}")
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished")
+        seconds, unknown = compute_left(jobs)
+        print(
+            f"about {seconds / 3600:.1f} h of runs left ({seconds / 3600 / args.workers:.1f} h "
+            f"{args.workers} at a time), priced at their cell's or suite's finished runs"
+            + (f"; {len(unknown)} runs with none to price them" if unknown else "")
+        )
         return 0
     print(f"{len(todo)} of {len(jobs)} runs to do, {args.workers} at a time", flush=True)
     return 1 if run_all(todo, args.workers, args.threads) else 0

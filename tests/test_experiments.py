@@ -330,6 +330,37 @@ def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
     assert [x for x in restart if x != "--set"][-2 - len(job.overrides) : -2] == list(job.overrides)
 
 
+def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_bert_dir: Path,
+    tiny_llama_dir: Path,
+    shared_data_dir: Path,
+) -> None:
+    """Seed 1 of a cell whose seed 0 finished costs all its rounds at seed 0's seconds per
+    round; a suite with no finished run cannot be priced and is said apart."""
+    run = _experiment_module("run")
+    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path)
+    (default,) = run.all_suites(["agnews_default"])
+    (other,) = run.all_suites(["loss_based_scoring"])
+    done, left, unpriced = default.jobs[0], default.jobs[1], other.jobs[0]
+    assert (done.cell, done.seed, left.cell, left.seed) == ("flexlora", 0, "flexlora", 1)
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    config = _tiny(done.config(), done.out, models, shared_data_dir)
+    rows = run_experiment(
+        build_experiment(config), RunDir.create(done.out, config, overwrite=False)
+    )
+    per_round = run.seconds_per_round(rows.metrics)
+    assert per_round == pytest.approx(
+        rows.metrics[1].seconds_train
+        + rows.metrics[1].seconds_aggregate
+        + rows.metrics[1].seconds_eval
+    )
+    seconds, unknown = run.compute_left([done, left, unpriced])
+    assert seconds == pytest.approx(left.config().run.rounds * per_round)
+    assert unknown == [unpriced]
+
+
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('[cells.a]\nset = []\n[panels]\n"p" = [{name = "x"}]\n', encoding="utf-8")
