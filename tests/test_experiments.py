@@ -302,22 +302,24 @@ def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> N
     ]
 
 
+@pytest.fixture
+def run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """experiments/run.py, its suites' run directories under ``tmp_path``."""
+    run = _experiment_module("run")
+    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path)
+    return run
+
+
 def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tiny_bert_dir: Path,
-    tiny_llama_dir: Path,
-    shared_data_dir: Path,
+    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
 ) -> None:
     """run.py never restarts a finished run, continues one with a checkpoint, and starts over
     (``--overwrite``, the suite's settings) one killed before its first checkpoint."""
-    run = _experiment_module("run")
-    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path)
+    run = run_script
     (suite,) = run.all_suites(["agnews_default"])
     job = suite.jobs[0]
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    config = _tiny(job.config(), job.out, models, shared_data_dir)
-    run_experiment(build_experiment(config), RunDir.create(job.out, config, overwrite=False))
+    _tiny_run(job.suite, job.cell, job.out, models, shared_data_dir)
     assert run.progress(job) == "finished" and run.pending([job]) == []
     RunDir(job.out).summary_file.unlink()  # killed after round 1's checkpoint
     assert run.progress(job) == f"resumable after round 1 of {job.config().run.rounds}"
@@ -331,30 +333,20 @@ def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
 
 
 def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tiny_bert_dir: Path,
-    tiny_llama_dir: Path,
-    shared_data_dir: Path,
+    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
 ) -> None:
     """Seed 1 of a cell whose seed 0 finished costs all its rounds at seed 0's seconds per
     round; a suite with no finished run cannot be priced and is said apart."""
-    run = _experiment_module("run")
-    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path)
+    run = run_script
     (default,) = run.all_suites(["agnews_default"])
     (other,) = run.all_suites(["loss_based_scoring"])
     done, left, unpriced = default.jobs[0], default.jobs[1], other.jobs[0]
     assert (done.cell, done.seed, left.cell, left.seed) == ("flexlora", 0, "flexlora", 1)
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    config = _tiny(done.config(), done.out, models, shared_data_dir)
-    rows = run_experiment(
-        build_experiment(config), RunDir.create(done.out, config, overwrite=False)
-    )
-    per_round = run.seconds_per_round(rows.metrics)
+    _, rows = _tiny_run(done.suite, done.cell, done.out, models, shared_data_dir)
+    per_round = run.seconds_per_round(rows)
     assert per_round == pytest.approx(
-        rows.metrics[1].seconds_train
-        + rows.metrics[1].seconds_aggregate
-        + rows.metrics[1].seconds_eval
+        rows[1].seconds_train + rows[1].seconds_aggregate + rows[1].seconds_eval
     )
     seconds, unknown = run.compute_left([done, left, unpriced])
     assert seconds == pytest.approx(left.config().run.rounds * per_round)
