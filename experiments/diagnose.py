@@ -186,15 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     for suite in all_suites(args.suites):
         folder = RESULTS / suite.name
         path: Path = folder / "diagnostics.csv"
-        done = [RunDir(job.out) for job in suite.jobs if RunDir(job.out).is_finished()]
-        low = args.low if args.low is not None else smallest_rank(suite.name, done)
+        done = [(job, RunDir(job.out)) for job in suite.jobs if RunDir(job.out).is_finished()]
+        low = args.low if args.low is not None else smallest_rank(suite.name, [r for _, r in done])
         if not args.summary_only:
-            lines = [
-                line
-                for job in suite.jobs
-                if RunDir(job.out).is_finished()
-                for line in diagnose(RunDir(job.out), job.cell, job.seed, low)
-            ]
+            lines = [line for job, run in done for line in diagnose(run, job.cell, job.seed, low)]
             folder.mkdir(parents=True, exist_ok=True)
             with path.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)

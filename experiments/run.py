@@ -41,6 +41,12 @@ def command(job: Job) -> list[str]:
     return [*fedlora, *config, *overrides, "--overwrite", "--no-progress"]
 
 
+def last_round(run: RunDir) -> int:
+    """The last round an unfinished run checkpointed (0: it starts from nothing)."""
+    rows = run.metrics() if run.has_checkpoint() else []
+    return rows[-1].round if rows else 0
+
+
 def progress(job: Job) -> str:
     """``finished``, ``resumable after round N of M``, or empty (it starts from nothing)."""
     run = RunDir(job.out)
@@ -48,8 +54,7 @@ def progress(job: Job) -> str:
         return "finished"
     if not run.has_checkpoint():
         return ""
-    rows = run.metrics()
-    return f"resumable after round {rows[-1].round if rows else 0} of {job.config().run.rounds}"
+    return f"resumable after round {last_round(run)} of {job.config().run.rounds}"
 
 
 def seconds_per_round(rows: list[RoundMetrics]) -> float:
@@ -65,27 +70,24 @@ def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:
     A job's rounds left are priced at the median seconds per round of the finished runs of its
     cell, else of its suite: a median, as a run paused for a while (SIGSTOP) records that pause.
     """
-    finished: dict[tuple[str, str], list[float]] = {}
-    for job in jobs:
-        run = RunDir(job.out)
-        if run.is_finished():
-            per_round = seconds_per_round(run.metrics())
-            finished.setdefault((job.suite, job.cell), []).append(per_round)
+    by_cell: dict[tuple[str, str], list[float]] = {}
     by_suite: dict[str, list[float]] = {}
-    for (suite, _), values in finished.items():
-        by_suite.setdefault(suite, []).extend(values)
-    seconds, unknown = 0.0, []
+    left: list[tuple[Job, RunDir]] = []
     for job in jobs:
         run = RunDir(job.out)
-        if run.is_finished():
+        if not run.is_finished():
+            left.append((job, run))
             continue
-        known = finished.get((job.suite, job.cell)) or by_suite.get(job.suite)
+        per_round = seconds_per_round(run.metrics())
+        by_cell.setdefault((job.suite, job.cell), []).append(per_round)
+        by_suite.setdefault(job.suite, []).append(per_round)
+    seconds, unknown = 0.0, []
+    for job, run in left:
+        known = by_cell.get((job.suite, job.cell)) or by_suite.get(job.suite)
         if not known:
             unknown.append(job)
             continue
-        rows = run.metrics() if run.has_checkpoint() else []
-        rounds_left = job.config().run.rounds - (rows[-1].round if rows else 0)
-        seconds += rounds_left * statistics.median(known)
+        seconds += (job.config().run.rounds - last_round(run)) * statistics.median(known)
     return seconds, unknown
 
 

@@ -336,12 +336,15 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
 ) -> None:
     """Seed 1 of a cell whose seed 0 finished costs all its rounds at seed 0's seconds per
-    round; a suite with no finished run cannot be priced and is said apart."""
+    round, a cell of the same suite with nothing finished the suite's; a suite with no finished
+    run cannot be priced and is said apart."""
     run = run_script
     (default,) = run.all_suites(["agnews_default"])
     (other,) = run.all_suites(["loss_based_scoring"])
     done, left, unpriced = default.jobs[0], default.jobs[1], other.jobs[0]
+    sibling = default.jobs[len(default.seeds)]
     assert (done.cell, done.seed, left.cell, left.seed) == ("flexlora", 0, "flexlora", 1)
+    assert sibling.cell != done.cell
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     _, rows = _tiny_run(done.suite, done.cell, done.out, models, shared_data_dir)
     per_round = run.seconds_per_round(rows)
@@ -351,6 +354,8 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     seconds, unknown = run.compute_left([done, left, unpriced])
     assert seconds == pytest.approx(left.config().run.rounds * per_round)
     assert unknown == [unpriced]
+    seconds, unknown = run.compute_left([done, sibling])
+    assert (seconds, unknown) == (pytest.approx(sibling.config().run.rounds * per_round), [])
 
 
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
