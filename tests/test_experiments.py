@@ -22,7 +22,7 @@ import pytest
 
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError
-from fedlora.runs import RunDir
+from fedlora.runs import RoundMetrics, RunDir
 from tests.cli.test_macro_f1 import _row
 from tests.conftest import REPO_ROOT
 
@@ -227,16 +227,19 @@ def test_a_contrast_must_name_two_cells_exactly(tmp_path: Path, pair: str) -> No
         SUITES.load_suite(path)
 
 
+def _curve(accuracies: list[float], rounds: list[int] | None = None) -> list[RoundMetrics]:
+    """Round 0 (the untuned model, never part of a curve), then one row per accuracy at
+    ``rounds`` (1, 2, ... unless given)."""
+    at = rounds or list(range(1, len(accuracies) + 1))
+    untuned = replace(_row(1, 0.25, 0.1), round=0)
+    return [untuned, *(_row(r, a, 0.1) for r, a in zip(at, accuracies, strict=True))]
+
+
 def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
     """A - B per seed, paired by seed number whatever the order the runs come in: over rounds
     and after the last round (seed 1's A leads over rounds but ends behind), an exact tie said
     as one; seed 2 of A has no B, seed 4 of B no A.  B is a cell of another suite."""
     report = _experiment_module("report")
-    start = replace(_row(1, 0.25, 0.1), round=0)  # the untuned model: not in the curve
-
-    def rows(curve: list[float]) -> list[Any]:
-        return [start, *(_row(i + 1, a, 0.1) for i, a in enumerate(curve))]
-
     contrasts = {
         "a - b": (SUITES.CellRef("a"), SUITES.CellRef("other/b")),
         "a - c": (SUITES.CellRef("a"), SUITES.CellRef("c")),
@@ -244,8 +247,8 @@ def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
     suite = SUITES.Suite("s", "", (0, 1, 2, 3), {"a": (), "c": ()}, (), contrasts=contrasts)
     a_runs = [(2, [0.9, 0.9]), (0, [0.6, 0.8]), (3, [0.5, 0.5]), (1, [0.9, 0.5])]
     b_runs = [(1, [0.5, 0.6]), (4, [0.1, 0.1]), (3, [0.5, 0.5]), (0, [0.4, 0.6])]
-    finished = report.FinishedRuns(suite, {"a": [(seed, rows(c)) for seed, c in a_runs]})
-    finished.runs["other"] = {"b": [(seed, rows(c)) for seed, c in b_runs]}
+    finished = report.FinishedRuns(suite, {"a": [(seed, _curve(c)) for seed, c in a_runs]})
+    finished.runs["other"] = {"b": [(seed, _curve(c)) for seed, c in b_runs]}
     finished.cells["other"] = ["b"]
     assert report.write_contrasts(finished, tmp_path)
     with (tmp_path / "contrasts.csv").open(encoding="utf-8") as handle:
@@ -274,9 +277,8 @@ def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
 def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
     """B evaluated at other rounds than A: their difference would compare unlike curves."""
     report = _experiment_module("report")
-    start = replace(_row(1, 0.25, 0.1), round=0)
-    a_rows = [start, _row(1, 0.5, 0.1), _row(2, 0.6, 0.1)]
-    b_rows = [start, _row(2, 0.5, 0.1), _row(4, 0.6, 0.1)]
+    a_rows = _curve([0.5, 0.6])
+    b_rows = _curve([0.5, 0.6], rounds=[2, 4])
     contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
     suite = SUITES.Suite("s", "", (0,), {"a": (), "b": ()}, (), contrasts=contrasts)
     finished = report.FinishedRuns(suite, {"a": [(0, a_rows)], "b": [(0, b_rows)]})
@@ -393,13 +395,7 @@ def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
 ) -> None:
     report = _experiment_module("report")
     curves = {0: [0.5, 0.65, 0.72, 0.7], 1: [0.3, 0.4, 0.5, 0.61]}
-    start = replace(_row(1, 0.25, 0.1), round=0)  # the untuned model: not in the curve
-    runs = {
-        "m": [
-            (seed, [start, *(_row(i + 1, a, 0.1) for i, a in enumerate(curve))])
-            for seed, curve in curves.items()
-        ]
-    }
+    runs = {"m": [(seed, _curve(curve)) for seed, curve in curves.items()]}
     report.write_convergence(runs, tmp_path)
     with (tmp_path / "convergence.csv").open(encoding="utf-8") as handle:
         lines = list(csv.DictReader(handle))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Self
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -25,7 +26,7 @@ class RoundProgress:
         )
         self._task = self._progress.add_task("rounds", total=rounds, label=label, status="starting")
 
-    def __enter__(self) -> RoundProgress:
+    def __enter__(self) -> Self:
         self._progress.start()
         return self
 

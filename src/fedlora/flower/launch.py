@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import httpx
 
@@ -168,7 +168,7 @@ class LocalFederation:
 
     # ------------------------------------------------------------------ context manager
 
-    def __enter__(self) -> LocalFederation:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
