@@ -17,6 +17,7 @@ from fedlora.aggregation import (
     top_svd_of_product,
     top_svd_of_sum,
 )
+from fedlora.aggregation.flexlora import NormRoute, squared_norm_of_product
 from fedlora.errors import FedloraError
 from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, LoraSettings
 from tests.aggregation.builders import DTYPE, average_delta, initial, make_update, rounds
@@ -336,6 +337,24 @@ def test_energy_kept_is_the_share_of_the_squared_singular_values(case, svd) -> N
             total = float(sigma2.sum())
             want = 1.0 if total == 0 else min(float(sigma2[: int(rank)].sum()) / total, 1.0)
             assert share == pytest.approx(want, abs=1e-9)
+
+
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(1, 40),
+    st.sampled_from(["auto", "dense", "gram"]),
+    st.integers(0, 2**16),
+)
+def test_the_energy_total_is_the_squared_norm_of_the_product_by_every_route(
+    out_features: int, in_features: int, total_rank: int, route: NormRoute, seed: int
+) -> None:
+    # Stacked ranks from below to far above out * in / (out + in), where auto changes route.
+    generator = torch.Generator().manual_seed(seed)
+    P = torch.randn(out_features, total_rank, generator=generator)
+    Q = torch.randn(total_rank, in_features, generator=generator)
+    want = float(torch.linalg.matrix_norm(P.double() @ Q.double()).square())
+    assert squared_norm_of_product(P, Q, route) == pytest.approx(want, rel=1e-12)
 
 
 def test_energy_is_reported_only_when_asked_for() -> None:
