@@ -19,6 +19,10 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   (the same for every cell of a seed, read from round 0 of its first finished run);
 - ``promotion.csv`` for suites whose runs promote clients (loss-based allocation): who was
   promoted, which clients were high-quality, and the precision of the promotion;
+- ``holders.csv`` / ``holders.md`` for suites with runs at several ranks: per run, how many
+  clients trained its highest rank per round, in how many rounds exactly one did (replication
+  then hands that client the high slots whole) or none, and how many of those participations
+  were high-quality clients' (on the quality split);
 - ``seen_tasks.csv`` / ``seen_tasks.md`` for instruction suites that hold seen-task examples out
   (``instruct.seen_test_fraction``): per run the final score, Rouge-L, exact match and loss on
   the seen tasks, next to the unseen-task score, with the untuned model and the copy baseline;
@@ -116,6 +120,68 @@ def write_promotions(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path
             ["cell", "seed", "after_round", "promoted", "high_quality", "hits", "precision"]
         )
         writer.writerows(lines)
+    return True
+
+
+HOLDER_COLUMNS = (
+    "mean_high_per_round",
+    "rounds_with_one",
+    "rounds_with_none",
+    "high_participations",
+    "by_high_quality",
+)
+
+
+def holder_line(rows: list[RoundMetrics]) -> list[Any] | None:
+    """Who trained a run's highest rank in its rounds: how many per round, how often exactly one
+    (a slot replication then hands to that client whole) or none, and how many of those
+    participations were high-quality clients'.  None for a run at one rank."""
+    trained = [r for r in rows if r.round > 0]
+    if len({rank for r in trained for rank in r.ranks}) < 2:
+        return None
+    top = max(rank for r in trained for rank in r.ranks)
+    high = next((r.extra.get("high_quality_clients") for r in rows if r.round == 0), None)
+    holders = [
+        [c for c, rank in zip(r.clients, r.ranks, strict=True) if rank == top] for r in trained
+    ]
+    counts = [len(h) for h in holders]
+    by_high = "" if high is None else sum(c in set(high) for h in holders for c in h)
+    mean = statistics.fmean(counts)
+    return [top, len(trained), mean, counts.count(1), counts.count(0), sum(counts), by_high]
+
+
+def write_holders(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
+    """``holders.csv`` / ``holders.md`` for suites with runs at several ranks (holder_line)."""
+    lines = [
+        [cell, seed, *line]
+        for cell, seeds in runs.items()
+        for seed, rows in sorted(seeds, key=lambda pair: pair[0])
+        if (line := holder_line(rows)) is not None
+    ]
+    if not lines:
+        return False
+    with (folder / "holders.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "seed", "high_rank", "rounds", *HOLDER_COLUMNS])
+        writer.writerows(lines)
+    table = [
+        "| cell | seeds | rank | clients at it per round | rounds with exactly one, per seed "
+        "| rounds with none, per seed | their participations: by high-quality clients, per seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell in dict.fromkeys(line[0] for line in lines):
+        mine = [line for line in lines if line[0] == cell]
+        seeds = ", ".join(str(line[1]) for line in mine)
+        per_round = _spread([line[4] for line in mine])
+        ones = ", ".join(f"{line[5]} of {line[3]}" for line in mine)
+        nones = ", ".join(str(line[6]) for line in mine)
+        by_high = ", ".join(
+            f"{line[8]} of {line[7]}" if line[8] != "" else f"— of {line[7]}" for line in mine
+        )
+        table.append(
+            f"| {cell} | {seeds} | {mine[0][2]} | {per_round} | {ones} | {nones} | {by_high} |"
+        )
+    (folder / "holders.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
 
 
@@ -434,6 +500,7 @@ def report(suite: Suite) -> Path | None:
     write_convergence(runs, folder)
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
+    write_holders(runs, folder)
     write_energy(runs, folder)
     write_seen_tasks(runs, folder)
     done = sum(len(seeds) for seeds in runs.values())

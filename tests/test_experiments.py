@@ -390,6 +390,30 @@ def test_the_report_writes_seen_and_unseen_task_scores(
     assert not report.write_seen_tasks({"x": [(0, runs["flexlora"][0][1][:0])]}, tmp_path / "n")
 
 
+def test_holders_say_who_trained_the_highest_rank_round_by_round(tmp_path: Path) -> None:
+    """Round 1: one client at rank 20 (high-quality client 2); round 2: two (neither
+    high-quality); round 3: none.  A run at one rank has no holders line."""
+    report = _experiment_module("report")
+    start = replace(_row(1, 0.25, 0.1), round=0, extra={"high_quality_clients": [2, 9]})
+    trained = [([1, 2, 3], [5, 20, 5]), ([4, 5, 6], [20, 20, 5]), ([7, 8, 9], [5, 5, 5])]
+    rows = [start] + [
+        replace(_row(i + 1, 0.5, 0.1), clients=clients, ranks=ranks)
+        for i, (clients, ranks) in enumerate(trained)
+    ]
+    assert report.holder_line(rows) == [20, 3, 1.0, 1, 1, 3, 1]
+    no_split = [replace(start, extra={}), *rows[1:]]
+    assert report.holder_line(no_split) == [20, 3, 1.0, 1, 1, 3, ""]
+    one_rank = [start, *(replace(r, ranks=[5, 5, 5]) for r in rows[1:])]
+    assert report.holder_line(one_rank) is None
+    runs = {"mixed": [(1, no_split), (0, rows)], "homogeneous": [(0, one_rank)]}
+    assert report.write_holders(runs, tmp_path)
+    table = (tmp_path / "holders.md").read_text(encoding="utf-8").splitlines()
+    assert table[2:] == [
+        "| mixed | 0, 1 | 20 | 1.000 ± 0.000 | 1 of 3, 1 of 3 | 1, 1 | 1 of 3, — of 3 |"
+    ]
+    assert not report.write_holders({"homogeneous": [(0, one_rank)]}, tmp_path / "none")
+
+
 def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
     tmp_path: Path,
 ) -> None:
