@@ -26,7 +26,7 @@ import sys
 import time
 from fnmatch import fnmatch
 
-from fedlora.runs import RoundMetrics, RunDir
+from fedlora.runs import RunDir, seconds_per_round
 from suites import Job, all_suites
 
 
@@ -55,13 +55,6 @@ def progress(job: Job) -> str:
     if not run.has_checkpoint():
         return ""
     return f"resumable after round {last_round(run)} of {job.config().run.rounds}"
-
-
-def seconds_per_round(rows: list[RoundMetrics]) -> float:
-    """A finished run's recorded seconds (train, aggregate, evaluate) per round after round 0."""
-    rounds = [row for row in rows if row.round > 0]
-    total = sum(row.seconds_train + row.seconds_aggregate + row.seconds_eval for row in rounds)
-    return total / len(rounds)
 
 
 def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:

@@ -205,6 +205,16 @@ def test_comparisons_list_the_untuned_model_and_the_baselines_per_seed(
     assert [np.asarray(line.get_ydata())[0] for line in baseline] == pytest.approx([0.30])
 
 
+def test_seconds_per_round_are_the_median_runs_so_one_paused_run_does_not_move_them() -> None:
+    # Each _row records 1.3 s (train 1, aggregate 0.1, evaluate 0.2); seed 2 sat paused 600 s
+    # inside its second round.
+    runs = [[_row(1, 0.5, 0.1), _row(2, 0.6, 0.1)] for _ in range(3)]
+    runs[2][1] = replace(runs[2][1], seconds_train=601.0)
+    runs[1] = [replace(row, seconds_eval=1.2) for row in runs[1]]  # 2.3 s a round
+    (row, *_) = comparison_rows({"flexlora": runs})
+    assert row.seconds_per_round == pytest.approx(2.3)
+
+
 def test_a_single_seed_has_no_spread(tmp_path: Path) -> None:
     """One seed measures no standard deviation: the table says so instead of printing 0."""
     rows = [_row(i + 1, accuracy, f1) for i, (accuracy, f1) in enumerate(SCORES["flexlora", 0])]

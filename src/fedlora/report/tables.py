@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlora.report.companion import with_companion
-from fedlora.runs.metrics import MACRO_F1, Headline, RoundMetrics, headline
+from fedlora.runs.metrics import MACRO_F1, Headline, RoundMetrics, headline, seconds_per_round
 
 Runs = Mapping[str, Sequence[Sequence[RoundMetrics]]]
 
@@ -38,7 +38,9 @@ class ComparisonRow:
     lora_params_up_per_client: float | None = None
     dense_params_up_per_client: float | None = None
     mean_bytes_up_per_round: float | None = None
-    mean_seconds_per_round: float | None = None
+    seconds_per_round: float | None = None
+    """The median over seeds of each run's seconds per round: one run slowed or paused by other
+    jobs does not move it."""
 
 
 def _final(rows: Sequence[RoundMetrics]) -> RoundMetrics:
@@ -89,7 +91,6 @@ def comparison_rows(runs: Runs) -> list[ComparisonRow]:
         losses = [float(_final(rows).test_loss or 0.0) for rows in seeds]
         every = [r for rows in seeds for r in rows if r.round > 0]  # round 0 trains nothing
         clients = sum(len(r.clients) for r in every) or 1
-        seconds = [r.seconds_train + r.seconds_aggregate + r.seconds_eval for r in every]
         table.append(
             ComparisonRow(
                 method=method,
@@ -99,7 +100,7 @@ def comparison_rows(runs: Runs) -> list[ComparisonRow]:
                 lora_params_up_per_client=sum(r.lora_params_up for r in every) / clients,
                 dense_params_up_per_client=sum(r.dense_params_up for r in every) / clients,
                 mean_bytes_up_per_round=statistics.fmean(r.bytes_up for r in every),
-                mean_seconds_per_round=statistics.fmean(seconds),
+                seconds_per_round=statistics.median(seconds_per_round(rows) for rows in seeds),
             )
         )
     return table + reference_rows(runs, metric, with_f1)
@@ -139,7 +140,7 @@ def write_comparison(rows: Sequence[ComparisonRow], directory: Path) -> str:
     f1_header = [f"final {MACRO_F1.label}"] if with_f1 else []
     names = ["method", "seeds", f"final {metric} (mean ± std)", "per seed", *f1_header]
     names += [f"best {metric}", "final test loss", "LoRA params up / client / round"]
-    names += ["dense params up / client / round", "MB up / round", "s / round"]
+    names += ["dense params up / client / round", "MB up / round", "s / round (median run)"]
     header = _markdown_row(names) + "\n|" + "---|" * len(names) + "\n"
     lines = [_markdown_row(_cells(r, with_f1)) for r in rows]
     markdown = header + "\n".join(lines) + "\n"
@@ -170,7 +171,7 @@ def _cells(row: ComparisonRow, with_f1: bool) -> list[str]:
             None if row.mean_bytes_up_per_round is None else row.mean_bytes_up_per_round / 1e6,
             "{:.2f}",
         ),
-        _number(row.mean_seconds_per_round, "{:.1f}"),
+        _number(row.seconds_per_round, "{:.1f}"),
     ]
 
 

@@ -11,6 +11,7 @@ from fedlora.runs.metrics import (
     RoundMetrics,
     headline,
     read_metrics,
+    seconds_per_round,
 )
 from fedlora.runs.run_dir import RunDir
 
@@ -29,4 +30,5 @@ __all__ = [
     "load_checkpoint",
     "read_metrics",
     "save_checkpoint",
+    "seconds_per_round",
 ]

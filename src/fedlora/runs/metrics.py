@@ -87,6 +87,13 @@ def headline(rows: Iterable[RoundMetrics]) -> Headline:
     return ROUGE_L if any(r.test_rouge_l is not None for r in rows) else ACCURACY
 
 
+def seconds_per_round(rows: Sequence[RoundMetrics]) -> float:
+    """A run's recorded seconds (train, aggregate, evaluate) per round after round 0."""
+    rounds = [row for row in rows if row.round > 0]
+    total = sum(row.seconds_train + row.seconds_aggregate + row.seconds_eval for row in rounds)
+    return total / len(rounds)
+
+
 CSV_COLUMNS = [f.name for f in fields(RoundMetrics) if f.name not in ("clients", "ranks", "extra")]
 
 
