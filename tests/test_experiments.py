@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from fedlora.config import ExperimentConfig
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError
 from fedlora.runs import RoundMetrics, RunDir
@@ -63,7 +64,9 @@ def test_there_are_suites_and_each_names_its_runs() -> None:
         assert len(names) == len(set(names)) == len(suite.cells) * len(suite.seeds)
 
 
-def _tiny(config: Any, out: Path, models: dict[str, Path], data: Path) -> Any:
+def _tiny(
+    config: ExperimentConfig, out: Path, models: dict[str, Path], data: Path
+) -> ExperimentConfig:
     """The run shrunk to seconds: a tiny model, few rows, one round of one step."""
     settings: dict[str, Any] = {
         "run.rounds": 1,

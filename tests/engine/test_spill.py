@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from fedlora.config import ExperimentConfig
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.runs import RoundMetrics, RunDir
 from tests.engine.helpers import tiny_config
@@ -34,7 +35,7 @@ CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _config(model_dir: Path, out: Path, spill: str, case: dict[str, Any]) -> Any:
+def _config(model_dir: Path, out: Path, spill: str, case: dict[str, Any]) -> ExperimentConfig:
     return tiny_config(model_dir, out, **{"run.rounds": 2, "aggregation.spill": spill, **case})
 
 

@@ -21,7 +21,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedlora.aggregation import available_aggregators
 from fedlora.config import ExperimentConfig
-from fedlora.engine import RoundDriver, TrainTask, build_experiment, run_experiment
+from fedlora.engine import RoundDriver, RunResult, TrainTask, build_experiment, run_experiment
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.flower import client_app
 from fedlora.flower.records import ARRAYS, CONFIG, MERGED, METRICS, record_to_factors
@@ -136,19 +136,19 @@ def _config(model_dir: Path, out: Path, **overrides: Any) -> ExperimentConfig:
     )
 
 
-def _flower_run(config: ExperimentConfig, grid: FakeGrid, *, resume: bool = False) -> Any:
+def _flower_run(config: ExperimentConfig, grid: FakeGrid, *, resume: bool = False) -> RunResult:
     path = Path(config.run.out_dir)
     run_dir = RunDir(path) if resume else RunDir.create(path, config, overwrite=False)
     transport = FlowerTransport(grid, config, run_key=run_dir.run_id, connect_timeout=1.0)
     return RoundDriver(build_experiment(config), run_dir).run(transport, resume=resume)
 
 
-def _in_process(config: ExperimentConfig) -> Any:
+def _in_process(config: ExperimentConfig) -> RunResult:
     run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=False)
     return run_experiment(build_experiment(config), run_dir)
 
 
-def _assert_same(flower: Any, reference: Any) -> None:
+def _assert_same(flower: RunResult, reference: RunResult) -> None:
     """Same clients, ranks, losses, traffic and adapter, bit for bit."""
     for a, b in zip(flower.metrics, reference.metrics, strict=True):
         assert (a.round, a.clients, a.ranks) == (b.round, b.clients, b.ranks)
