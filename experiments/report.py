@@ -29,7 +29,8 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``energy.csv`` / ``energy.png`` for suites whose FlexLoRA runs record ``energy_kept``: per
   round, module and client rank, the share of the aggregated update's energy the rank's
   truncation keeps, and its complement (the SVD truncation error, FlexLoRA's Figure 8) per
-  module averaged over rounds and seeds.
+  module averaged over rounds and seeds; ``energy.md`` summarises that error per cell and rank
+  (mean, per seed, worst, first and last round).
 
 These files are small and committed: every number in the README and docs/results.md comes from
 one of them.
@@ -306,7 +307,36 @@ def write_energy(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: 
         writer.writerow(["cell", "seed", "round", "module", "rank", "energy_kept"])
         writer.writerows(lines)
     plot_truncation_error(lines, folder / "energy.png")
+    (folder / "energy.md").write_text(energy_table(lines), encoding="utf-8")
     return True
+
+
+def energy_table(lines: list[list[Any]]) -> str:
+    """Per cell and client rank, the truncation error ``1 - energy kept`` in percent: its mean
+    over every round, module and seed, each seed's mean, the worst value (with its round and
+    module), and the mean over modules and seeds in the first and the last round."""
+    errors: dict[tuple[str, int], list[tuple[int, int, str, float]]] = defaultdict(list)
+    for cell, seed, round_index, module, rank, share in lines:
+        errors[cell, rank].append((seed, round_index, module, 100.0 * (1.0 - share)))
+    table = [
+        "| cell | rank | truncation error, % (mean) | per seed | worst: %, round, module "
+        "| first round | last round |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (cell, rank), values in sorted(errors.items()):
+        seeds = sorted({seed for seed, *_ in values})
+        per_seed = [statistics.fmean(e for s, _, _, e in values if s == seed) for seed in seeds]
+        worst = max(values, key=lambda value: value[3])
+        first, last = min(v[1] for v in values), max(v[1] for v in values)
+        at_first = statistics.fmean(e for _, r, _, e in values if r == first)
+        at_last = statistics.fmean(e for _, r, _, e in values if r == last)
+        mean = statistics.fmean(e for *_, e in values)
+        table.append(
+            f"| {cell} | {rank} | {mean:.3g} | {', '.join(f'{e:.3g}' for e in per_seed)} "
+            f"| {worst[3]:.3g}, round {worst[1]}, {worst[2]} "
+            f"| {at_first:.3g} (round {first}) | {at_last:.3g} (round {last}) |"
+        )
+    return "\n".join(table) + "\n"
 
 
 ERROR_FLOOR = 1e-6

@@ -417,6 +417,27 @@ def test_holders_say_who_trained_the_highest_rank_round_by_round(tmp_path: Path)
     assert not report.write_holders({"homogeneous": [(0, one_rank)]}, tmp_path / "none")
 
 
+def test_the_energy_table_gives_each_rank_its_mean_seeds_worst_and_first_and_last_rounds() -> None:
+    report = _experiment_module("report")
+    kept = {  # (seed, round, module) -> energy rank 8 keeps
+        (0, 1, "m1"): 0.90,
+        (0, 1, "m2"): 0.80,
+        (0, 2, "m1"): 0.99,
+        (0, 2, "m2"): 0.99,
+        (1, 1, "m1"): 0.70,
+        (1, 1, "m2"): 0.90,
+        (1, 2, "m1"): 0.98,
+        (1, 2, "m2"): 1.00,
+    }
+    lines = [["c", seed, r, module, 8, share] for (seed, r, module), share in kept.items()]
+    lines.append(["c", 0, 1, "m1", 30, 1.0])
+    table = report.energy_table(lines).splitlines()
+    assert table[2:] == [
+        "| c | 8 | 9.25 | 8, 10.5 | 30, round 1, m1 | 17.5 (round 1) | 1 (round 2) |",
+        "| c | 30 | 0 | 0 | 0, round 1, m1 | 0 (round 1) | 0 (round 1) |",
+    ]
+
+
 def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
     tmp_path: Path,
 ) -> None:
