@@ -136,7 +136,9 @@ HOLDER_COLUMNS = (
 def holder_line(rows: list[RoundMetrics]) -> list[Any] | None:
     """Who trained a run's highest rank in its rounds: how many per round, how often exactly one
     (a slot replication then hands to that client whole) or none, and how many of those
-    participations were high-quality clients'.  None for a run at one rank."""
+    participations were high-quality clients'.  A client's rank is its largest module's (the
+    metrics' ``ranks``), so a per-module tier counts at its MLP rank.  None for a run at one
+    rank."""
     trained = [r for r in rows if r.round > 0]
     if len({rank for r in trained for rank in r.ranks}) < 2:
         return None
