@@ -178,9 +178,7 @@ def write_holders(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder:
         per_round = _spread([line[4] for line in mine])
         ones = ", ".join(f"{line[5]} of {line[3]}" for line in mine)
         nones = ", ".join(str(line[6]) for line in mine)
-        by_high = ", ".join(
-            f"{line[8]} of {line[7]}" if line[8] != "" else f"— of {line[7]}" for line in mine
-        )
+        by_high = ", ".join(f"{line[8]} of {line[7]}" if line[8] != "" else "—" for line in mine)
         table.append(
             f"| {cell} | {seeds} | {mine[0][2]} | {per_round} | {ones} | {nones} | {by_high} |"
         )

@@ -412,7 +412,7 @@ def test_holders_say_who_trained_the_highest_rank_round_by_round(tmp_path: Path)
     assert report.write_holders(runs, tmp_path)
     table = (tmp_path / "holders.md").read_text(encoding="utf-8").splitlines()
     assert table[2:] == [
-        "| mixed | 0, 1 | 20 | 1.000 ± 0.000 | 1 of 3, 1 of 3 | 1, 1 | 1 of 3, — of 3 |"
+        "| mixed | 0, 1 | 20 | 1.000 ± 0.000 | 1 of 3, 1 of 3 | 1, 1 | 1 of 3, — |"
     ]
     assert not report.write_holders({"homogeneous": [(0, one_rank)]}, tmp_path / "none")
 
