@@ -26,6 +26,9 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``seen_tasks.csv`` / ``seen_tasks.md`` for instruction suites that hold seen-task examples out
   (``instruct.seen_test_fraction``): per run the final score, Rouge-L, exact match and loss on
   the seen tasks, next to the unseen-task score, with the untuned model and the copy baseline;
+- ``tiers.csv`` / ``tiers.md`` for suites whose rank policy names tiers (FlexLoRA's
+  populations): per cell and tier, the clients' mean local training loss in the first, middle and
+  last third of the rounds;
 - ``energy.csv`` / ``energy.png`` for suites whose FlexLoRA runs record ``energy_kept``: per
   round, module and client rank, the share of the aggregated update's energy the rank's
   truncation keeps, and its complement (the SVD truncation error, FlexLoRA's Figure 8) per
@@ -183,6 +186,65 @@ def write_holders(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder:
             f"| {cell} | {seeds} | {mine[0][2]} | {per_round} | {ones} | {nones} | {by_high} |"
         )
     (folder / "holders.md").write_text("\n".join(table) + "\n", encoding="utf-8")
+    return True
+
+
+THIRDS = ("first", "middle", "last")
+
+
+def tier_lines(rows: list[RoundMetrics]) -> list[tuple[str, int, float]]:
+    """(tier, third of the run's rounds, local training loss) of every client that trained; a
+    client's tier is the rank policy's name for it, else ``r<rank>``."""
+    trained = [r for r in rows if r.round > 0]
+    last = max((r.round for r in trained), default=0)
+    lines = []
+    for row in trained:
+        tiers = row.extra.get("tiers") or [f"r{rank}" for rank in row.ranks]
+        losses = row.extra.get("client_train_loss") or []
+        third = min(2, 3 * (row.round - 1) // last)
+        lines += [
+            (t, third, loss) for t, loss in zip(tiers, losses, strict=True) if loss is not None
+        ]
+    return lines
+
+
+def write_tiers(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
+    """``tiers.md|csv`` for suites with named rank tiers: per cell and tier, the clients' mean
+    local training loss in the first, middle and last third of the rounds (how well a tier's
+    clients fit their own rows from the state they are served); False if no run names tiers."""
+    if not any(r.extra.get("tiers") for seeds in runs.values() for _, rows in seeds for r in rows):
+        return False
+    losses: dict[tuple[str, str], dict[int, list[list[float]]]] = {}
+    for cell, seeds in runs.items():
+        for seed, rows in sorted(seeds, key=lambda pair: pair[0]):
+            for tier, third, loss in tier_lines(rows):
+                per_seed = losses.setdefault((cell, tier), {})
+                per_seed.setdefault(seed, [[], [], []])[third].append(loss)
+    with (folder / "tiers.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["cell", "tier", "seed", "third", "clients", "mean_train_loss"])
+        for (cell, tier), per_seed in losses.items():
+            for seed, thirds in per_seed.items():
+                for name, values in zip(THIRDS, thirds, strict=True):
+                    if values:
+                        writer.writerow(
+                            [cell, tier, seed, name, len(values), statistics.fmean(values)]
+                        )
+    table = [
+        "| cell | tier | client trainings | mean local training loss: first / middle / last third "
+        "of rounds | last third, per seed |",
+        "|---|---|---|---|---|",
+    ]
+    for (cell, tier), per_seed in losses.items():
+        pooled = [[v for thirds in per_seed.values() for v in thirds[i]] for i in range(3)]
+        means = " / ".join(f"{statistics.fmean(v):.3f}" if v else "—" for v in pooled)
+        lasts = ", ".join(
+            f"{statistics.fmean(thirds[2]):.3f}" if thirds[2] else "—"
+            for thirds in per_seed.values()
+        )
+        count = sum(len(v) for v in pooled)
+        table.append(f"| {cell} | {tier} | {count} | {means} | {lasts} |")
+    (folder / "tiers.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
 
 
@@ -531,6 +593,7 @@ def report(suite: Suite) -> Path | None:
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
     write_holders(runs, folder)
+    write_tiers(runs, folder)
     write_energy(runs, folder)
     write_seen_tasks(runs, folder)
     done = sum(len(seeds) for seeds in runs.values())

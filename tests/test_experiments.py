@@ -438,6 +438,38 @@ def test_the_energy_table_gives_each_rank_its_mean_seeds_worst_and_first_and_las
     ]
 
 
+def test_tiers_give_each_tiers_clients_their_mean_training_loss_by_third_of_the_rounds(
+    tmp_path: Path,
+) -> None:
+    """Three rounds, one per third: each client's loss goes to its own tier; a client without a
+    loss (dropped) is left out; a run without named tiers reads them off its ranks."""
+    report = _experiment_module("report")
+    start = replace(_row(1, 0.25, 0.1), round=0)
+
+    def trained(round_index: int, losses: list[float | None]) -> RoundMetrics:
+        extra = {"tiers": ["r8", "r200", "r8"], "client_train_loss": losses}
+        return replace(_row(round_index, 0.5, 0.1), ranks=[8, 200, 8], extra=extra)
+
+    rows = [
+        start,
+        trained(1, [2.0, 1.0, 3.0]),
+        trained(2, [1.5, None, 1.5]),
+        trained(3, [1.0, 0.5, 0.8]),
+    ]
+    assert report.tier_lines(rows)[:3] == [("r8", 0, 2.0), ("r200", 0, 1.0), ("r8", 0, 3.0)]
+    assert ("r200", 1, None) not in report.tier_lines(rows)
+    plain = [start, *(replace(r, extra={"client_train_loss": [1.0, 1.0, 1.0]}) for r in rows[1:])]
+    assert {tier for tier, _, _ in report.tier_lines(plain)} == {"r8", "r200"}
+    runs = {"mixed": [(0, rows)], "homogeneous": [(0, plain)]}
+    assert report.write_tiers(runs, tmp_path)
+    table = (tmp_path / "tiers.md").read_text(encoding="utf-8").splitlines()
+    assert table[2:4] == [
+        "| mixed | r8 | 6 | 2.500 / 1.500 / 0.900 | 0.900 |",
+        "| mixed | r200 | 2 | 1.000 / — / 0.500 | 0.500 |",
+    ]
+    assert not report.write_tiers({"homogeneous": [(0, plain)]}, tmp_path / "none")
+
+
 def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
     tmp_path: Path,
 ) -> None:
