@@ -30,27 +30,23 @@ from bench_env import set_threads  # first: the offline environment
 from bench_tools import Report, table
 from bench_tools import parser as bench_parser
 from fedlora.aggregation.flexlora import NormRoute, squared_norm_of_product
-from fedlora.ranks.distribution import POPULATIONS, largest_remainder_counts
+from fedlora.ranks.distribution import FLEXLORA_TIERS, POPULATIONS, largest_remainder_counts
 
 LAYERS = 6
-SHAPES = {  # (out, in), modules per layer, attention or MLP
-    "attention 384 x 384": ((384, 384), 3, "attention"),
-    "intermediate 1536 x 384": ((1536, 384), 1, "mlp"),
-    "output 384 x 1536": ((384, 1536), 1, "mlp"),
+# One MiniLM module of each shape: its name (it decides a tier's rank), (out, in), count per layer.
+SHAPES = {
+    "attention 384 x 384": ("bert.encoder.layer.0.attention.self.query", (384, 384), 3),
+    "intermediate 1536 x 384": ("bert.encoder.layer.0.intermediate.dense", (1536, 384), 1),
+    "output 384 x 1536": ("bert.encoder.layer.0.output.dense", (384, 1536), 1),
 }
-TIERS = (  # FlexLoRA's Types 1 to 4: each client's rank on attention and on the MLP
-    {"attention": 8, "mlp": 8},
-    {"attention": 30, "mlp": 30},
-    {"attention": 30, "mlp": 200},
-    {"attention": 200, "mlp": 200},
-)
 ROUTES: tuple[NormRoute, ...] = ("gram", "dense", "auto")
 
 
-def stacked_rank(population: str, clients: int, part: str) -> int:
-    """``R`` of one module of ``part`` in a round of ``clients`` drawn from ``population``."""
+def stacked_rank(population: str, clients: int, module: str) -> int:
+    """``R`` of ``module`` in a round of ``clients`` drawn from ``population``."""
     counts = largest_remainder_counts(POPULATIONS[population], clients)
-    return sum(count * tier[part] for count, tier in zip(counts, TIERS, strict=True))
+    tiers = zip(counts, FLEXLORA_TIERS, strict=True)
+    return sum(count * tier.rank_for(module) for count, tier in tiers)
 
 
 def seconds(P: torch.Tensor, Q: torch.Tensor, route: NormRoute, repeats: int) -> float:
@@ -66,8 +62,8 @@ def measure(population: str, clients: int, repeats: int, seed: int) -> dict[str,
     generator = torch.Generator().manual_seed(seed)
     per_round = dict.fromkeys(ROUTES, 0.0)
     modules = {}
-    for name, ((out, inn), per_layer, part) in SHAPES.items():
-        rank = stacked_rank(population, clients, part)
+    for name, (module, (out, inn), per_layer) in SHAPES.items():
+        rank = stacked_rank(population, clients, module)
         P = torch.randn(out, rank, generator=generator)
         Q = torch.randn(rank, inn, generator=generator)
         timed = {route: seconds(P, Q, route, repeats) for route in ROUTES}

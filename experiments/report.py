@@ -26,9 +26,8 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``seen_tasks.csv`` / ``seen_tasks.md`` for instruction suites that hold seen-task examples out
   (``instruct.seen_test_fraction``): per run the final score, Rouge-L, exact match and loss on
   the seen tasks, next to the unseen-task score, with the untuned model and the copy baseline;
-- ``tiers.csv`` / ``tiers.md`` for suites whose rank policy names tiers (FlexLoRA's
-  populations): per cell and tier, the clients' mean local training loss in the first, middle and
-  last third of the rounds;
+- ``tiers.csv`` / ``tiers.md``: per cell and rank tier (each client's, as its round recorded
+  it), the clients' mean local training loss in the first, middle and last third of the rounds;
 - ``energy.csv`` / ``energy.png`` for suites whose FlexLoRA runs record ``energy_kept``: per
   round, module and client rank, the share of the aggregated update's energy the rank's
   truncation keeps, and its complement (the SVD truncation error, FlexLoRA's Figure 8) per
@@ -147,11 +146,12 @@ def holder_line(rows: list[RoundMetrics]) -> list[Any] | None:
         return None
     top = max(rank for r in trained for rank in r.ranks)
     high = next((r.extra.get("high_quality_clients") for r in rows if r.round == 0), None)
+    high_quality = set(high or [])
     holders = [
         [c for c, rank in zip(r.clients, r.ranks, strict=True) if rank == top] for r in trained
     ]
     counts = [len(h) for h in holders]
-    by_high = "" if high is None else sum(c in set(high) for h in holders for c in h)
+    by_high = "" if high is None else sum(c in high_quality for h in holders for c in h)
     mean = statistics.fmean(counts)
     return [top, len(trained), mean, counts.count(1), counts.count(0), sum(counts), by_high]
 
@@ -193,14 +193,13 @@ THIRDS = ("first", "middle", "last")
 
 
 def tier_lines(rows: list[RoundMetrics]) -> list[tuple[str, int, float]]:
-    """(tier, third of the run's rounds, local training loss) of every client that trained; a
-    client's tier is the rank policy's name for it, else ``r<rank>``."""
-    trained = [r for r in rows if r.round > 0]
-    last = max((r.round for r in trained), default=0)
+    """(tier, third of the run's rounds, local training loss) of every client that trained, in
+    the rounds that recorded the clients' tiers."""
+    trained = [r for r in rows if r.round > 0 and r.extra.get("tiers")]
+    last = max((r.round for r in rows), default=0)
     lines = []
     for row in trained:
-        tiers = row.extra.get("tiers") or [f"r{rank}" for rank in row.ranks]
-        losses = row.extra.get("client_train_loss") or []
+        tiers, losses = row.extra["tiers"], row.extra["client_train_loss"]
         third = min(2, 3 * (row.round - 1) // last)
         lines += [
             (t, third, loss) for t, loss in zip(tiers, losses, strict=True) if loss is not None
@@ -209,17 +208,17 @@ def tier_lines(rows: list[RoundMetrics]) -> list[tuple[str, int, float]]:
 
 
 def write_tiers(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> bool:
-    """``tiers.md|csv`` for suites with named rank tiers: per cell and tier, the clients' mean
-    local training loss in the first, middle and last third of the rounds (how well a tier's
-    clients fit their own rows from the state they are served); False if no run names tiers."""
-    if not any(r.extra.get("tiers") for seeds in runs.values() for _, rows in seeds for r in rows):
-        return False
+    """``tiers.md|csv``: per cell and tier, the clients' mean local training loss in the first,
+    middle and last third of the rounds (how well a tier's clients fit their own rows from the
+    state they are served); False if no run recorded any."""
     losses: dict[tuple[str, str], dict[int, list[list[float]]]] = {}
     for cell, seeds in runs.items():
         for seed, rows in sorted(seeds, key=lambda pair: pair[0]):
             for tier, third, loss in tier_lines(rows):
                 per_seed = losses.setdefault((cell, tier), {})
                 per_seed.setdefault(seed, [[], [], []])[third].append(loss)
+    if not losses:
+        return False
     with (folder / "tiers.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["cell", "tier", "seed", "third", "clients", "mean_train_loss"])
