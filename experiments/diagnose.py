@@ -15,6 +15,11 @@ The re-evaluated accuracy is checked against the run's own final accuracy, so a 
 describes a model other than the one the run reported.  Methods that merge into the base
 weights (FLoRA) are skipped: their final model is not the checkpoint's state alone.
 
+Each run's lines are kept in its run directory (``diagnostics.json``), keyed by its config, its
+last round's metrics and ``--low``: a later call evaluates only the runs finished since (a
+populations suite takes about 8 minutes to evaluate from nothing), and a run that was run again
+differently is evaluated again.
+
 ``diagnostics.md`` summarises the CSV per cell (the table ``docs/results.md`` quotes): the mean
 weight of the high slots, each class's mean recall and the worst class's recall in each seed.
 ``--summary-only`` rebuilds it from the committed CSV without evaluating anything.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import statistics
@@ -123,6 +129,29 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
     return lines
 
 
+CACHE = "diagnostics.json"
+
+
+def cached_diagnosis(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
+    """:func:`diagnose`, read from the run directory when the same run was diagnosed before."""
+    last = run.metrics()[-1]
+    key = {
+        "config_sha256": hashlib.sha256(run.config_file.read_bytes()).hexdigest(),
+        "last_round": [last.round, last.test_accuracy],
+        "low": low,
+        "cell": cell,
+        "seed": seed,
+    }
+    path = run.path / CACHE
+    if path.exists():
+        kept = json.loads(path.read_text(encoding="utf-8"))
+        if kept["key"] == key:
+            return [list(line) for line in kept["lines"]]
+    lines = diagnose(run, cell, seed, low)
+    path.write_text(json.dumps({"key": key, "lines": lines}), encoding="utf-8")
+    return lines
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
@@ -189,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         done = [(job, RunDir(job.out)) for job in suite.jobs if RunDir(job.out).is_finished()]
         low = args.low if args.low is not None else smallest_rank(suite.name, [r for _, r in done])
         if not args.summary_only:
-            lines = [line for job, run in done for line in diagnose(run, job.cell, job.seed, low)]
+            lines = [
+                line for job, run in done for line in cached_diagnosis(run, job.cell, job.seed, low)
+            ]
             folder.mkdir(parents=True, exist_ok=True)
             with path.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)

@@ -168,6 +168,37 @@ def test_diagnostics_describe_the_runs_final_model(
         diagnose.smallest_rank("s", [])
 
 
+def test_a_diagnosed_run_is_read_back_until_its_run_or_low_changes(
+    tmp_path: Path,
+    tiny_bert_dir: Path,
+    tiny_llama_dir: Path,
+    shared_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    diagnose = _experiment_module("diagnose")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    run_dir, _ = _tiny_run("byun_lee_fig2_agnews", "fedit r7", tmp_path, models, shared_data_dir)
+    first = diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 5)
+    evaluated: list[int] = []
+    real = diagnose.diagnose
+
+    def counting(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
+        evaluated.append(low)
+        return real(run, cell, seed, low)
+
+    monkeypatch.setattr(diagnose, "diagnose", counting)
+    assert diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 5) == first
+    assert evaluated == []
+    assert diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 6) != first
+    assert evaluated == [6]
+    # The run ran again to a different final model: evaluated again, not read back.
+    rows = run_dir.metrics()
+    run_dir.rewrite_metrics([*rows[:-1], replace(rows[-1], test_accuracy=0.123)])
+    with pytest.raises(SystemExit, match="not the run's final model"):
+        diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 6)
+    assert evaluated == [6, 6]
+
+
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
     """Means per class over seeds, the worst class per seed, and no high-slot weight for a cell
     whose rank has no slots above ``low`` (its 0.0 is not a measurement)."""
