@@ -15,16 +15,21 @@ The re-evaluated accuracy is checked against the run's own final accuracy, so a 
 describes a model other than the one the run reported.  Methods that merge into the base
 weights (FLoRA) are skipped: their final model is not the checkpoint's state alone.
 
-Each run's lines are kept in its run directory (``diagnostics.json``), keyed by its config, its
-last round's metrics and ``--low``: a later call evaluates only the runs finished since (a
-populations suite takes about 8 minutes to evaluate from nothing), and a run that was run again
-differently is evaluated again.
+Each run's lines are kept in its run directory (``diagnostics.json``, ``served.json``), keyed by
+its config, its last round's metrics and ``--low``: a later call evaluates only the runs finished
+since (the first 15 populations runs took 5.4 min from nothing, 32 s once kept), and a run that
+was run again differently is evaluated again.
+
+With ``--served``, also ``served.csv|md``: per run and per tier its clients could train, the test
+accuracy and loss of the model such a client is served from the final global state (its first
+slots; for FlexLoRA the best approximation of the update at that rank), next to the global
+model's.  This is what a low-rank client starts each round from, in accuracy rather than energy.
 
 ``diagnostics.md`` summarises the CSV per cell (the table ``docs/results.md`` quotes): the mean
 weight of the high slots, each class's mean recall and the worst class's recall in each seed.
 ``--summary-only`` rebuilds it from the committed CSV without evaluating anything.
 
-    python experiments/diagnose.py SUITE [SUITE ...] [--low RANK] [--summary-only]
+    python experiments/diagnose.py SUITE [SUITE ...] [--low RANK] [--summary-only] [--served]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import hashlib
 import json
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,7 +48,7 @@ from safetensors.torch import load_file
 
 from fedlora.aggregation import GlobalState
 from fedlora.config import load_config
-from fedlora.engine import build_experiment
+from fedlora.engine import Experiment, build_experiment
 from fedlora.lora.factors import FoldedFactors
 from fedlora.runs import RunDir, load_checkpoint
 from suites import RESULTS, all_suites
@@ -93,21 +99,30 @@ def final_state(run: RunDir) -> GlobalState:
     return GlobalState(modules=modules, dense=dense, round=meta["round"], seed=meta["seed"])
 
 
-def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
-    """The diagnostic lines of one finished run (none for a merging method)."""
-    config = load_config(run.config_file)
-    experiment = build_experiment(config)
+def final_model(run: RunDir) -> tuple[Experiment, GlobalState] | None:
+    """The run's experiment and last global state (None for a merging method), checked to be
+    the model the run reported."""
+    experiment = build_experiment(load_config(run.config_file))
     if experiment.aggregator.merges_into_base:
-        return []
+        return None
     state = final_state(run)
-    evaluation = experiment.evaluate(state)
+    accuracy = experiment.evaluate(state).accuracy
     reported = run.metrics()[-1].test_accuracy
-    accuracy = evaluation.accuracy
     if accuracy is None or reported is None or not math.isclose(accuracy, reported, abs_tol=1e-6):
         raise SystemExit(
             f"{run.path}: the checkpoint's model scores {accuracy}, the run reported "
             f"{reported}: not the run's final model"
         )
+    return experiment, state
+
+
+def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
+    """The diagnostic lines of one finished run (none for a merging method)."""
+    model = final_model(run)
+    if model is None:
+        return []
+    experiment, state = model
+    evaluation = experiment.evaluate(state)
     share, low_norm, high_norm = slot_norms(state, low)
     rank = max(factors.A.shape[0] for factors in state.modules.values())
     total = sum(entry["support"] for entry in evaluation.extra["per_class"])
@@ -129,27 +144,67 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
     return lines
 
 
-CACHE = "diagnostics.json"
+def served(run: RunDir, cell: str, seed: int) -> list[list[object]]:
+    """Per tier a client of the run could train: the test accuracy and loss of the model such a
+    client is served from the final global state (its first slots: for FlexLoRA the update's
+    best approximation at that rank), next to the global model's."""
+    model = final_model(run)
+    if model is None:
+        return []
+    experiment, state = model
+    shapes = experiment.model.module_shapes()
+    trained = [name for row in run.metrics() for name in row.extra.get("tiers", [])]
+    lines: list[list[object]] = []
+    for tier in dict.fromkeys(experiment.policy.possible_tiers()):
+        evaluation = experiment.evaluate(state, tier.capped_rank_map(shapes))
+        lines.append(
+            [
+                cell,
+                seed,
+                tier.name,
+                trained.count(tier.name),
+                _rounded(evaluation.accuracy),
+                _rounded(evaluation.loss),
+                _rounded(run.metrics()[-1].test_accuracy),
+            ]
+        )
+    return lines
 
 
-def cached_diagnosis(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
-    """:func:`diagnose`, read from the run directory when the same run was diagnosed before."""
+def cached(
+    run: RunDir, what: str, key: dict[str, object], compute: Callable[[], list[list[object]]]
+) -> list[list[object]]:
+    """``compute()``, kept in the run directory (``<what>.json``) and read back while the run's
+    config, its last round's metrics and ``key`` are unchanged."""
     last = run.metrics()[-1]
     key = {
         "config_sha256": hashlib.sha256(run.config_file.read_bytes()).hexdigest(),
         "last_round": [last.round, last.test_accuracy],
-        "low": low,
-        "cell": cell,
-        "seed": seed,
+        **key,
     }
-    path = run.path / CACHE
+    path = run.path / f"{what}.json"
     if path.exists():
         kept = json.loads(path.read_text(encoding="utf-8"))
         if kept["key"] == key:
             return [list(line) for line in kept["lines"]]
-    lines = diagnose(run, cell, seed, low)
+    lines = compute()
     path.write_text(json.dumps({"key": key, "lines": lines}), encoding="utf-8")
     return lines
+
+
+def cached_diagnosis(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
+    """:func:`diagnose`, read from the run directory when the same run was diagnosed before."""
+    return cached(
+        run,
+        "diagnostics",
+        {"low": low, "cell": cell, "seed": seed},
+        lambda: diagnose(run, cell, seed, low),
+    )
+
+
+def cached_served(run: RunDir, cell: str, seed: int) -> list[list[object]]:
+    """:func:`served`, read from the run directory when the same run was evaluated before."""
+    return cached(run, "served", {"cell": cell, "seed": seed}, lambda: served(run, cell, seed))
 
 
 def _rounded(value: float | None) -> float | None:
@@ -191,6 +246,50 @@ def summary(lines: list[dict[str, str]], low: int) -> str:
     return "\n".join(table) + "\n"
 
 
+SERVED_COLUMNS = (
+    "cell",
+    "seed",
+    "tier",
+    "client_rounds",
+    "served_accuracy",
+    "served_loss",
+    "global_accuracy",
+)
+
+
+def served_summary(lines: list[dict[str, str]]) -> str:
+    """Per cell and tier, in the CSV's order: the served model's mean accuracy over the seeds,
+    per seed, its mean test loss, and the global model's mean accuracy beside it."""
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for line in lines:
+        groups.setdefault((line["cell"], line["tier"]), []).append(line)
+    table = [
+        "| cell | tier | client-rounds per run | served model's accuracy | per seed "
+        "| served model's test loss | global model's accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (cell, tier), runs in groups.items():
+
+        def mean(column: str, runs: list[dict[str, str]] = runs) -> float:
+            return statistics.fmean(float(run[column]) for run in runs)
+
+        per_seed = ", ".join(f"{float(run['served_accuracy']):.3f}" for run in runs)
+        table.append(
+            f"| {cell} | {tier} | {mean('client_rounds'):.0f} | {mean('served_accuracy'):.3f} "
+            f"| {per_seed} "
+            f"| {mean('served_loss'):.3f} | {mean('global_accuracy'):.3f} |"
+        )
+    return "\n".join(table) + "\n"
+
+
+def write_csv(path: Path, columns: tuple[str, ...], lines: list[list[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(lines)
+
+
 def smallest_rank(suite: str, runs: list[RunDir]) -> int:
     """The smallest rank any client of the finished runs trained: the slots up to it are what
     every client trains (5 in Byun & Lee's setting, 8 in FlexLoRA's populations)."""
@@ -211,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--summary-only", action="store_true", help="rebuild diagnostics.md from the CSV only"
     )
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="also evaluate, per tier, the model a client is served (served.csv|md; one more "
+        "evaluation per tier and run)",
+    )
     args = parser.parse_args(argv)
     for suite in all_suites(args.suites):
         folder = RESULTS / suite.name
@@ -221,16 +326,18 @@ def main(argv: list[str] | None = None) -> int:
             lines = [
                 line for job, run in done for line in cached_diagnosis(run, job.cell, job.seed, low)
             ]
-            folder.mkdir(parents=True, exist_ok=True)
-            with path.open("w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(COLUMNS)
-                writer.writerows(lines)
+            write_csv(path, COLUMNS, lines)
             print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
         with path.open(encoding="utf-8") as handle:
             table = summary(list(csv.DictReader(handle)), low)
         (folder / "diagnostics.md").write_text(table, encoding="utf-8")
         print(f"{suite.name}: per-cell summary -> {folder / 'diagnostics.md'}")
+        if args.served:
+            lines = [line for job, run in done for line in cached_served(run, job.cell, job.seed)]
+            write_csv(folder / "served.csv", SERVED_COLUMNS, lines)
+            named = [dict(zip(SERVED_COLUMNS, map(str, line), strict=True)) for line in lines]
+            (folder / "served.md").write_text(served_summary(named), encoding="utf-8")
+            print(f"{suite.name}: served models per tier -> {folder / 'served.md'}")
     return 0
 
 

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
@@ -180,7 +181,7 @@ def test_a_diagnosed_run_is_read_back_until_its_run_or_low_changes(
     run_dir, _ = _tiny_run("byun_lee_fig2_agnews", "fedit r7", tmp_path, models, shared_data_dir)
     first = diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 5)
     evaluated: list[int] = []
-    real = diagnose.diagnose
+    real: Callable[[RunDir, str, int, int], list[list[object]]] = diagnose.diagnose
 
     def counting(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
         evaluated.append(low)
@@ -197,6 +198,44 @@ def test_a_diagnosed_run_is_read_back_until_its_run_or_low_changes(
     with pytest.raises(SystemExit, match="not the run's final model"):
         diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 6)
     assert evaluated == [6, 6]
+
+
+def test_served_models_are_evaluated_per_tier_the_run_could_train(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    diagnose = _experiment_module("diagnose")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    suite = "byun_lee_fig2_agnews"
+    for cell, tiers in (("fedit r7", ["r7"]), ("flexlora, random", ["r5", "r20"])):
+        run_dir, rows = _tiny_run(suite, cell, tmp_path / cell, models, shared_data_dir)
+        lines = [
+            dict(zip(diagnose.SERVED_COLUMNS, line, strict=True))
+            for line in diagnose.served(run_dir, cell, 0)
+        ]
+        assert [line["tier"] for line in lines] == tiers
+        trained = [tier for row in rows for tier in row.extra.get("tiers", [])]
+        assert [line["client_rounds"] for line in lines] == [trained.count(t) for t in tiers]
+        assert sum(line["client_rounds"] for line in lines) == len(rows[-1].clients)
+        assert {line["global_accuracy"] for line in lines} == {round(rows[-1].test_accuracy, 4)}
+        if cell == "fedit r7":  # served at the global rank: the global model itself
+            assert lines[0]["served_accuracy"] == lines[0]["global_accuracy"]
+
+
+def test_the_served_summary_averages_each_cell_and_tier_over_its_seeds() -> None:
+    diagnose = _experiment_module("diagnose")
+    lines = [
+        dict(zip(diagnose.SERVED_COLUMNS, map(str, line), strict=True))
+        for line in (
+            ["u", 0, "r8", 100, 0.5, 1.5, 0.9],
+            ["u", 0, "r200", 300, 0.9, 0.4, 0.9],
+            ["u", 1, "r8", 120, 0.7, 1.1, 0.8],
+            ["u", 1, "r200", 280, 0.8, 0.6, 0.8],
+        )
+    ]
+    assert diagnose.served_summary(lines).splitlines()[2:] == [
+        "| u | r8 | 110 | 0.600 | 0.500, 0.700 | 1.300 | 0.850 |",
+        "| u | r200 | 290 | 0.850 | 0.900, 0.800 | 0.500 | 0.850 |",
+    ]
 
 
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:

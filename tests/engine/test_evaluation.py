@@ -12,12 +12,14 @@ import torch
 
 import fedlora.engine.instruction as instruction
 import fedlora.model.generation as generation
+from fedlora.aggregation import GlobalState
 from fedlora.data import TokenizedData
 from fedlora.engine import build_experiment
 from fedlora.engine.evaluation import ClassificationEvaluator
 from fedlora.engine.instruction import GenerationEvaluator, InstructionSplit
 from fedlora.errors import ConfigError
 from fedlora.instruct import InstructionData, InstructionExample, rouge_l
+from fedlora.lora.factors import FoldedFactors
 from fedlora.model import evaluate_generation, load_causal_lm
 from tests.engine.helpers import tiny_causal_config, tiny_config
 
@@ -135,6 +137,33 @@ def test_the_experiment_counts_training_labels_and_scores_by_accuracy(
     evaluation = experiment.evaluate(experiment.initial_state())
     assert evaluation.score == evaluation.accuracy is not None
     assert [c["class"] for c in evaluation.extra["per_class"]] == experiment.group_names
+
+
+@pytest.mark.slow
+def test_evaluating_at_given_ranks_scores_the_model_a_client_of_those_ranks_is_served(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    """Ranks given: the state's first slots only (what a client of those ranks starts from),
+    which is the global model whenever they cover every slot."""
+    experiment = build_experiment(tiny_config(tiny_bert_dir, tmp_path / "run"))
+    generator = torch.Generator().manual_seed(0)
+    modules = {
+        name: FoldedFactors(
+            A=torch.randn(4, inp, generator=generator), B=torch.randn(out, 4, generator=generator)
+        )
+        for name, (out, inp) in experiment.model.module_shapes().items()
+    }
+    state = GlobalState(modules=modules, dense=experiment.initial_state().dense)
+    first_slot = GlobalState(
+        modules={name: FoldedFactors(A=f.A[:1], B=f.B[:, :1]) for name, f in modules.items()},
+        dense=state.dense,
+    )
+    served = experiment.evaluate(state, dict.fromkeys(modules, 1))
+    assert served.loss == pytest.approx(experiment.evaluate(first_slot).loss, rel=1e-5)
+    # The head starts near zero, so the losses are all near ln 4; they differ in the 4th digit.
+    assert served.loss != pytest.approx(experiment.evaluate(state).loss, abs=1e-5)
+    everything = experiment.evaluate(state, dict.fromkeys(modules, 4))
+    assert everything.loss == pytest.approx(experiment.evaluate(state).loss, rel=1e-6)
 
 
 # ---------------------------------------------------------------------- generation

@@ -7,7 +7,7 @@ so they train the same clients on the same data with the same ranks.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -104,9 +104,14 @@ class Experiment:
             seed=self.config.run.seed,
         )
 
-    def evaluate(self, state: GlobalState) -> Evaluation:
-        """The global adapter, at its own rank per module (at least 1), on the test set."""
-        rank_map = {name: max(1, rank) for name, rank in state.rank_map().items()}
+    def evaluate(self, state: GlobalState, ranks: Mapping[str, int] | None = None) -> Evaluation:
+        """The global adapter on the test set: at its own rank per module (at least 1), or at
+        ``ranks``, which is the model a client of those ranks is served (FlexLoRA's truncation)."""
+        rank_map = (
+            {name: max(1, rank) for name, rank in state.rank_map().items()}
+            if ranks is None
+            else dict(ranks)
+        )
         factors = state.factors_for(rank_map, self.lora)
         self.model.activate(rank_map, self.lora)
         self.model.load(factors, state.dense)
