@@ -20,10 +20,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import torch
 
 from fedlora.config import ExperimentConfig
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError
+from fedlora.lora import LoraFactors
 from fedlora.runs import RoundMetrics, RunDir
 from tests.cli.test_macro_f1 import _row
 from tests.conftest import REPO_ROOT
@@ -236,6 +238,43 @@ def test_the_served_summary_averages_each_cell_and_tier_over_its_seeds() -> None
         "| u | r8 | 110 | 0.600 | 0.500, 0.700 | 1.300 | 0.850 |",
         "| u | r200 | 290 | 0.850 | 0.900, 0.800 | 0.500 | 0.850 |",
     ]
+
+
+def test_the_local_step_probe_trains_the_same_clients_at_every_tier_reproducibly(
+    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    local_steps = _experiment_module("local_steps")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    run_dir, _ = _tiny_run(
+        "byun_lee_fig2_agnews", "flexlora, random", tmp_path, models, shared_data_dir
+    )
+    lines = [dict(zip(local_steps.COLUMNS, x, strict=True)) for x in local_steps.probe(run_dir, 3)]
+    assert [line["tier"] for line in lines] == ["r5"] * 3 + ["r20"] * 3
+    clients = [line["client"] for line in lines]
+    assert clients[:3] == clients[3:] and len(set(clients)) == 3
+    assert all(line["move"] > 0 and line["relative_move"] > 0 for line in lines)
+    assert local_steps.probe(run_dir, 3) == [list(line.values()) for line in lines]
+
+
+def test_a_local_round_is_measured_by_how_far_it_moved_the_effective_update() -> None:
+    local_steps = _experiment_module("local_steps")
+    generator = torch.Generator().manual_seed(0)
+    A, B = torch.randn(4, 6, generator=generator), torch.randn(5, 4, generator=generator)
+    served = {"m": LoraFactors(A=A, B=B, alpha=16.0, r=4)}
+    doubled = {"m": LoraFactors(A=A, B=2 * B, alpha=16.0, r=4)}
+    move, relative = local_steps.moves(served, doubled)
+    assert move == pytest.approx(float(torch.linalg.matrix_norm(4.0 * B @ A)), rel=1e-6)
+    assert relative == pytest.approx(1.0, rel=1e-6)
+    lines = [
+        dict(zip(local_steps.COLUMNS, map(str, x), strict=True))
+        for x in (
+            ["a", "r8", 1, 10, 0.5, 0.9, 0.7, 0.2, 1.0],
+            ["a", "r8", 2, 12, 0.5, 0.3, 0.4, 0.1, 0.5],
+        )
+    ]
+    assert local_steps.summary(lines).splitlines()[2] == (
+        "| a | r8 | 2 | 0.500 | 0.600 | 0.550 | 1 of 2 | 0.1500 | 0.750 |"
+    )
 
 
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
