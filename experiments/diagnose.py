@@ -40,7 +40,7 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -99,10 +99,13 @@ def final_state(run: RunDir) -> GlobalState:
     return GlobalState(modules=modules, dense=dense, round=meta["round"], seed=meta["seed"])
 
 
-def final_model(run: RunDir) -> tuple[Experiment, GlobalState] | None:
+def final_model(
+    run: RunDir, overrides: Sequence[str] = ()
+) -> tuple[Experiment, GlobalState] | None:
     """The run's experiment and last global state (None for a merging method), checked to be
-    the model the run reported."""
-    experiment = build_experiment(load_config(run.config_file))
+    the model the run reported; ``overrides`` change the experiment's settings (how clients
+    would train from that state), never the state."""
+    experiment = build_experiment(load_config(run.config_file, overrides))
     if experiment.aggregator.merges_into_base:
         return None
     state = final_state(run)

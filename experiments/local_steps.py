@@ -14,9 +14,11 @@ then trains one local round with the run's settings, and per client and tier we 
 
 Written to ``docs/results/<suite>/local_steps.csv`` (one line per run, tier and client) and
 ``local_steps.md`` (per run and tier: the means, and in how many clients the round raised the
-loss on the client's own rows)::
+loss on the client's own rows).  ``--set`` changes how the clients train from the same state
+(``train.lr=0.002``, ``model.use_rslora=true``), ``--name`` the output files' name::
 
     python experiments/local_steps.py SUITE/RUN [SUITE/RUN ...] [--clients 40]
+        [--set KEY=VALUE ...] [--name local_steps]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ from suites import RESULTS, RUNS
 
 COLUMNS = (
     "run",
+    "settings",
     "tier",
     "client",
     "rows",
@@ -64,9 +67,9 @@ def moves(
     return statistics.fmean(absolute), statistics.fmean(relative)
 
 
-def probe(run: RunDir, clients: int) -> list[list[object]]:
+def probe(run: RunDir, clients: int, overrides: Sequence[str] = ()) -> list[list[object]]:
     """The probe's lines for one finished run (none for a merging method)."""
-    model = final_model(run)
+    model = final_model(run, overrides)
     if model is None:
         return []
     experiment, state = model
@@ -93,6 +96,7 @@ def probe(run: RunDir, clients: int) -> list[list[object]]:
             lines.append(
                 [
                     run.path.name,
+                    " ".join(overrides) or "as run",
                     tier.name,
                     client,
                     len(rows),
@@ -108,22 +112,22 @@ def probe(run: RunDir, clients: int) -> list[list[object]]:
 def summary(lines: list[dict[str, str]]) -> str:
     """Per run and tier, in the CSV's order: the clients' mean losses and move, and how many of
     them ended the round with a higher loss on their own rows than they were served."""
-    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    groups: dict[tuple[str, str, str], list[dict[str, str]]] = {}
     for line in lines:
-        groups.setdefault((line["run"], line["tier"]), []).append(line)
+        groups.setdefault((line["run"], line["settings"], line["tier"]), []).append(line)
     table = [
-        "| run | tier | clients | own-rows loss served | after the round | mean training loss "
-        "| round raised the loss | move of the update | relative to the served update |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | settings | tier | clients | own-rows loss served | after the round "
+        "| mean training loss | round raised the loss | move of the update | relative to the served update |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (run, tier), group in groups.items():
+    for (run, settings, tier), group in groups.items():
 
         def mean(column: str, group: list[dict[str, str]] = group) -> float:
             return statistics.fmean(float(line[column]) for line in group)
 
         raised = sum(float(x["loss_after"]) > float(x["loss_served"]) for x in group)
         table.append(
-            f"| {run} | {tier} | {len(group)} | {mean('loss_served'):.3f} "
+            f"| {run} | {settings} | {tier} | {len(group)} | {mean('loss_served'):.3f} "
             f"| {mean('loss_after'):.3f} | {mean('train_loss'):.3f} | {raised} of {len(group)} "
             f"| {mean('move'):.4f} | {mean('relative_move'):.3f} |"
         )
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="SUITE/RUN, e.g. flexlora_populations_dbpedia/x")
     parser.add_argument("--clients", type=int, default=40, help="clients sampled per run")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="how clients train"
+    )
+    parser.add_argument("--name", default="local_steps", help="the output files' name")
     args = parser.parse_args(argv)
     suites = {name.partition("/")[0] for name in args.runs}
     if len(suites) != 1:
@@ -143,16 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         run = RunDir(RUNS / name)
         if not run.is_finished():
             raise SystemExit(f"{run.path}: not a finished run")
-        lines += probe(run, args.clients)
+        lines += probe(run, args.clients, args.set)
     folder: Path = RESULTS / suites.pop()
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "local_steps.csv").open("w", newline="", encoding="utf-8") as handle:
+    with (folder / f"{args.name}.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         writer.writerows(lines)
     named = [dict(zip(COLUMNS, map(str, line), strict=True)) for line in lines]
-    (folder / "local_steps.md").write_text(summary(named), encoding="utf-8")
-    print(f"{len(lines)} client rounds -> {folder / 'local_steps.md'}")
+    (folder / f"{args.name}.md").write_text(summary(named), encoding="utf-8")
+    print(f"{len(lines)} client rounds -> {folder / f'{args.name}.md'}")
     return 0
 
 

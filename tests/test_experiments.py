@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 
-from fedlora.config import ExperimentConfig
+from fedlora.config import ExperimentConfig, load_config
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError
 from fedlora.lora import LoraFactors
@@ -254,6 +254,15 @@ def test_the_local_step_probe_trains_the_same_clients_at_every_tier_reproducibly
     assert clients[:3] == clients[3:] and len(set(clients)) == 3
     assert all(line["move"] > 0 and line["relative_move"] > 0 for line in lines)
     assert local_steps.probe(run_dir, 3) == [list(line.values()) for line in lines]
+    # The same clients from the same state at a tenth of the learning rate: every update moves
+    # less, and the lines say how they trained.
+    lr = f"train.lr={load_config(run_dir.config_file).train.lr / 10}"
+    slower = [
+        dict(zip(local_steps.COLUMNS, x, strict=True)) for x in local_steps.probe(run_dir, 3, [lr])
+    ]
+    assert {line["settings"] for line in slower} == {lr}
+    assert [line["client"] for line in slower] == clients
+    assert all(a["move"] < b["move"] for a, b in zip(slower, lines, strict=True))
 
 
 def test_a_local_round_is_measured_by_how_far_it_moved_the_effective_update() -> None:
@@ -268,12 +277,12 @@ def test_a_local_round_is_measured_by_how_far_it_moved_the_effective_update() ->
     lines = [
         dict(zip(local_steps.COLUMNS, map(str, x), strict=True))
         for x in (
-            ["a", "r8", 1, 10, 0.5, 0.9, 0.7, 0.2, 1.0],
-            ["a", "r8", 2, 12, 0.5, 0.3, 0.4, 0.1, 0.5],
+            ["a", "as run", "r8", 1, 10, 0.5, 0.9, 0.7, 0.2, 1.0],
+            ["a", "as run", "r8", 2, 12, 0.5, 0.3, 0.4, 0.1, 0.5],
         )
     ]
     assert local_steps.summary(lines).splitlines()[2] == (
-        "| a | r8 | 2 | 0.500 | 0.600 | 0.550 | 1 of 2 | 0.1500 | 0.750 |"
+        "| a | as run | r8 | 2 | 0.500 | 0.600 | 0.550 | 1 of 2 | 0.1500 | 0.750 |"
     )
 
 
