@@ -117,7 +117,8 @@ def summary(lines: list[dict[str, str]]) -> str:
         groups.setdefault((line["run"], line["settings"], line["tier"]), []).append(line)
     table = [
         "| run | settings | tier | clients | own-rows loss served | after the round "
-        "| mean training loss | round raised the loss | move of the update | relative to the served update |",
+        "| mean training loss | round raised the loss | move of the update "
+        "| relative to the served update |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (run, settings, tier), group in groups.items():
