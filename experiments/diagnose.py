@@ -17,8 +17,9 @@ weights (FLoRA) are skipped: their final model is not the checkpoint's state alo
 
 Each run's lines are kept in its run directory (``diagnostics.json``, ``served.json``), keyed by
 its config, its last round's metrics and ``--low``: a later call evaluates only the runs finished
-since (the first 15 populations runs took 5.4 min from nothing, 32 s once kept), and a run that
-was run again differently is evaluated again.
+since (the first 15 populations runs took 5.4 min from nothing; the next call, which found them
+kept and evaluated one new run, 32 s), and a run that was run again differently is evaluated
+again.
 
 With ``--served``, also ``served.csv|md``: per run and per tier its clients could train, the test
 accuracy and loss of the model such a client is served from the final global state (its first
@@ -48,7 +49,7 @@ from safetensors.torch import load_file
 
 from fedlora.aggregation import GlobalState
 from fedlora.config import load_config
-from fedlora.engine import Experiment, build_experiment
+from fedlora.engine import Evaluation, Experiment, build_experiment
 from fedlora.lora.factors import FoldedFactors
 from fedlora.runs import RunDir, load_checkpoint
 from suites import RESULTS, all_suites
@@ -101,22 +102,23 @@ def final_state(run: RunDir) -> GlobalState:
 
 def final_model(
     run: RunDir, overrides: Sequence[str] = ()
-) -> tuple[Experiment, GlobalState] | None:
-    """The run's experiment and last global state (None for a merging method), checked to be
-    the model the run reported; ``overrides`` change the experiment's settings (how clients
-    would train from that state), never the state."""
+) -> tuple[Experiment, GlobalState, Evaluation] | None:
+    """The run's experiment, last global state and that state's evaluation (None for a merging
+    method), checked to be the model the run reported; ``overrides`` change the experiment's
+    settings (how clients would train from that state), never the state."""
     experiment = build_experiment(load_config(run.config_file, overrides))
     if experiment.aggregator.merges_into_base:
         return None
     state = final_state(run)
-    accuracy = experiment.evaluate(state).accuracy
+    evaluation = experiment.evaluate(state)
+    accuracy = evaluation.accuracy
     reported = run.metrics()[-1].test_accuracy
     if accuracy is None or reported is None or not math.isclose(accuracy, reported, abs_tol=1e-6):
         raise SystemExit(
             f"{run.path}: the checkpoint's model scores {accuracy}, the run reported "
             f"{reported}: not the run's final model"
         )
-    return experiment, state
+    return experiment, state, evaluation
 
 
 def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
@@ -124,8 +126,7 @@ def diagnose(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
     model = final_model(run)
     if model is None:
         return []
-    experiment, state = model
-    evaluation = experiment.evaluate(state)
+    _, state, evaluation = model
     share, low_norm, high_norm = slot_norms(state, low)
     rank = max(factors.A.shape[0] for factors in state.modules.values())
     total = sum(entry["support"] for entry in evaluation.extra["per_class"])
@@ -154,21 +155,21 @@ def served(run: RunDir, cell: str, seed: int) -> list[list[object]]:
     model = final_model(run)
     if model is None:
         return []
-    experiment, state = model
+    experiment, state, evaluation = model
     shapes = experiment.model.module_shapes()
     trained = [name for row in run.metrics() for name in row.extra.get("tiers", [])]
     lines: list[list[object]] = []
     for tier in dict.fromkeys(experiment.policy.possible_tiers()):
-        evaluation = experiment.evaluate(state, tier.capped_rank_map(shapes))
+        served_model = experiment.evaluate(state, tier.capped_rank_map(shapes))
         lines.append(
             [
                 cell,
                 seed,
                 tier.name,
                 trained.count(tier.name),
+                _rounded(served_model.accuracy),
+                _rounded(served_model.loss),
                 _rounded(evaluation.accuracy),
-                _rounded(evaluation.loss),
-                _rounded(run.metrics()[-1].test_accuracy),
             ]
         )
     return lines

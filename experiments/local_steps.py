@@ -24,7 +24,6 @@ loss on the client's own rows).  ``--set`` changes how the clients train from th
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diagnose import final_model
+from diagnose import final_model, write_csv
 from fedlora.engine.evaluation import held_out_loss
 from fedlora.engine.transport import TrainTask
 from fedlora.lora import LoraFactors
@@ -72,7 +71,7 @@ def probe(run: RunDir, clients: int, overrides: Sequence[str] = ()) -> list[list
     model = final_model(run, overrides)
     if model is None:
         return []
-    experiment, state = model
+    experiment, state, _ = model
     trainer = experiment.client_trainer()
     shapes = experiment.model.module_shapes()
     batch = experiment.config.train.eval_batch_size
@@ -154,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{run.path}: not a finished run")
         lines += probe(run, args.clients, args.set)
     folder: Path = RESULTS / suites.pop()
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"{args.name}.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        writer.writerows(lines)
+    write_csv(folder / f"{args.name}.csv", COLUMNS, lines)
     named = [dict(zip(COLUMNS, map(str, line), strict=True)) for line in lines]
     (folder / f"{args.name}.md").write_text(summary(named), encoding="utf-8")
     print(f"{len(lines)} client rounds -> {folder / f'{args.name}.md'}")

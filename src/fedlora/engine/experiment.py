@@ -110,7 +110,7 @@ class Experiment:
         rank_map = (
             {name: max(1, rank) for name, rank in state.rank_map().items()}
             if ranks is None
-            else dict(ranks)
+            else ranks
         )
         factors = state.factors_for(rank_map, self.lora)
         self.model.activate(rank_map, self.lora)
