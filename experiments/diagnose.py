@@ -15,11 +15,13 @@ The re-evaluated accuracy is checked against the run's own final accuracy, so a 
 describes a model other than the one the run reported.  Methods that merge into the base
 weights (FLoRA) are skipped: their final model is not the checkpoint's state alone.
 
-Each run's lines are kept in its run directory (``diagnostics.json``, ``served.json``), keyed by
-its config, its last round's metrics and ``--low``: a later call evaluates only the runs finished
-since (the first 15 populations runs took 5.4 min from nothing; the next call, which found them
-kept and evaluated one new run, 32 s), and a run that was run again differently is evaluated
-again.
+Each run's lines are kept with its committed record (``experiments/records/<suite>/<run>/``,
+``diagnostics.json``, ``served.json``), keyed by its config, its last round's metrics and
+``--low``: a later call evaluates only the runs finished since (the first 15 populations runs
+took 5.4 min from nothing; the next call, which found them kept and evaluated one new run, 32 s),
+a run that was run again differently is evaluated again, and a run whose directory (with its
+checkpoints) is gone is still diagnosed.  A committed ``diagnostics.csv`` or ``served.csv`` that
+reports runs with no record here is not rewritten without them unless ``--drop-missing``.
 
 With ``--served``, also ``served.csv|md``: per run and per tier its clients could train, the test
 accuracy and loss of the model such a client is served from the final global state (its first
@@ -31,6 +33,7 @@ weight of the high slots, each class's mean recall and the worst class's recall 
 ``--summary-only`` rebuilds it from the committed CSV without evaluating anything.
 
     python experiments/diagnose.py SUITE [SUITE ...] [--low RANK] [--summary-only] [--served]
+        [--drop-missing]
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ from safetensors.torch import load_file
 from fedlora.aggregation import GlobalState
 from fedlora.config import load_config
 from fedlora.engine import Evaluation, Experiment, build_experiment
+from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
 from fedlora.runs import RunDir, load_checkpoint
-from suites import RESULTS, all_suites
+from records import RunRecord, check_nothing_dropped, record_of, recorded
+from suites import RESULTS, Job, Suite, all_suites
 
 COLUMNS = (
     "cell",
@@ -176,17 +181,17 @@ def served(run: RunDir, cell: str, seed: int) -> list[list[object]]:
 
 
 def cached(
-    run: RunDir, what: str, key: dict[str, object], compute: Callable[[], list[list[object]]]
+    record: RunRecord, what: str, key: dict[str, object], compute: Callable[[], list[list[object]]]
 ) -> list[list[object]]:
-    """``compute()``, kept in the run directory (``<what>.json``) and read back while the run's
+    """``compute()``, kept with the run's record (``<what>.json``) and read back while the run's
     config, its last round's metrics and ``key`` are unchanged."""
-    last = run.metrics()[-1]
+    last = record.metrics()[-1]
     key = {
-        "config_sha256": hashlib.sha256(run.config_file.read_bytes()).hexdigest(),
+        "config_sha256": hashlib.sha256(record.config_file.read_bytes()).hexdigest(),
         "last_round": [last.round, last.test_accuracy],
         **key,
     }
-    path = run.path / f"{what}.json"
+    path = record.path / f"{what}.json"
     if path.exists():
         kept = json.loads(path.read_text(encoding="utf-8"))
         if kept["key"] == key:
@@ -196,19 +201,36 @@ def cached(
     return lines
 
 
-def cached_diagnosis(run: RunDir, cell: str, seed: int, low: int) -> list[list[object]]:
-    """:func:`diagnose`, read from the run directory when the same run was diagnosed before."""
+def checkpointed(job: Job) -> RunDir:
+    """The job's run directory, which holds the final state an evaluation needs."""
+    run = RunDir(job.out)
+    if not run.is_finished():
+        raise FedloraError(
+            f"{job.suite}/{job.name}: its final model must be evaluated, and its run directory "
+            f"{run.path} (with the checkpoints) is not here, only its record; to run it again, "
+            f"delete {record_of(job).path} and run python experiments/run.py {job.suite}"
+        )
+    return run
+
+
+def cached_diagnosis(job: Job, record: RunRecord, low: int) -> list[list[object]]:
+    """:func:`diagnose`, read from the record when the same run was diagnosed before."""
     return cached(
-        run,
+        record,
         "diagnostics",
-        {"low": low, "cell": cell, "seed": seed},
-        lambda: diagnose(run, cell, seed, low),
+        {"low": low, "cell": job.cell, "seed": job.seed},
+        lambda: diagnose(checkpointed(job), job.cell, job.seed, low),
     )
 
 
-def cached_served(run: RunDir, cell: str, seed: int) -> list[list[object]]:
-    """:func:`served`, read from the run directory when the same run was evaluated before."""
-    return cached(run, "served", {"cell": cell, "seed": seed}, lambda: served(run, cell, seed))
+def cached_served(job: Job, record: RunRecord) -> list[list[object]]:
+    """:func:`served`, read from the record when the same run was evaluated before."""
+    return cached(
+        record,
+        "served",
+        {"cell": job.cell, "seed": job.seed},
+        lambda: served(checkpointed(job), job.cell, job.seed),
+    )
 
 
 def _rounded(value: float | None) -> float | None:
@@ -294,13 +316,40 @@ def write_csv(path: Path, columns: tuple[str, ...], lines: list[list[object]]) -
         writer.writerows(lines)
 
 
-def smallest_rank(suite: str, runs: list[RunDir]) -> int:
+def smallest_rank(suite: str, records: list[RunRecord]) -> int:
     """The smallest rank any client of the finished runs trained: the slots up to it are what
     every client trains (5 in Byun & Lee's setting, 8 in FlexLoRA's populations)."""
-    ranks = [min(row.ranks) for run in runs for row in run.metrics() if row.ranks]
+    ranks = [min(row.ranks) for record in records for row in record.metrics() if row.ranks]
     if not ranks:
         raise SystemExit(f"{suite}: no finished run to read the smallest rank from; give --low")
     return min(ranks)
+
+
+def write_diagnostics(suite: Suite, args: argparse.Namespace) -> None:
+    """The suite's diagnostics.csv|md and, with ``--served``, served.csv|md."""
+    folder = RESULTS / suite.name
+    path: Path = folder / "diagnostics.csv"
+    done = [(job, record) for job in suite.jobs if (record := recorded(job)) is not None]
+    held = {(job.cell, job.seed) for job, _ in done}
+    low = args.low if args.low is not None else smallest_rank(suite.name, [r for _, r in done])
+    if not args.summary_only:
+        if not args.drop_missing:
+            check_nothing_dropped(path, held)
+        lines = [line for job, record in done for line in cached_diagnosis(job, record, low)]
+        write_csv(path, COLUMNS, lines)
+        print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
+    with path.open(encoding="utf-8") as handle:
+        table = summary(list(csv.DictReader(handle)), low)
+    (folder / "diagnostics.md").write_text(table, encoding="utf-8")
+    print(f"{suite.name}: per-cell summary -> {folder / 'diagnostics.md'}")
+    if args.served:
+        if not args.drop_missing:
+            check_nothing_dropped(folder / "served.csv", held)
+        lines = [line for job, record in done for line in cached_served(job, record)]
+        write_csv(folder / "served.csv", SERVED_COLUMNS, lines)
+        named = [dict(zip(SERVED_COLUMNS, map(str, line), strict=True)) for line in lines]
+        (folder / "served.md").write_text(served_summary(named), encoding="utf-8")
+        print(f"{suite.name}: served models per tier -> {folder / 'served.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,28 +369,17 @@ def main(argv: list[str] | None = None) -> int:
         help="also evaluate, per tier, the model a client is served (served.csv|md; one more "
         "evaluation per tier and run)",
     )
+    parser.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="rewrite the CSVs without the runs they report that no record holds",
+    )
     args = parser.parse_args(argv)
     for suite in all_suites(args.suites):
-        folder = RESULTS / suite.name
-        path: Path = folder / "diagnostics.csv"
-        done = [(job, RunDir(job.out)) for job in suite.jobs if RunDir(job.out).is_finished()]
-        low = args.low if args.low is not None else smallest_rank(suite.name, [r for _, r in done])
-        if not args.summary_only:
-            lines = [
-                line for job, run in done for line in cached_diagnosis(run, job.cell, job.seed, low)
-            ]
-            write_csv(path, COLUMNS, lines)
-            print(f"{suite.name}: {len(done)} finished runs diagnosed -> {path}")
-        with path.open(encoding="utf-8") as handle:
-            table = summary(list(csv.DictReader(handle)), low)
-        (folder / "diagnostics.md").write_text(table, encoding="utf-8")
-        print(f"{suite.name}: per-cell summary -> {folder / 'diagnostics.md'}")
-        if args.served:
-            lines = [line for job, run in done for line in cached_served(run, job.cell, job.seed)]
-            write_csv(folder / "served.csv", SERVED_COLUMNS, lines)
-            named = [dict(zip(SERVED_COLUMNS, map(str, line), strict=True)) for line in lines]
-            (folder / "served.md").write_text(served_summary(named), encoding="utf-8")
-            print(f"{suite.name}: served models per tier -> {folder / 'served.md'}")
+        try:
+            write_diagnostics(suite, args)
+        except FedloraError as error:
+            raise SystemExit(f"error: {error}") from None
     return 0
 
 

@@ -1,4 +1,9 @@
-"""Rebuild every table and figure of the experiment suites from their run directories.
+"""Rebuild every table and figure of the experiment suites from their runs' records.
+
+Every finished run is read from its committed record (``experiments/records/``, :mod:`records`;
+a finished run directory without one is recorded first), so the tables can be rebuilt on a
+machine that never ran the runs.  A suite whose committed ``rounds.csv`` reports runs that no
+record holds is refused (``--drop-missing`` rewrites it without them).
 
 For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 
@@ -37,7 +42,7 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 These files are small and committed: every number in the README and docs/results.md comes from
 one of them.
 
-    python experiments/report.py [SUITE ...]
+    python experiments/report.py [SUITE ...] [--drop-missing]
 """
 
 from __future__ import annotations
@@ -51,9 +56,10 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
-from fedlora.runs import RoundMetrics, RunDir, headline
+from fedlora.runs import RoundMetrics, headline
+from records import check_nothing_dropped, recorded
 from suites import RESULTS, CellRef, Suite, all_suites
 
 ROUND_COLUMNS = (
@@ -67,12 +73,12 @@ ROUND_COLUMNS = (
 
 
 def finished_runs(suite: Suite) -> dict[str, list[tuple[int, list[RoundMetrics]]]]:
-    """Per cell, the (seed, metrics) of every finished run."""
+    """Per cell, the (seed, metrics) of every recorded run."""
     runs: dict[str, list[tuple[int, list[RoundMetrics]]]] = {}
     for job in suite.jobs:
-        run = RunDir(job.out)
-        if run.is_finished():
-            runs.setdefault(job.cell, []).append((job.seed, run.metrics()))
+        record = recorded(job)
+        if record is not None:
+            runs.setdefault(job.cell, []).append((job.seed, record.metrics()))
     return runs
 
 
@@ -574,11 +580,14 @@ def _signed(value: float) -> str:
     return "0.000" if value == 0 else f"{value:+.3f}"
 
 
-def report(suite: Suite) -> Path | None:
+def report(suite: Suite, drop_missing: bool = False) -> Path | None:
     runs = finished_runs(suite)
+    folder = RESULTS / suite.name
+    if not drop_missing:
+        held = {(cell, seed) for cell, seeds in runs.items() for seed, _ in seeds}
+        check_nothing_dropped(folder / "rounds.csv", held)
     if not runs:
         return None
-    folder = RESULTS / suite.name
     folder.mkdir(parents=True, exist_ok=True)
     by_cell = {cell: [rows for _, rows in seeds] for cell, seeds in runs.items()}
     table = write_comparison(comparison_rows(by_cell), folder)
@@ -603,9 +612,17 @@ def report(suite: Suite) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suites", nargs="*", help="suite names (default: all)")
+    parser.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="rewrite a suite's results without the runs they report that no record holds",
+    )
     args = parser.parse_args(argv)
     for suite in all_suites(args.suites):
-        folder = report(suite)
+        try:
+            folder = report(suite, args.drop_missing)
+        except FedloraError as error:
+            raise SystemExit(f"error: {error}") from None
         print(f"written: {folder}" if folder else f"{suite.name}: no finished run yet")
     return 0
 

@@ -1,11 +1,11 @@
 """Run every experiment suite (or the named ones): resumable, finished runs skipped, in parallel.
 
 Each run is a ``fedlora run`` subprocess with its own run directory under
-``runs/experiments/<suite>/``: a finished run (``summary.md``) is skipped, an interrupted one
-continues from its checkpoint (``fedlora run --resume``), a run killed before its first
-checkpoint starts over.  ``--workers`` runs go side by side with ``--threads`` torch threads
-each: keep ``workers x threads`` at the number of cores (oversubscribed torch runs several
-times slower).
+``runs/experiments/<suite>/``: a finished run is recorded in ``experiments/records/`` (commit
+it: a run directory does not outlive its machine) and skipped, an interrupted one continues from
+its checkpoint (``fedlora run --resume``), a run killed before its first checkpoint starts over.
+``--workers`` runs go side by side with ``--threads`` torch threads each: keep
+``workers x threads`` at the number of cores (oversubscribed torch runs several times slower).
 ``--cells`` picks and orders the runs when compute is short: a run is taken by the first
 pattern (shell-style, matched against ``suite/cell``) it matches, in pattern order; runs that
 match none are left out (end with ``"*"`` to keep them, last).  Seeds go round-robin within a
@@ -26,7 +26,9 @@ import sys
 import time
 from fnmatch import fnmatch
 
+from fedlora.errors import FedloraError
 from fedlora.runs import RunDir, seconds_per_round
+from records import archive, recorded
 from suites import Job, all_suites
 
 
@@ -49,9 +51,9 @@ def last_round(run: RunDir) -> int:
 
 def progress(job: Job) -> str:
     """``finished``, ``resumable after round N of M``, or empty (it starts from nothing)."""
-    run = RunDir(job.out)
-    if run.is_finished():
+    if recorded(job) is not None:
         return "finished"
+    run = RunDir(job.out)
     if not run.has_checkpoint():
         return ""
     return f"resumable after round {last_round(run)} of {job.config().run.rounds}"
@@ -67,11 +69,11 @@ def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:
     by_suite: dict[str, list[float]] = {}
     left: list[tuple[Job, RunDir]] = []
     for job in jobs:
-        run = RunDir(job.out)
-        if not run.is_finished():
-            left.append((job, run))
+        record = recorded(job)
+        if record is None:
+            left.append((job, RunDir(job.out)))
             continue
-        per_round = seconds_per_round(run.metrics())
+        per_round = seconds_per_round(record.metrics())
         by_cell.setdefault((job.suite, job.cell), []).append(per_round)
         by_suite.setdefault(job.suite, []).append(per_round)
     seconds, unknown = 0.0, []
@@ -85,7 +87,7 @@ def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:
 
 
 def pending(jobs: list[Job]) -> list[Job]:
-    return [job for job in jobs if not RunDir(job.out).is_finished()]
+    return [job for job in jobs if recorded(job) is None]
 
 
 def prioritised(jobs: list[Job], patterns: list[str]) -> list[Job]:
@@ -122,6 +124,7 @@ def run_all(jobs: list[Job], workers: int, threads: int) -> int:
             running.remove(entry)
             minutes = (time.monotonic() - start) / 60
             if process.returncode == 0:
+                archive(job)
                 print(f"finished {job.suite}/{job.name} in {minutes:.1f} min", flush=True)
             else:
                 failed += 1
@@ -140,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [job for suite in all_suites(args.suites) for job in suite.jobs]
     if args.cells:
         jobs = prioritised(jobs, args.cells)
-    todo = pending(jobs)
+    try:
+        todo = pending(jobs)
+    except FedloraError as error:
+        raise SystemExit(f"error: {error}") from None
     if args.list:
         for job in jobs:
             print(f"{job.suite}/{job.name:40} {progress(job)}")

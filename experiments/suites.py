@@ -3,7 +3,8 @@
 A suite names a base config (or the built-in defaults), overrides for every run, the seeds, and
 its cells: each cell is a named set of further overrides (a method, a rank allocation).  Every
 (cell, seed) is one ordinary run directory under ``runs/experiments/<suite>/``, so a suite is
-resumable run by run and any run can be inspected with ``fedlora inspect``.
+resumable run by run and any run can be inspected with ``fedlora inspect``; a finished run is
+also kept, without its checkpoints, under ``experiments/records/<suite>/`` (:mod:`records`).
 
 Suite file::
 
@@ -38,6 +39,7 @@ from fedlora.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 SUITES = REPO / "experiments" / "suites"
 RUNS = REPO / "runs" / "experiments"
+RECORDS = REPO / "experiments" / "records"
 RESULTS = REPO / "docs" / "results"
 
 
@@ -58,6 +60,11 @@ class Job:
     @property
     def out(self) -> Path:
         return RUNS / self.suite / self.name
+
+    @property
+    def record(self) -> Path:
+        """Where the finished run is kept in the repository (:mod:`records`)."""
+        return RECORDS / self.suite / self.name
 
     def config(self) -> ExperimentConfig:
         """The resolved config of this run (validated: a bad suite fails before any run)."""

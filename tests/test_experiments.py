@@ -24,7 +24,7 @@ import torch
 
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.engine import build_experiment, run_experiment
-from fedlora.errors import ConfigError
+from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora import LoraFactors
 from fedlora.runs import RoundMetrics, RunDir
 from tests.cli.test_macro_f1 import _row
@@ -104,6 +104,18 @@ def _tiny_run(
     return run_dir, run_experiment(build_experiment(config), run_dir).metrics
 
 
+def _tiny_job(job: Any, models: dict[str, Path], data: Path) -> tuple[Any, RunDir, list[Any]]:
+    """The job with :func:`_tiny`'s settings (its config written beside its run directory), run:
+    the job, its run directory and metrics; the job's record answers these settings."""
+    config = _tiny(job.config(), job.out, models, data)
+    path = job.out.with_suffix(".toml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config.to_toml(), encoding="utf-8")
+    tiny = replace(job, config_path=path, overrides=())
+    run_dir = RunDir.create(job.out, config, overwrite=False)
+    return tiny, run_dir, run_experiment(build_experiment(config), run_dir).metrics
+
+
 @pytest.mark.parametrize(
     "job", [s.jobs[i] for s in ALL for i in range(0, len(s.jobs), len(s.seeds))], ids=str
 )
@@ -172,16 +184,18 @@ def test_diagnostics_describe_the_runs_final_model(
 
 
 def test_a_diagnosed_run_is_read_back_until_its_run_or_low_changes(
-    tmp_path: Path,
+    run_script: ModuleType,
     tiny_bert_dir: Path,
     tiny_llama_dir: Path,
     shared_data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    diagnose = _experiment_module("diagnose")
+    diagnose, records = _experiment_module("diagnose"), _experiment_module("records")
+    job = _job(run_script, "byun_lee_fig2_agnews", "fedit r7")
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    run_dir, _ = _tiny_run("byun_lee_fig2_agnews", "fedit r7", tmp_path, models, shared_data_dir)
-    first = diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 5)
+    job, run_dir, _ = _tiny_job(job, models, shared_data_dir)
+    record = records.recorded(job)
+    first = diagnose.cached_diagnosis(job, record, 5)
     evaluated: list[int] = []
     real: Callable[[RunDir, str, int, int], list[list[object]]] = diagnose.diagnose
 
@@ -190,15 +204,23 @@ def test_a_diagnosed_run_is_read_back_until_its_run_or_low_changes(
         return real(run, cell, seed, low)
 
     monkeypatch.setattr(diagnose, "diagnose", counting)
-    assert diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 5) == first
+    assert diagnose.cached_diagnosis(job, record, 5) == first
     assert evaluated == []
-    assert diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 6) != first
+    sixth = diagnose.cached_diagnosis(job, record, 6)
+    assert sixth != first
     assert evaluated == [6]
-    # The run ran again to a different final model: evaluated again, not read back.
+    # Kept with the record: read back with the run directory (and its checkpoints) gone.
+    shutil.move(job.out, job.out.with_name("moved"))
+    assert diagnose.cached_diagnosis(job, records.recorded(job), 6) == sixth
+    assert evaluated == [6]
+    with pytest.raises(FedloraError, match=f"{job.name}: its final model must be eval"):
+        diagnose.cached_diagnosis(job, record, 4)
+    shutil.move(job.out.with_name("moved"), job.out)
+    # The run ran again to a different final model: recorded again, evaluated again.
     rows = run_dir.metrics()
     run_dir.rewrite_metrics([*rows[:-1], replace(rows[-1], test_accuracy=0.123)])
     with pytest.raises(SystemExit, match="not the run's final model"):
-        diagnose.cached_diagnosis(run_dir, "fedit r7", 0, 6)
+        diagnose.cached_diagnosis(job, records.recorded(job), 6)
     assert evaluated == [6, 6]
 
 
@@ -427,10 +449,20 @@ def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> N
 
 @pytest.fixture
 def run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """experiments/run.py, its suites' run directories under ``tmp_path``."""
+    """experiments/run.py, its suites' run directories under ``tmp_path / "runs"``, their records
+    under ``tmp_path / "records"`` and their results under ``tmp_path / "results"``."""
     run = _experiment_module("run")
-    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path)
+    monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(sys.modules["suites"], "RECORDS", tmp_path / "records")
+    for script in ("report", "diagnose"):
+        monkeypatch.setattr(_experiment_module(script), "RESULTS", tmp_path / "results")
     return run
+
+
+def _job(run: ModuleType, suite: str, cell: str, seed: int = 0) -> Any:
+    """A job of the suites ``run`` (the :func:`run_script` fixture) sees, in its directories."""
+    (loaded,) = run.all_suites([suite])
+    return next(j for j in loaded.jobs if j.cell == cell and j.seed == seed)
 
 
 def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
@@ -442,14 +474,15 @@ def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
     (suite,) = run.all_suites(["agnews_default"])
     job = suite.jobs[0]
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    _tiny_run(job.suite, job.cell, job.out, models, shared_data_dir)
-    assert run.progress(job) == "finished" and run.pending([job]) == []
-    RunDir(job.out).summary_file.unlink()  # killed after round 1's checkpoint
-    assert run.progress(job) == f"resumable after round 1 of {job.config().run.rounds}"
-    assert run.pending([job]) == [job]
+    tiny, _, _ = _tiny_job(job, models, shared_data_dir)
+    assert run.progress(tiny) == "finished" and run.pending([tiny]) == []
+    RunDir(job.out).summary_file.unlink()  # killed after round 1's checkpoint: never recorded
+    shutil.rmtree(job.record)
+    assert run.progress(tiny) == f"resumable after round 1 of {tiny.config().run.rounds}"
+    assert run.pending([tiny]) == [tiny]
     assert run.command(job)[-3:] == ["--resume", str(job.out), "--no-progress"]
     shutil.rmtree(RunDir(job.out).checkpoint_dir)  # killed before its first checkpoint
-    assert run.progress(job) == ""
+    assert run.progress(tiny) == ""
     restart = run.command(job)
     assert restart[-2:] == ["--overwrite", "--no-progress"]
     assert [x for x in restart if x != "--set"][-2 - len(job.overrides) : -2] == list(job.overrides)
@@ -469,7 +502,7 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     assert (done.cell, done.seed, left.cell, left.seed) == ("flexlora", 0, "flexlora", 1)
     assert sibling.cell != done.cell
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    _, rows = _tiny_run(done.suite, done.cell, done.out, models, shared_data_dir)
+    done, _, rows = _tiny_job(done, models, shared_data_dir)
     per_round = run.seconds_per_round(rows)
     assert per_round == pytest.approx(
         rows[1].seconds_train + rows[1].seconds_aggregate + rows[1].seconds_eval
@@ -479,6 +512,80 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     assert unknown == [unpriced]
     seconds, unknown = run.compute_left([done, sibling])
     assert (seconds, unknown) == (pytest.approx(sibling.config().run.rounds * per_round), [])
+
+
+def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_is_gone(
+    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    """The record holds the run's metrics byte for byte (recording again writes the same bytes),
+    and with the run directory gone the job is still finished and still reported."""
+    run, records, report = run_script, _experiment_module("records"), _experiment_module("report")
+    job = _job(run, "agnews_default", "flexlora")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    job, run_dir, _ = _tiny_job(job, models, shared_data_dir)
+    assert not job.record.exists()
+    record = records.recorded(job)
+    assert record.path == job.record
+    assert record.metrics_lines() == run_dir.metrics_file.read_bytes()
+    rows = run_dir.metrics()
+    assert record.metrics() == rows and [row.round for row in rows] == [0, 1]
+    stored = {f.name: f.read_bytes() for f in job.record.iterdir()}
+    records.archive(job)
+    assert {f.name: f.read_bytes() for f in job.record.iterdir()} == stored
+    shutil.rmtree(job.out)
+    assert run.pending([job]) == [] and run.progress(job) == "finished"
+    (suite,) = run.all_suites([job.suite])
+    assert report.finished_runs(replace(suite, jobs=(job,))) == {job.cell: [(0, rows)]}
+
+
+def test_a_record_made_with_other_settings_than_the_suite_gives_is_refused(
+    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+) -> None:
+    run, records = run_script, _experiment_module("records")
+    job = _job(run, "agnews_default", "flexlora")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    job, _, _ = _tiny_job(job, models, shared_data_dir)
+    records.recorded(job)
+    shutil.rmtree(job.out)
+    config = load_config(job.record / "config.toml")
+    other = config.replace({"train.lr": config.train.lr * 2})
+    (job.record / "config.toml").write_text(other.to_toml(), encoding="utf-8")
+    with pytest.raises(FedloraError, match=f"{job.record}: this record was made with other"):
+        run.pending([job])
+    # Where its directory was is not a setting: a record made on another machine answers the job.
+    moved = config.replace({"run.out_dir": "/elsewhere/run"})
+    (job.record / "config.toml").write_text(moved.to_toml(), encoding="utf-8")
+    assert run.pending([job]) == []
+
+
+def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds(
+    run_script: ModuleType,
+    tiny_bert_dir: Path,
+    tiny_llama_dir: Path,
+    shared_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rebuild on a machine without some runs names them, exits non-zero and leaves the
+    committed results as they were; ``--drop-missing`` rewrites them with the runs held."""
+    run, report = run_script, _experiment_module("report")
+    job = _job(run, "agnews_default", "flexlora")
+    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+    job, _, _ = _tiny_job(job, models, shared_data_dir)
+    (suite,) = run.all_suites([job.suite])
+    monkeypatch.setattr(report, "all_suites", lambda names: [replace(suite, jobs=(job,))])
+    folder = report.RESULTS / job.suite
+    folder.mkdir(parents=True)
+    committed = "cell,seed,round\nflexlora,0,0\nflexlora,1,0\nfedit r5,2,0\n"
+    (folder / "rounds.csv").write_text(committed, encoding="utf-8")
+    missing = (
+        r"rounds.csv reports 2 runs that have no record here \(fedit r5 seed 2, flexlora seed 1\)"
+    )
+    with pytest.raises(SystemExit, match=f"^error: .*{missing}"):
+        report.main([job.suite])
+    assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
+    assert report.main([job.suite, "--drop-missing"]) == 0
+    with (folder / "rounds.csv").open(encoding="utf-8") as handle:
+        assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
 
 
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
