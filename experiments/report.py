@@ -94,6 +94,28 @@ def write_rounds(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Pa
                         writer.writerow([cell, seed, row.round, *values])
 
 
+def _runs_in(text: str) -> dict[tuple[str, str], list[list[str]]]:
+    """The lines of a ``rounds.csv`` text, per (cell, seed)."""
+    runs: dict[tuple[str, str], list[list[str]]] = {}
+    for line in list(csv.reader(text.splitlines()))[1:]:
+        runs.setdefault((line[0], line[1]), []).append(line)
+    return runs
+
+
+def reproduction(before: str, after: str) -> str:
+    """How many runs both ``rounds.csv`` texts hold have every round identical, and which changed:
+    a rerun run (e.g. of a lost run directory) must find the committed numbers again."""
+    old, new = _runs_in(before), _runs_in(after)
+    both = [run for run in new if run in old]
+    changed = [
+        f"{cell} seed {seed}" for cell, seed in both if old[(cell, seed)] != new[(cell, seed)]
+    ]
+    return (
+        f"{len(both) - len(changed)} of the {len(both)} runs rounds.csv held before have every "
+        f"round as before" + (f"; changed: {', '.join(changed)}" if changed else "")
+    )
+
+
 def write_baselines(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Path) -> None:
     starts: dict[int, RoundMetrics] = {}
     for seeds in runs.values():
@@ -596,7 +618,10 @@ def report(suite: Suite, drop_missing: bool = False) -> Path | None:
     if suite.panels:
         plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
     write_contrasts(finished, folder)
-    write_rounds(runs, folder / "rounds.csv")
+    rounds = folder / "rounds.csv"
+    before = rounds.read_text(encoding="utf-8") if rounds.exists() else ""
+    write_rounds(runs, rounds)
+    print(f"{suite.name}: {reproduction(before, rounds.read_text(encoding='utf-8'))}")
     write_convergence(runs, folder)
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
