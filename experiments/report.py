@@ -42,7 +42,7 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 These files are small and committed: every number in the README and docs/results.md comes from
 one of them.
 
-    python experiments/report.py [SUITE ...] [--drop-missing]
+    python experiments/report.py [SUITE ...] [--drop-missing] [--out DIR]
 """
 
 from __future__ import annotations
@@ -602,9 +602,10 @@ def _signed(value: float) -> str:
     return "0.000" if value == 0 else f"{value:+.3f}"
 
 
-def report(suite: Suite, drop_missing: bool = False) -> Path | None:
+def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None) -> Path | None:
+    """Write the suite's results to ``folder`` (default ``docs/results/<suite>/``)."""
     runs = finished_runs(suite)
-    folder = RESULTS / suite.name
+    folder = folder or RESULTS / suite.name
     if not drop_missing:
         held = {(cell, seed) for cell, seeds in runs.items() for seed, _ in seeds}
         check_nothing_dropped(folder / "rounds.csv", held)
@@ -642,10 +643,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="rewrite a suite's results without the runs they report that no record holds",
     )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write one suite's results here instead (e.g. a rebuild while runs are missing)",
+    )
     args = parser.parse_args(argv)
-    for suite in all_suites(args.suites):
+    suites = all_suites(args.suites)
+    if args.out and len(suites) != 1:
+        parser.error("--out takes exactly one suite")
+    for suite in suites:
         try:
-            folder = report(suite, args.drop_missing)
+            folder = report(suite, args.drop_missing, args.out)
         except FedloraError as error:
             raise SystemExit(f"error: {error}") from None
         print(f"written: {folder}" if folder else f"{suite.name}: no finished run yet")

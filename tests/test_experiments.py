@@ -566,7 +566,8 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A rebuild on a machine without some runs names them, exits non-zero and leaves the
-    committed results as they were; ``--drop-missing`` rewrites them with the runs held."""
+    committed results as they were; ``--out`` writes it elsewhere, ``--drop-missing`` rewrites
+    them with the runs held."""
     run, report = run_script, _experiment_module("report")
     job = _job(run, "agnews_default", "flexlora")
     models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
@@ -583,6 +584,11 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     with pytest.raises(SystemExit, match=f"^error: .*{missing}"):
         report.main([job.suite])
     assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
+    # A partial rebuild goes elsewhere, the committed results untouched.
+    assert report.main([job.suite, "--out", str(folder / "partial")]) == 0
+    assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
+    with (folder / "partial" / "rounds.csv").open(encoding="utf-8") as handle:
+        assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
     assert report.main([job.suite, "--drop-missing"]) == 0
     with (folder / "rounds.csv").open(encoding="utf-8") as handle:
         assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
