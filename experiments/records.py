@@ -41,16 +41,12 @@ class RunRecord:
     def config_file(self) -> Path:
         return self.path / CONFIG
 
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS
-
     def exists(self) -> bool:
-        return self.metrics_file.exists() and self.config_file.exists()
+        return (self.path / METRICS).exists() and self.config_file.exists()
 
     def metrics_lines(self) -> bytes:
         """The run's ``metrics.jsonl``, byte for byte."""
-        return gzip.decompress(self.metrics_file.read_bytes())
+        return gzip.decompress((self.path / METRICS).read_bytes())
 
     def metrics(self) -> list[RoundMetrics]:
         lines = self.metrics_lines().decode("utf-8").splitlines()
@@ -78,7 +74,7 @@ def archive(job: Job) -> RunRecord:
     record.path.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run.config_file, record.config_file)
     metrics = run.metrics_file.read_bytes()
-    record.metrics_file.write_bytes(gzip.compress(metrics, compresslevel=9, mtime=0))
+    (record.path / METRICS).write_bytes(gzip.compress(metrics, compresslevel=9, mtime=0))
     return record
 
 

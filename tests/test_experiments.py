@@ -185,14 +185,12 @@ def test_diagnostics_describe_the_runs_final_model(
 
 def test_a_diagnosed_run_is_read_back_until_its_run_or_low_changes(
     run_script: ModuleType,
-    tiny_bert_dir: Path,
-    tiny_llama_dir: Path,
+    models: dict[str, Path],
     shared_data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     diagnose, records = _experiment_module("diagnose"), _experiment_module("records")
     job = _job(run_script, "byun_lee_fig2_agnews", "fedit r7")
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     job, run_dir, _ = _tiny_job(job, models, shared_data_dir)
     record = records.recorded(job)
     first = diagnose.cached_diagnosis(job, record, 5)
@@ -459,6 +457,12 @@ def run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return run
 
 
+@pytest.fixture
+def models(tiny_bert_dir: Path, tiny_llama_dir: Path) -> dict[str, Path]:
+    """The tiny models :func:`_tiny` gives each kind of task."""
+    return {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
+
+
 def _job(run: ModuleType, suite: str, cell: str, seed: int = 0) -> Any:
     """A job of the suites ``run`` (the :func:`run_script` fixture) sees, in its directories."""
     (loaded,) = run.all_suites([suite])
@@ -466,14 +470,13 @@ def _job(run: ModuleType, suite: str, cell: str, seed: int = 0) -> Any:
 
 
 def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
-    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
 ) -> None:
     """run.py never restarts a finished run, continues one with a checkpoint, and starts over
     (``--overwrite``, the suite's settings) one killed before its first checkpoint."""
     run = run_script
     (suite,) = run.all_suites(["agnews_default"])
     job = suite.jobs[0]
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     tiny, _, _ = _tiny_job(job, models, shared_data_dir)
     assert run.progress(tiny) == "finished" and run.pending([tiny]) == []
     RunDir(job.out).summary_file.unlink()  # killed after round 1's checkpoint: never recorded
@@ -489,7 +492,7 @@ def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
 
 
 def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
-    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
 ) -> None:
     """Seed 1 of a cell whose seed 0 finished costs all its rounds at seed 0's seconds per
     round, a cell of the same suite with nothing finished the suite's; a suite with no finished
@@ -501,7 +504,6 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     sibling = default.jobs[len(default.seeds)]
     assert (done.cell, done.seed, left.cell, left.seed) == ("flexlora", 0, "flexlora", 1)
     assert sibling.cell != done.cell
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     done, _, rows = _tiny_job(done, models, shared_data_dir)
     per_round = run.seconds_per_round(rows)
     assert per_round == pytest.approx(
@@ -515,13 +517,12 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
 
 
 def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_is_gone(
-    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
 ) -> None:
     """The record holds the run's metrics byte for byte (recording again writes the same bytes),
     and with the run directory gone the job is still finished and still reported."""
     run, records, report = run_script, _experiment_module("records"), _experiment_module("report")
     job = _job(run, "agnews_default", "flexlora")
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     job, run_dir, _ = _tiny_job(job, models, shared_data_dir)
     assert not job.record.exists()
     record = records.recorded(job)
@@ -539,11 +540,10 @@ def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_
 
 
 def test_a_record_made_with_other_settings_than_the_suite_gives_is_refused(
-    run_script: ModuleType, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
 ) -> None:
     run, records = run_script, _experiment_module("records")
     job = _job(run, "agnews_default", "flexlora")
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     job, _, _ = _tiny_job(job, models, shared_data_dir)
     records.recorded(job)
     shutil.rmtree(job.out)
@@ -560,8 +560,7 @@ def test_a_record_made_with_other_settings_than_the_suite_gives_is_refused(
 
 def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds(
     run_script: ModuleType,
-    tiny_bert_dir: Path,
-    tiny_llama_dir: Path,
+    models: dict[str, Path],
     shared_data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -570,7 +569,6 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     them with the runs held."""
     run, report = run_script, _experiment_module("report")
     job = _job(run, "agnews_default", "flexlora")
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
     job, _, _ = _tiny_job(job, models, shared_data_dir)
     (suite,) = run.all_suites([job.suite])
     monkeypatch.setattr(report, "all_suites", lambda names: [replace(suite, jobs=(job,))])
