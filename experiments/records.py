@@ -78,22 +78,28 @@ def archive(job: Job) -> RunRecord:
     return record
 
 
-def recorded(job: Job) -> RunRecord | None:
-    """The job's record if it finished (recording its run directory first when that holds a
-    finished run the record lacks), checked to answer the job's settings; else None."""
-    run = RunDir(job.out)
-    record = record_of(job)
-    if run.is_finished() and (
-        not record.exists() or run.metrics_file.read_bytes() != record.metrics_lines()
-    ):
-        record = archive(job)
-    if not record.exists():
-        return None
-    if _settings(load_config(record.config_file)) != _settings(job.config()):
+def _check_settings(config_file: Path, job: Job) -> None:
+    """Refuse a run (directory or record) made with other settings than the job's."""
+    if _settings(load_config(config_file)) != _settings(job.config()):
         raise FedloraError(
-            f"{record.path}: this record was made with other settings than the suite now gives "
+            f"{config_file.parent}: made with other settings than the suite now gives "
             f"{job.suite}/{job.cell} (seed {job.seed}); delete it to run the job again"
         )
+
+
+def recorded(job: Job) -> RunRecord | None:
+    """The job's record if it finished (recording its run directory first when that holds a
+    finished run the record lacks), checked to answer the job's settings; else None.  A run
+    directory made with other settings is refused before it can replace a record."""
+    run = RunDir(job.out)
+    record = record_of(job)
+    if run.is_finished():
+        _check_settings(run.config_file, job)
+        if not record.exists() or run.metrics_file.read_bytes() != record.metrics_lines():
+            record = archive(job)
+    if not record.exists():
+        return None
+    _check_settings(record.config_file, job)
     return record
 
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import csv
 import importlib
 import importlib.util
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from fnmatch import fnmatch
@@ -104,12 +106,16 @@ def _tiny_run(
     return run_dir, run_experiment(build_experiment(config), run_dir).metrics
 
 
-def _tiny_job(job: Any, models: dict[str, Path], data: Path) -> tuple[Any, RunDir, list[Any]]:
-    """The job with :func:`_tiny`'s settings (its config written beside its run directory), run:
-    the job, its run directory and metrics; the job's record answers these settings."""
-    config = _tiny(job.config(), job.out, models, data)
-    path = job.out.with_suffix(".toml")
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _tiny_job(
+    job: Any, models: dict[str, Path], data: Path, settings: dict[str, Any] | None = None
+) -> tuple[Any, RunDir, list[Any]]:
+    """The job with :func:`_tiny`'s settings and ``settings`` (its config written beside its run
+    directory), run: the job, its run directory and metrics; the job's record answers them."""
+    config = _tiny(job.config(), job.out, models, data).replace(settings or {})
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(suffix=".toml", dir=job.out.parent)
+    os.close(handle)
+    path = Path(name)
     path.write_text(config.to_toml(), encoding="utf-8")
     tiny = replace(job, config_path=path, overrides=())
     run_dir = RunDir.create(job.out, config, overwrite=False)
@@ -550,12 +556,18 @@ def test_a_record_made_with_other_settings_than_the_suite_gives_is_refused(
     config = load_config(job.record / "config.toml")
     other = config.replace({"train.lr": config.train.lr * 2})
     (job.record / "config.toml").write_text(other.to_toml(), encoding="utf-8")
-    with pytest.raises(FedloraError, match=f"{job.record}: this record was made with other"):
+    with pytest.raises(FedloraError, match=f"{job.record}: made with other settings"):
         run.pending([job])
     # Where its directory was is not a setting: a record made on another machine answers the job.
     moved = config.replace({"run.out_dir": "/elsewhere/run"})
     (job.record / "config.toml").write_text(moved.to_toml(), encoding="utf-8")
     assert run.pending([job]) == []
+    # A finished run directory made with other settings never replaces the job's record.
+    kept = {f.name: f.read_bytes() for f in job.record.iterdir()}
+    _tiny_job(job, models, shared_data_dir, {"train.lr": config.train.lr * 3})
+    with pytest.raises(FedloraError, match=f"{job.out}: made with other settings"):
+        run.pending([job])
+    assert {f.name: f.read_bytes() for f in job.record.iterdir()} == kept
 
 
 def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds(
