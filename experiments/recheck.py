@@ -1,15 +1,16 @@
 """Does today's code still compute a finished run's numbers?  Re-run it and compare, round by round.
 
 The suites ran on a frozen worktree, so the commits made while they ran could not change them;
-this checks that later code computes the same numbers.  One finished run's own config
-(``config.toml``) is run again with the code this script imports, in a scratch directory, for its
-first ``--rounds`` rounds (client sampling, data and initialisation depend on the seed and the
-round, not on the number of rounds), and every metric both runs recorded is compared.  The result
-is added to ``docs/results/<suite>/recheck.csv`` (replacing an earlier recheck of the same run by
-the same code and overrides): per round and metric, both values, whether they are
-equal bit for bit, their relative difference, and the commit (and any ``--set`` override) that
-re-ran it.  Run it with the suites' thread count (``OMP_NUM_THREADS=1``): threads change the
-order of float sums.  ``--set`` pins an option whose default changed since (for example
+this checks that later code computes the same numbers.  One finished run's own config (its
+record's ``config.toml``, :mod:`records`: the run directory need not be here) is run again with
+the code this script imports, in a scratch directory, for its first ``--rounds`` rounds (client
+sampling, data and initialisation depend on the seed and the round, not on the number of
+rounds), and every metric both runs recorded is compared.  The result is added to
+``docs/results/<suite>/recheck.csv`` (replacing an earlier recheck of the same run by the same
+code and overrides): per round and metric, both values, whether they are equal bit for bit,
+their relative difference, and the commit (and any ``--set`` override) that re-ran it.  Run it
+with the suites' thread count (``OMP_NUM_THREADS=1``): threads change the order of float sums.
+``--set`` pins an option whose default changed since (for example
 ``"aggregation.options={svd='factored'}"``) to find what moved a number.
 
     python experiments/recheck.py SUITE/RUN [--rounds 4] [--set KEY=VALUE ...]
@@ -27,8 +28,10 @@ from pathlib import Path
 
 from fedlora.config import load_config
 from fedlora.engine import build_experiment, run_experiment
+from fedlora.errors import FedloraError
 from fedlora.runs import RunDir
-from suites import RESULTS, RUNS
+from records import RunRecord, recorded
+from suites import RESULTS, all_suites
 
 METRICS = ("train_loss", "test_loss", "test_accuracy", "test_macro_f1", "test_score")
 COLUMNS = ("run", "round", "metric", "original", "rerun", "equal", "relative_diff", "rerun_by")
@@ -51,7 +54,7 @@ def commit() -> str:
 
 
 def recheck(
-    run: RunDir, rounds: int, scratch: Path, overrides: Sequence[str] = ()
+    run: RunDir | RunRecord, rounds: int, scratch: Path, overrides: Sequence[str] = ()
 ) -> list[tuple[int, str, float, float, bool, float]]:
     """The comparison lines: round, metric, the run's value, the re-run's, equal bit for bit,
     and the relative difference."""
@@ -73,22 +76,35 @@ def recheck(
     return lines
 
 
+def finished(run: str) -> RunRecord | None:
+    """The record of ``SUITE/RUN`` (recorded first from its run directory), None for no such
+    finished run."""
+    suite, _, name = run.partition("/")
+    if not suite or not name:
+        return None
+    jobs = [job for loaded in all_suites([suite]) for job in loaded.jobs if job.name == name]
+    return recorded(jobs[0]) if jobs else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="SUITE/RUN, a finished run under runs/experiments")
+    parser.add_argument("run", help="SUITE/RUN, a finished run of experiments/records")
     parser.add_argument("--rounds", type=int, default=4, help="rounds to re-run (default 4)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override"
     )
     args = parser.parse_args(argv)
     suite, _, name = args.run.partition("/")
-    run = RunDir(RUNS / suite / name)
-    if not name or not run.is_finished():
-        parser.error(f"{args.run}: not a finished run under {RUNS}")
+    try:
+        record = finished(args.run)
+    except FedloraError as error:
+        parser.error(str(error))
+    if record is None:
+        parser.error(f"{args.run}: no finished run SUITE/RUN of experiments/records")
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory(prefix="fedlora-recheck-") as tmp:
-        lines = recheck(run, args.rounds, Path(tmp) / "run", args.set)
+        lines = recheck(record, args.rounds, Path(tmp) / "run", args.set)
     rerun_by = " ".join([commit(), *args.set])
     path = RESULTS / suite / "recheck.csv"
     kept = []  # earlier rechecks of other runs, or by other code or overrides

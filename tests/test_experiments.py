@@ -742,20 +742,22 @@ def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
 
 
 def test_a_recheck_reruns_a_finished_run_and_finds_every_number_again(
-    tmp_path: Path, tiny_bert_dir: Path, tiny_llama_dir: Path, shared_data_dir: Path
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path, tmp_path: Path
 ) -> None:
-    """Two rounds run, the first re-run: round 0's evaluation and round 1's training loss are
-    compared (round 1 was not evaluated by the longer run) and equal bit for bit."""
+    """Two rounds run, the first re-run from the run's record (its directory gone): round 0's
+    evaluation and round 1's training loss are compared (round 1 was not evaluated by the longer
+    run) and equal bit for bit."""
     recheck = _experiment_module("recheck")
-    job = next(j for s in ALL if s.name == "agnews_default" for j in s.jobs if j.seed == 0)
-    models = {"classifier": tiny_bert_dir, "causal": tiny_llama_dir}
-    config = _tiny(job.config(), tmp_path / "run", models, shared_data_dir).replace(
-        {"run.rounds": 2, "run.eval_every": 2, "train.steps": 2}
-    )
-    run_dir = RunDir.create(tmp_path / "run", config, overwrite=False)
-    run_experiment(build_experiment(config), run_dir)
-    lines = recheck.recheck(run_dir, 1, tmp_path / "scratch")
+    job = _job(run_script, "agnews_default", "flexlora")
+    settings = {"run.rounds": 2, "run.eval_every": 2, "train.steps": 2}
+    job, _, _ = _tiny_job(job, models, shared_data_dir, settings)
+    with pytest.raises(FedloraError, match="made with other settings"):
+        recheck.finished(f"{job.suite}/{job.name}")  # the suite's own job is not this tiny run
+    record = _experiment_module("records").recorded(job)
+    shutil.rmtree(job.out)
+    lines = recheck.recheck(record, 1, tmp_path / "scratch")
     compared = {(line[0], line[1]) for line in lines}
     assert (0, "test_accuracy") in compared and (1, "train_loss") in compared
     assert (1, "test_accuracy") not in compared
     assert all(line[4] for line in lines), [line for line in lines if not line[4]]
+    assert recheck.finished(f"{job.suite}/no-such-run") is None
