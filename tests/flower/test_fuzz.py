@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fedlora.engine import RoundDriver, build_experiment
 from fedlora.engine.driver import _Timer
-from fedlora.flower.records import ARRAYS, METRICS
+from fedlora.flower.fields import ARRAYS, METRICS
 from fedlora.flower.transport import FlowerTransport
 from fedlora.runs import RunDir
 from tests.engine.helpers import tiny_config

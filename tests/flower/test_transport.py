@@ -8,6 +8,8 @@ transport must end exactly where the in-process runner ends, for every aggregato
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,9 @@ from fedlora.aggregation import available_aggregators
 from fedlora.config import ExperimentConfig
 from fedlora.engine import RoundDriver, RunResult, TrainTask, build_experiment, run_experiment
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.flower import client_app
-from fedlora.flower.records import ARRAYS, CONFIG, MERGED, METRICS, record_to_factors
+from fedlora.flower import client_app, node_training
+from fedlora.flower.fields import ARRAYS, CONFIG, MERGED, METRICS
+from fedlora.flower.records import record_to_factors
 from fedlora.flower.transport import FlowerTransport
 from fedlora.runs import RunDir, load_checkpoint
 from tests.engine.helpers import tiny_config
@@ -39,7 +42,7 @@ def _server_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     keep their merged rounds under a cache of this test."""
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     monkeypatch.setenv("FEDLORA_CACHE", str(tmp_path / "node-cache"))
-    client_app._TRAINERS.clear()
+    node_training._TRAINERS.clear()
 
 
 class FakeGrid(Grid):
@@ -328,7 +331,7 @@ def test_a_killed_flower_run_resumes_to_the_same_numbers(
     with pytest.raises(KeyboardInterrupt):
         _flower_run(config, FakeGrid(_nodes(), dies_in_round_three))
     assert load_checkpoint(tmp_path / "killed" / "checkpoint").state.round == 2
-    client_app._TRAINERS.clear()  # the nodes start new processes too
+    node_training._TRAINERS.clear()  # the nodes start new processes too
     resumed = _flower_run(config, FakeGrid(_nodes(), client_app.train), resume=True)
     _assert_same(resumed, straight)
 
@@ -456,6 +459,33 @@ def test_identify_reports_the_node_config() -> None:
     assert identity["lora-rank"] == 8
 
 
+IDENTIFY_IN_A_FRESH_PROCESS = """
+import sys
+from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+from fedlora.flower import client_app
+query = Message(content=RecordDict(), dst_node_id=7, message_type=MessageType.QUERY)
+query.metadata.__dict__["_message_id"] = "m0"
+node = {"partition-id": 3, "num-partitions": 5, "lora-rank": 8}
+context = Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config={})
+print(dict(client_app.identify(query, context).content.config_records["config"]))
+print(sorted(name for name in ("torch", "transformers", "peft") if name in sys.modules))
+"""
+
+
+def test_a_fresh_clientapp_process_answers_the_query_without_torch() -> None:
+    # A SuperNode starts a new ClientApp process per message: the identity query must not pay
+    # for importing torch, transformers and PEFT, which only the train handler needs.
+    out = subprocess.run(
+        [sys.executable, "-c", IDENTIFY_IN_A_FRESH_PROCESS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == ["{'partition-id': 3, 'num-partitions': 5, 'lora-rank': 8}", "[]"]
+
+
 def test_an_error_the_superlink_sends_for_a_lost_node_is_that_nodes_clients() -> None:
     # Flower answers a message to a node that went away with an error from the SuperLink (its
     # own node id); the reply is matched by message id and logged with the lost node's id.
@@ -550,7 +580,7 @@ def test_a_train_message_whose_setting_has_the_wrong_type_is_refused_by_name(
 
 def test_a_nodes_own_device_setting_overrides_the_servers() -> None:
     toml = ExperimentConfig().to_toml()
-    assert client_app._config(toml, {}).model.device == "auto"
-    assert client_app._config(toml, {"device": "cuda:1"}).model.device == "cuda:1"
+    assert node_training._config(toml, {}).model.device == "auto"
+    assert node_training._config(toml, {"device": "cuda:1"}).model.device == "cuda:1"
     with pytest.raises(ConfigError, match=r"model\.device: must be"):
-        client_app._config(toml, {"device": "gpu"})
+        node_training._config(toml, {"device": "gpu"})

@@ -12,12 +12,9 @@ from torch import Tensor
 
 from fedlora.aggregation import GlobalState
 from fedlora.errors import FedloraError, InvalidUpdateError
+from fedlora.flower.fields import ARRAYS, METRICS
 from fedlora.lora import ClientUpdate, FoldedFactors, LoraFactors, LoraSettings, MergedRound
 
-ARRAYS = "arrays"
-CONFIG = "config"
-METRICS = "metrics"
-MERGED = "merged"
 _MERGED_KEY = re.compile(r"round-(\d+)/(.+)/([AB])")
 
 

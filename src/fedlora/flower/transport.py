@@ -22,11 +22,8 @@ from flwr.serverapp import Grid
 from fedlora.config import ExperimentConfig
 from fedlora.engine import ClientReply, Roster, TrainTask
 from fedlora.errors import FedloraError
+from fedlora.flower.fields import ARRAYS, CONFIG, MERGED, METRICS
 from fedlora.flower.records import (
-    ARRAYS,
-    CONFIG,
-    MERGED,
-    METRICS,
     factors_to_record,
     merged_to_record,
     metric_integer,

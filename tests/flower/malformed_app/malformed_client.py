@@ -11,7 +11,7 @@ from flwr.app import Array, Context, Message
 from flwr.clientapp import ClientApp
 
 from fedlora.flower import client_app as honest
-from fedlora.flower.records import ARRAYS, METRICS
+from fedlora.flower.fields import ARRAYS, METRICS
 
 GARBAGE = b"these bytes are not a numpy array"
 
