@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/fedlora run --overwrite
 
 test: lint
-	$(BIN)/python -m pytest -n 2 --durations=15
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks experiments

@@ -4,7 +4,9 @@ The process handling (free ports, offline environment, ``/health`` readiness, ``
 calls, teardown by process group) lives in :mod:`fedlora.flower.launch`, shared with the
 benchmarks; this module adds what only the tests need.  Flower runs are serialised across
 pytest-xdist workers (and the benchmarks, whose ``bench_env.FLOWER_LOCK`` is the same file) by
-:func:`flower_lock`.
+:func:`flower_lock`.  The test modules that run Flower are marked ``xdist_group("flower")``, and
+``make test`` distributes with ``--dist loadgroup``: they all go to one worker, so the other
+never sits idle waiting for the lock.
 """
 
 from __future__ import annotations

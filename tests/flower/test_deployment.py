@@ -2,8 +2,9 @@
 
 The config's rank policy is ``fixed`` at rank 1 where nodes announce ranks 2, 4 and 8, so a run
 in which every client trained at 1 would show that the server ignored the ranks the nodes
-announced in ``--node-config``.  Every exchange with a SuperNode starts a fresh
-``flwr-clientapp`` process (torch, transformers and PEFT imported again), so runs here are short;
+announced in ``--node-config``.  Every message to a SuperNode starts a fresh ``flwr-clientapp``
+process (for a train message, torch, transformers and PEFT are imported again), so runs here are
+short, and the four ways a node can fail mid-round share one run;
 the ServerApp killed mid-run and resumed with ``fedlora flower-run --resume`` must still end
 with the numbers of the in-process runner.
 """
@@ -36,7 +37,7 @@ from tests.flower.harness import (
     write_tiny_config,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 ANNOUNCED = [2, 4, 8]  # lora-rank of the SuperNodes serving partitions 0, 1, 2
 
@@ -87,15 +88,19 @@ def _submit(
     )
 
 
-def _only_client_2_dropped(out_dir: Path) -> str:
-    """Check that clients 0 and 1 trained and client 2 (the victim's) did not; its drop line."""
+def _dropped(out_dir: Path, trained: list[int]) -> dict[int, str]:
+    """The drop line of each client dropped in round 1, after checking that every client was
+    sent the round and that exactly those of ``trained`` came back with a train loss."""
     (_, row) = read_metrics(out_dir / "metrics.jsonl")
-    assert sorted(row.clients) == [0, 1, 2]
-    assert len(row.extra["dropped"]) == 1, row.extra["dropped"]
+    assert sorted(row.clients) == list(range(len(row.clients)))
     losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
-    assert losses[2] is None
-    assert losses[0] is not None and losses[1] is not None
-    return str(row.extra["dropped"][0])
+    assert sorted(client for client, loss in losses.items() if loss is not None) == trained
+    lines = row.extra["dropped"]  # a "round: ..." line would mean the round was not aggregated
+    assert all(re.match(r"client \d+: ", line) for line in lines), lines
+    dropped = {int(line.split(":")[0].removeprefix("client ")): line for line in lines}
+    assert sorted(dropped) == sorted(set(losses) - set(trained)), lines
+    assert len(dropped) == len(lines), lines
+    return dropped
 
 
 def _assert_announced_ranks(out_dir: Path, rounds: int) -> None:
@@ -112,7 +117,7 @@ def test_nodes_train_at_their_announced_ranks(
 ) -> None:
     config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
     out_dir = tmp_path / "deployed"
-    federation = flower_federation("insecure")
+    federation = flower_federation("tls", tls=True)
     _start(federation)
     outcome = federation.run(
         APP_DIR,
@@ -128,22 +133,6 @@ def test_nodes_train_at_their_announced_ranks(
         {"ranks.policy": "list", "ranks.options": {"ranks": ANNOUNCED}}
     )
     assert_same_as_in_process(out_dir, reference, tmp_path)
-
-
-def test_deployment_over_tls(
-    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
-) -> None:
-    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
-    out_dir = tmp_path / "deployed-tls"
-    federation = flower_federation("tls", tls=True)
-    _start(federation)
-    outcome = federation.run(
-        APP_DIR,
-        {"config": str(config_path), "out-dir": str(out_dir), "round-timeout": 120.0},
-        timeout=300.0,
-    )
-    assert_completed(outcome)
-    _assert_announced_ranks(out_dir, rounds=1)
 
 
 def test_a_supernode_without_the_ca_certificate_cannot_join(
@@ -245,88 +234,70 @@ def test_supernode_authentication_admits_registered_nodes_only(
     assert "left out" not in outcome.log
 
 
-@pytest.mark.parametrize(
-    "sig",
-    [
-        pytest.param(signal.SIGTERM, id="stopped"),
-        # The whole node frozen (SuperNode, superexec, ClientApp): its heartbeats stop too, so
-        # the SuperLink marks it offline and answers for it, unless the round timeout ends the
-        # wait first; which comes first depends on timing.
-        pytest.param(signal.SIGSTOP, id="frozen"),
-    ],
-)
-def test_a_node_stopped_mid_round_is_dropped(
-    tmp_path: Path,
-    tiny_bert_dir: Path,
-    flower_federation: FederationFactory,
-    sig: signal.Signals,
+def test_nodes_that_fail_mid_round_are_dropped_each_with_its_reason(
+    tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
 ) -> None:
-    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
-    out_dir = tmp_path / "deployed-fault"
-    federation = flower_federation("fault")
-    _start(federation)
+    """Four of six nodes fail in the same round, each its own way; the round is aggregated from
+    the two others (``run.min_replies=2``), and each failed node's client is dropped by name.
+
+    - Node 2 is stopped (SIGTERM) after taking its train message. Flower answers for it with an
+      error, or nothing comes before the round timeout, depending on timing.
+    - Node 3 is frozen whole (SuperNode, superexec and ClientApp: SIGSTOP). Its heartbeats stop,
+      so the SuperLink marks it offline and answers for it, unless the round timeout comes first.
+    - Node 4's executor hangs before its train message. The SuperNode stays online and takes the
+      message, but no ClientApp ever runs it: nobody answers, and only the round timeout ends
+      the wait.
+    - Node 5's ClientApp hangs after taking its message. It stops heartbeating to its SuperNode,
+      which answers for it two heartbeat intervals (about 60 s) later, before the round timeout.
+    """
+    config_path = write_tiny_config(
+        tmp_path / "faults.toml",
+        tiny_bert_dir,
+        rounds=1,
+        num_clients=6,
+        clients_per_round=6,
+        policy="fixed",
+        options={"rank": 1},
+    )
+    out_dir = tmp_path / "deployed-faults"
+    federation = flower_federation("faults")
+    federation.start_superlink()
+    for partition in range(6):
+        federation.start_supernode({"partition-id": partition, "num-partitions": 6})
+    federation.wait_for_nodes(6)
     run_id = _submit(federation, config_path, out_dir)
-    victim = federation.supernodes[2]
-    node_id = victim.node_id()
-    victim.wait_for_log("Receiving: train message", timeout=180.0)
-    federation.stop_supernode(victim, sig)
+    nodes = federation.supernodes
+    node_ids = [node.node_id() for node in nodes]
+    frozen = freeze_executor(federation, nodes[4])
+    for victim, sig in [(nodes[2], signal.SIGTERM), (nodes[3], signal.SIGSTOP)]:
+        victim.wait_for_log("Receiving: train message", timeout=180.0)
+        federation.stop_supernode(victim, sig)
+    frozen.append(freeze_clientapp(federation, nodes[5]))
     outcome = federation.wait_run(run_id, timeout=400.0)
     assert_completed(outcome)
-
-    # Flower answers for a node that went away with an error, or not at all, depending on timing.
-    assert re.fullmatch(
-        rf"client 2: node {node_id} (sent no reply within 120 s|sent an error: .*)",
-        _only_client_2_dropped(out_dir),
-    )
-    assert f"WARNING fedlora.engine.driver: dropping client 2: node {node_id} " in federation.log(
-        run_id
-    )
-    assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
-    assert RunDir(out_dir).is_finished()
-
-
-@pytest.mark.parametrize(
-    ("frozen", "reason"),
-    [
-        # The node's executor hangs: the SuperNode stays online and takes its train message, but
-        # no ClientApp ever runs it, so neither the node nor the SuperLink answers and only the
-        # round timeout ends the wait.
-        pytest.param("executor", "sent no reply within 120 s", id="executor"),
-        # The ClientApp hangs after taking its message: it stops heartbeating to its SuperNode,
-        # which answers for it two heartbeat intervals (about 60 s) later, before the round timeout.
-        pytest.param("clientapp", "sent an error: ClientApp stopped responding.", id="clientapp"),
-    ],
-)
-def test_a_node_that_never_answers_is_dropped(
-    tmp_path: Path,
-    tiny_bert_dir: Path,
-    flower_federation: FederationFactory,
-    frozen: str,
-    reason: str,
-) -> None:
-    config_path = _config(tmp_path, tiny_bert_dir, rounds=1)
-    out_dir = tmp_path / "deployed-silent"
-    federation = flower_federation("silent")
-    _start(federation)
-    run_id = _submit(federation, config_path, out_dir)
-    victim = federation.supernodes[2]
-    if frozen == "executor":
-        stopped = freeze_executor(federation, victim)
-    else:
-        stopped = [freeze_clientapp(federation, victim)]
-    outcome = federation.wait_run(run_id, timeout=400.0)
-    assert_completed(outcome)
-    if frozen == "executor":
-        log = victim.log_tail(10_000_000)
-        assert "flwr-clientapp" not in log[log.index("Receiving: train message") :], log
-    assert victim.alive()
-    assert _statuses(federation)[victim.node_id()] == "online"
-    for pid in stopped:
+    log = nodes[4].log_tail(10_000_000)
+    assert "flwr-clientapp" not in log[log.index("Receiving: train message") :], log
+    statuses = _statuses(federation)
+    for hung in (nodes[4], nodes[5]):
+        assert hung.alive()
+        assert statuses[hung.node_id()] == "online"
+    for pid in frozen:
         os.kill(pid, signal.SIGKILL)
 
-    expected = f"client 2: node {victim.node_id()} {reason}"
-    assert _only_client_2_dropped(out_dir) == expected
-    assert f"WARNING fedlora.engine.driver: dropping {expected}" in federation.log(run_id)
+    dropped = _dropped(out_dir, trained=[0, 1])
+    either = r"(sent no reply within 120 s|sent an error: .*)"
+    reasons = {
+        2: either,
+        3: either,
+        4: re.escape("sent no reply within 120 s"),
+        5: re.escape("sent an error: ClientApp stopped responding."),
+    }
+    assert sorted(dropped) == sorted(reasons)
+    server_log = federation.log(run_id)
+    for client, reason in reasons.items():
+        line = dropped[client]
+        assert re.fullmatch(rf"client {client}: node {node_ids[client]} {reason}", line), line
+        assert f"WARNING fedlora.engine.driver: dropping {line}" in server_log
     assert (out_dir / "checkpoint" / "round-00001.safetensors").exists()
     assert RunDir(out_dir).is_finished()
 
@@ -348,11 +319,8 @@ def test_malformed_replies_of_deployed_nodes_are_dropped_by_node(
     outcome = federation.wait_run(run_id, timeout=300.0)
     assert_completed(outcome)
 
-    (_, row) = read_metrics(out_dir / "metrics.jsonl")
-    assert sorted(row.clients) == [0, 1, 2]
-    losses = dict(zip(row.clients, row.extra["client_train_loss"], strict=True))
-    assert losses[0] is not None and losses[1] is None and losses[2] is None
-    garbage, nan = sorted(row.extra["dropped"])  # and no "round: ..." line: it was aggregated
+    dropped = _dropped(out_dir, trained=[0])
+    garbage, nan = dropped[1], dropped[2]
     node_1, node_2 = (federation.supernodes[i].node_id() for i in (1, 2))
     assert re.fullmatch(rf"client 1: node {node_1} sent a malformed reply: \w+: .+", garbage)
     assert nan == (

@@ -10,7 +10,7 @@ from fedlora.cli import main
 from fedlora.runs import RunDir
 from tests.engine.helpers import write_tiny_config
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 
 def test_flower_sim_writes_the_run_directory(tiny_bert_dir: Path, tmp_path: Path) -> None:

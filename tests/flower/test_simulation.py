@@ -18,7 +18,7 @@ from tests.flower.harness import (
     write_tiny_config,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 RANKS = [2, 4, 4, 8]
 

@@ -18,7 +18,7 @@ from tests.conftest import REPO_ROOT
 from tests.engine.helpers import write_tiny_config
 from tests.flower.harness import flower_lock
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 
 
 def test_the_installed_wheel_runs_the_flower_app(tiny_bert_dir: Path, tmp_path: Path) -> None:
