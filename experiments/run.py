@@ -24,11 +24,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from fnmatch import fnmatch
 
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir, seconds_per_round
-from records import archive, recorded
+from records import RunRecord, archive, recorded
 from suites import Job, all_suites
 
 
@@ -49,9 +50,9 @@ def last_round(run: RunDir) -> int:
     return rows[-1].round if rows else 0
 
 
-def progress(job: Job) -> str:
+def progress(job: Job, record: RunRecord | None) -> str:
     """``finished``, ``resumable after round N of M``, or empty (it starts from nothing)."""
-    if recorded(job) is not None:
+    if record is not None:
         return "finished"
     run = RunDir(job.out)
     if not run.has_checkpoint():
@@ -59,17 +60,17 @@ def progress(job: Job) -> str:
     return f"resumable after round {last_round(run)} of {job.config().run.rounds}"
 
 
-def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:
+def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[Job]]:
     """Seconds of runs left, and the jobs nothing finished tells about.
 
     A job's rounds left are priced at the median seconds per round of the finished runs of its
-    cell, else of its suite: a median, as a run paused for a while (SIGSTOP) records that pause.
+    cell, else of its suite: medians (of rounds, then of runs), as a run paused for a while
+    (SIGSTOP) records that pause in the round it paused.
     """
     by_cell: dict[tuple[str, str], list[float]] = {}
     by_suite: dict[str, list[float]] = {}
     left: list[tuple[Job, RunDir]] = []
-    for job in jobs:
-        record = recorded(job)
+    for job, record in records.items():
         if record is None:
             left.append((job, RunDir(job.out)))
             continue
@@ -86,8 +87,14 @@ def compute_left(jobs: list[Job]) -> tuple[float, list[Job]]:
     return seconds, unknown
 
 
-def pending(jobs: list[Job]) -> list[Job]:
-    return [job for job in jobs if recorded(job) is None]
+def find_records(jobs: list[Job]) -> dict[Job, RunRecord | None]:
+    """Each job's record, ``None`` for a job still to run: each found once, as finding one reads
+    its metrics (and first records a finished run directory)."""
+    return {job: recorded(job) for job in jobs}
+
+
+def pending(records: Mapping[Job, RunRecord | None]) -> list[Job]:
+    return [job for job, record in records.items() if record is None]
 
 
 def prioritised(jobs: list[Job], patterns: list[str]) -> list[Job]:
@@ -144,14 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.cells:
         jobs = prioritised(jobs, args.cells)
     try:
-        todo = pending(jobs)
+        records = find_records(jobs)
     except FedloraError as error:
         raise SystemExit(f"error: {error}") from None
+    todo = pending(records)
     if args.list:
-        for job in jobs:
-            print(f"{job.suite}/{job.name:40} {progress(job)}")
+        for job, record in records.items():
+            print(f"{job.suite}/{job.name:40} {progress(job, record)}")
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished")
-        seconds, unknown = compute_left(jobs)
+        seconds, unknown = compute_left(records)
         print(
             f"about {seconds / 3600:.1f} h of runs left ({seconds / 3600 / args.workers:.1f} h "
             f"{args.workers} at a time), priced at their cell's or suite's finished runs"

@@ -484,14 +484,16 @@ def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
     (suite,) = run.all_suites(["agnews_default"])
     job = suite.jobs[0]
     tiny, _, _ = _tiny_job(job, models, shared_data_dir)
-    assert run.progress(tiny) == "finished" and run.pending([tiny]) == []
+    assert run.progress(tiny, run.recorded(tiny)) == "finished"
+    assert run.pending(run.find_records([tiny])) == []
     RunDir(job.out).summary_file.unlink()  # killed after round 1's checkpoint: never recorded
     shutil.rmtree(job.record)
-    assert run.progress(tiny) == f"resumable after round 1 of {tiny.config().run.rounds}"
-    assert run.pending([tiny]) == [tiny]
+    assert run.pending(run.find_records([tiny])) == [tiny]
+    resumable = f"resumable after round 1 of {tiny.config().run.rounds}"
+    assert run.progress(tiny, None) == resumable
     assert run.command(job)[-3:] == ["--resume", str(job.out), "--no-progress"]
     shutil.rmtree(RunDir(job.out).checkpoint_dir)  # killed before its first checkpoint
-    assert run.progress(tiny) == ""
+    assert run.progress(tiny, None) == ""
     restart = run.command(job)
     assert restart[-2:] == ["--overwrite", "--no-progress"]
     assert [x for x in restart if x != "--set"][-2 - len(job.overrides) : -2] == list(job.overrides)
@@ -515,10 +517,10 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     assert per_round == pytest.approx(
         rows[1].seconds_train + rows[1].seconds_aggregate + rows[1].seconds_eval
     )
-    seconds, unknown = run.compute_left([done, left, unpriced])
+    seconds, unknown = run.compute_left(run.find_records([done, left, unpriced]))
     assert seconds == pytest.approx(left.config().run.rounds * per_round)
     assert unknown == [unpriced]
-    seconds, unknown = run.compute_left([done, sibling])
+    seconds, unknown = run.compute_left(run.find_records([done, sibling]))
     assert (seconds, unknown) == (pytest.approx(sibling.config().run.rounds * per_round), [])
 
 
@@ -540,7 +542,8 @@ def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_
     records.archive(job)
     assert {f.name: f.read_bytes() for f in job.record.iterdir()} == stored
     shutil.rmtree(job.out)
-    assert run.pending([job]) == [] and run.progress(job) == "finished"
+    records = run.find_records([job])
+    assert run.pending(records) == [] and run.progress(job, records[job]) == "finished"
     (suite,) = run.all_suites([job.suite])
     assert report.finished_runs(replace(suite, jobs=(job,))) == {job.cell: [(0, rows)]}
 
@@ -557,16 +560,16 @@ def test_a_record_made_with_other_settings_than_the_suite_gives_is_refused(
     other = config.replace({"train.lr": config.train.lr * 2})
     (job.record / "config.toml").write_text(other.to_toml(), encoding="utf-8")
     with pytest.raises(FedloraError, match=f"{job.record}: made with other settings"):
-        run.pending([job])
+        run.pending(run.find_records([job]))
     # Where its directory was is not a setting: a record made on another machine answers the job.
     moved = config.replace({"run.out_dir": "/elsewhere/run"})
     (job.record / "config.toml").write_text(moved.to_toml(), encoding="utf-8")
-    assert run.pending([job]) == []
+    assert run.pending(run.find_records([job])) == []
     # A finished run directory made with other settings never replaces the job's record.
     kept = {f.name: f.read_bytes() for f in job.record.iterdir()}
     _tiny_job(job, models, shared_data_dir, {"train.lr": config.train.lr * 3})
     with pytest.raises(FedloraError, match=f"{job.out}: made with other settings"):
-        run.pending([job])
+        run.pending(run.find_records([job]))
     assert {f.name: f.read_bytes() for f in job.record.iterdir()} == kept
 
 

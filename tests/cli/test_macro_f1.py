@@ -21,7 +21,7 @@ from fedlora.cli import main
 from fedlora.commands.progress import round_status
 from fedlora.config import load_config
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
-from fedlora.runs import RoundMetrics, RunDir
+from fedlora.runs import RoundMetrics, RunDir, seconds_per_round
 
 # (accuracy, macro-F1) per round, per (method, seed): rounds 1..3.
 SCORES = {
@@ -213,6 +213,14 @@ def test_seconds_per_round_are_the_median_runs_so_one_paused_run_does_not_move_t
     runs[1] = [replace(row, seconds_eval=1.2) for row in runs[1]]  # 2.3 s a round
     (row, *_) = comparison_rows({"flexlora": runs})
     assert row.seconds_per_round == pytest.approx(2.3)
+
+
+def test_a_runs_seconds_per_round_are_its_median_rounds_so_a_pause_does_not_move_them() -> None:
+    rows = [_row(1, 0.5, 0.1), _row(2, 0.6, 0.1), _row(3, 0.7, 0.1)]  # 1.3 s a round each
+    rows[1] = replace(rows[1], seconds_train=1801.0)  # sat paused 30 min inside round 2
+    assert seconds_per_round(rows) == pytest.approx(1.3)
+    (row, *_) = comparison_rows({"flexlora": [rows]})
+    assert row.seconds_per_round == pytest.approx(1.3)
 
 
 def test_a_single_seed_has_no_spread(tmp_path: Path) -> None:

@@ -39,8 +39,8 @@ class ComparisonRow:
     dense_params_up_per_client: float | None = None
     mean_bytes_up_per_round: float | None = None
     seconds_per_round: float | None = None
-    """The median over seeds of each run's seconds per round: one run slowed or paused by other
-    jobs does not move it."""
+    """The median over seeds of each run's median seconds per round: neither a round nor a run
+    slowed or paused by other jobs moves it."""
 
 
 def _final(rows: Sequence[RoundMetrics]) -> RoundMetrics:

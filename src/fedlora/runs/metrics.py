@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -88,10 +89,12 @@ def headline(rows: Iterable[RoundMetrics]) -> Headline:
 
 
 def seconds_per_round(rows: Sequence[RoundMetrics]) -> float:
-    """A run's recorded seconds (train, aggregate, evaluate) per round after round 0."""
+    """A run's recorded seconds (train, aggregate, evaluate) per round after round 0: the median
+    round's, as a round during which the run sat paused (SIGSTOP) counts that pause."""
     rounds = [row for row in rows if row.round > 0]
-    total = sum(row.seconds_train + row.seconds_aggregate + row.seconds_eval for row in rounds)
-    return total / len(rounds)
+    return statistics.median(
+        row.seconds_train + row.seconds_aggregate + row.seconds_eval for row in rounds
+    )
 
 
 CSV_COLUMNS = [f.name for f in fields(RoundMetrics) if f.name not in ("clients", "ranks", "extra")]
