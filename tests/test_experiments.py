@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from fnmatch import fnmatch
@@ -525,7 +526,10 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
 
 
 def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_is_gone(
-    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
+    run_script: ModuleType,
+    models: dict[str, Path],
+    shared_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The record holds the run's metrics byte for byte (recording again writes the same bytes),
     and with the run directory gone the job is still finished and still reported."""
@@ -539,11 +543,13 @@ def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_
     rows = run_dir.metrics()
     assert record.metrics() == rows and [row.round for row in rows] == [0, 1]
     stored = {f.name: f.read_bytes() for f in job.record.iterdir()}
+    later = time.time() + 86_400.0  # a day later: the gzip header must not carry the time
+    monkeypatch.setattr(time, "time", lambda: later)
     records.archive(job)
     assert {f.name: f.read_bytes() for f in job.record.iterdir()} == stored
     shutil.rmtree(job.out)
-    records = run.find_records([job])
-    assert run.pending(records) == [] and run.progress(job, records[job]) == "finished"
+    found = run.find_records([job])
+    assert run.pending(found) == [] and run.progress(job, found[job]) == "finished"
     (suite,) = run.all_suites([job.suite])
     assert report.finished_runs(replace(suite, jobs=(job,))) == {job.cell: [(0, rows)]}
 
