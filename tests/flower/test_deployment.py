@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -42,22 +43,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("flower")]
 ANNOUNCED = [2, 4, 8]  # lora-rank of the SuperNodes serving partitions 0, 1, 2
 
 
-def _start(federation: LocalFederation) -> None:
+def _start(federation: LocalFederation, nodes: int = 3, ranks: Sequence[int] = ANNOUNCED) -> None:
+    """A SuperLink and ``nodes`` SuperNodes: node i serves partition i and announces ``ranks[i]``
+    (none when ``ranks`` is shorter)."""
     federation.start_superlink()
-    for partition, rank in enumerate(ANNOUNCED):
-        federation.start_supernode(
-            {"partition-id": partition, "num-partitions": 3, "lora-rank": rank}
-        )
-    federation.wait_for_nodes(len(ANNOUNCED))
+    for partition in range(nodes):
+        node = {"partition-id": partition, "num-partitions": nodes}
+        if partition < len(ranks):
+            node["lora-rank"] = ranks[partition]
+        federation.start_supernode(node)
+    federation.wait_for_nodes(nodes)
 
 
-def _config(tmp_path: Path, model_dir: Path, rounds: int) -> Path:
+def _config(tmp_path: Path, model_dir: Path, rounds: int, clients: int = 3) -> Path:
+    """Every client in every round, each at the rank its node announces (else rank 1)."""
     return write_tiny_config(
         tmp_path / "deploy.toml",
         model_dir,
         rounds=rounds,
-        num_clients=3,
-        clients_per_round=3,
+        num_clients=clients,
+        clients_per_round=clients,
         policy="fixed",
         options={"rank": 1},
     )
@@ -250,21 +255,10 @@ def test_nodes_that_fail_mid_round_are_dropped_each_with_its_reason(
     - Node 5's ClientApp hangs after taking its message. It stops heartbeating to its SuperNode,
       which answers for it two heartbeat intervals (about 60 s) later, before the round timeout.
     """
-    config_path = write_tiny_config(
-        tmp_path / "faults.toml",
-        tiny_bert_dir,
-        rounds=1,
-        num_clients=6,
-        clients_per_round=6,
-        policy="fixed",
-        options={"rank": 1},
-    )
+    config_path = _config(tmp_path, tiny_bert_dir, rounds=1, clients=6)
     out_dir = tmp_path / "deployed-faults"
     federation = flower_federation("faults")
-    federation.start_superlink()
-    for partition in range(6):
-        federation.start_supernode({"partition-id": partition, "num-partitions": 6})
-    federation.wait_for_nodes(6)
+    _start(federation, nodes=6, ranks=())
     run_id = _submit(federation, config_path, out_dir)
     nodes = federation.supernodes
     node_ids = [node.node_id() for node in nodes]
@@ -349,10 +343,7 @@ def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
     )
     out_dir = tmp_path / "deployed"
     federation = flower_federation("resume")
-    federation.start_superlink()
-    for partition in range(3):
-        federation.start_supernode({"partition-id": partition, "num-partitions": 3})
-    federation.wait_for_nodes(3)
+    _start(federation, ranks=())
     config = load_config(str(config_path)).replace({"run.out_dir": str(out_dir)})
     run_config = flower_run_config(config, out_dir, overwrite=False, round_timeout=120.0)
     run_id = federation.submit(APP_DIR, run_config)
