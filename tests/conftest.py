@@ -28,6 +28,30 @@ settings.register_profile("thorough", max_examples=400, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+UNGROUPED = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``), pytest-xdist keeps the tests of one
+    ``xdist_group`` on one worker by suffixing their node ids with ``@group``.  Where a pytest
+    breaks that (9.2 with pytest-xdist 3.8: pytest-xdist#1386), the Flower tests would silently
+    spread over both workers, one waiting minutes on the other's Flower lock: fail them instead."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            item.stash[UNGROUPED] = (
+                "pytest-xdist did not keep this xdist_group test on one worker with this pytest "
+                "(pytest-xdist#1386): install the pytest that pyproject.toml pins"
+            )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if UNGROUPED in item.stash:
+        pytest.fail(item.stash[UNGROUPED], pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random BERT classifier saved with the real MiniLM tokenizer (no downloads)."""
