@@ -622,7 +622,12 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     rounds = folder / "rounds.csv"
     before = rounds.read_text(encoding="utf-8") if rounds.exists() else ""
     write_rounds(runs, rounds)
-    print(f"{suite.name}: {reproduction(before, rounds.read_text(encoding='utf-8'))}")
+    after = rounds.read_text(encoding="utf-8")
+    print(f"{suite.name}: {reproduction(before, after)}")
+    committed = RESULTS / suite.name / "rounds.csv"
+    if folder != committed.parent and committed.exists():  # a rebuild elsewhere (--out)
+        against = reproduction(committed.read_text(encoding="utf-8"), after)
+        print(f"{suite.name}, against the committed results: {against}")
     write_convergence(runs, folder)
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")

@@ -584,6 +584,7 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     models: dict[str, Path],
     shared_data_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A rebuild on a machine without some runs names them, exits non-zero and leaves the
     committed results as they were; ``--out`` writes it elsewhere, ``--drop-missing`` rewrites
@@ -603,9 +604,15 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     with pytest.raises(SystemExit, match=f"^error: .*{missing}"):
         report.main([job.suite])
     assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
-    # A partial rebuild goes elsewhere, the committed results untouched.
+    # A partial rebuild goes elsewhere, the committed results untouched, and says which of their
+    # runs it found again unchanged (this fake's flexlora seed 0 has other columns: changed).
+    capsys.readouterr()
     assert report.main([job.suite, "--out", str(folder / "partial")]) == 0
     assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
+    assert f"{job.suite}, against the committed results: 0 of the 1 runs rounds.csv held " in (
+        printed := capsys.readouterr().out
+    )
+    assert "as before; changed: flexlora seed 0\n" in printed
     with (folder / "partial" / "rounds.csv").open(encoding="utf-8") as handle:
         assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
     assert report.main([job.suite, "--drop-missing"]) == 0
