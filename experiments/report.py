@@ -103,17 +103,36 @@ def _runs_in(text: str) -> dict[tuple[str, str], list[list[str]]]:
 
 
 def reproduction(before: str, after: str) -> str:
-    """How many runs both ``rounds.csv`` texts hold have every round identical, and which changed:
-    a rerun run (e.g. of a lost run directory) must find the committed numbers again."""
+    """How many runs both ``rounds.csv`` texts hold have every round identical, and which changed,
+    with their last scores: a rerun run (e.g. of a lost run directory) must find the committed
+    numbers again, and where it does not, the size of the change is the news."""
     old, new = _runs_in(before), _runs_in(after)
     both = [run for run in new if run in old]
     changed = [
-        f"{cell} seed {seed}" for cell, seed in both if old[(cell, seed)] != new[(cell, seed)]
+        f"{cell} seed {seed}{_last_scores(before, old[(cell, seed)], after, new[(cell, seed)])}"
+        for cell, seed in both
+        if old[(cell, seed)] != new[(cell, seed)]
     ]
     return (
         f"{len(both) - len(changed)} of the {len(both)} runs rounds.csv held before have every "
         f"round as before" + (f"; changed: {', '.join(changed)}" if changed else "")
     )
+
+
+def _last_scores(before: str, old: list[list[str]], after: str, new: list[list[str]]) -> str:
+    """`` (round 20: 0.8720 -> 0.8860)``: a changed run's last test score before and after (its
+    last rounds instead, where they differ or a text has no score)."""
+    scores = [_last_score(text, lines) for text, lines in ((before, old), (after, new))]
+    if old[-1][2] != new[-1][2] or None in scores:
+        return f" (last round {old[-1][2]} -> {new[-1][2]})"
+    return f" (round {new[-1][2]}: {scores[0]:.4f} -> {scores[1]:.4f})"
+
+
+def _last_score(text: str, lines: list[list[str]]) -> float | None:
+    header = next(csv.reader(text.splitlines()), [])
+    if "test_score" not in header or not lines[-1][header.index("test_score")]:
+        return None
+    return float(lines[-1][header.index("test_score")])
 
 
 def write_baselines(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Path) -> None:

@@ -612,7 +612,7 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     assert f"{job.suite}, against the committed results: 0 of the 1 runs rounds.csv held " in (
         printed := capsys.readouterr().out
     )
-    assert "as before; changed: flexlora seed 0\n" in printed
+    assert "as before; changed: flexlora seed 0 (last round 0 -> 1)\n" in printed
     with (folder / "partial" / "rounds.csv").open(encoding="utf-8") as handle:
         assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
     assert report.main([job.suite, "--drop-missing"]) == 0
@@ -622,16 +622,17 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
 
 def test_a_rebuild_says_which_runs_it_found_as_committed_and_which_changed() -> None:
     report = _experiment_module("report")
-    before = "cell,seed,round,acc\na,0,0,0.1\na,0,2,0.5\na,1,2,0.6\nb,0,2,0.7\n"
-    after = "cell,seed,round,acc\na,0,0,0.1\na,0,2,0.5\na,1,2,0.61\nc,0,2,0.9\n"
+    before = "cell,seed,round,test_score\na,0,0,0.1\na,0,2,0.5\na,1,2,0.6\nb,0,2,0.7\n"
+    after = "cell,seed,round,test_score\na,0,0,0.1\na,0,2,0.5\na,1,2,0.61\nc,0,2,0.9\n"
     assert report.reproduction(before, after) == (
-        "1 of the 2 runs rounds.csv held before have every round as before; changed: a seed 1"
+        "1 of the 2 runs rounds.csv held before have every round as before; "
+        "changed: a seed 1 (round 2: 0.6000 -> 0.6100)"
     )
     assert report.reproduction("", after) == (
         "0 of the 0 runs rounds.csv held before have every round as before"
     )
-    shorter = "cell,seed,round,acc\na,0,0,0.1\n"  # a run with a round fewer is not the same run
-    assert report.reproduction(before, shorter).endswith("changed: a seed 0")
+    shorter = "cell,seed,round,test_score\na,0,0,0.1\n"  # a round fewer: not the same run
+    assert report.reproduction(before, shorter).endswith("changed: a seed 0 (last round 2 -> 0)")
 
 
 def test_a_panel_entry_must_be_a_pattern_or_a_label_and_cell(tmp_path: Path) -> None:
