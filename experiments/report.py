@@ -94,11 +94,11 @@ def write_rounds(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Pa
                         writer.writerow([cell, seed, row.round, *values])
 
 
-def _runs_in(text: str) -> dict[tuple[str, str], list[list[str]]]:
-    """The lines of a ``rounds.csv`` text, per (cell, seed)."""
-    runs: dict[tuple[str, str], list[list[str]]] = {}
-    for line in list(csv.reader(text.splitlines()))[1:]:
-        runs.setdefault((line[0], line[1]), []).append(line)
+def _runs_in(text: str) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """The lines of a ``rounds.csv`` text, by column, per (cell, seed)."""
+    runs: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for line in csv.DictReader(text.splitlines()):
+        runs.setdefault((line["cell"], line["seed"]), []).append(line)
     return runs
 
 
@@ -109,7 +109,7 @@ def reproduction(before: str, after: str) -> str:
     old, new = _runs_in(before), _runs_in(after)
     both = [run for run in new if run in old]
     changed = [
-        f"{cell} seed {seed}{_last_scores(before, old[(cell, seed)], after, new[(cell, seed)])}"
+        f"{cell} seed {seed}{_last_scores(old[(cell, seed)][-1], new[(cell, seed)][-1])}"
         for cell, seed in both
         if old[(cell, seed)] != new[(cell, seed)]
     ]
@@ -119,20 +119,13 @@ def reproduction(before: str, after: str) -> str:
     )
 
 
-def _last_scores(before: str, old: list[list[str]], after: str, new: list[list[str]]) -> str:
+def _last_scores(old: dict[str, str], new: dict[str, str]) -> str:
     """`` (round 20: 0.8720 -> 0.8860)``: a changed run's last test score before and after (its
-    last rounds instead, where they differ or a text has no score)."""
-    scores = [_last_score(text, lines) for text, lines in ((before, old), (after, new))]
-    if old[-1][2] != new[-1][2] or None in scores:
-        return f" (last round {old[-1][2]} -> {new[-1][2]})"
-    return f" (round {new[-1][2]}: {scores[0]:.4f} -> {scores[1]:.4f})"
-
-
-def _last_score(text: str, lines: list[list[str]]) -> float | None:
-    header = next(csv.reader(text.splitlines()), [])
-    if "test_score" not in header or not lines[-1][header.index("test_score")]:
-        return None
-    return float(lines[-1][header.index("test_score")])
+    last rounds instead, where they differ or a line has no score)."""
+    before, after = old.get("test_score"), new.get("test_score")
+    if old["round"] != new["round"] or not before or not after:
+        return f" (last round {old['round']} -> {new['round']})"
+    return f" (round {new['round']}: {float(before):.4f} -> {float(after):.4f})"
 
 
 def write_baselines(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], path: Path) -> None:

@@ -28,7 +28,7 @@ settings.register_profile("thorough", max_examples=400, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-UNGROUPED = pytest.StashKey[str]()
+UNGROUPED = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(trylast=True)
@@ -41,15 +41,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     for item in items:
         if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
-            item.stash[UNGROUPED] = (
-                "pytest-xdist did not keep this xdist_group test on one worker with this pytest "
-                "(pytest-xdist#1386): install the pytest that pyproject.toml pins"
-            )
+            item.stash[UNGROUPED] = True
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if UNGROUPED in item.stash:
-        pytest.fail(item.stash[UNGROUPED], pytrace=False)
+    if item.stash.get(UNGROUPED, False):
+        pytest.fail(
+            "pytest-xdist did not keep this xdist_group test on one worker with this pytest "
+            "(pytest-xdist#1386): install the pytest that pyproject.toml pins",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
