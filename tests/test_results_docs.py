@@ -1,0 +1,211 @@
+"""The tables of docs/results.md and the README give only numbers the committed result files hold.
+
+A table cell ``mean ± std`` with its seeds' values (in parentheses, or in the next column headed
+``per seed``) must find those values, to the decimals shown, in one seed-ordered vector of a
+result file under ``docs/results/``, and their mean and sample standard deviation must be the ones
+shown; a column headed ``... per seed`` alone must find its values likewise.  The vectors: a
+cell's final values (``comparison.csv``), any per-seed column of a file with a ``seed`` column
+(``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with its paired differences) and
+each run's worst class recall (``diagnostics.csv``).  So a number typed by hand, or left behind when
+a suite's results are rebuilt, fails here.  Prose is not parsed: its numbers repeat the tables'.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+RESULTS = REPO_ROOT / "docs" / "results"
+NUMBER = r"[+−-]?\d+(?:\.\d+)?"
+SEED_LIST = re.compile(rf"(?:{NUMBER}|—)(?:, (?:{NUMBER}|—))+")
+MEAN_STD = re.compile(rf"({NUMBER}) ± ({NUMBER})(?: \(({SEED_LIST.pattern})\))?")
+
+Vector = tuple[float | None, ...]
+
+
+def _value(text: str) -> float | None:
+    return float(text.replace("−", "-")) if text not in ("", "—") else None
+
+
+def _shown(value: float | None, decimals: int) -> str:
+    """A value as a table shows it (``—`` for none), in the form of :func:`_plain`."""
+    if value is None:
+        return "—"
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _decimals(token: str) -> int:
+    return len(token.split(".")[1]) if "." in token else 0
+
+
+def _per_seed_vectors(path: Path) -> Iterator[Vector]:
+    """Every seed-ordered vector one result file holds."""
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    if "final_per_seed" in rows[0]:
+        for row in rows:
+            yield tuple(float(value) for value in row["final_per_seed"].split())
+    if "seed" not in rows[0]:
+        return
+    if "recall" in rows[0]:  # diagnostics: one row per class; a run's worst class recall
+        worst: dict[str, dict[int, float]] = defaultdict(dict)
+        for row in rows:
+            runs = worst[row["cell"]]
+            seed = int(row["seed"])
+            runs[seed] = min(runs.get(seed, 1.0), float(row["recall"]))
+        yield from (tuple(runs[seed] for seed in sorted(runs)) for runs in worst.values())
+        return
+
+    def numeric(column: str) -> bool:
+        return all(re.fullmatch(rf"{NUMBER}(?:e-?\d+)?|", row[column]) for row in rows)
+
+    # A run is told apart by its text columns (cell, metric, ...) and by round and rank.
+    keys = [c for c in rows[0] if c != "seed" and (c in ("round", "rank") or not numeric(c))]
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[column] for column in keys)].append(row)
+    for group in groups.values():
+        group.sort(key=lambda row: int(row["seed"]))
+        for column in group[0]:
+            if column not in keys and column != "seed":
+                yield tuple(_value(row[column]) for row in group)
+        if "a_final" in group[0]:
+            for a, b in (("a_final", "b_final"), ("a_mean_over_rounds", "b_mean_over_rounds")):
+                yield tuple(float(row[a]) - float(row[b]) for row in group)
+
+
+class Committed:
+    """Every committed vector, found by how a table shows it (to some number of decimals)."""
+
+    def __init__(self, vectors: list[Vector]) -> None:
+        self.vectors = vectors
+        self._shown: dict[int, dict[tuple[str, ...], list[Vector]]] = {}
+
+    def showing(self, seeds: list[str]) -> list[Vector]:
+        """The vectors that show as ``seeds``, each value to the decimals the list uses."""
+        numbers = [token for token in seeds if token != "—"]
+        decimals = _decimals(numbers[0]) if numbers else 0
+        if decimals not in self._shown:
+            index = self._shown[decimals] = defaultdict(list)
+            for vector in self.vectors:
+                index[tuple(_shown(value, decimals) for value in vector)].append(vector)
+        return self._shown[decimals].get(tuple(_plain(token) for token in seeds), [])
+
+
+def committed_vectors() -> Committed:
+    paths = sorted(RESULTS.rglob("*.csv"))
+    return Committed([vector for path in paths for vector in _per_seed_vectors(path)])
+
+
+def _plain(token: str) -> str:
+    """A shown number without its plus sign, and a zero without a minus (−0.000 is a tiny loss)."""
+    if token == "—":
+        return token
+    text = token.replace("+", "").replace("−", "-")
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _mean_std_holds(mean: str, std: str, seeds: str, vectors: Committed) -> bool:
+    """Some committed vector shows as ``seeds`` and has the mean and sample std shown."""
+    for vector in vectors.showing(seeds.split(", ")):
+        values = [value for value in vector if value is not None]
+        if len(values) == len(vector) and [_plain(mean), _plain(std)] == [
+            _shown(statistics.mean(values), _decimals(mean)),
+            _shown(statistics.stdev(values), _decimals(std)),
+        ]:
+            return True
+    return False
+
+
+def _unheld(cell: str, vectors: Committed) -> bool:
+    """A list of per-seed numbers that no committed vector shows."""
+    return bool(SEED_LIST.fullmatch(cell)) and not vectors.showing(cell.split(", "))
+
+
+def table_errors(text: str, vectors: Committed) -> list[str]:
+    """Each table cell whose per-seed numbers no committed vector gives, with its line."""
+    errors = []
+    header: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.startswith("|"):
+            header = []
+            continue
+        cells = [cell.strip().strip("*").strip() for cell in line.strip().strip("|").split("|")]
+        if not header:
+            header = cells
+            continue
+        consumed = -1  # the "per seed" column a mean ± std before it took its values from
+        for column, cell in enumerate(cells):
+            heading = header[column] if column < len(header) else ""
+            claimed = MEAN_STD.fullmatch(cell)
+            if claimed:
+                mean, std, seeds = claimed.groups()
+                if seeds is None and column + 1 < len(cells) and header[column + 1] == "per seed":
+                    seeds, consumed = cells[column + 1], column + 1
+                listed = seeds is not None and SEED_LIST.fullmatch(seeds)
+                if listed and not _mean_std_holds(mean, std, seeds, vectors):
+                    errors.append(f"line {number}: {cell} ({seeds}) is in no result file")
+            elif column != consumed and heading.endswith("per seed") and _unheld(cell, vectors):
+                errors.append(f"line {number}: {heading} {cell} is in no result file")
+    return errors
+
+
+@pytest.fixture(scope="module")
+def vectors() -> Committed:
+    return committed_vectors()
+
+
+@pytest.mark.parametrize("document", ["docs/results.md", "README.md"])
+def test_every_per_seed_number_in_the_tables_is_a_committed_result(
+    document: str, vectors: Committed
+) -> None:
+    text = (REPO_ROOT / document).read_text(encoding="utf-8")
+    assert table_errors(text, vectors) == []
+    assert sum(line.count(" ± ") for line in text.splitlines() if line.startswith("|")) > 10
+
+
+TABLE = """\
+| cell | after round 20 | per seed | mean over rounds | test loss, per seed |
+|---|---|---|---|---|
+| a | **{mean} ± {std}** | {seeds} | 0.650 ± 0.050 (0.600, 0.650, 0.700) | 0.51, 0.52, — |
+"""
+VECTORS = Committed([(0.8, 0.9, 0.7), (0.6, 0.65, 0.7), (0.511, 0.52, None), (-0.0004, 0.0, 0.02)])
+
+
+def test_a_table_that_gives_the_committed_numbers_passes() -> None:
+    assert table_errors(TABLE.format(mean=0.8, std=0.1, seeds="0.800, 0.900, 0.700"), VECTORS) == []
+    assert table_errors("| x | per seed |\n|---|---|\n| d | 0.000, 0.000, +0.020 |", VECTORS) == []
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "seeds"),
+    [
+        ("0.800", "0.100", "0.800, 0.900, 0.710"),  # one seed's value typed wrong
+        ("0.810", "0.100", "0.800, 0.900, 0.700"),  # the mean not the seeds' mean
+        ("0.800", "0.050", "0.800, 0.900, 0.700"),  # the std not their std
+        ("0.800", "0.100", "0.900, 0.800, 0.700"),  # the seeds in another order
+    ],
+)
+def test_a_number_no_result_file_gives_is_named_with_its_line(
+    mean: str, std: str, seeds: str
+) -> None:
+    errors = table_errors(TABLE.format(mean=mean, std=std, seeds=seeds), VECTORS)
+    assert errors == [f"line 3: {mean} ± {std} ({seeds}) is in no result file"]
+
+
+def test_a_per_seed_column_alone_is_checked_too() -> None:
+    table = TABLE.format(mean="0.800", std="0.100", seeds="0.800, 0.900, 0.700")
+    wrong = table.replace("0.51, 0.52, —", "0.51, 0.53, —")
+    expected = "line 3: test loss, per seed 0.51, 0.53, — is in no result file"
+    assert table_errors(wrong, VECTORS) == [expected]
