@@ -3,9 +3,9 @@
 A run directory (``runs/experiments/<suite>/<run>/``) is not committed, and the machine it ran on
 may be gone by the next session: on 2026-11-27 a new machine came without the run directories
 of every finished run.  So a finished run is also kept as a *record*,
-``experiments/records/<suite>/<run>/``: its ``config.toml``, its ``metrics.jsonl`` gzipped, and
-the lines the diagnostics keep for it (``diagnose.py`` writes them there).  That is all
-``report.py`` reads, so every table and figure can be rebuilt from the records alone, and
+``experiments/records/<suite>/<run>/``: its ``config.toml``, its ``metrics.jsonl`` gzipped, its
+``environment.jsonl`` (where it ran; runs of older code have none), and the lines the diagnostics
+keep for it (``diagnose.py`` writes them there).  That is all ``report.py`` reads, so every table and figure can be rebuilt from the records alone, and
 ``run.py`` skips a job that has one.  Only a first diagnosis of a run (it evaluates the final
 model) and ``local_steps.py`` need the checkpoints of a run directory.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from fedlora.config import ExperimentConfig, load_config
 from fedlora.errors import FedloraError
-from fedlora.runs import RoundMetrics, RunDir
+from fedlora.runs import ENVIRONMENT, RoundMetrics, RunDir
 from suites import Job
 
 CONFIG = "config.toml"
@@ -75,7 +75,17 @@ def archive(job: Job) -> RunRecord:
     shutil.copyfile(run.config_file, record.config_file)
     metrics = run.metrics_file.read_bytes()
     (record.path / METRICS).write_bytes(gzip.compress(metrics, compresslevel=9, mtime=0))
+    if (run.path / ENVIRONMENT).exists():
+        shutil.copyfile(run.path / ENVIRONMENT, record.path / ENVIRONMENT)
     return record
+
+
+def _differs(run: RunDir, record: RunRecord) -> bool:
+    """The record lacks the run's metrics or where it ran, byte for byte."""
+    if run.metrics_file.read_bytes() != record.metrics_lines():
+        return True
+    ran, kept = run.path / ENVIRONMENT, record.path / ENVIRONMENT
+    return ran.exists() and (not kept.exists() or ran.read_bytes() != kept.read_bytes())
 
 
 def _check_settings(config_file: Path, job: Job) -> None:
@@ -95,7 +105,7 @@ def recorded(job: Job) -> RunRecord | None:
     record = record_of(job)
     if run.is_finished():
         _check_settings(run.config_file, job)
-        if not record.exists() or run.metrics_file.read_bytes() != record.metrics_lines():
+        if not record.exists() or _differs(run, record):
             record = archive(job)
     if not record.exists():
         return None

@@ -29,7 +29,7 @@ from fedlora.config import ExperimentConfig, load_config
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora import LoraFactors
-from fedlora.runs import RoundMetrics, RunDir
+from fedlora.runs import ENVIRONMENT, RoundMetrics, RunDir, read_environment
 from tests.cli.test_macro_f1 import _row
 from tests.conftest import REPO_ROOT
 
@@ -542,6 +542,13 @@ def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_
     assert record.metrics_lines() == run_dir.metrics_file.read_bytes()
     rows = run_dir.metrics()
     assert record.metrics() == rows and [row.round for row in rows] == [0, 1]
+    ran = (run_dir.path / ENVIRONMENT).read_bytes()
+    assert (job.record / ENVIRONMENT).read_bytes() == ran  # where it ran, kept with it
+    (entry,) = read_environment(job.record)
+    assert (
+        entry["start"] == "new"
+        and entry["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    )
     stored = {f.name: f.read_bytes() for f in job.record.iterdir()}
     later = time.time() + 86_400.0  # a day later: the gzip header must not carry the time
     monkeypatch.setattr(time, "time", lambda: later)

@@ -26,7 +26,7 @@ from fedlora.aggregation import available_aggregators
 from fedlora.cli import main
 from fedlora.config import load_config
 from fedlora.errors import FedloraError
-from fedlora.runs import RunDir, load_checkpoint, read_metrics
+from fedlora.runs import RunDir, load_checkpoint, read_environment, read_metrics
 from fedlora.runs.checkpoint import config_digest
 from tests.engine.helpers import write_tiny_config
 
@@ -131,10 +131,14 @@ def test_a_run_killed_anywhere_resumes_to_the_same_numbers(
     assert _fedlora(str(config), "--out", str(out), kill_at=point) == -9  # SIGKILL
     assert not RunDir(out).is_finished()
     if RunDir(out).has_checkpoint():
+        kept = load_checkpoint(out / "checkpoint").state.round
         assert _fedlora("--resume", str(out)) == 0
+        starts = ["new", f"resumed after round {kept}"]
     else:  # killed before the first checkpoint: a run starts over
         assert _fedlora(str(config), "--out", str(out), "--overwrite") == 0
+        starts = ["new"]
     _assert_identical(out, reference)
+    assert [entry["start"] for entry in read_environment(out)] == starts  # each start, said
 
 
 def test_a_run_killed_while_its_updates_are_on_disk_resumes_to_the_same_numbers(

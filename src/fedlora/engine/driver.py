@@ -41,6 +41,7 @@ from fedlora.runs import (
     RunDir,
     faults,
     load_checkpoint,
+    note_environment,
     save_checkpoint,
 )
 from fedlora.runs.checkpoint import config_digest
@@ -183,10 +184,9 @@ class RoundDriver:
         self.roster = transport.connect(self.config.run.num_clients)
         self._check_roster()
         self.experiment.aggregator.configure_federation(self._federation_max_rank())
-        if resume and self.run_dir.has_checkpoint():
-            state, rows = self._restore()
-        else:
-            state, rows = self._start(transport)
+        resumed = resume and self.run_dir.has_checkpoint()
+        state, rows = self._restore() if resumed else self._start(transport)
+        note_environment(self.run_dir.path, resumed_after=state.round if resumed else None)
         for round_index in range(state.round + 1, self.config.run.rounds + 1):
             state, row = self.run_round(transport, state, round_index)
             rows.append(row)

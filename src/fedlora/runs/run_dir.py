@@ -18,6 +18,7 @@ from fedlora.runs.metrics import RoundMetrics, read_metrics, write_metrics_csv
 
 CONFIG = "config.toml"
 RUN_ID = "run_id"
+ENVIRONMENT = "environment.jsonl"
 METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 SUMMARY = "summary.md"
@@ -106,7 +107,7 @@ class RunDir:
 
     def _remove_run_files(self) -> None:
         """Only what a run writes (never other files a user keeps in the folder)."""
-        for name in (CONFIG, RUN_ID, METRICS, METRICS_CSV, SUMMARY, *LABEL_FILES):
+        for name in (CONFIG, RUN_ID, ENVIRONMENT, METRICS, METRICS_CSV, SUMMARY, *LABEL_FILES):
             (self.path / name).unlink(missing_ok=True)
         self.clear_scratch()
         for folder, pattern in RUN_FOLDERS.items():
