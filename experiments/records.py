@@ -5,9 +5,10 @@ may be gone by the next session: on 2026-11-27 a new machine came without the ru
 of every finished run.  So a finished run is also kept as a *record*,
 ``experiments/records/<suite>/<run>/``: its ``config.toml``, its ``metrics.jsonl`` gzipped, its
 ``environment.jsonl`` (where it ran; runs of older code have none), and the lines the diagnostics
-keep for it (``diagnose.py`` writes them there).  That is all ``report.py`` reads, so every table and figure can be rebuilt from the records alone, and
-``run.py`` skips a job that has one.  Only a first diagnosis of a run (it evaluates the final
-model) and ``local_steps.py`` need the checkpoints of a run directory.
+keep for it (``diagnose.py`` writes them there).  That is all ``report.py`` reads, so every
+table and figure can be rebuilt from the records alone, and ``run.py`` skips a job that has one.
+Only a first diagnosis of a run (it evaluates the final model) and ``local_steps.py`` need the
+checkpoints of a run directory.
 
 A record is written whenever a finished run directory is found without an identical one, and is
 checked against the job it answers: a record made with other settings than the suite now asks
