@@ -11,7 +11,11 @@ code and overrides): per round and metric, both values, whether they are equal b
 their relative difference, and the commit (and any ``--set`` override) that re-ran it.  Run it
 with the suites' thread count (``OMP_NUM_THREADS=1``): threads change the order of float sums.
 ``--set`` pins an option whose default changed since (for example
-``"aggregation.options={svd='factored'}"``) to find what moved a number.
+``"aggregation.options={svd='factored'}"``) to find what moved a number.  The re-run is also
+named by its CPU kernels: the instruction set ATen dispatches to and any kernel-choosing variable
+set (``ATEN_CPU_CAPABILITY=default``, ``MKL_CBWR=COMPATIBLE``, ...), since another kernel path
+rounds differently: ``ATEN_CPU_CAPABILITY=default python recheck.py ...`` asks what a machine
+with other kernels would compute.
 
     python experiments/recheck.py SUITE/RUN [--rounds 4] [--set KEY=VALUE ...]
 """
@@ -26,10 +30,13 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from fedlora.config import load_config
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir
+from fedlora.runs.environment import kernel_settings
 from records import RunRecord, recorded
 from suites import RESULTS, all_suites
 
@@ -51,6 +58,14 @@ def commit() -> str:
         text=True,
     ).stdout.strip()
     return f"{sha}+dirty" if dirty else sha or "unknown"
+
+
+def rerun_by(overrides: Sequence[str]) -> str:
+    """What re-ran: the commit, the overrides, and the CPU kernels (the instruction set ATen
+    dispatches to, and every kernel-choosing variable set)."""
+    kernels = [f"cpu={torch.backends.cpu.get_cpu_capability()}"]
+    kernels += [f"{name}={value}" for name, value in kernel_settings().items()]
+    return " ".join([commit(), *overrides, *kernels])
 
 
 def recheck(
@@ -105,17 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be >= 1")
     with tempfile.TemporaryDirectory(prefix="fedlora-recheck-") as tmp:
         lines = recheck(record, args.rounds, Path(tmp) / "run", args.set)
-    rerun_by = " ".join([commit(), *args.set])
+    by = rerun_by(args.set)
     path = RESULTS / suite / "recheck.csv"
     kept = []  # earlier rechecks of other runs, or by other code or overrides
     if path.exists():
         with path.open(encoding="utf-8") as handle:
             rows = list(csv.reader(handle))[1:]
-        kept = [row for row in rows if (row[0], row[-1]) != (name, rerun_by)]
+        kept = [row for row in rows if (row[0], row[-1]) != (name, by)]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        writer.writerows([*kept, *([name, *line, rerun_by] for line in lines)])
+        writer.writerows([*kept, *([name, *line, by] for line in lines)])
     unequal = sum(not line[4] for line in lines)
     largest = max((line[5] for line in lines), default=0.0)
     print(

@@ -30,6 +30,7 @@ from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.lora import LoraFactors
 from fedlora.runs import ENVIRONMENT, RoundMetrics, RunDir, read_environment
+from fedlora.runs.environment import KERNEL_VARIABLES
 from tests.cli.test_macro_f1 import _row
 from tests.conftest import REPO_ROOT
 
@@ -785,3 +786,17 @@ def test_a_recheck_reruns_a_finished_run_and_finds_every_number_again(
     assert (1, "test_accuracy") not in compared
     assert all(line[4] for line in lines), [line for line in lines if not line[4]]
     assert recheck.finished(f"{job.suite}/no-such-run") is None
+
+
+def test_a_recheck_is_named_by_its_commit_overrides_and_cpu_kernels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    recheck = _experiment_module("recheck")
+    for name in KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    cpu = f"cpu={torch.backends.cpu.get_cpu_capability()}"
+    by = recheck.rerun_by(["train.lr=0.1"]).split(" ")
+    assert by[1:] == ["train.lr=0.1", cpu, "MKL_CBWR=COMPATIBLE", "OMP_NUM_THREADS=1"]
+    assert by[0] == recheck.commit()

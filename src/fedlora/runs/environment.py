@@ -9,6 +9,7 @@ each run says where it ran, and a run resumed on another machine ran on both.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 from datetime import UTC, datetime
@@ -21,6 +22,16 @@ import torch
 from fedlora.runs.run_dir import ENVIRONMENT
 
 PACKAGES = ("fedlora", "torch", "transformers", "peft", "numpy", "safetensors", "flwr")
+# Environment variables that choose the CPU kernels' code paths or their threads, and so the
+# float rounding: ATen's vectorised kernels, MKL's conditional numerical reproducibility, oneDNN.
+KERNEL_VARIABLES = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "ONEDNN_MAX_CPU_ISA",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
 
 
 def _cpu_model() -> str:
@@ -40,6 +51,11 @@ def _version(package: str) -> str | None:
         return None
 
 
+def kernel_settings() -> dict[str, str]:
+    """The kernel-choosing variables this process was started with (the unset ones left out)."""
+    return {name: os.environ[name] for name in KERNEL_VARIABLES if name in os.environ}
+
+
 def describe_environment() -> dict[str, Any]:
     """The facts that decide a run's float rounding, and the versions of what computed it."""
     return {
@@ -48,6 +64,7 @@ def describe_environment() -> dict[str, Any]:
         "cpu": _cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
+        "kernel_settings": kernel_settings(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": {name: _version(name) for name in PACKAGES},
     }
