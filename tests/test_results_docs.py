@@ -1,4 +1,5 @@
-"""The tables of docs/results.md and the README give only numbers the committed result files hold.
+"""The tables of docs/results.md and the README give only numbers the committed result files hold,
+and every file the documents link to is there.
 
 A table cell ``mean ± std`` with its seeds' values (in parentheses, or in the next column headed
 ``per seed``) must find those values, to the decimals shown, in one seed-ordered vector of a
@@ -209,3 +210,12 @@ def test_a_per_seed_column_alone_is_checked_too() -> None:
     wrong = table.replace("0.51, 0.52, —", "0.51, 0.53, —")
     expected = "line 3: test loss, per seed 0.51, 0.53, — is in no result file"
     assert table_errors(wrong, VECTORS) == [expected]
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+def test_every_file_a_document_links_to_is_committed(document: str) -> None:
+    path = REPO_ROOT / document
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
+    local = [link for link in links if not link.startswith(("http://", "https://"))]
+    assert local, document
+    assert [link for link in local if not (path.parent / link).exists()] == []
