@@ -78,6 +78,8 @@ def archive(job: Job) -> RunRecord:
     (record.path / METRICS).write_bytes(gzip.compress(metrics, compresslevel=9, mtime=0))
     if (run.path / ENVIRONMENT).exists():
         shutil.copyfile(run.path / ENVIRONMENT, record.path / ENVIRONMENT)
+    else:  # a run of older code: no earlier run's environment may stand for it
+        (record.path / ENVIRONMENT).unlink(missing_ok=True)
     return record
 
 

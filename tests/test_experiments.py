@@ -546,15 +546,16 @@ def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_
     ran = (run_dir.path / ENVIRONMENT).read_bytes()
     assert (job.record / ENVIRONMENT).read_bytes() == ran  # where it ran, kept with it
     (entry,) = read_environment(job.record)
-    assert (
-        entry["start"] == "new"
-        and entry["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    )
+    assert entry["start"] == "new"
+    assert entry["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     stored = {f.name: f.read_bytes() for f in job.record.iterdir()}
     later = time.time() + 86_400.0  # a day later: the gzip header must not carry the time
     monkeypatch.setattr(time, "time", lambda: later)
     records.archive(job)
     assert {f.name: f.read_bytes() for f in job.record.iterdir()} == stored
+    (run_dir.path / ENVIRONMENT).unlink()  # the run again, as older code wrote it
+    records.archive(job)
+    assert not (job.record / ENVIRONMENT).exists()  # not another run's environment
     shutil.rmtree(job.out)
     found = run.find_records([job])
     assert run.pending(found) == [] and run.progress(job, found[job]) == "finished"
