@@ -87,6 +87,20 @@ def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[J
     return seconds, unknown
 
 
+def compute_left_line(records: Mapping[Job, RunRecord | None], workers: int) -> str:
+    """``--list``'s last line: the hours left, or that nothing finished can price them (an
+    "about 0.0 h" for runs nobody has timed yet would read as nothing left)."""
+    seconds, unknown = compute_left(records)
+    left = len(pending(records))
+    if left and len(unknown) == left:
+        return f"{left} runs left, none of them priced yet: no run of their cells or suites done"
+    return (
+        f"about {seconds / 3600:.1f} h of runs left ({seconds / 3600 / workers:.1f} h "
+        f"{workers} at a time), priced at their cell's or suite's finished runs"
+        + (f"; {len(unknown)} runs with none to price them" if unknown else "")
+    )
+
+
 def find_records(jobs: list[Job]) -> dict[Job, RunRecord | None]:
     """Each job's record, ``None`` for a job still to run: each found once, as finding one reads
     its metrics (and first records a finished run directory)."""
@@ -159,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         for job, record in records.items():
             print(f"{job.suite}/{job.name:40} {progress(job, record)}")
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished")
-        seconds, unknown = compute_left(records)
-        print(
-            f"about {seconds / 3600:.1f} h of runs left ({seconds / 3600 / args.workers:.1f} h "
-            f"{args.workers} at a time), priced at their cell's or suite's finished runs"
-            + (f"; {len(unknown)} runs with none to price them" if unknown else "")
-        )
+        print(compute_left_line(records, args.workers))
         return 0
     print(f"{len(todo)} of {len(jobs)} runs to do, {args.workers} at a time", flush=True)
     return 1 if run_all(todo, args.workers, args.threads) else 0

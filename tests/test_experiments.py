@@ -524,6 +524,14 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     assert unknown == [unpriced]
     seconds, unknown = run.compute_left(run.find_records([done, sibling]))
     assert (seconds, unknown) == (pytest.approx(sibling.config().run.rounds * per_round), [])
+    hours = left.config().run.rounds * per_round / 3600
+    assert run.compute_left_line(run.find_records([done, left, unpriced]), 2) == (
+        f"about {hours:.1f} h of runs left ({hours / 2:.1f} h 2 at a time), priced at their "
+        "cell's or suite's finished runs; 1 runs with none to price them"
+    )
+    assert run.compute_left_line(run.find_records([unpriced]), 2) == (
+        "1 runs left, none of them priced yet: no run of their cells or suites done"
+    )
 
 
 def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_is_gone(
