@@ -50,8 +50,10 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -477,13 +479,51 @@ def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
     plt.close(figure)
 
 
+def committed_runs(path: Path, cells: Sequence[str]) -> dict[tuple[str, int], list[RoundMetrics]]:
+    """Per (cell, seed) of ``cells``, the evaluated rounds a committed ``rounds.csv`` reports (the
+    untuned model at round 0 included): all a panel or a contrast reads of a run."""
+    runs: dict[tuple[str, int], list[RoundMetrics]] = {}
+    if not path.exists():
+        return runs
+    for (cell, seed), lines in _runs_in(path.read_text(encoding="utf-8")).items():
+        if cell in cells:
+            runs[(cell, int(seed))] = [_evaluated_round(line) for line in lines]
+    return runs
+
+
+_UNMEASURED = RoundMetrics(0, [], [], None, None, None, None, 0, 0, 0.0, 0.0, 0.0)
+
+
+def _evaluated_round(line: dict[str, str]) -> RoundMetrics:
+    """A round as ``rounds.csv`` has it: its test metrics, nothing else measured."""
+    values: dict[str, Any] = {c: float(line[c]) if line.get(c) else None for c in ROUND_COLUMNS}
+    return replace(_UNMEASURED, round=int(line["round"]), **values)
+
+
 class FinishedRuns:
-    """The finished runs of a suite and of the other suites its panels and contrasts name."""
+    """The finished runs of a suite and of the other suites its panels and contrasts name.
+
+    Another suite's run that no record holds (its run directory lost with the machine it ran on)
+    is read from that suite's committed ``rounds.csv``, so a figure shows it as that suite's own
+    results report it; ``from_committed`` names those runs (``suite/cell``: seeds).
+    """
 
     def __init__(self, suite: Suite, runs: dict[str, list[tuple[int, list[RoundMetrics]]]]):
         self.suite = suite
         self.runs = {suite.name: runs}
         self.cells = {suite.name: list(suite.cells)}
+        self.from_committed: dict[str, list[int]] = {}
+
+    def _load(self, source: str) -> None:
+        (other,) = all_suites([source])
+        runs, cells = finished_runs(other), list(other.cells)
+        committed = committed_runs(RESULTS / source / "rounds.csv", cells)
+        for (cell, seed), rows in committed.items():
+            if seed not in {s for s, _ in runs.get(cell, [])}:
+                runs.setdefault(cell, []).append((seed, rows))
+                self.from_committed.setdefault(f"{source}/{cell}", []).append(seed)
+        self.runs[source] = {c: sorted(seeds, key=lambda s: s[0]) for c, seeds in runs.items()}
+        self.cells[source] = cells
 
     def matching(
         self, ref: CellRef, where: str
@@ -491,8 +531,7 @@ class FinishedRuns:
         """Each cell ``ref`` names and its finished (seed, metrics); a name of no cell fails."""
         source = ref.suite or self.suite.name
         if source not in self.runs:
-            (other,) = all_suites([source])
-            self.runs[source], self.cells[source] = finished_runs(other), list(other.cells)
+            self._load(source)
         matched = [cell for cell in self.cells[source] if fnmatch(cell, ref.cell)]
         if not matched:
             raise ConfigError(f"suite {self.suite.name}: {where}: no cell {ref.pattern!r}")
@@ -631,6 +670,14 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     if suite.panels:
         plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
     write_contrasts(finished, folder)
+    if finished.from_committed:
+        print(
+            f"{suite.name}: read from their suites' committed rounds.csv, as no record holds them: "
+            + "; ".join(
+                f"{cell} seeds {', '.join(map(str, seeds))}"
+                for cell, seeds in finished.from_committed.items()
+            )
+        )
     rounds = folder / "rounds.csv"
     before = rounds.read_text(encoding="utf-8") if rounds.exists() else ""
     write_rounds(runs, rounds)
@@ -669,13 +716,18 @@ def main(argv: list[str] | None = None) -> int:
     suites = all_suites(args.suites)
     if args.out and len(suites) != 1:
         parser.error("--out takes exactly one suite")
+    refused = []
     for suite in suites:
         try:
             folder = report(suite, args.drop_missing, args.out)
         except FedloraError as error:
-            raise SystemExit(f"error: {error}") from None
+            print(f"error: {error}", file=sys.stderr)
+            refused.append(suite.name)
+            continue
         print(f"written: {folder}" if folder else f"{suite.name}: no finished run yet")
-    return 0
+    if refused:
+        print(f"not rewritten: {', '.join(refused)} (see the errors above)", file=sys.stderr)
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

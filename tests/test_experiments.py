@@ -11,6 +11,7 @@ import csv
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -423,6 +424,45 @@ def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
     assert not report.write_contrasts(finished, tmp_path / "none")
 
 
+def test_another_suites_runs_without_a_record_are_read_from_its_committed_rounds(
+    run_script: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A contrast and a panel naming another suite's cell whose run directories are gone: the
+    seeds no record holds come from that suite's committed rounds.csv (a recorded seed from its
+    record), and the report names them; cells the suite no longer has are not read."""
+    report = _experiment_module("report")
+    folder = report.RESULTS / "agnews_default"
+    folder.mkdir(parents=True)
+    committed = {("flexlora", 0): (0.25, 0.5, 0.7), ("flexlora", 1): (0.25, 0.4, 0.6)}
+    committed[("gone", 0)] = (0.25, 0.9, 0.9)
+    header = "cell,seed,round,test_loss,test_accuracy,test_macro_f1,test_score,test_rouge_l"
+    lines = [
+        f"{cell},{seed},{n},1.0,{acc},0.1,{acc},,"
+        for (cell, seed), curve in committed.items()
+        for n, acc in enumerate(curve)
+    ]
+    text = "\n".join([f"{header},test_exact_match", *lines]) + "\n"
+    (folder / "rounds.csv").write_text(text, encoding="utf-8")
+    recorded = {"flexlora": [(1, _curve([0.3, 0.8]))]}  # seed 1 recorded, seed 0 not
+    monkeypatch.setattr(report, "finished_runs", lambda suite: dict(recorded))
+    contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("agnews_default/flexlora"))}
+    panels = {"p": (SUITES.CellRef("agnews_default/*", "x"),)}
+    suite = SUITES.Suite("s", "", (0, 1), {"a": ()}, (), panels=panels, contrasts=contrasts)
+    finished = report.FinishedRuns(suite, {"a": [(0, _curve([0.6, 0.6])), (1, _curve([0.5] * 2))]})
+    pairs = report.contrast_lines(finished)["a - b"]
+    assert [(x.seed, x.b_mean_over_rounds, x.b_final) for x in pairs] == [
+        (0, pytest.approx(0.6), 0.7),
+        (1, pytest.approx(0.55), 0.8),
+    ]
+    assert finished.from_committed == {"agnews_default/flexlora": [0]}
+    (shown,) = report.panel_runs(finished)["p"].values()
+    assert [[r.test_accuracy for r in rows] for rows in shown] == [
+        [0.25, 0.5, 0.7],
+        [0.25, 0.3, 0.8],
+    ]
+    assert "gone" not in finished.runs["agnews_default"]
+
+
 def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
     """B evaluated at other rounds than A: their difference would compare unlike curves."""
     report = _experiment_module("report")
@@ -618,9 +658,17 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
     missing = (
         r"rounds.csv reports 2 runs that have no record here \(fedit r5 seed 2, flexlora seed 1\)"
     )
-    with pytest.raises(SystemExit, match=f"^error: .*{missing}"):
-        report.main([job.suite])
+    assert report.main([job.suite]) == 1
+    assert re.search(f"(?m)^error: .*{missing}", capsys.readouterr().err)
     assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
+    # Rebuilding every suite goes on past a refused one, then says which it did not rewrite.
+    both = [replace(suite, jobs=(job,)), replace(suite, name="other", jobs=(job,))]
+    monkeypatch.setattr(report, "all_suites", lambda names: both)
+    assert report.main([]) == 1
+    assert f"not rewritten: {job.suite} (see the errors above)" in capsys.readouterr().err
+    assert (report.RESULTS / "other" / "rounds.csv").exists()
+    assert (folder / "rounds.csv").read_text(encoding="utf-8") == committed
+    monkeypatch.setattr(report, "all_suites", lambda names: [both[0]])
     # A partial rebuild goes elsewhere, the committed results untouched, and says which of their
     # runs it found again unchanged (this fake's flexlora seed 0 has other columns: changed).
     capsys.readouterr()
