@@ -4,11 +4,13 @@ and every file the documents link to is there.
 A table cell ``mean ± std`` with its seeds' values (in parentheses, or in the next column headed
 ``per seed``) must find those values, to the decimals shown, in one seed-ordered vector of a
 result file under ``docs/results/``, and their mean and sample standard deviation must be the ones
-shown; a column headed ``... per seed`` alone must find its values likewise.  The vectors: a
-cell's final values (``comparison.csv``), any per-seed column of a file with a ``seed`` column
-(``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with its paired differences) and
-each run's worst class recall (``diagnostics.csv``).  So a number typed by hand, or left behind when
-a suite's results are rebuilt, fails here.  Prose is not parsed: its numbers repeat the tables'.
+shown; a column headed ``... per seed`` alone must find its values likewise; a ``mean ± std``
+shown without its seeds' values (a mean over rounds, a test loss) must be the mean and std of some
+such vector.  The vectors: a cell's final values (``comparison.csv``), any per-seed column of a
+file with a ``seed`` column (``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with
+its paired differences) and each run's worst class recall (``diagnostics.csv``).  So a number
+typed by hand, or left behind when a suite's results are rebuilt, fails here.  Prose is not
+parsed: its numbers repeat the tables'.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ class Committed:
     def __init__(self, vectors: list[Vector]) -> None:
         self.vectors = vectors
         self._shown: dict[int, dict[tuple[str, ...], list[Vector]]] = {}
+        self._summaries: dict[tuple[int, int], set[tuple[str, str]]] = {}
+        self._stats: set[tuple[float, float]] = set()
 
     def showing(self, seeds: list[str]) -> list[Vector]:
         """The vectors that show as ``seeds``, each value to the decimals the list uses."""
@@ -102,6 +106,21 @@ class Committed:
             for vector in self.vectors:
                 index[tuple(_shown(value, decimals) for value in vector)].append(vector)
         return self._shown[decimals].get(tuple(_plain(token) for token in seeds), [])
+
+    def summarised(self, mean: str, std: str) -> bool:
+        """Some vector with a value in every seed has the mean and sample std shown."""
+        decimals = (_decimals(mean), _decimals(std))
+        if not self._stats:  # in floats: exact statistics over every vector would take seconds
+            for vector in {v for v in self.vectors if len(v) > 1 and None not in v}:
+                values = [value for value in vector if value is not None]
+                centre = statistics.fmean(values)
+                spread = sum((value - centre) ** 2 for value in values) / (len(values) - 1)
+                self._stats.add((centre, spread**0.5))
+        if decimals not in self._summaries:
+            self._summaries[decimals] = {
+                (_shown(m, decimals[0]), _shown(d, decimals[1])) for m, d in self._stats
+            }
+        return (_plain(mean), _plain(std)) in self._summaries[decimals]
 
 
 def committed_vectors() -> Committed:
@@ -157,6 +176,8 @@ def table_errors(text: str, vectors: Committed) -> list[str]:
                 listed = seeds is not None and SEED_LIST.fullmatch(seeds)
                 if listed and not _mean_std_holds(mean, std, seeds, vectors):
                     errors.append(f"line {number}: {cell} ({seeds}) is in no result file")
+                elif not listed and not vectors.summarised(mean, std):
+                    errors.append(f"line {number}: {cell} summarises no result file's seeds")
             elif column != consumed and heading.endswith("per seed") and _unheld(cell, vectors):
                 errors.append(f"line {number}: {heading} {cell} is in no result file")
     return errors
@@ -210,6 +231,18 @@ def test_a_per_seed_column_alone_is_checked_too() -> None:
     wrong = table.replace("0.51, 0.52, —", "0.51, 0.53, —")
     expected = "line 3: test loss, per seed 0.51, 0.53, — is in no result file"
     assert table_errors(wrong, VECTORS) == [expected]
+
+
+def test_a_mean_and_std_without_their_seeds_must_summarise_some_committed_seeds() -> None:
+    """Columns such as the mean over rounds show no seeds' values: their mean and std alone must
+    be those of some committed vector with a value in every seed."""
+    table = "| cell | mean over rounds |\n|---|---|\n| a | {} |\n"
+    assert table_errors(table.format("0.650 ± 0.050"), VECTORS) == []
+    assert table_errors(table.format("0.650 ± 0.060"), VECTORS) == [
+        "line 3: 0.650 ± 0.060 summarises no result file's seeds"
+    ]
+    # (0.511, 0.52, —) lacks a seed: no mean of three seeds to give.
+    assert table_errors(table.format("0.52 ± 0.01"), VECTORS) != []
 
 
 @pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
