@@ -19,6 +19,7 @@ Kill it at any time and start it again.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import statistics
 import subprocess
@@ -30,7 +31,7 @@ from fnmatch import fnmatch
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir, seconds_per_round
 from records import RunRecord, archive, recorded
-from suites import Job, all_suites
+from suites import RESULTS, Job, all_suites
 
 
 def command(job: Job) -> list[str]:
@@ -60,12 +61,26 @@ def progress(job: Job, record: RunRecord | None) -> str:
     return f"resumable after round {last_round(run)} of {job.config().run.rounds}"
 
 
+def committed_seconds(suite: str) -> dict[str, float]:
+    """Per cell, the seconds per round the suite's committed ``comparison.csv`` reports: the
+    price of a suite run again from nothing (its run directories lost) before a run finishes."""
+    path = RESULTS / suite / "comparison.csv"
+    if not path.exists():
+        return {}
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return {
+        row["method"]: float(row["seconds_per_round"]) for row in rows if row["seconds_per_round"]
+    }
+
+
 def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[Job]]:
-    """Seconds of runs left, and the jobs nothing finished tells about.
+    """Seconds of runs left, and the jobs nothing tells about.
 
     A job's rounds left are priced at the median seconds per round of the finished runs of its
     cell, else of its suite: medians (of rounds, then of runs), as a run paused for a while
-    (SIGSTOP) records that pause in the round it paused.
+    (SIGSTOP) records that pause in the round it paused.  With none finished, the cell's seconds
+    per round in the suite's committed results price it.
     """
     by_cell: dict[tuple[str, str], list[float]] = {}
     by_suite: dict[str, list[float]] = {}
@@ -78,12 +93,14 @@ def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[J
         by_cell.setdefault((job.suite, job.cell), []).append(per_round)
         by_suite.setdefault(job.suite, []).append(per_round)
     seconds, unknown = 0.0, []
+    committed = {suite: committed_seconds(suite) for suite in {job.suite for job, _ in left}}
     for job, run in left:
         known = by_cell.get((job.suite, job.cell)) or by_suite.get(job.suite)
-        if not known:
+        price = statistics.median(known) if known else committed[job.suite].get(job.cell)
+        if price is None:
             unknown.append(job)
             continue
-        seconds += (job.config().run.rounds - last_round(run)) * statistics.median(known)
+        seconds += (job.config().run.rounds - last_round(run)) * price
     return seconds, unknown
 
 
@@ -93,10 +110,11 @@ def compute_left_line(records: Mapping[Job, RunRecord | None], workers: int) -> 
     seconds, unknown = compute_left(records)
     left = len(pending(records))
     if left and len(unknown) == left:
-        return f"{left} runs left, none of them priced yet: no run of their cells or suites done"
+        return f"{left} runs left, none priced: no run of their cells done, nor committed results"
     return (
         f"about {seconds / 3600:.1f} h of runs left ({seconds / 3600 / workers:.1f} h "
-        f"{workers} at a time), priced at their cell's or suite's finished runs"
+        f"{workers} at a time), priced at their cell's or suite's finished runs, else at their "
+        "committed results' seconds per round"
         + (f"; {len(unknown)} runs with none to price them" if unknown else "")
     )
 

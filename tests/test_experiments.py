@@ -500,7 +500,7 @@ def run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     run = _experiment_module("run")
     monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path / "runs")
     monkeypatch.setattr(sys.modules["suites"], "RECORDS", tmp_path / "records")
-    for script in ("report", "diagnose"):
+    for script in ("report", "diagnose", "run"):
         monkeypatch.setattr(_experiment_module(script), "RESULTS", tmp_path / "results")
     return run
 
@@ -567,11 +567,21 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     hours = left.config().run.rounds * per_round / 3600
     assert run.compute_left_line(run.find_records([done, left, unpriced]), 2) == (
         f"about {hours:.1f} h of runs left ({hours / 2:.1f} h 2 at a time), priced at their "
-        "cell's or suite's finished runs; 1 runs with none to price them"
+        "cell's or suite's finished runs, else at their committed results' seconds per round; "
+        "1 runs with none to price them"
     )
     assert run.compute_left_line(run.find_records([unpriced]), 2) == (
-        "1 runs left, none of them priced yet: no run of their cells or suites done"
+        "1 runs left, none priced: no run of their cells done, nor committed results"
     )
+    # A suite run again from nothing is priced at its committed results' seconds per round.
+    committed = run.RESULTS / unpriced.suite / "comparison.csv"
+    committed.parent.mkdir(parents=True)
+    committed.write_text(
+        f"method,seconds_per_round\n{unpriced.cell},30.0\nother,90.0\n(untuned model),\n",
+        encoding="utf-8",
+    )
+    seconds, unknown = run.compute_left(run.find_records([unpriced]))
+    assert (seconds, unknown) == (unpriced.config().run.rounds * 30.0, [])
 
 
 def test_a_finished_run_is_recorded_and_read_from_its_record_once_its_directory_is_gone(
