@@ -513,6 +513,7 @@ class FinishedRuns:
         self.runs = {suite.name: runs}
         self.cells = {suite.name: list(suite.cells)}
         self.from_committed: dict[str, list[int]] = {}
+        self._committed: dict[str, list[int]] = {}
 
     def _load(self, source: str) -> None:
         (other,) = all_suites([source])
@@ -521,7 +522,7 @@ class FinishedRuns:
         for (cell, seed), rows in committed.items():
             if seed not in {s for s, _ in runs.get(cell, [])}:
                 runs.setdefault(cell, []).append((seed, rows))
-                self.from_committed.setdefault(f"{source}/{cell}", []).append(seed)
+                self._committed.setdefault(f"{source}/{cell}", []).append(seed)
         self.runs[source] = {c: sorted(seeds, key=lambda s: s[0]) for c, seeds in runs.items()}
         self.cells[source] = cells
 
@@ -535,6 +536,9 @@ class FinishedRuns:
         matched = [cell for cell in self.cells[source] if fnmatch(cell, ref.cell)]
         if not matched:
             raise ConfigError(f"suite {self.suite.name}: {where}: no cell {ref.pattern!r}")
+        for cell in matched:
+            if seeds := self._committed.get(f"{source}/{cell}"):
+                self.from_committed[f"{source}/{cell}"] = sorted(seeds)
         return [(cell, self.runs[source].get(cell, [])) for cell in matched]
 
 
