@@ -479,25 +479,39 @@ def plot_truncation_error(lines: list[list[Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def committed_runs(path: Path, cells: Sequence[str]) -> dict[tuple[str, int], list[RoundMetrics]]:
-    """Per (cell, seed) of ``cells``, the evaluated rounds a committed ``rounds.csv`` reports (the
-    untuned model at round 0 included): all a panel or a contrast reads of a run."""
+def committed_runs(folder: Path, cells: Sequence[str]) -> dict[tuple[str, int], list[RoundMetrics]]:
+    """Per (cell, seed) of ``cells``, the evaluated rounds a suite's committed ``rounds.csv``
+    reports, round 0 with the seed's trivial baselines (``baselines.csv``): all a panel or a
+    contrast reads of a run."""
+    if not (folder / "rounds.csv").exists():
+        return {}
+    baselines: dict[int, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for line in _csv_lines(folder / "baselines.csv"):
+        if line["reference"] != "untuned model":
+            baselines[int(line["seed"])][line["reference"]] = _test_metrics(line)
     runs: dict[tuple[str, int], list[RoundMetrics]] = {}
-    if not path.exists():
-        return runs
-    for (cell, seed), lines in _runs_in(path.read_text(encoding="utf-8")).items():
-        if cell in cells:
-            runs[(cell, int(seed))] = [_evaluated_round(line) for line in lines]
+    for line in _csv_lines(folder / "rounds.csv"):
+        if line["cell"] in cells:
+            seed, number = int(line["seed"]), int(line["round"])
+            extra = {"baselines": baselines[seed]} if number == 0 else {}
+            row = replace(_UNMEASURED, round=number, extra=extra, **_test_metrics(line))
+            runs.setdefault((line["cell"], seed), []).append(row)
     return runs
+
+
+def _csv_lines(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 _UNMEASURED = RoundMetrics(0, [], [], None, None, None, None, 0, 0, 0.0, 0.0, 0.0)
 
 
-def _evaluated_round(line: dict[str, str]) -> RoundMetrics:
-    """A round as ``rounds.csv`` has it: its test metrics, nothing else measured."""
-    values: dict[str, Any] = {c: float(line[c]) if line.get(c) else None for c in ROUND_COLUMNS}
-    return replace(_UNMEASURED, round=int(line["round"]), **values)
+def _test_metrics(line: dict[str, str]) -> dict[str, Any]:
+    """The test metrics of a line of ``rounds.csv`` or ``baselines.csv`` (``None`` if blank)."""
+    return {c: float(line[c]) if line.get(c) else None for c in ROUND_COLUMNS}
 
 
 class FinishedRuns:
@@ -518,7 +532,7 @@ class FinishedRuns:
     def _load(self, source: str) -> None:
         (other,) = all_suites([source])
         runs, cells = finished_runs(other), list(other.cells)
-        committed = committed_runs(RESULTS / source / "rounds.csv", cells)
+        committed = committed_runs(RESULTS / source, cells)
         for (cell, seed), rows in committed.items():
             if seed not in {s for s, _ in runs.get(cell, [])}:
                 runs.setdefault(cell, []).append((seed, rows))

@@ -428,8 +428,9 @@ def test_another_suites_runs_without_a_record_are_read_from_its_committed_rounds
     run_script: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A contrast and a panel naming another suite's cell whose run directories are gone: the
-    seeds no record holds come from that suite's committed rounds.csv (a recorded seed from its
-    record), and the report names them; cells the suite no longer has are not read."""
+    seeds no record holds come from that suite's committed rounds.csv, with their trivial
+    baselines (a recorded seed from its record), and the report names them; cells the suite no
+    longer has are not read."""
     report = _experiment_module("report")
     folder = report.RESULTS / "agnews_default"
     folder.mkdir(parents=True)
@@ -443,6 +444,9 @@ def test_another_suites_runs_without_a_record_are_read_from_its_committed_rounds
     ]
     text = "\n".join([f"{header},test_exact_match", *lines]) + "\n"
     (folder / "rounds.csv").write_text(text, encoding="utf-8")
+    references = f"reference,seed,{header.split(',', 3)[3]},test_exact_match\n"
+    references += "untuned model,0,1.0,0.25,0.1,0.25,,\nmajority_class,0,1.3,0.3,0.05,0.3,,\n"
+    (folder / "baselines.csv").write_text(references, encoding="utf-8")
     recorded = {"flexlora": [(1, _curve([0.3, 0.8]))]}  # seed 1 recorded, seed 0 not
     monkeypatch.setattr(report, "finished_runs", lambda suite: dict(recorded))
     contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("agnews_default/flexlora"))}
@@ -461,6 +465,8 @@ def test_another_suites_runs_without_a_record_are_read_from_its_committed_rounds
         [0.25, 0.3, 0.8],
     ]
     assert "gone" not in finished.runs["agnews_default"]
+    majority = shown[0][0].extra["baselines"]["majority_class"]  # seed 0's, dashed in the panel
+    assert (majority["test_accuracy"], majority["test_macro_f1"]) == (0.3, 0.05)
 
 
 def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
