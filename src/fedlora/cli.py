@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (overrides run.out_dir)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
+    run.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="with --resume: continue the run, finished or not, to N rounds in all",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=_cmd_run)
 
@@ -158,6 +164,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
         resume=args.resume,
+        rounds=args.rounds,
         progress=not args.no_progress,
     )
 

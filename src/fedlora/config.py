@@ -553,6 +553,12 @@ class ExperimentConfig(Section):
         data = self.model_dump(exclude_defaults=True, exclude=EXECUTION_KEYS)
         return tomli_w.dumps({section: v for section, v in data.items() if v != {}})
 
+    def identity_at_lengths(self) -> list[str]:
+        """:meth:`identity_toml` of this run at every length up to its own: a checkpoint of a run
+        continued to more rounds was written while the run was shorter."""
+        lengths = (self.run.model_copy(update={"rounds": r}) for r in range(1, self.run.rounds + 1))
+        return [self.model_copy(update={"run": run}).identity_toml() for run in lengths]
+
     def replace(self, overrides: Mapping[str, Any]) -> ExperimentConfig:
         """A copy with dotted-key overrides applied (validated again).
 

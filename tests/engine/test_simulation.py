@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from fedlora.aggregation import GlobalState, available_aggregators
+from fedlora.cli import EXIT_USAGE, main
+from fedlora.config import load_config
 from fedlora.engine import build_experiment, run_experiment, sample_clients
-from fedlora.runs import RunDir, load_checkpoint
+from fedlora.errors import FedloraError
+from fedlora.runs import RunDir, load_checkpoint, read_environment
 from tests.engine.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
@@ -139,6 +142,46 @@ def test_resume_ends_with_the_same_numbers(
     _assert_same_state(resumed.state, straight.state)
     rows = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()]
     assert [row["round"] for row in rows] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("method", ["flexlora", "hetlora"])
+def test_a_finished_run_continued_to_more_rounds_is_the_longer_run(
+    tiny_bert_dir: Path, tmp_path: Path, method: str
+) -> None:
+    """Two rounds, then continued to four (``fedlora run --resume DIR --rounds 4``): every
+    round's numbers and the final state are a four-round run's, bit for bit, and the run's
+    environment says when it got longer."""
+    overrides = {"aggregation.method": method, "model.lora_dropout": 0.1}
+    straight = _run(tiny_config(tiny_bert_dir, tmp_path / "long", **overrides, **{"run.rounds": 4}))
+    _run(tiny_config(tiny_bert_dir, tmp_path / "short", **overrides, **{"run.rounds": 2}))
+    with pytest.raises(FedloraError, match=r"already finished; add --rounds N to continue it"):
+        RunDir.open_for_resume(tmp_path / "short")
+    with pytest.raises(FedloraError, match=r"--rounds 2: the run in .* has 2 rounds already"):
+        RunDir.open_for_resume(tmp_path / "short", 2)
+    assert main(["run", "--resume", str(tmp_path / "short"), "--rounds", "4", "--no-progress"]) == 0
+    run = RunDir(tmp_path / "short")
+    assert run.is_finished() and load_config(run.config_file).run.rounds == 4
+    continued = run.metrics()
+    assert [r.round for r in continued] == [0, 1, 2, 3, 4]
+    for field in ("test_loss", "train_loss", "test_accuracy", "bytes_up", "clients", "ranks"):
+        assert [getattr(r, field) for r in continued] == [
+            getattr(r, field) for r in straight.metrics
+        ], field
+    _assert_same_state(load_checkpoint(run.checkpoint_dir).state, straight.state)
+    starts = [(e["start"], e["rounds"]) for e in read_environment(run.path)]
+    assert starts == [("new", 2), ("resumed after round 2", 4)]
+
+
+def test_more_rounds_need_a_run_to_continue(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--rounds", "4", "--no-progress"]) == EXIT_USAGE
+    assert "--rounds continues an existing run: give it with --resume RUN_DIR" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "--resume", str(tmp_path / "empty"), "--rounds", "4"]) == EXIT_USAGE
+    assert "no config.toml there, so it is not a run directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("method", sorted(available_aggregators()))

@@ -22,14 +22,20 @@ def run_command(
     overwrite: bool,
     resume: Path | None,
     progress: bool,
+    rounds: int | None = None,
 ) -> int:
     console = Console(stderr=True)
+    if rounds is not None and resume is None:
+        raise FedloraError(
+            "--rounds continues an existing run: give it with --resume RUN_DIR (a new run's "
+            "length is run.rounds)"
+        )
     if resume is not None:
         if config_path is not None or overrides or out is not None:
             raise FedloraError(
                 "--resume continues a run with its saved config; drop CONFIG, --set and --out"
             )
-        run_dir, config = RunDir.open_for_resume(resume)
+        run_dir, config = RunDir.open_for_resume(resume, rounds)
     else:
         config = load_config(config_path, overrides)
         if out is not None:

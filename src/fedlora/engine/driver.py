@@ -186,7 +186,11 @@ class RoundDriver:
         self.experiment.aggregator.configure_federation(self._federation_max_rank())
         resumed = resume and self.run_dir.has_checkpoint()
         state, rows = self._restore() if resumed else self._start(transport)
-        note_environment(self.run_dir.path, resumed_after=state.round if resumed else None)
+        note_environment(
+            self.run_dir.path,
+            resumed_after=state.round if resumed else None,
+            rounds=self.config.run.rounds,
+        )
         for round_index in range(state.round + 1, self.config.run.rounds + 1):
             state, row = self.run_round(transport, state, round_index)
             rows.append(row)
@@ -636,7 +640,8 @@ class RoundDriver:
         exp = self.experiment
         expected = Expected(
             config_digests=frozenset(
-                config_digest(toml) for toml in (self.config.identity_toml(), self.config.to_toml())
+                config_digest(toml)
+                for toml in (*self.config.identity_at_lengths(), self.config.to_toml())
             ),
             seed=self.config.run.seed,
             max_round=self.config.run.rounds,

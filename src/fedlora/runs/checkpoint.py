@@ -55,8 +55,9 @@ class Expected:
     """What a checkpoint of this run must hold: the checks of :func:`load_checkpoint`."""
 
     config_digests: frozenset[str]
-    """The digest of the run's identity and its legacy form (the whole config, written before
-    2026-11-26; it matches only while the config keys are unchanged)."""
+    """The digests of the run's identity at every length up to its own (a run continued to more
+    rounds resumes from a checkpoint of its shorter self) and its legacy form (the whole config,
+    written before 2026-11-26; it matches only while the config keys are unchanged)."""
     seed: int
     max_round: int
     module_shapes: Mapping[str, tuple[int, int]]

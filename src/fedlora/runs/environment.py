@@ -70,12 +70,14 @@ def describe_environment() -> dict[str, Any]:
     }
 
 
-def note_environment(run_path: Path, *, resumed_after: int | None) -> dict[str, Any]:
+def note_environment(run_path: Path, *, resumed_after: int | None, rounds: int) -> dict[str, Any]:
     """Append this process's environment to the run's ``environment.jsonl``: a new run
-    (``resumed_after=None``) starts the file over, a resume adds to it."""
+    (``resumed_after=None``) starts the file over, a resume adds to it; ``rounds`` is the length
+    the run then had (a run continued to more rounds says when)."""
     entry = {
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "start": "new" if resumed_after is None else f"resumed after round {resumed_after}",
+        "rounds": rounds,
         **describe_environment(),
     }
     mode = "w" if resumed_after is None else "a"

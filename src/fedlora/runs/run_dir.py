@@ -129,14 +129,38 @@ class RunDir:
         return run
 
     @classmethod
-    def open_for_resume(cls, path: Path) -> tuple[RunDir, ExperimentConfig]:
-        """An existing unfinished run and its resolved config."""
+    def open_for_resume(
+        cls, path: Path, rounds: int | None = None
+    ) -> tuple[RunDir, ExperimentConfig]:
+        """An unfinished run and its resolved config; with ``rounds``, any run made longer.
+
+        Continuing a run to more rounds gives the run a longer one would have been: nothing a
+        round does depends on how many rounds follow it (learning-rate schedules are per round).
+        """
         run = cls(path)
         if not run.config_file.exists():
             raise FedloraError(f"--resume {path}: no {CONFIG} there, so it is not a run directory")
-        if run.is_finished():
-            raise FedloraError(f"--resume {path}: that run already finished")
-        return run, load_config(run.config_file)
+        config = load_config(run.config_file)
+        if rounds is None:
+            if run.is_finished():
+                raise FedloraError(
+                    f"--resume {path}: that run already finished; add --rounds N to continue it "
+                    f"to N rounds"
+                )
+            return run, config
+        if rounds <= config.run.rounds:
+            raise FedloraError(
+                f"--rounds {rounds}: the run in {path} has {config.run.rounds} rounds already; "
+                f"give more to continue it"
+            )
+        if not run.has_checkpoint():
+            raise FedloraError(f"--resume {path}: no checkpoint to continue from")
+        longer = config.replace({"run.rounds": rounds})
+        run.summary_file.unlink(missing_ok=True)  # unfinished first: a crash here resumes it
+        tmp = run.config_file.with_name(run.config_file.name + ".tmp")
+        tmp.write_text(longer.to_toml(), encoding="utf-8")
+        os.replace(tmp, run.config_file)
+        return run, longer
 
     def metrics(self) -> list[RoundMetrics]:
         return read_metrics(self.metrics_file)
