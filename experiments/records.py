@@ -12,7 +12,9 @@ checkpoints of a run directory.
 
 A record is written whenever a finished run directory is found without an identical one, and is
 checked against the job it answers: a record made with other settings than the suite now asks
-for is an error naming it (delete it to run the job again), never a silent stale result.
+for is an error naming it (delete it to run the job again), never a silent stale result.  A suite
+given more rounds makes its finished runs unfinished: ``run.py`` continues each run directory to
+the new length, and its record is replaced when the longer run finishes.
 """
 
 from __future__ import annotations
@@ -59,10 +61,18 @@ def record_of(job: Job) -> RunRecord:
 
 
 def _settings(config: ExperimentConfig) -> dict[str, object]:
-    """What a run's result depends on: everything but where its directory was."""
+    """What a run's result depends on: everything but where its directory was and how many
+    rounds it ran (a run continued to more rounds is the longer run, :func:`shorter`)."""
     settings = config.model_dump()
     settings["run"].pop("out_dir")
+    settings["run"].pop("rounds")
     return settings
+
+
+def shorter(config_file: Path, job: Job) -> bool:
+    """The run (directory or record) has fewer rounds than the job asks for: it is to be
+    continued (``fedlora run --resume DIR --rounds N``), not yet a result of the job."""
+    return load_config(config_file).run.rounds < job.config().run.rounds
 
 
 def archive(job: Job) -> RunRecord:
@@ -92,8 +102,10 @@ def _differs(run: RunDir, record: RunRecord) -> bool:
 
 
 def _check_settings(config_file: Path, job: Job) -> None:
-    """Refuse a run (directory or record) made with other settings than the job's."""
-    if _settings(load_config(config_file)) != _settings(job.config()):
+    """Refuse a run (directory or record) made with other settings than the job's, or with
+    more rounds than it asks for."""
+    ran = load_config(config_file)
+    if _settings(ran) != _settings(job.config()) or ran.run.rounds > job.config().run.rounds:
         raise FedloraError(
             f"{config_file.parent}: made with other settings than the suite now gives "
             f"{job.suite}/{job.cell} (seed {job.seed}); delete it to run the job again"
@@ -108,12 +120,14 @@ def recorded(job: Job) -> RunRecord | None:
     record = record_of(job)
     if run.is_finished():
         _check_settings(run.config_file, job)
+        if shorter(run.config_file, job):
+            return None
         if not record.exists() or _differs(run, record):
             record = archive(job)
     if not record.exists():
         return None
     _check_settings(record.config_file, job)
-    return record
+    return None if shorter(record.config_file, job) else record
 
 
 def check_nothing_dropped(result_file: Path, held: set[tuple[str, int]]) -> None:

@@ -3,7 +3,8 @@
 Each run is a ``fedlora run`` subprocess with its own run directory under
 ``runs/experiments/<suite>/``: a finished run is recorded in ``experiments/records/`` (commit
 it: a run directory does not outlive its machine) and skipped, an interrupted one continues from
-its checkpoint (``fedlora run --resume``), a run killed before its first checkpoint starts over.
+its checkpoint (``fedlora run --resume``), a run killed before its first checkpoint starts over,
+and a finished run of a suite since given more rounds is continued to them (``--rounds``).
 ``--workers`` runs go side by side with ``--threads`` torch threads each: keep
 ``workers x threads`` at the number of cores (oversubscribed torch runs several times slower).
 ``--cells`` picks and orders the runs when compute is short: a run is taken by the first
@@ -30,7 +31,7 @@ from fnmatch import fnmatch
 
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir, seconds_per_round
-from records import RunRecord, archive, recorded
+from records import RunRecord, archive, recorded, shorter
 from suites import RESULTS, Job, all_suites
 
 
@@ -39,7 +40,8 @@ def command(job: Job) -> list[str]:
     fedlora = [sys.executable, "-m", "fedlora.cli", "run"]
     run = RunDir(job.out)
     if run.has_checkpoint():
-        return [*fedlora, "--resume", str(job.out), "--no-progress"]
+        longer = ["--rounds", str(job.config().run.rounds)] if shorter(run.config_file, job) else []
+        return [*fedlora, "--resume", str(job.out), *longer, "--no-progress"]
     config = [] if job.config_path is None else [str(job.config_path)]
     overrides = [item for override in job.overrides for item in ("--set", override)]
     return [*fedlora, *config, *overrides, "--overwrite", "--no-progress"]

@@ -539,12 +539,37 @@ def test_a_run_with_a_checkpoint_is_resumed_and_one_without_starts_over(
     assert run.pending(run.find_records([tiny])) == [tiny]
     resumable = f"resumable after round 1 of {tiny.config().run.rounds}"
     assert run.progress(tiny, None) == resumable
-    assert run.command(job)[-3:] == ["--resume", str(job.out), "--no-progress"]
+    assert run.command(tiny)[-3:] == ["--resume", str(job.out), "--no-progress"]
     shutil.rmtree(RunDir(job.out).checkpoint_dir)  # killed before its first checkpoint
     assert run.progress(tiny, None) == ""
     restart = run.command(job)
     assert restart[-2:] == ["--overwrite", "--no-progress"]
     assert [x for x in restart if x != "--set"][-2 - len(job.overrides) : -2] == list(job.overrides)
+
+
+def test_a_suite_given_more_rounds_continues_its_finished_runs(
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
+) -> None:
+    """A suite asking 2 rounds of a run that finished 1: the job is unfinished again (its record
+    answers it no longer) and run.py continues the run directory to 2 rounds; then the record
+    is the longer run's, and a suite asking fewer rounds than a run has is refused."""
+    from fedlora.cli import main
+
+    run = run_script
+    job = _job(run, "agnews_default", "flexlora")
+    tiny, _, _ = _tiny_job(job, models, shared_data_dir)
+    assert run.progress(tiny, run.recorded(tiny)) == "finished"
+    longer = replace(tiny, overrides=("run.rounds=2",))
+    assert run.recorded(longer) is None
+    assert run.progress(longer, None) == "resumable after round 1 of 2"
+    command = run.command(longer)
+    assert command[-5:] == ["--resume", str(job.out), "--rounds", "2", "--no-progress"]
+    assert main(command[command.index("run") :]) == 0
+    record = run.recorded(longer)
+    assert record is not None and [r.round for r in record.metrics()] == [0, 1, 2]
+    assert run.progress(longer, record) == "finished"
+    with pytest.raises(FedloraError, match=r"made with other settings than the suite now gives"):
+        run.recorded(tiny)
 
 
 def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
