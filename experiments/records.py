@@ -101,15 +101,17 @@ def _differs(run: RunDir, record: RunRecord) -> bool:
     return ran.exists() and (not kept.exists() or ran.read_bytes() != kept.read_bytes())
 
 
-def _check_settings(config_file: Path, job: Job) -> None:
-    """Refuse a run (directory or record) made with other settings than the job's, or with
-    more rounds than it asks for."""
-    ran = load_config(config_file)
-    if _settings(ran) != _settings(job.config()) or ran.run.rounds > job.config().run.rounds:
+def _complete(config_file: Path, job: Job) -> bool:
+    """Whether the run (directory or record) has every round the job asks for (else it is
+    :func:`shorter`); a run made with other settings than the job's, or with more rounds, is
+    refused.  Each config is read once."""
+    ran, asked = load_config(config_file), job.config()
+    if _settings(ran) != _settings(asked) or ran.run.rounds > asked.run.rounds:
         raise FedloraError(
             f"{config_file.parent}: made with other settings than the suite now gives "
             f"{job.suite}/{job.cell} (seed {job.seed}); delete it to run the job again"
         )
+    return ran.run.rounds == asked.run.rounds
 
 
 def recorded(job: Job) -> RunRecord | None:
@@ -119,15 +121,13 @@ def recorded(job: Job) -> RunRecord | None:
     run = RunDir(job.out)
     record = record_of(job)
     if run.is_finished():
-        _check_settings(run.config_file, job)
-        if shorter(run.config_file, job):
+        if not _complete(run.config_file, job):
             return None
         if not record.exists() or _differs(run, record):
             record = archive(job)
     if not record.exists():
         return None
-    _check_settings(record.config_file, job)
-    return None if shorter(record.config_file, job) else record
+    return record if _complete(record.config_file, job) else None
 
 
 def check_nothing_dropped(result_file: Path, held: set[tuple[str, int]]) -> None:
