@@ -1,5 +1,5 @@
-"""The tables of docs/results.md and the README give only numbers the committed result files hold,
-and every file the documents link to is there.
+"""docs/results.md and the README give only per-seed numbers the committed result files hold, and
+every file the documents link to is there.
 
 A table cell ``mean ± std`` with its seeds' values (in parentheses, or in the next column headed
 ``per seed``) must find those values, to the decimals shown, in one seed-ordered vector of a
@@ -8,9 +8,11 @@ shown; a column headed ``... per seed`` alone must find its values likewise; a `
 shown without its seeds' values (a mean over rounds, a test loss) must be the mean and std of some
 such vector.  The vectors: a cell's final values (``comparison.csv``), any per-seed column of a
 file with a ``seed`` column (``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with
-its paired differences) and each run's worst class recall (``diagnostics.csv``).  So a number
-typed by hand, or left behind when a suite's results are rebuilt, fails here.  Prose is not
-parsed: its numbers repeat the tables'.
+its paired differences, also negated: "B ahead of A by ...") and each run's worst class recall
+(``diagnostics.csv``).  Prose outside code blocks is held to the same: each ``mean ± std``, with
+or without its seeds' values, and each parenthesised list of per-seed numbers.  So a number typed
+by hand, or left behind when a suite's results are rebuilt, fails here.  A single number in a
+sentence is not checked: among thousands of committed values, any three decimals match one.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def _per_seed_vectors(path: Path) -> Iterator[Vector]:
         if "a_final" in group[0]:
             for a, b in (("a_final", "b_final"), ("a_mean_over_rounds", "b_mean_over_rounds")):
                 yield tuple(float(row[a]) - float(row[b]) for row in group)
+                yield tuple(float(row[b]) - float(row[a]) for row in group)
 
 
 class Committed:
@@ -153,33 +156,69 @@ def _unheld(cell: str, vectors: Committed) -> bool:
     return bool(SEED_LIST.fullmatch(cell)) and not vectors.showing(cell.split(", "))
 
 
-def table_errors(text: str, vectors: Committed) -> list[str]:
-    """Each table cell whose per-seed numbers no committed vector gives, with its line."""
+def _mean_std_error(claimed: re.Match[str], seeds: str | None, vectors: Committed) -> str | None:
+    """Why a ``mean ± std`` (with its seeds' values, if shown) is in no result file, or None."""
+    mean, std = claimed.group(1), claimed.group(2)
+    if seeds is not None and SEED_LIST.fullmatch(seeds):
+        if _mean_std_holds(mean, std, seeds, vectors):
+            return None
+        return f"{claimed.group(0).split(' (')[0]} ({seeds}) is in no result file"
+    if vectors.summarised(mean, std):
+        return None
+    return f"{claimed.group(0)} summarises no result file's seeds"
+
+
+def _table_row_errors(cells: list[str], header: list[str], vectors: Committed) -> Iterator[str]:
+    consumed = -1  # the "per seed" column a mean ± std before it took its values from
+    for column, cell in enumerate(cells):
+        heading = header[column] if column < len(header) else ""
+        claimed = MEAN_STD.fullmatch(cell)
+        if claimed:
+            seeds = claimed.group(3)
+            if seeds is None and column + 1 < len(cells) and header[column + 1] == "per seed":
+                seeds, consumed = cells[column + 1], column + 1
+            error = _mean_std_error(claimed, seeds, vectors)
+            if error:
+                yield error
+        elif column != consumed and heading.endswith("per seed") and _unheld(cell, vectors):
+            yield f"{heading} {cell} is in no result file"
+
+
+def _prose_errors(line: str, vectors: Committed) -> Iterator[str]:
+    claims = list(MEAN_STD.finditer(line))
+    for claimed in claims:
+        error = _mean_std_error(claimed, claimed.group(3), vectors)
+        if error:
+            yield error
+    for listed in re.finditer(r"\(([^()]*)\)", line):
+        inside = any(claim.start() <= listed.start() < claim.end() for claim in claims)
+        if not inside and _unheld(listed.group(1), vectors):
+            yield f"({listed.group(1)}) is in no result file"
+
+
+def document_errors(text: str, vectors: Committed) -> list[str]:
+    """Each table cell or sentence whose per-seed numbers no committed vector gives, with its line.
+
+    Fenced code blocks and inline code are not results and are skipped."""
     errors = []
     header: list[str] = []
+    in_code = False
     for number, line in enumerate(text.splitlines(), start=1):
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+            continue
+        if in_code:
+            continue
+        line = re.sub(r"`[^`]*`", "``", line)
         if not line.startswith("|"):
             header = []
+            errors += [f"line {number}: {error}" for error in _prose_errors(line, vectors)]
             continue
         cells = [cell.strip().strip("*").strip() for cell in line.strip().strip("|").split("|")]
         if not header:
             header = cells
             continue
-        consumed = -1  # the "per seed" column a mean ± std before it took its values from
-        for column, cell in enumerate(cells):
-            heading = header[column] if column < len(header) else ""
-            claimed = MEAN_STD.fullmatch(cell)
-            if claimed:
-                mean, std, seeds = claimed.groups()
-                if seeds is None and column + 1 < len(cells) and header[column + 1] == "per seed":
-                    seeds, consumed = cells[column + 1], column + 1
-                listed = seeds is not None and SEED_LIST.fullmatch(seeds)
-                if listed and not _mean_std_holds(mean, std, seeds, vectors):
-                    errors.append(f"line {number}: {cell} ({seeds}) is in no result file")
-                elif not listed and not vectors.summarised(mean, std):
-                    errors.append(f"line {number}: {cell} summarises no result file's seeds")
-            elif column != consumed and heading.endswith("per seed") and _unheld(cell, vectors):
-                errors.append(f"line {number}: {heading} {cell} is in no result file")
+        errors += [f"line {number}: {error}" for error in _table_row_errors(cells, header, vectors)]
     return errors
 
 
@@ -189,12 +228,13 @@ def vectors() -> Committed:
 
 
 @pytest.mark.parametrize("document", ["docs/results.md", "README.md"])
-def test_every_per_seed_number_in_the_tables_is_a_committed_result(
+def test_every_per_seed_number_in_tables_and_prose_is_a_committed_result(
     document: str, vectors: Committed
 ) -> None:
     text = (REPO_ROOT / document).read_text(encoding="utf-8")
-    assert table_errors(text, vectors) == []
+    assert document_errors(text, vectors) == []
     assert sum(line.count(" ± ") for line in text.splitlines() if line.startswith("|")) > 10
+    assert sum(bool(MEAN_STD.search(line)) for line in text.splitlines() if line[:1] != "|") > 5
 
 
 TABLE = """\
@@ -206,8 +246,12 @@ VECTORS = Committed([(0.8, 0.9, 0.7), (0.6, 0.65, 0.7), (0.511, 0.52, None), (-0
 
 
 def test_a_table_that_gives_the_committed_numbers_passes() -> None:
-    assert table_errors(TABLE.format(mean=0.8, std=0.1, seeds="0.800, 0.900, 0.700"), VECTORS) == []
-    assert table_errors("| x | per seed |\n|---|---|\n| d | 0.000, 0.000, +0.020 |", VECTORS) == []
+    assert (
+        document_errors(TABLE.format(mean=0.8, std=0.1, seeds="0.800, 0.900, 0.700"), VECTORS) == []
+    )
+    assert (
+        document_errors("| x | per seed |\n|---|---|\n| d | 0.000, 0.000, +0.020 |", VECTORS) == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -222,7 +266,7 @@ def test_a_table_that_gives_the_committed_numbers_passes() -> None:
 def test_a_number_no_result_file_gives_is_named_with_its_line(
     mean: str, std: str, seeds: str
 ) -> None:
-    errors = table_errors(TABLE.format(mean=mean, std=std, seeds=seeds), VECTORS)
+    errors = document_errors(TABLE.format(mean=mean, std=std, seeds=seeds), VECTORS)
     assert errors == [f"line 3: {mean} ± {std} ({seeds}) is in no result file"]
 
 
@@ -230,19 +274,64 @@ def test_a_per_seed_column_alone_is_checked_too() -> None:
     table = TABLE.format(mean="0.800", std="0.100", seeds="0.800, 0.900, 0.700")
     wrong = table.replace("0.51, 0.52, —", "0.51, 0.53, —")
     expected = "line 3: test loss, per seed 0.51, 0.53, — is in no result file"
-    assert table_errors(wrong, VECTORS) == [expected]
+    assert document_errors(wrong, VECTORS) == [expected]
 
 
 def test_a_mean_and_std_without_their_seeds_must_summarise_some_committed_seeds() -> None:
     """Columns such as the mean over rounds show no seeds' values: their mean and std alone must
     be those of some committed vector with a value in every seed."""
     table = "| cell | mean over rounds |\n|---|---|\n| a | {} |\n"
-    assert table_errors(table.format("0.650 ± 0.050"), VECTORS) == []
-    assert table_errors(table.format("0.650 ± 0.060"), VECTORS) == [
+    assert document_errors(table.format("0.650 ± 0.050"), VECTORS) == []
+    assert document_errors(table.format("0.650 ± 0.060"), VECTORS) == [
         "line 3: 0.650 ± 0.060 summarises no result file's seeds"
     ]
     # (0.511, 0.52, —) lacks a seed: no mean of three seeds to give.
-    assert table_errors(table.format("0.52 ± 0.01"), VECTORS) != []
+    assert document_errors(table.format("0.52 ± 0.01"), VECTORS) != []
+
+
+PROSE = """\
+Replication ends at {claim}, ahead of FedIT in every seed over rounds ({seeds}).
+
+```python
+state = run(ranks=(384, 384))  # code is not a result
+```
+A rank list in inline code, `(5, 20)`, is not one either.
+"""
+
+
+def test_prose_is_checked_like_the_tables() -> None:
+    good = PROSE.format(claim="0.800 ± 0.100 (0.800, 0.900, 0.700)", seeds="0.600, 0.650, 0.700")
+    assert document_errors(good, VECTORS) == []
+    assert document_errors(PROSE.format(claim="0.650 ± 0.050", seeds="0.600, 0.650"), VECTORS) == [
+        "line 1: (0.600, 0.650) is in no result file"
+    ]
+    wrong_std = PROSE.format(
+        claim="0.800 ± 0.110 (0.800, 0.900, 0.700)", seeds="0.600, 0.650, 0.700"
+    )
+    assert document_errors(wrong_std, VECTORS) == [
+        "line 1: 0.800 ± 0.110 (0.800, 0.900, 0.700) is in no result file"
+    ]
+    assert document_errors(
+        PROSE.format(claim="0.81 ± 0.10", seeds="0.60, 0.65, 0.70"), VECTORS
+    ) == ["line 1: 0.81 ± 0.10 summarises no result file's seeds"]
+    # A mean ± std's own seeds are one claim, named once.
+    claim = "0.800 ± 0.100 (0.800, 0.900, 0.710)"
+    wrong_seed = PROSE.format(claim=claim, seeds="0.600, 0.650, 0.700")
+    assert document_errors(wrong_seed, VECTORS) == [f"line 1: {claim} is in no result file"]
+
+
+def test_a_contrast_may_be_told_either_way_round(tmp_path: Path) -> None:
+    """Told as "B is ahead of A by 0.02", a contrast gives its negated A − B differences."""
+    contrasts = tmp_path / "contrasts.csv"
+    contrasts.write_text(
+        "contrast,seed,a_mean_over_rounds,b_mean_over_rounds,a_final,b_final\n"
+        "a - b,0,0.5,0.4,0.70,0.72\na - b,1,0.6,0.4,0.80,0.81\n",
+        encoding="utf-8",
+    )
+    shown = Committed(list(_per_seed_vectors(contrasts))).showing
+    assert shown(["+0.100", "+0.200"]) and shown(["-0.100", "-0.200"])
+    assert shown(["+0.020", "+0.010"]) and shown(["-0.020", "-0.010"])
+    assert not shown(["+0.100", "-0.200"])
 
 
 @pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
