@@ -41,12 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (overrides run.out_dir)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue an unfinished run")
-    run.add_argument(
-        "--rounds",
-        type=int,
-        metavar="N",
-        help="with --resume: continue the run, finished or not, to N rounds in all",
-    )
+    _add_rounds(run)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(handler=_cmd_run)
 
@@ -114,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
     )
+    _add_rounds(deploy)
     deploy.add_argument(
         "--round-timeout", type=float, default=600.0, help="seconds to wait for a round's replies"
     )
@@ -142,6 +138,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_overrides(config)
     config.set_defaults(handler=_cmd_config)
     return parser
+
+
+def _add_rounds(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="with --resume: continue the run, finished or not, to N rounds in all",
+    )
 
 
 def _add_overrides(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +217,7 @@ def _cmd_flower_run(args: argparse.Namespace) -> int:
         resume=args.resume,
         round_timeout=args.round_timeout,
         timeout=args.timeout,
+        rounds=args.rounds,
     )
 
 

@@ -92,6 +92,24 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give --root-certificates CA.pem for a TLS SuperLink, or --insecure"),
+        (["--insecure", "--resume"], "continues the run in --out with its saved config"),
+        (["--insecure", "--rounds", "40"], "flower-run --rounds continues an existing run"),
+        (["--root-certificates", "/no/such/ca.pem"], "--root-certificates /no/such/ca.pem: no"),
+    ],
+)
+def test_flower_run_usage_errors_are_one_line_before_any_superlink_is_contacted(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["flower-run", "--superlink", "127.0.0.1:9", *args]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fedlora: error:"), lines
+    assert message in lines[0]
+
+
 def test_the_installed_command_exits_2_without_a_traceback(tmp_path: Path) -> None:
     done = _fedlora("run", "--set", "train.lr=-1", cwd=tmp_path)
     assert done.returncode == 2

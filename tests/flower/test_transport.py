@@ -22,10 +22,11 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedlora.aggregation import available_aggregators
+from fedlora.commands.flower import flower_run_config
 from fedlora.config import ExperimentConfig
 from fedlora.engine import RoundDriver, RunResult, TrainTask, build_experiment, run_experiment
 from fedlora.errors import ConfigError, FedloraError
-from fedlora.flower import client_app, node_training
+from fedlora.flower import client_app, node_training, server_app
 from fedlora.flower.fields import ARRAYS, CONFIG, MERGED, METRICS
 from fedlora.flower.records import record_to_factors
 from fedlora.flower.transport import FlowerTransport
@@ -334,6 +335,39 @@ def test_a_killed_flower_run_resumes_to_the_same_numbers(
     node_training._TRAINERS.clear()  # the nodes start new processes too
     resumed = _flower_run(config, FakeGrid(_nodes(), client_app.train), resume=True)
     _assert_same(resumed, straight)
+
+
+@pytest.mark.slow
+def test_the_serverapp_continues_a_finished_run_to_more_rounds(
+    tiny_bert_dir: Path, tmp_path: Path
+) -> None:
+    """``flower-run --resume --out DIR --rounds 3`` (run config ``resume=true rounds=3``) of a
+    finished 2-round FLoRA run gives the 3-round run: the nodes need the merges of rounds they
+    never saw in this ServerApp."""
+    straight = _flower_run(
+        _config(
+            tiny_bert_dir, tmp_path / "long", **{"aggregation.method": "flora", "run.rounds": 3}
+        ),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    _flower_run(
+        _config(tiny_bert_dir, tmp_path / "short", **{"aggregation.method": "flora"}),
+        FakeGrid(_nodes(), client_app.train),
+    )
+    node_training._TRAINERS.clear()
+    run_config = flower_run_config(
+        None, tmp_path / "short", overwrite=False, round_timeout=60.0, rounds=3
+    )
+    assert (run_config["resume"], run_config["rounds"]) == (True, 3)
+    metrics = server_app.run_federation(
+        FakeGrid(_nodes(), client_app.train), {**run_config, "connect-timeout": 1.0}
+    )
+    state = load_checkpoint(tmp_path / "short" / "checkpoint").state
+    _assert_same(RunResult(metrics, state, wall_seconds=0.0), straight)
+    assert RunDir(tmp_path / "short").is_finished()
+
+    with pytest.raises(FedloraError, match=r"rounds=4 continues an existing run: set resume=true"):
+        server_app.run_federation(FakeGrid(_nodes(), client_app.train), {"rounds": 4})
 
 
 def test_connect_learns_the_clients_and_their_announced_ranks() -> None:

@@ -26,14 +26,22 @@ RunConfig = dict[str, str | int | float | bool]
 
 
 def flower_run_config(
-    config: ExperimentConfig | None, out: Path, *, overwrite: bool, round_timeout: float
+    config: ExperimentConfig | None,
+    out: Path,
+    *,
+    overwrite: bool,
+    round_timeout: float,
+    rounds: int | None = None,
 ) -> RunConfig:
-    """The Flower run config of an experiment; ``config=None`` resumes the run in ``out``."""
+    """The Flower run config of an experiment; ``config=None`` resumes the run in ``out``
+    (continued to ``rounds`` in all, if given)."""
     from fedlora.flower.server_app import encode_config
 
     run_config: RunConfig = {"out-dir": str(out), "round-timeout": round_timeout}
     if config is None:
         run_config["resume"] = True
+        if rounds is not None:
+            run_config["rounds"] = rounds
     else:
         run_config.update({"config-b64": encode_config(config), "overwrite": overwrite})
     return run_config
@@ -116,6 +124,7 @@ def flower_run_command(
     resume: bool,
     round_timeout: float,
     timeout: float,
+    rounds: int | None = None,
 ) -> int:
     """Submit the app to a running SuperLink, stream its log, and say how the run ended."""
     console = Console(stderr=True)
@@ -125,6 +134,11 @@ def flower_run_command(
         )
     if root_certificates is not None and not root_certificates.is_file():
         raise FedloraError(f"--root-certificates {root_certificates}: no such file")
+    if rounds is not None and not resume:
+        raise FedloraError(
+            "flower-run --rounds continues an existing run: give it with --resume and --out (a "
+            "new run's length is run.rounds)"
+        )
     if resume:
         if config_path is not None or overrides or out is None:
             raise FedloraError(
@@ -140,7 +154,7 @@ def flower_run_command(
     from fedlora.flower.superlink import APP_DIR, FlowerLaunchError, SuperLinkClient
 
     run_config = flower_run_config(
-        config, run_dir, overwrite=overwrite, round_timeout=round_timeout
+        config, run_dir, overwrite=overwrite, round_timeout=round_timeout, rounds=rounds
     )
     with tempfile.TemporaryDirectory(prefix="fedlora-flower-run-") as work:
         home, cli_home = Path(work) / "home", Path(work) / "flwr"

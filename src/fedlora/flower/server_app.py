@@ -6,8 +6,9 @@ Run config keys (``[tool.flwr.app.config]`` of the Flower app, or ``flwr run --r
 that no file has to be copied to the server), ``overrides`` (``key=value`` pairs separated by
 ``;``), ``out-dir`` (run directory; empty = ``run.out_dir``), ``overwrite``
 (replace a run directory that holds a run), ``resume`` (continue the run in ``out-dir`` from its
-checkpoint, with its saved config), ``round-timeout`` (seconds to wait for replies),
-``connect-timeout`` (seconds to wait for every node).
+checkpoint, with its saved config), ``rounds`` (with ``resume``: continue the run, finished or
+not, to this many rounds in all; 0 = its own length), ``round-timeout`` (seconds to wait for
+replies), ``connect-timeout`` (seconds to wait for every node).
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ def main(grid: Grid, context: Context) -> None:
 def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetrics]:
     """Build the experiment, run the rounds through Flower, write the run directory."""
     resume = bool(run_config.get("resume", False))
+    rounds = int(run_config.get("rounds", 0) or 0)
+    if rounds and not resume:
+        raise FedloraError(
+            f"rounds={rounds} continues an existing run: set resume=true and out-dir too (a new "
+            f"run's length is run.rounds)"
+        )
     if resume:
         out_dir = str(run_config.get("out-dir", "") or "")
         if not out_dir:
             raise FedloraError("resume=true needs out-dir, the run directory to continue")
-        run_dir, config = RunDir.open_for_resume(Path(out_dir))
+        run_dir, config = RunDir.open_for_resume(Path(out_dir), rounds or None)
         experiment = build_experiment(config)
     else:
         config = server_config(run_config)
