@@ -51,6 +51,7 @@ import torch
 from safetensors.torch import load_file
 
 from fedlora.aggregation import GlobalState
+from fedlora.commands.quiet import quiet_libraries
 from fedlora.config import load_config
 from fedlora.engine import Evaluation, Experiment, build_experiment
 from fedlora.errors import FedloraError
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rewrite the CSVs without the runs they report that no record holds",
     )
     args = parser.parse_args(argv)
+    quiet_libraries()  # a load report per re-evaluated model would bury the results
     for suite in all_suites(args.suites):
         try:
             write_diagnostics(suite, args)

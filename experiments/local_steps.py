@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from diagnose import final_model, write_csv
+from fedlora.commands.quiet import quiet_libraries
 from fedlora.engine.evaluation import held_out_loss
 from fedlora.engine.transport import TrainTask
 from fedlora.lora import LoraFactors
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", default="local_steps", help="the output files' name")
     args = parser.parse_args(argv)
+    quiet_libraries()  # a load report per re-evaluated model would bury the results
     suites = {name.partition("/")[0] for name in args.runs}
     if len(suites) != 1:
         raise SystemExit(f"give runs of one suite, got {sorted(suites)}")

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from fedlora.commands.quiet import quiet_libraries
 from fedlora.config import load_config
 from fedlora.engine import build_experiment, run_experiment
 from fedlora.errors import FedloraError
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override"
     )
     args = parser.parse_args(argv)
+    quiet_libraries()  # a load report per re-evaluated model would bury the results
     suite, _, name = args.run.partition("/")
     try:
         record = finished(args.run)
