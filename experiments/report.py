@@ -16,9 +16,10 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   evaluated round after round 0 (the area under its curve: higher is faster learning) and the
   first round that reaches each of ``THRESHOLDS``; the table gives mean ± std over seeds;
 - ``contrasts.csv`` / ``contrasts.md`` for suites that declare ``[contrasts]``: per pair of
-  cells (A, B) and per seed both finished, both curves' means over rounds and final values; the
-  table gives the mean ± std of the paired difference A − B and in how many seeds A is ahead
-  (with three seeds, the per-seed signs say more than a mean);
+  cells (A, B) and per seed both finished, both curves' means over rounds and final values (up
+  to the shorter run's last round, when one cell ran longer); the table gives the mean ± std of
+  the paired difference A − B and in how many seeds A is ahead (with three seeds, the per-seed
+  signs say more than a mean);
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
 - ``baselines.csv``: per seed, every metric of the untuned model and of each trivial baseline
   (the same for every cell of a seed, read from round 0 of its first finished run);
@@ -577,6 +578,7 @@ class ContrastLine(NamedTuple):
     b: str
     seed: int
     metric: str
+    last_round: int
     a_mean_over_rounds: float
     b_mean_over_rounds: float
     a_final: float
@@ -587,7 +589,10 @@ def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
     """Per contrast of the suite, a line per seed both cells finished (none yet: empty).
 
     A and B must be measured alike, the same metric at the same rounds, or their difference
-    would mean nothing: a contrast across suites could otherwise pair unlike runs silently.
+    would mean nothing: a contrast across suites could otherwise pair unlike runs silently.  A
+    longer run is compared over the shorter one's rounds when those begin its own: its first N
+    rounds are the N-round run, bit for bit (continuing a run to more rounds is exact), so a cell
+    run to 40 rounds pairs with one run to 20, at round 20.
     """
     contrasts: dict[str, list[ContrastLine]] = {}
     for title, (a, b) in finished.suite.contrasts.items():
@@ -600,12 +605,14 @@ def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
             if b_rows is None:
                 continue
             metric = headline(a_rows).label
-            same_rounds = [n for n, _ in _curve(a_rows)] == [n for n, _ in _curve(b_rows)]
-            if headline(b_rows).label != metric or not same_rounds:
+            last = _last_common_round(a_rows, b_rows)
+            if headline(b_rows).label != metric or last is None:
                 raise ConfigError(
                     f"suite {finished.suite.name}: contrast {title!r}, seed {seed}: "
                     f"{a.pattern!r} and {b.pattern!r} are not measured alike (metric or rounds)"
                 )
+            a_rows = [row for row in a_rows if row.round <= last]
+            b_rows = [row for row in b_rows if row.round <= last]
             lines.append(
                 ContrastLine(
                     title,
@@ -613,6 +620,7 @@ def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
                     b.pattern,
                     seed,
                     metric,
+                    last,
                     mean_over_rounds(a_rows),
                     mean_over_rounds(b_rows),
                     final_value(a_rows),
@@ -621,6 +629,15 @@ def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
             )
         contrasts[title] = lines
     return contrasts
+
+
+def _last_common_round(a_rows: list[RoundMetrics], b_rows: list[RoundMetrics]) -> int | None:
+    """The shorter run's last evaluated round, if its evaluated rounds begin the other's."""
+    a_rounds, b_rounds = ([n for n, _ in _curve(rows)] for rows in (a_rows, b_rows))
+    shorter = min(a_rounds, b_rounds, key=len)
+    if not shorter or a_rounds[: len(shorter)] != b_rounds[: len(shorter)]:
+        return None
+    return shorter[-1]
 
 
 def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
@@ -634,15 +651,17 @@ def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
         writer.writerow(ContrastLine._fields)
         writer.writerows(line for lines in contrasts.values() for line in lines)
     table = [
-        "| contrast (A − B) | seeds | over rounds: A, B | A − B | per seed | A ahead "
-        "| after the last round: A, B | A − B | per seed | A ahead |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| contrast (A − B) | seeds | up to round | over rounds: A, B | A − B | per seed "
+        "| A ahead | after that round: A, B | A − B | per seed | A ahead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for title, lines in contrasts.items():
         if not lines:
-            table.append(f"| {title} | no seed of both finished yet |" + " |" * 8)
+            table.append(f"| {title} | no seed of both finished yet |" + " |" * 9)
             continue
+        last_rounds = sorted({line.last_round for line in lines})
         cells = [f"| {title}", ", ".join(str(line.seed) for line in lines)]
+        cells.append(", ".join(map(str, last_rounds)))
         for a_values, b_values in (
             ([x.a_mean_over_rounds for x in lines], [x.b_mean_over_rounds for x in lines]),
             ([x.a_final for x in lines], [x.b_final for x in lines]),

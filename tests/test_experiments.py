@@ -415,7 +415,7 @@ def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
     assert [float(line["b_final"]) for line in lines] == pytest.approx([0.6, 0.6, 0.5])
     table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
     assert table[2] == (
-        "| a - b | 0, 1, 3 | 0.633, 0.517 | +0.117 ± 0.104 | +0.200, +0.150, 0.000 "
+        "| a - b | 0, 1, 3 | 2 | 0.633, 0.517 | +0.117 ± 0.104 | +0.200, +0.150, 0.000 "
         "| 2 of 3, 1 tied | 0.600, 0.567 | +0.033 ± 0.153 | +0.200, -0.100, 0.000 "
         "| 1 of 3, 1 tied |"
     )
@@ -469,11 +469,19 @@ def test_another_suites_runs_without_a_record_are_read_from_its_committed_rounds
     assert (majority["test_accuracy"], majority["test_macro_f1"]) == (0.3, 0.05)
 
 
-def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
+@pytest.mark.parametrize(
+    "b_rounds",
+    [
+        [2, 4],  # other rounds
+        [1, 3, 4],  # as long as A's, then other rounds
+        [2],  # shorter, but not where A begins
+    ],
+)
+def test_a_contrast_of_runs_measured_unalike_is_refused(b_rounds: list[int]) -> None:
     """B evaluated at other rounds than A: their difference would compare unlike curves."""
     report = _experiment_module("report")
-    a_rows = _curve([0.5, 0.6])
-    b_rows = _curve([0.5, 0.6], rounds=[2, 4])
+    a_rows = _curve([0.5, 0.6, 0.7])
+    b_rows = _curve([0.5] * len(b_rounds), rounds=b_rounds)
     contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
     suite = SUITES.Suite("s", "", (0,), {"a": (), "b": ()}, (), contrasts=contrasts)
     finished = report.FinishedRuns(suite, {"a": [(0, a_rows)], "b": [(0, b_rows)]})
@@ -485,6 +493,27 @@ def test_a_contrast_of_runs_measured_unalike_is_refused() -> None:
     suite = SUITES.Suite("s", "", (0,), {"a": ()}, (), contrasts=unknown)
     with pytest.raises(ConfigError, match=r"contrast 'a - b': no cell 'x'"):
         report.contrast_lines(report.FinishedRuns(suite, {"a": [(0, a_rows)]}))
+
+
+def test_a_longer_run_is_compared_over_the_shorter_ones_rounds(tmp_path: Path) -> None:
+    """A ran 4 rounds, B 2 (a suite run longer against one that was not): both are taken up to
+    round 2, the rounds they share, and the table says so; either way round."""
+    report = _experiment_module("report")
+    contrasts = {
+        "a - b": (SUITES.CellRef("a"), SUITES.CellRef("b")),
+        "b - a": (SUITES.CellRef("b"), SUITES.CellRef("a")),
+    }
+    suite = SUITES.Suite("s", "", (0,), {"a": (), "b": ()}, (), contrasts=contrasts)
+    runs = {"a": [(0, _curve([0.5, 0.6, 0.9, 0.9]))], "b": [(0, _curve([0.3, 0.4]))]}
+    finished = report.FinishedRuns(suite, runs)
+    lines = report.contrast_lines(finished)
+    (a_b,), (b_a,) = lines["a - b"], lines["b - a"]
+    assert (a_b.last_round, a_b.a_mean_over_rounds, a_b.a_final) == (2, pytest.approx(0.55), 0.6)
+    assert (a_b.b_mean_over_rounds, a_b.b_final) == (pytest.approx(0.35), 0.4)
+    assert (b_a.last_round, b_a.b_final, b_a.a_final) == (2, 0.6, 0.4)
+    assert report.write_contrasts(finished, tmp_path)
+    table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
+    assert table[2].startswith("| a - b | 0 | 2 | 0.550, 0.350 | +0.200 | +0.200 | 1 of 1 |")
 
 
 def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> None:
