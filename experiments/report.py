@@ -14,7 +14,8 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   other suites included, e.g. a shared baseline), accuracy and macro-F1 per round;
 - ``convergence.csv`` / ``convergence.md``: per run the mean of the headline metric over every
   evaluated round after round 0 (the area under its curve: higher is faster learning) and the
-  first round that reaches each of ``THRESHOLDS``; the table gives mean ± std over seeds;
+  first round that reaches each of ``THRESHOLDS``, and how much it still gained over the last
+  quarter of its rounds (has the curve flattened?); the table gives mean ± std over seeds;
 - ``contrasts.csv`` / ``contrasts.md`` for suites that declare ``[contrasts]``: per pair of
   cells (A, B) and per seed both finished, both curves' means over rounds and final values (up
   to the shorter run's last round, when one cell ran longer); the table gives the mean ± std of
@@ -310,23 +311,39 @@ def final_value(rows: list[RoundMetrics]) -> float:
     return _curve(rows)[-1][1]
 
 
+def late_gain(rows: list[RoundMetrics]) -> tuple[int, int, float]:
+    """How much the curve still rose in the last quarter of the run: from its first evaluated
+    round at or past 3/4 of the last one to the end (about 0 once the curve has flattened)."""
+    curve = _curve(rows)
+    last, final = curve[-1]
+    start, value = next((n, v) for n, v in curve if n >= 0.75 * last)
+    return start, last, final - value
+
+
 def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> None:
-    """How fast each run learns: its curve's mean and the first round past each threshold."""
+    """How fast each run learns: its curve's mean, the first round past each threshold, and
+    whether it has flattened by its end (its gain over the last quarter of its rounds)."""
     lines: list[list[Any]] = []  # CSV rows: cell, seed, metric, mean, first round per threshold
     for cell, seeds in runs.items():
         for seed, rows in seeds:
             metric = headline(rows)
             curve = _curve(rows)
             first_rounds = [next((n for n, v in curve if v >= t), None) for t in THRESHOLDS]
-            lines.append([cell, seed, metric.label, mean_over_rounds(rows), *first_rounds])
+            lines.append(
+                [cell, seed, metric.label, mean_over_rounds(rows), *first_rounds, *late_gain(rows)]
+            )
     with (folder / "convergence.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         reached = [f"first_round_at_{t:g}" for t in THRESHOLDS]
-        writer.writerow(["cell", "seed", "metric", "mean_over_rounds", *reached])
+        late = ["late_gain_from_round", "late_gain_to_round", "late_gain"]
+        writer.writerow(["cell", "seed", "metric", "mean_over_rounds", *reached, *late])
         writer.writerows(lines)
     header = " | ".join(f"first round at {t:g}, per seed" for t in THRESHOLDS)
-    table = [f"| method | seeds | mean over rounds | per seed | {header} |"]
-    table.append("|---|---|---|---|" + "---|" * len(THRESHOLDS))
+    table = [
+        f"| method | seeds | mean over rounds | per seed | {header} "
+        "| gain over the last quarter | per seed |"
+    ]
+    table.append("|---|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|")
     for cell in runs:
         mine = [line for line in lines if line[0] == cell]
         means = [line[3] for line in mine]
@@ -334,9 +351,13 @@ def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fol
             ", ".join("—" if line[4 + i] is None else str(line[4 + i]) for line in mine)
             for i in range(len(THRESHOLDS))
         ]
+        spans = sorted({f"{line[-3]}–{line[-2]}" for line in mine})
+        gains = [line[-1] for line in mine]
         table.append(
             f"| {cell} | {len(mine)} | {_spread(means)} | "
-            f"{', '.join(f'{m:.3f}' for m in means)} | {' | '.join(firsts)} |"
+            f"{', '.join(f'{m:.3f}' for m in means)} | {' | '.join(firsts)} | "
+            f"{_spread(gains, signed=True)} (rounds {', '.join(spans)}) | "
+            f"{', '.join(_signed(g) for g in gains)} |"
         )
     (folder / "convergence.md").write_text("\n".join(table) + "\n", encoding="utf-8")
 

@@ -889,8 +889,27 @@ def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
     assert [float(line["mean_over_rounds"]) for line in lines] == pytest.approx([0.6425, 0.4525])
     assert [line["first_round_at_0.6"] for line in lines] == ["2", "4"]
     assert [line["first_round_at_0.7"] for line in lines] == ["3", ""]
+    assert [(line["late_gain_from_round"], line["late_gain_to_round"]) for line in lines] == [
+        ("3", "4"),
+        ("3", "4"),
+    ]
+    assert [float(line["late_gain"]) for line in lines] == pytest.approx([-0.02, 0.11])
     table = (tmp_path / "convergence.md").read_text(encoding="utf-8")
-    assert "| m | 2 | 0.547 ± 0.134 | 0.642, 0.453 | 2, 4 | 3, — |" in table
+    assert (
+        "| m | 2 | 0.547 ± 0.134 | 0.642, 0.453 | 2, 4 | 3, — "
+        "| +0.045 ± 0.092 (rounds 3–4) | -0.020, +0.110 |"
+    ) in table
+
+
+def test_the_late_gain_says_whether_a_curve_has_flattened() -> None:
+    """The rise over the last quarter of the rounds: from the first evaluation at or past 3/4 of
+    the last round (16 of 20 when every second round is evaluated) to the end."""
+    report = _experiment_module("report")
+    rounds = list(range(2, 21, 2))
+    rising = _curve([0.1 * n / 2 for n in rounds], rounds=rounds)
+    assert report.late_gain(rising) == (16, 20, pytest.approx(0.2))
+    flat = _curve([0.5] * 7 + [0.8, 0.8, 0.8], rounds=rounds)
+    assert report.late_gain(flat) == (16, 20, 0.0)
 
 
 def test_a_recheck_reruns_a_finished_run_and_finds_every_number_again(
