@@ -6,7 +6,8 @@ announced in ``--node-config``.  Every message to a SuperNode starts a fresh ``f
 process (for a train message, torch, transformers and PEFT are imported again), so runs here are
 short, and the four ways a node can fail mid-round share one run;
 the ServerApp killed mid-run and resumed with ``fedlora flower-run --resume`` must still end
-with the numbers of the in-process runner.
+with the numbers of the in-process runner, and so must that run continued to one more round
+(``--rounds``).
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ def test_malformed_replies_of_deployed_nodes_are_dropped_by_node(
     assert RunDir(out_dir).is_finished()
 
 
-def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
+def test_flower_run_resumes_a_run_whose_serverapp_was_killed_then_continues_it(
     tmp_path: Path, tiny_bert_dir: Path, flower_federation: FederationFactory
 ) -> None:
     # FLoRA, so that the nodes must also hold the merged rounds of the killed run's rounds.
@@ -361,9 +362,12 @@ def test_flower_run_resumes_a_run_whose_serverapp_was_killed(
     assert [row.round for row in rows] == [0, 1, 2, 3]
     assert RunDir(out_dir).is_finished()
     assert main([*args, "--out", str(tmp_path / "no-such-run"), "--resume"]) == 1
+    # The finished run continued to a fourth round: the run config's rounds reach the ServerApp.
+    assert main([*args, "--out", str(out_dir), "--resume", "--rounds", "4"]) == 0
+    assert [row.round for row in read_metrics(out_dir / "metrics.jsonl")] == [0, 1, 2, 3, 4]
     assert federation.close() == []
 
-    assert_same_as_in_process(out_dir, config, tmp_path)
+    assert_same_as_in_process(out_dir, config.replace({"run.rounds": 4}), tmp_path)
 
 
 def test_a_supernode_that_restarts_gets_its_client_back(
