@@ -1,18 +1,22 @@
 """docs/results.md and the README give only per-seed numbers the committed result files hold, and
 every file the documents link to is there.
 
-A table cell ``mean ± std`` with its seeds' values (in parentheses, or in the next column headed
+A ``mean ± std`` with its seeds' values (in parentheses, or in the next table column headed
 ``per seed``) must find those values, to the decimals shown, in one seed-ordered vector of a
 result file under ``docs/results/``, and their mean and sample standard deviation must be the ones
-shown; a column headed ``... per seed`` alone must find its values likewise; a ``mean ± std``
-shown without its seeds' values (a mean over rounds, a test loss) must be the mean and std of some
-such vector.  The vectors: a cell's final values (``comparison.csv``), any per-seed column of a
-file with a ``seed`` column (``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with
-its paired differences, also negated: "B ahead of A by ...") and each run's worst class recall
-(``diagnostics.csv``).  Prose outside code blocks is held to the same: each ``mean ± std``, with
-or without its seeds' values, and each parenthesised list of per-seed numbers.  So a number typed
-by hand, or left behind when a suite's results are rebuilt, fails here.  A single number in a
-sentence is not checked: among thousands of committed values, any three decimals match one.
+shown; a column headed ``... per seed`` alone, and a parenthesised list of per-seed values in a
+sentence (also when it wraps across lines or is followed by words: ``(0.70, 0.72 per seed)``),
+must find its values likewise.  A ``mean ± std`` shown without its seeds' values (a mean over
+rounds, a test loss) must be the mean and std of such a vector of the suite its section is about
+(the suite named in backticks in its heading; every suite's in the README and the claims): among
+every suite's thousands of vectors, about one in ten wrong digits would match one by chance.
+The vectors: a cell's final values (``comparison.csv``), any per-seed column of a file with a
+``seed`` column (``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with its paired
+differences A − B, sign and all) and each class's and the worst class's recall
+(``diagnostics.csv``).  Tables and prose (table cells of prose too) are checked alike; code is
+not, nor lists of whole numbers (ranks, seeds).  So a number typed by hand, or left behind when a
+suite's results are rebuilt, fails here.  A single number in a sentence is not checked: among
+thousands of committed values, any three decimals match one.
 """
 
 from __future__ import annotations
@@ -63,13 +67,16 @@ def _per_seed_vectors(path: Path) -> Iterator[Vector]:
             yield tuple(float(value) for value in row["final_per_seed"].split())
     if "seed" not in rows[0]:
         return
-    if "recall" in rows[0]:  # diagnostics: one row per class; a run's worst class recall
+    if "recall" in rows[0]:  # diagnostics: one row per class; each class's and the worst recall
         worst: dict[str, dict[int, float]] = defaultdict(dict)
+        per_class: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
         for row in rows:
             runs = worst[row["cell"]]
             seed = int(row["seed"])
             runs[seed] = min(runs.get(seed, 1.0), float(row["recall"]))
-        yield from (tuple(runs[seed] for seed in sorted(runs)) for runs in worst.values())
+            per_class[(row["cell"], row["class"])][seed] = float(row["recall"])
+        for runs in [*worst.values(), *per_class.values()]:
+            yield tuple(runs[seed] for seed in sorted(runs))
         return
 
     def numeric(column: str) -> bool:
@@ -88,7 +95,6 @@ def _per_seed_vectors(path: Path) -> Iterator[Vector]:
         if "a_final" in group[0]:
             for a, b in (("a_final", "b_final"), ("a_mean_over_rounds", "b_mean_over_rounds")):
                 yield tuple(float(row[a]) - float(row[b]) for row in group)
-                yield tuple(float(row[b]) - float(row[a]) for row in group)
 
 
 class Committed:
@@ -126,9 +132,14 @@ class Committed:
         return (_plain(mean), _plain(std)) in self._summaries[decimals]
 
 
-def committed_vectors() -> Committed:
-    paths = sorted(RESULTS.rglob("*.csv"))
+def committed_vectors(folder: Path = RESULTS) -> Committed:
+    paths = sorted(folder.rglob("*.csv"))
     return Committed([vector for path in paths for vector in _per_seed_vectors(path)])
+
+
+def suite_vectors() -> dict[str, Committed]:
+    """Each suite's own committed vectors, by the suite's name (its folder)."""
+    return {folder.name: committed_vectors(folder) for folder in sorted(RESULTS.iterdir())}
 
 
 def _plain(token: str) -> str:
@@ -168,7 +179,33 @@ def _mean_std_error(claimed: re.Match[str], seeds: str | None, vectors: Committe
     return f"{claimed.group(0)} summarises no result file's seeds"
 
 
-def _table_row_errors(cells: list[str], header: list[str], vectors: Committed) -> Iterator[str]:
+# A parenthesised list of per-seed values with decimals, maybe followed by words: "(0.70,
+# 0.72, 0.74)", "(+0.014, +0.006, +0.020 per seed)", "(0.434, 0.508; two seeds)".  Lists of
+# whole numbers (ranks, seeds) are not results; they belong in code spans when in parentheses.
+LISTED = re.compile(rf"\((?P<values>{SEED_LIST.pattern})(?=\)|;|,? [^\d\s+−-])")
+
+
+def _prose_errors(text: str, vectors: Committed, section: Committed) -> Iterator[tuple[int, str]]:
+    """(offset, why) of each mean ± std and per-seed list in ``text`` no result file gives; a
+    mean ± std without its seeds is looked up in the section's own suite only (among every
+    suite's thousands of vectors, one in ten wrong digits would match some vector)."""
+    claims = list(MEAN_STD.finditer(text))
+    for claimed in claims:
+        seeds = claimed.group(3)
+        error = _mean_std_error(claimed, seeds, vectors if seeds else section)
+        if error:
+            yield claimed.start(), error
+    for listed in LISTED.finditer(text):
+        values = listed.group("values")
+        inside = any(claim.start() <= listed.start() < claim.end() for claim in claims)
+        with_decimals = all("." in token for token in values.split(", ") if token != "—")
+        if not inside and with_decimals and _unheld(values, vectors):
+            yield listed.start(), f"({values}) is in no result file"
+
+
+def _table_errors(
+    cells: list[str], header: list[str], vectors: Committed, section: Committed
+) -> Iterator[str]:
     consumed = -1  # the "per seed" column a mean ± std before it took its values from
     for column, cell in enumerate(cells):
         heading = header[column] if column < len(header) else ""
@@ -177,48 +214,71 @@ def _table_row_errors(cells: list[str], header: list[str], vectors: Committed) -
             seeds = claimed.group(3)
             if seeds is None and column + 1 < len(cells) and header[column + 1] == "per seed":
                 seeds, consumed = cells[column + 1], column + 1
-            error = _mean_std_error(claimed, seeds, vectors)
+            error = _mean_std_error(claimed, seeds, vectors if seeds else section)
             if error:
                 yield error
-        elif column != consumed and heading.endswith("per seed") and _unheld(cell, vectors):
-            yield f"{heading} {cell} is in no result file"
+        elif column != consumed and heading.endswith("per seed"):
+            if _unheld(cell, vectors):
+                yield f"{heading} {cell} is in no result file"
+        elif column != consumed:  # a sentence in a cell (the claims table's evidence)
+            yield from (error for _, error in _prose_errors(cell, vectors, section))
 
 
-def _prose_errors(line: str, vectors: Committed) -> Iterator[str]:
-    claims = list(MEAN_STD.finditer(line))
-    for claimed in claims:
-        error = _mean_std_error(claimed, claimed.group(3), vectors)
-        if error:
-            yield error
-    for listed in re.finditer(r"\(([^()]*)\)", line):
-        inside = any(claim.start() <= listed.start() < claim.end() for claim in claims)
-        if not inside and _unheld(listed.group(1), vectors):
-            yield f"({listed.group(1)}) is in no result file"
+class _Paragraph:
+    """Consecutive prose lines, joined, so that a list broken across lines is still one list."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.starts: list[tuple[int, int]] = []  # (offset in text, line number)
+
+    def add(self, number: int, line: str) -> None:
+        self.starts.append((len(self.text), number))
+        self.text += line.strip() + " "
+
+    def line_at(self, offset: int) -> int:
+        return max(number for start, number in self.starts if start <= offset)
+
+    def errors(self, vectors: Committed, section: Committed) -> list[str]:
+        found = _prose_errors(self.text, vectors, section)
+        return [f"line {self.line_at(offset)}: {error}" for offset, error in found]
 
 
-def document_errors(text: str, vectors: Committed) -> list[str]:
+def document_errors(
+    text: str, vectors: Committed, suites: dict[str, Committed] | None = None
+) -> list[str]:
     """Each table cell or sentence whose per-seed numbers no committed vector gives, with its line.
 
-    Fenced code blocks and inline code are not results and are skipped."""
-    errors = []
+    Fenced code blocks and inline code are not results and are skipped.  Under a heading that
+    names a suite in backticks, a ``mean ± std`` without its seeds must be that suite's."""
+    errors: list[str] = []
     header: list[str] = []
+    paragraph = _Paragraph()
+    section = vectors
     in_code = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.lstrip().startswith("```"):
+    for number, line in enumerate([*text.splitlines(), ""], start=1):
+        fence = line.lstrip().startswith("```")
+        line = re.sub(r"`[^`]*`", "``", line) if not in_code else ""
+        if fence or in_code or not line.strip() or line.startswith(("|", "#")):
+            errors += paragraph.errors(vectors, section)
+            paragraph = _Paragraph()
+        if fence:
             in_code = not in_code
-            continue
-        if in_code:
-            continue
-        line = re.sub(r"`[^`]*`", "``", line)
-        if not line.startswith("|"):
+        elif in_code or not line.strip():
             header = []
-            errors += [f"line {number}: {error}" for error in _prose_errors(line, vectors)]
-            continue
-        cells = [cell.strip().strip("*").strip() for cell in line.strip().strip("|").split("|")]
-        if not header:
-            header = cells
-            continue
-        errors += [f"line {number}: {error}" for error in _table_row_errors(cells, header, vectors)]
+        elif line.startswith("#"):
+            header = []
+            named = re.findall(r"`([^`]*)`", text.splitlines()[number - 1])
+            section = next((suites[n] for n in named if suites and n in suites), vectors)
+        elif line.startswith("|"):
+            cells = [c.replace("**", "").strip() for c in line.strip().strip("|").split("|")]
+            if not header:
+                header = cells
+            elif not set("".join(cells)) <= set("-: "):
+                found = _table_errors(cells, header, vectors, section)
+                errors += [f"line {number}: {error}" for error in found]
+        else:
+            header = []
+            paragraph.add(number, line)
     return errors
 
 
@@ -227,12 +287,17 @@ def vectors() -> Committed:
     return committed_vectors()
 
 
+@pytest.fixture(scope="module")
+def suites() -> dict[str, Committed]:
+    return suite_vectors()
+
+
 @pytest.mark.parametrize("document", ["docs/results.md", "README.md"])
 def test_every_per_seed_number_in_tables_and_prose_is_a_committed_result(
-    document: str, vectors: Committed
+    document: str, vectors: Committed, suites: dict[str, Committed]
 ) -> None:
     text = (REPO_ROOT / document).read_text(encoding="utf-8")
-    assert document_errors(text, vectors) == []
+    assert document_errors(text, vectors, suites) == []
     assert sum(line.count(" ± ") for line in text.splitlines() if line.startswith("|")) > 10
     assert sum(bool(MEAN_STD.search(line)) for line in text.splitlines() if line[:1] != "|") > 5
 
@@ -320,18 +385,66 @@ def test_prose_is_checked_like_the_tables() -> None:
     assert document_errors(wrong_seed, VECTORS) == [f"line 1: {claim} is in no result file"]
 
 
-def test_a_contrast_may_be_told_either_way_round(tmp_path: Path) -> None:
-    """Told as "B is ahead of A by 0.02", a contrast gives its negated A − B differences."""
+def test_a_contrast_is_held_to_its_sign(tmp_path: Path) -> None:
+    """A − B as committed; told the other way round ("B ahead of A by ..."), it must say so with
+    its sign (``A − B: −0.100``), or who is ahead would go unchecked."""
     contrasts = tmp_path / "contrasts.csv"
     contrasts.write_text(
         "contrast,seed,a_mean_over_rounds,b_mean_over_rounds,a_final,b_final\n"
         "a - b,0,0.5,0.4,0.70,0.72\na - b,1,0.6,0.4,0.80,0.81\n",
         encoding="utf-8",
     )
-    shown = Committed(list(_per_seed_vectors(contrasts))).showing
-    assert shown(["+0.100", "+0.200"]) and shown(["-0.100", "-0.200"])
-    assert shown(["+0.020", "+0.010"]) and shown(["-0.020", "-0.010"])
-    assert not shown(["+0.100", "-0.200"])
+    committed = Committed(list(_per_seed_vectors(contrasts)))
+    assert committed.showing(["+0.100", "+0.200"]) and committed.showing(["-0.020", "-0.010"])
+    assert document_errors("A leads (+0.100, +0.200) over rounds.", committed) == []
+    assert document_errors("B leads (−0.100, −0.200) over rounds.", committed) == [
+        "line 1: (−0.100, −0.200) is in no result file"
+    ]
+
+
+def test_a_list_broken_across_lines_or_followed_by_words_is_checked() -> None:
+    text = (
+        "It leads in every seed (0.600,\n0.650, 0.710 per seed) and (0.800, 0.900; three seeds).\n"
+    )
+    assert document_errors(text, VECTORS) == [
+        "line 1: (0.600, 0.650, 0.710) is in no result file",
+        "line 2: (0.800, 0.900) is in no result file",
+    ]
+    assert (
+        document_errors(text.replace("0.710", "0.700").replace("0.900;", "0.900, 0.700;"), VECTORS)
+        == []
+    )
+    # Whole numbers in parentheses are ranks or seeds, not results.
+    assert document_errors("Ranks (8, 30, 200) and seeds (0, 1).\n", VECTORS) == []
+
+
+def test_bold_cells_and_sentences_in_tables_are_checked() -> None:
+    """``**0.8 ± 0.1** (seeds)`` is one claim; a cell of prose (the claims table's evidence) is
+    checked as prose."""
+    table = "| cell | accuracy | evidence |\n|---|---|---|\n| a | **{}** ({}) | ahead ({}) |\n"
+    good = table.format("0.800 ± 0.100", "0.800, 0.900, 0.700", "0.600, 0.650, 0.700")
+    assert document_errors(good, VECTORS) == []
+    wrong_bold = table.format("0.800 ± 0.100", "0.800, 0.900, 0.710", "0.600, 0.650, 0.700")
+    assert document_errors(wrong_bold, VECTORS) == [
+        "line 3: 0.800 ± 0.100 (0.800, 0.900, 0.710) is in no result file"
+    ]
+    wrong_prose = table.format("0.800 ± 0.100", "0.800, 0.900, 0.700", "0.600, 0.650, 0.710")
+    assert document_errors(wrong_prose, VECTORS) == [
+        "line 3: (0.600, 0.650, 0.710) is in no result file"
+    ]
+
+
+def test_a_mean_and_std_without_seeds_must_be_the_sections_own_suite() -> None:
+    """Under a heading naming a suite, a bare mean ± std is looked up in that suite's files only;
+    elsewhere (the README, the claims) in every suite's."""
+    suites = {"s1": Committed([(0.8, 0.9, 0.7)]), "s2": Committed([(0.6, 0.65, 0.7)])}
+    both = Committed([*suites["s1"].vectors, *suites["s2"].vectors])
+    text = "## Figure: `{}`\n\nIt learns: 0.800 ± 0.100 after round 20.\n"
+    assert document_errors(text.format("s1"), both, suites) == []
+    assert document_errors(text.format("s2"), both, suites) == [
+        "line 3: 0.800 ± 0.100 summarises no result file's seeds"
+    ]
+    assert document_errors("It learns: 0.800 ± 0.100 after round 20.\n", both, suites) == []
 
 
 @pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
