@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
 def _add_rounds(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=_positive_int,
         metavar="N",
         help="with --resume: continue the run, finished or not, to N rounds in all",
     )
@@ -246,6 +246,13 @@ def _split_list(value: str, option: str) -> list[str]:
     if not items:
         raise FedloraError(f"{option}: give at least one value")
     return items
+
+
+def _positive_int(value: str) -> int:
+    number = int(value) if value.strip().isdigit() else 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
+    return number
 
 
 def _int(value: str, option: str) -> int:

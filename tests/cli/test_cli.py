@@ -126,6 +126,17 @@ def test_argument_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unrecognized arguments" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["run", "flower-run"])
+@pytest.mark.parametrize("rounds", ["0", "-3", "4.5", "x"])
+def test_rounds_must_be_a_whole_number_of_at_least_one(
+    command: str, rounds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([command, "--rounds", rounds])
+    assert caught.value.code == 2
+    assert f"argument --rounds: {rounds!r} is not a whole number >= 1" in capsys.readouterr().err
+
+
 def test_rank_above_the_layer_dimension_is_refused(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -370,6 +370,16 @@ def test_the_serverapp_continues_a_finished_run_to_more_rounds(
         server_app.run_federation(FakeGrid(_nodes(), client_app.train), {"rounds": 4})
 
 
+@pytest.mark.parametrize("rounds", [4.5, -1, "4", True, float("nan")])
+def test_a_rounds_run_config_that_is_no_whole_number_is_one_clear_error(
+    rounds: object, tmp_path: Path
+) -> None:
+    """``flwr run --run-config`` values are not typed by Flower: 4.5 must not become 4."""
+    run_config = {"resume": True, "out-dir": str(tmp_path), "rounds": rounds}
+    with pytest.raises(FedloraError, match=r"run config rounds=.*: give a whole number of rounds"):
+        server_app.run_federation(FakeGrid(_nodes(), client_app.train), run_config)
+
+
 def test_connect_learns_the_clients_and_their_announced_ranks() -> None:
     nodes = _nodes(n1000={"lora-rank": 5}, n1002={"lora-rank": "r3"})
     nodes[1004] = {"partition-id": 1, "num-partitions": NUM_CLIENTS}  # a second node for 1

@@ -43,7 +43,7 @@ def main(grid: Grid, context: Context) -> None:
 def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetrics]:
     """Build the experiment, run the rounds through Flower, write the run directory."""
     resume = bool(run_config.get("resume", False))
-    rounds = int(run_config.get("rounds", 0) or 0)
+    rounds = _rounds(run_config.get("rounds", 0))
     if rounds and not resume:
         raise FedloraError(
             f"rounds={rounds} continues an existing run: set resume=true and out-dir too (a new "
@@ -71,6 +71,21 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
     )
     result = RoundDriver(experiment, run_dir).run(transport, resume=resume)
     return result.metrics
+
+
+def _rounds(value: object) -> int:
+    """The run config's ``rounds``: a whole number >= 0 (a TOML override may give a float)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not float(value).is_integer()
+        or value < 0
+    ):
+        raise FedloraError(
+            f"run config rounds={value!r}: give a whole number of rounds to continue the run to "
+            f"(0: its own length)"
+        )
+    return int(value)
 
 
 def server_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
