@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", default="local_steps", help="the output files' name")
     args = parser.parse_args(argv)
-    quiet_libraries()  # a load report per re-evaluated model would bury the results
+    quiet_libraries()  # a load report per served model would bury the results
     suites = {name.partition("/")[0] for name in args.runs}
     if len(suites) != 1:
         raise SystemExit(f"give runs of one suite, got {sorted(suites)}")

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override"
     )
     args = parser.parse_args(argv)
-    quiet_libraries()  # a load report per re-evaluated model would bury the results
+    quiet_libraries()  # transformers would print its model load report before the comparison
     suite, _, name = args.run.partition("/")
     try:
         record = finished(args.run)

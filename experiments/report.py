@@ -14,8 +14,8 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
   other suites included, e.g. a shared baseline), accuracy and macro-F1 per round;
 - ``convergence.csv`` / ``convergence.md``: per run the mean of the headline metric over every
   evaluated round after round 0 (the area under its curve: higher is faster learning) and the
-  first round that reaches each of ``THRESHOLDS``, and how much it still gained over the last
-  quarter of its rounds (has the curve flattened?); the table gives mean ± std over seeds;
+  first round that reaches each of ``THRESHOLDS``, and how much it still gained late in the run,
+  from 3/4 of its rounds on (has the curve flattened?); the table gives mean ± std over seeds;
 - ``contrasts.csv`` / ``contrasts.md`` for suites that declare ``[contrasts]``: per pair of
   cells (A, B) and per seed both finished, both curves' means over rounds and final values (up
   to the shorter run's last round, when one cell ran longer); the table gives the mean ± std of
@@ -311,37 +311,40 @@ def final_value(rows: list[RoundMetrics]) -> float:
     return _curve(rows)[-1][1]
 
 
-def late_gain(rows: list[RoundMetrics]) -> tuple[int, int, float]:
-    """How much the curve still rose in the last quarter of the run: from its first evaluated
-    round at or past 3/4 of the last one to the end (about 0 once the curve has flattened)."""
+def late_gain(rows: list[RoundMetrics]) -> tuple[int, int, float] | None:
+    """(from, to, gain): how much the curve still rose late in the run, from its first evaluated
+    round at or past 3/4 of the last one (or the evaluation before the last, if none is) to the
+    end; about 0 once the curve has flattened.  None with a single evaluated round."""
     curve = _curve(rows)
     last, final = curve[-1]
-    start, value = next((n, v) for n, v in curve if n >= 0.75 * last)
+    earlier = curve[:-1]
+    if not earlier:
+        return None
+    start, value = next(((n, v) for n, v in earlier if n >= 0.75 * last), earlier[-1])
     return start, last, final - value
 
 
 def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> None:
     """How fast each run learns: its curve's mean, the first round past each threshold, and
-    whether it has flattened by its end (its gain over the last quarter of its rounds)."""
+    whether it has flattened by its end (its gain from 3/4 of its rounds on)."""
     lines: list[list[Any]] = []  # CSV rows: cell, seed, metric, mean, first round per threshold
     for cell, seeds in runs.items():
         for seed, rows in seeds:
             metric = headline(rows)
             curve = _curve(rows)
             first_rounds = [next((n for n, v in curve if v >= t), None) for t in THRESHOLDS]
-            lines.append(
-                [cell, seed, metric.label, mean_over_rounds(rows), *first_rounds, *late_gain(rows)]
-            )
+            gained = late_gain(rows) or (None, None, None)
+            lines.append([cell, seed, metric.label, mean_over_rounds(rows), *first_rounds, *gained])
     with (folder / "convergence.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         reached = [f"first_round_at_{t:g}" for t in THRESHOLDS]
-        late = ["late_gain_from_round", "late_gain_to_round", "late_gain"]
-        writer.writerow(["cell", "seed", "metric", "mean_over_rounds", *reached, *late])
+        gain = ["late_gain_from_round", "late_gain_to_round", "late_gain"]
+        writer.writerow(["cell", "seed", "metric", "mean_over_rounds", *reached, *gain])
         writer.writerows(lines)
     header = " | ".join(f"first round at {t:g}, per seed" for t in THRESHOLDS)
     table = [
         f"| method | seeds | mean over rounds | per seed | {header} "
-        "| gain over the last quarter | per seed |"
+        "| gain from 3/4 of the rounds on | per seed |"
     ]
     table.append("|---|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|")
     for cell in runs:
@@ -351,13 +354,13 @@ def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fol
             ", ".join("—" if line[4 + i] is None else str(line[4 + i]) for line in mine)
             for i in range(len(THRESHOLDS))
         ]
-        spans = sorted({f"{line[-3]}–{line[-2]}" for line in mine})
+        spans = sorted({f"{line[-3]}–{line[-2]}" for line in mine if line[-1] is not None})
         gains = [line[-1] for line in mine]
+        late = f"{_spread(gains, signed=True)} (rounds {', '.join(spans)})" if spans else "—"
         table.append(
             f"| {cell} | {len(mine)} | {_spread(means)} | "
-            f"{', '.join(f'{m:.3f}' for m in means)} | {' | '.join(firsts)} | "
-            f"{_spread(gains, signed=True)} (rounds {', '.join(spans)}) | "
-            f"{', '.join(_signed(g) for g in gains)} |"
+            f"{', '.join(f'{m:.3f}' for m in means)} | {' | '.join(firsts)} | {late} | "
+            f"{', '.join('—' if g is None else _signed(g) for g in gains)} |"
         )
     (folder / "convergence.md").write_text("\n".join(table) + "\n", encoding="utf-8")
 
@@ -613,27 +616,32 @@ def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
     would mean nothing: a contrast across suites could otherwise pair unlike runs silently.  A
     longer run is compared over the shorter one's rounds when those begin its own: its first N
     rounds are the N-round run, bit for bit (continuing a run to more rounds is exact), so a cell
-    run to 40 rounds pairs with one run to 20, at round 20.
+    run to 40 rounds pairs with one run to 20, at round 20.  Every seed is compared up to the
+    same round (while a suite's runs are being continued, some seeds are longer than others).
     """
     contrasts: dict[str, list[ContrastLine]] = {}
     for title, (a, b) in finished.suite.contrasts.items():
         ((_, a_seeds),) = finished.matching(a, f"contrast {title!r}")
         ((_, b_seeds),) = finished.matching(b, f"contrast {title!r}")
         b_by_seed = dict(b_seeds)
+        pairs = [
+            (seed, a_rows, b_by_seed[seed])
+            for seed, a_rows in sorted(a_seeds, key=lambda pair: pair[0])
+            if seed in b_by_seed
+        ]
+        lasts = {seed: _last_common_round(a_rows, b_rows) for seed, a_rows, b_rows in pairs}
+        last = min((n for n in lasts.values() if n is not None), default=0)
         lines = []
-        for seed, a_rows in sorted(a_seeds, key=lambda pair: pair[0]):
-            b_rows = b_by_seed.get(seed)
-            if b_rows is None:
-                continue
+        for seed, a_rows, b_rows in pairs:
             metric = headline(a_rows).label
-            last = _last_common_round(a_rows, b_rows)
-            if headline(b_rows).label != metric or last is None:
+            alike = headline(b_rows).label == metric and lasts[seed] is not None
+            a_rows = [row for row in a_rows if row.round <= last]
+            b_rows = [row for row in b_rows if row.round <= last]
+            if not alike or _last_common_round(a_rows, b_rows) != last:
                 raise ConfigError(
                     f"suite {finished.suite.name}: contrast {title!r}, seed {seed}: "
                     f"{a.pattern!r} and {b.pattern!r} are not measured alike (metric or rounds)"
                 )
-            a_rows = [row for row in a_rows if row.round <= last]
-            b_rows = [row for row in b_rows if row.round <= last]
             lines.append(
                 ContrastLine(
                     title,
@@ -680,9 +688,8 @@ def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
         if not lines:
             table.append(f"| {title} | no seed of both finished yet |" + " |" * 9)
             continue
-        last_rounds = sorted({line.last_round for line in lines})
         cells = [f"| {title}", ", ".join(str(line.seed) for line in lines)]
-        cells.append(", ".join(map(str, last_rounds)))
+        cells.append(str(lines[0].last_round))  # the same for every seed
         for a_values, b_values in (
             ([x.a_mean_over_rounds for x in lines], [x.b_mean_over_rounds for x in lines]),
             ([x.a_final for x in lines], [x.b_final for x in lines]),

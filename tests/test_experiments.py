@@ -514,6 +514,14 @@ def test_a_longer_run_is_compared_over_the_shorter_ones_rounds(tmp_path: Path) -
     assert report.write_contrasts(finished, tmp_path)
     table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
     assert table[2].startswith("| a - b | 0 | 2 | 0.550, 0.350 | +0.200 | +0.200 | 1 of 1 |")
+    # Seed 1 of both cells already continued to 4 rounds: every seed still ends at round 2.
+    runs["a"].append((1, _curve([0.4, 0.5, 0.9, 0.9])))
+    runs["b"].append((1, _curve([0.2, 0.3, 0.9, 0.9])))
+    lines = report.contrast_lines(report.FinishedRuns(suite, runs))
+    assert [(x.seed, x.last_round, x.a_final, x.b_final) for x in lines["a - b"]] == [
+        (0, 2, 0.6, 0.4),
+        (1, 2, 0.5, 0.3),
+    ]
 
 
 def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> None:
@@ -902,14 +910,18 @@ def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
 
 
 def test_the_late_gain_says_whether_a_curve_has_flattened() -> None:
-    """The rise over the last quarter of the rounds: from the first evaluation at or past 3/4 of
-    the last round (16 of 20 when every second round is evaluated) to the end."""
+    """The rise late in the run: from the first evaluation at or past 3/4 of the last round (16
+    of 20 when every second round is evaluated) to the end; from the evaluation before the last
+    when none is that late; none from a single evaluation, never a false 0."""
     report = _experiment_module("report")
     rounds = list(range(2, 21, 2))
     rising = _curve([0.1 * n / 2 for n in rounds], rounds=rounds)
     assert report.late_gain(rising) == (16, 20, pytest.approx(0.2))
     flat = _curve([0.5] * 7 + [0.8, 0.8, 0.8], rounds=rounds)
     assert report.late_gain(flat) == (16, 20, 0.0)
+    assert report.late_gain(_curve([0.5, 0.7], rounds=[10, 20])) == (10, 20, pytest.approx(0.2))
+    assert report.late_gain(_curve([0.5, 0.6])) == (1, 2, pytest.approx(0.1))
+    assert report.late_gain(_curve([0.5])) is None
 
 
 def test_a_recheck_reruns_a_finished_run_and_finds_every_number_again(
