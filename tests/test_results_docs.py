@@ -132,7 +132,7 @@ class Committed:
         return (_plain(mean), _plain(std)) in self._summaries[decimals]
 
 
-def committed_vectors(folder: Path = RESULTS) -> Committed:
+def committed_vectors(folder: Path) -> Committed:
     paths = sorted(folder.rglob("*.csv"))
     return Committed([vector for path in paths for vector in _per_seed_vectors(path)])
 
@@ -255,9 +255,9 @@ def document_errors(
     paragraph = _Paragraph()
     section = vectors
     in_code = False
-    for number, line in enumerate([*text.splitlines(), ""], start=1):
-        fence = line.lstrip().startswith("```")
-        line = re.sub(r"`[^`]*`", "``", line) if not in_code else ""
+    for number, raw in enumerate([*text.splitlines(), ""], start=1):
+        fence = raw.lstrip().startswith("```")
+        line = re.sub(r"`[^`]*`", "``", raw) if not in_code else ""
         if fence or in_code or not line.strip() or line.startswith(("|", "#")):
             errors += paragraph.errors(vectors, section)
             paragraph = _Paragraph()
@@ -267,7 +267,7 @@ def document_errors(
             header = []
         elif line.startswith("#"):
             header = []
-            named = re.findall(r"`([^`]*)`", text.splitlines()[number - 1])
+            named = re.findall(r"`([^`]*)`", raw)
             section = next((suites[n] for n in named if suites and n in suites), vectors)
         elif line.startswith("|"):
             cells = [c.replace("**", "").strip() for c in line.strip().strip("|").split("|")]
@@ -283,13 +283,14 @@ def document_errors(
 
 
 @pytest.fixture(scope="module")
-def vectors() -> Committed:
-    return committed_vectors()
+def suites() -> dict[str, Committed]:
+    return suite_vectors()
 
 
 @pytest.fixture(scope="module")
-def suites() -> dict[str, Committed]:
-    return suite_vectors()
+def vectors(suites: dict[str, Committed]) -> Committed:
+    """Every suite's vectors together (the result files are read once, by suite)."""
+    return Committed([vector for suite in suites.values() for vector in suite.vectors])
 
 
 @pytest.mark.parametrize("document", ["docs/results.md", "README.md"])
