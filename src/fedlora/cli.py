@@ -6,6 +6,7 @@ Bad input of any kind ends with one line on stderr and exit code 2, never a trac
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,9 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of a GPU per ClientApp, e.g. 0.5 (default 0: no GPU reserved)",
     )
-    flower.add_argument(
-        "--round-timeout", type=float, default=600.0, help="seconds to wait for a round's replies"
-    )
+    _add_round_timeout(flower)
     flower.set_defaults(handler=_cmd_flower_sim)
 
     deploy = commands.add_parser(
@@ -110,11 +109,9 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out from its checkpoint"
     )
     _add_rounds(deploy)
+    _add_round_timeout(deploy)
     deploy.add_argument(
-        "--round-timeout", type=float, default=600.0, help="seconds to wait for a round's replies"
-    )
-    deploy.add_argument(
-        "--timeout", type=float, default=86400.0, help="seconds to wait for the whole run"
+        "--timeout", type=_seconds, default=86400.0, help="seconds to wait for the whole run"
     )
     deploy.set_defaults(handler=_cmd_flower_run)
 
@@ -146,6 +143,15 @@ def _add_rounds(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         metavar="N",
         help="with --resume: continue the run, finished or not, to N rounds in all",
+    )
+
+
+def _add_round_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--round-timeout",
+        type=_seconds,
+        default=600.0,
+        help="seconds to wait for a round's replies",
     )
 
 
@@ -253,6 +259,16 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
     return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (0 < seconds < math.inf):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return seconds
 
 
 def _int(value: str, option: str) -> int:

@@ -137,6 +137,26 @@ def test_rounds_must_be_a_whole_number_of_at_least_one(
     assert f"argument --rounds: {rounds!r} is not a whole number >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["flower-sim", "--round-timeout"],
+        ["flower-run", "--superlink", "127.0.0.1:9093", "--round-timeout"],
+        ["flower-run", "--superlink", "127.0.0.1:9093", "--timeout"],
+    ],
+)
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan", "inf", "soon"])
+def test_timeouts_must_be_seconds_above_zero(
+    arguments: list[str], seconds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([*arguments, seconds])
+    assert caught.value.code == 2
+    assert f"argument {arguments[-1]}: {seconds!r} is not a number of seconds above 0" in (
+        capsys.readouterr().err
+    )
+
+
 def test_rank_above_the_layer_dimension_is_refused(
     tiny_bert_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

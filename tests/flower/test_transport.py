@@ -380,6 +380,28 @@ def test_a_rounds_run_config_that_is_no_whole_number_is_one_clear_error(
         server_app.run_federation(FakeGrid(_nodes(), client_app.train), run_config)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("resume", "false", "give true or false, unquoted"),
+        ("overwrite", 1, "give true or false, unquoted"),
+        ("round-timeout", 0, "give a number of seconds above 0"),
+        ("round-timeout", "600", "give a number of seconds above 0"),
+        ("connect-timeout", -1.0, "give a number of seconds above 0"),
+        ("connect-timeout", float("inf"), "give a number of seconds above 0"),
+    ],
+)
+def test_a_run_config_flag_or_timeout_of_the_wrong_kind_is_refused_before_anything_is_written(
+    key: str, value: object, message: str, tmp_path: Path
+) -> None:
+    """A quoted "false" would be true for ``bool()``: a resume nobody asked for."""
+    out = tmp_path / "run"
+    run_config = {"out-dir": str(out), key: value}
+    with pytest.raises(FedloraError, match=rf"^run config {key}={value!r}: {message}$"):
+        server_app.run_federation(FakeGrid(_nodes(), client_app.train), run_config)
+    assert not out.exists()
+
+
 def test_connect_learns_the_clients_and_their_announced_ranks() -> None:
     nodes = _nodes(n1000={"lora-rank": 5}, n1002={"lora-rank": "r3"})
     nodes[1004] = {"partition-id": 1, "num-partitions": NUM_CLIENTS}  # a second node for 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ def main(grid: Grid, context: Context) -> None:
 
 def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetrics]:
     """Build the experiment, run the rounds through Flower, write the run directory."""
-    resume = bool(run_config.get("resume", False))
+    resume, overwrite = _flag(run_config, "resume"), _flag(run_config, "overwrite")
     rounds = _rounds(run_config.get("rounds", 0))
+    timeout = _seconds(run_config, "round-timeout", 600.0)
+    connect_timeout = _seconds(run_config, "connect-timeout", 120.0)
     if rounds and not resume:
         raise FedloraError(
             f"rounds={rounds} continues an existing run: set resume=true and out-dir too (a new "
@@ -57,7 +60,6 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
         experiment = build_experiment(config)
     else:
         config = server_config(run_config)
-        overwrite = bool(run_config.get("overwrite", False))
         RunDir.check_free(Path(config.run.out_dir), overwrite=overwrite, how=FLOWER_HINTS)
         experiment = build_experiment(config)
         run_dir = RunDir.create(Path(config.run.out_dir), config, overwrite=overwrite)
@@ -66,8 +68,8 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any]) -> list[RoundMetri
         config,
         run_key=run_dir.run_id,
         class_names=[] if config.is_causal_lm else experiment.group_names,
-        timeout=float(run_config.get("round-timeout", 600.0)),
-        connect_timeout=float(run_config.get("connect-timeout", 120.0)),
+        timeout=timeout,
+        connect_timeout=connect_timeout,
     )
     result = RoundDriver(experiment, run_dir).run(transport, resume=resume)
     return result.metrics
@@ -86,6 +88,22 @@ def _rounds(value: object) -> int:
             f"(0: its own length)"
         )
     return int(value)
+
+
+def _flag(run_config: Mapping[str, Any], key: str) -> bool:
+    """A true/false key: a quoted "false" must not count as true, as ``bool()`` would have it."""
+    value = run_config.get(key, False)
+    if not isinstance(value, bool):
+        raise FedloraError(f"run config {key}={value!r}: give true or false, unquoted")
+    return value
+
+
+def _seconds(run_config: Mapping[str, Any], key: str, default: float) -> float:
+    """A timeout key: a number of seconds > 0 (a string or 0 would fail deep in the grid)."""
+    value = run_config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise FedloraError(f"run config {key}={value!r}: give a number of seconds above 0")
+    return float(value)
 
 
 def server_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
