@@ -3,7 +3,9 @@
 Every finished run is read from its committed record (``experiments/records/``, :mod:`records`;
 a finished run directory without one is recorded first), so the tables can be rebuilt on a
 machine that never ran the runs.  A suite whose committed ``rounds.csv`` reports runs that no
-record holds is refused (``--drop-missing`` rewrites it without them).
+record holds is refused (``--drop-missing`` rewrites it without them); a suite no record holds
+a single run of keeps the tables its runs wrote, and only its contrasts and convergence, made
+from the curves alone, are written again from its committed ``rounds.csv``.
 
 For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 
@@ -722,6 +724,8 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     """Write the suite's results to ``folder`` (default ``docs/results/<suite>/``)."""
     runs = finished_runs(suite)
     folder = folder or RESULTS / suite.name
+    if not runs and (curves := committed_runs(RESULTS / suite.name, list(suite.cells))):
+        return rebuild_from_curves(suite, curves, folder)
     if not drop_missing:
         held = {(cell, seed) for cell, seeds in runs.items() for seed, _ in seeds}
         check_nothing_dropped(folder / "rounds.csv", held)
@@ -761,6 +765,27 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     write_seen_tasks(runs, folder)
     done = sum(len(seeds) for seeds in runs.values())
     print(f"{suite.name}: {done} of {len(suite.jobs)} runs finished\n{table}")
+    return folder
+
+
+def rebuild_from_curves(
+    suite: Suite, committed: dict[tuple[str, int], list[RoundMetrics]], folder: Path
+) -> Path:
+    """A suite without a single record (its runs lost with the machine that ran them) keeps its
+    committed results, but the tables made from the curves alone (contrasts, convergence) are
+    written again from its committed ``rounds.csv``, so that they have today's columns."""
+    runs: dict[str, list[tuple[int, list[RoundMetrics]]]] = {}
+    for (cell, seed), rows in sorted(committed.items(), key=lambda item: item[0][1]):
+        runs.setdefault(cell, []).append((seed, rows))
+    runs = {cell: runs[cell] for cell in suite.cells if cell in runs}
+    folder.mkdir(parents=True, exist_ok=True)
+    write_contrasts(FinishedRuns(suite, runs), folder)
+    write_convergence(runs, folder)
+    done = sum(len(seeds) for seeds in runs.values())
+    print(
+        f"{suite.name}: no record holds its {done} runs: contrasts and convergence rewritten "
+        f"from its committed rounds.csv, every other table left as its runs wrote it"
+    )
     return folder
 
 

@@ -763,6 +763,59 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
         assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
 
 
+def test_a_suite_without_records_rewrites_only_its_curve_tables_from_its_committed_rounds(
+    run_script: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its runs lost, a suite keeps every table its runs wrote (rounds.csv, comparison), but its
+    contrasts and convergence are written again from its committed curves, with today's columns,
+    the seeds paired and ordered as the suite has them."""
+    report = _experiment_module("report")
+    contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
+    suite = SUITES.Suite("lost", "", (0, 1), {"a": (), "b": ()}, (), contrasts=contrasts)
+    monkeypatch.setattr(report, "all_suites", lambda names: [suite])
+    monkeypatch.setattr(report, "finished_runs", lambda suite: {})
+    folder = report.RESULTS / "lost"
+    folder.mkdir(parents=True)
+    curves = {("b", 1): (0.2, 0.3, 0.5), ("a", 1): (0.2, 0.6, 0.4), ("a", 0): (0.2, 0.5, 0.9)}
+    curves[("b", 0)] = (0.2, 0.4, 0.6)
+    curves[("gone", 0)] = (0.2, 0.9, 0.9)  # a cell the suite no longer has
+    lines = [
+        f"{cell},{seed},{n * 2},1.0,{acc},0.1,{acc},,"
+        for (cell, seed), curve in curves.items()
+        for n, acc in enumerate(curve)
+    ]
+    header = "cell,seed,round,test_loss,test_accuracy,test_macro_f1,test_score,test_rouge_l,"
+    rounds = "\n".join([f"{header}test_exact_match", *lines]) + "\n"
+    (folder / "rounds.csv").write_text(rounds, encoding="utf-8")
+    (folder / "comparison.md").write_text("as the runs wrote it\n", encoding="utf-8")
+    assert report.main(["lost"]) == 0
+    assert "lost: no record holds its 4 runs: contrasts and convergence rewritten" in (
+        capsys.readouterr().out
+    )
+    assert (folder / "rounds.csv").read_text(encoding="utf-8") == rounds
+    assert (folder / "comparison.md").read_text(encoding="utf-8") == "as the runs wrote it\n"
+    with (folder / "convergence.csv").open(encoding="utf-8") as handle:
+        convergence = list(csv.DictReader(handle))
+    assert [(x["cell"], x["seed"]) for x in convergence] == [
+        ("a", "0"),
+        ("a", "1"),
+        ("b", "0"),
+        ("b", "1"),
+    ]
+    assert [float(x["mean_over_rounds"]) for x in convergence] == pytest.approx(
+        [0.7, 0.5, 0.5, 0.4]
+    )
+    assert [float(x["late_gain"]) for x in convergence] == pytest.approx([0.4, -0.2, 0.2, 0.2])
+    with (folder / "contrasts.csv").open(encoding="utf-8") as handle:
+        paired = list(csv.DictReader(handle))
+    assert [
+        (x["seed"], x["last_round"], float(x["a_final"]), float(x["b_final"])) for x in paired
+    ] == [
+        ("0", "4", 0.9, 0.6),
+        ("1", "4", 0.4, 0.5),
+    ]
+
+
 def test_a_rebuild_says_which_runs_it_found_as_committed_and_which_changed() -> None:
     report = _experiment_module("report")
     before = "cell,seed,round,test_score\na,0,0,0.1\na,0,2,0.5\na,1,2,0.6\nb,0,2,0.7\n"
