@@ -85,9 +85,10 @@ def plot_panels(
             squeeze=False,
             sharey="row",
         )
+    colors = method_colors(panels)
     for column, (name, runs) in enumerate(panels.items()):
         for ax, metric in zip(axes[:, column], metrics, strict=True):
-            _plot_seed_bands(ax, runs, metric)
+            _plot_seed_bands(ax, runs, metric, colors)
             _baseline_lines(ax, next(iter(runs.values()), []), metric, "0.4")
             ax.set(xlabel="round", ylabel=metric.label, title=name or metric.label)
             ax.grid(alpha=0.3)
@@ -100,8 +101,26 @@ def plot_panels(
     return path
 
 
+def method_colors(
+    panels: Mapping[str, Mapping[str, Sequence[Sequence[RoundMetrics]]]],
+) -> dict[str, str]:
+    """One colour per method across every panel, in order of first appearance: a method drawn
+    in two panels (AG News beside DBpedia) must not change colour between them."""
+    names = list(dict.fromkeys(method for runs in panels.values() for method in runs))
+    palette = "tab10" if len(names) <= 10 else "tab20"
+    cmap = _pyplot().get_cmap(palette)
+    return {name: _hex(cmap(i % cmap.N)) for i, name in enumerate(names)}
+
+
+def _hex(rgba: tuple[float, ...]) -> str:
+    return "#" + "".join(f"{round(channel * 255):02x}" for channel in rgba[:3])
+
+
 def _plot_seed_bands(
-    ax: Axes, runs: Mapping[str, Sequence[Sequence[RoundMetrics]]], metric: Headline
+    ax: Axes,
+    runs: Mapping[str, Sequence[Sequence[RoundMetrics]]],
+    metric: Headline,
+    colors: Mapping[str, str],
 ) -> None:
     for method, seeds in runs.items():
         rounds = sorted({r.round for rows in seeds for r in rows if r.evaluated})
@@ -113,10 +132,11 @@ def _plot_seed_bands(
             for j, rnd in enumerate(rounds):
                 table[i, j] = by_round.get(rnd, np.nan)
         mean = np.nanmean(table, axis=0)
-        (line,) = ax.plot(rounds, mean, marker="o", label=f"{method} (n={len(seeds)})")
+        color = colors[method]
+        ax.plot(rounds, mean, marker="o", color=color, label=f"{method} (n={len(seeds)})")
         if len(seeds) > 1:
             low, high = np.nanmin(table, axis=0), np.nanmax(table, axis=0)
-            ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
+            ax.fill_between(rounds, low, high, color=color, alpha=0.2)
 
 
 def _baseline_lines(
