@@ -4,8 +4,8 @@ Every finished run is read from its committed record (``experiments/records/``, 
 a finished run directory without one is recorded first), so the tables can be rebuilt on a
 machine that never ran the runs.  A suite whose committed ``rounds.csv`` reports runs that no
 record holds is refused (``--drop-missing`` rewrites it without them); a suite no record holds
-a single run of keeps the tables its runs wrote, and only its contrasts and convergence, made
-from the curves alone, are written again from its committed ``rounds.csv``.
+a single run of keeps the tables its runs wrote, and only what the curves alone give (its
+figures, contrasts and convergence) is written again from its committed ``rounds.csv``.
 
 For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 
@@ -734,11 +734,7 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     folder.mkdir(parents=True, exist_ok=True)
     by_cell = {cell: [rows for _, rows in seeds] for cell, seeds in runs.items()}
     table = write_comparison(comparison_rows(by_cell), folder)
-    plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
-    finished = FinishedRuns(suite, runs)
-    if suite.panels:
-        plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
-    write_contrasts(finished, folder)
+    finished = write_curve_results(suite, runs, folder)
     if finished.from_committed:
         print(
             f"{suite.name}: read from their suites' committed rounds.csv, as no record holds them: "
@@ -756,7 +752,6 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     if folder != committed.parent and committed.exists():  # a rebuild elsewhere (--out)
         against = reproduction(committed.read_text(encoding="utf-8"), after)
         print(f"{suite.name}, against the committed results: {against}")
-    write_convergence(runs, folder)
     write_baselines(runs, folder / "baselines.csv")
     write_promotions(runs, folder / "promotion.csv")
     write_holders(runs, folder)
@@ -768,23 +763,36 @@ def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None)
     return folder
 
 
+def write_curve_results(
+    suite: Suite, runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path
+) -> FinishedRuns:
+    """What the curves alone give: ``comparison.png``, ``figure.png``, contrasts, convergence."""
+    by_cell = {cell: [rows for _, rows in seeds] for cell, seeds in runs.items()}
+    plot_comparison(by_cell, folder / "comparison.png", suite.description or suite.name)
+    finished = FinishedRuns(suite, runs)
+    if suite.panels:
+        plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
+    write_contrasts(finished, folder)
+    write_convergence(runs, folder)
+    return finished
+
+
 def rebuild_from_curves(
     suite: Suite, committed: dict[tuple[str, int], list[RoundMetrics]], folder: Path
 ) -> Path:
     """A suite without a single record (its runs lost with the machine that ran them) keeps its
-    committed results, but the tables made from the curves alone (contrasts, convergence) are
-    written again from its committed ``rounds.csv``, so that they have today's columns."""
+    committed results, but what the curves alone give (its figures, contrasts, convergence) is
+    written again from its committed ``rounds.csv``, so that it has today's columns and colours."""
     runs: dict[str, list[tuple[int, list[RoundMetrics]]]] = {}
     for (cell, seed), rows in sorted(committed.items(), key=lambda item: item[0][1]):
         runs.setdefault(cell, []).append((seed, rows))
     runs = {cell: runs[cell] for cell in suite.cells if cell in runs}
     folder.mkdir(parents=True, exist_ok=True)
-    write_contrasts(FinishedRuns(suite, runs), folder)
-    write_convergence(runs, folder)
+    write_curve_results(suite, runs, folder)
     done = sum(len(seeds) for seeds in runs.values())
     print(
-        f"{suite.name}: no record holds its {done} runs: contrasts and convergence rewritten "
-        f"from its committed rounds.csv, every other table left as its runs wrote it"
+        f"{suite.name}: no record holds its {done} runs: its figures, contrasts and convergence "
+        f"rewritten from its committed rounds.csv, every other table left as its runs wrote it"
     )
     return folder
 

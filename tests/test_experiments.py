@@ -767,8 +767,8 @@ def test_a_suite_without_records_rewrites_only_its_curve_tables_from_its_committ
     run_script: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Its runs lost, a suite keeps every table its runs wrote (rounds.csv, comparison), but its
-    contrasts and convergence are written again from its committed curves, with today's columns,
-    the seeds paired and ordered as the suite has them."""
+    figure, contrasts and convergence are made again from its committed curves, with today's
+    columns, the seeds paired and ordered as the suite has them."""
     report = _experiment_module("report")
     contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
     suite = SUITES.Suite("lost", "", (0, 1), {"a": (), "b": ()}, (), contrasts=contrasts)
@@ -789,11 +789,12 @@ def test_a_suite_without_records_rewrites_only_its_curve_tables_from_its_committ
     (folder / "rounds.csv").write_text(rounds, encoding="utf-8")
     (folder / "comparison.md").write_text("as the runs wrote it\n", encoding="utf-8")
     assert report.main(["lost"]) == 0
-    assert "lost: no record holds its 4 runs: contrasts and convergence rewritten" in (
+    assert "lost: no record holds its 4 runs: its figures, contrasts and convergence rewritten" in (
         capsys.readouterr().out
     )
     assert (folder / "rounds.csv").read_text(encoding="utf-8") == rounds
     assert (folder / "comparison.md").read_text(encoding="utf-8") == "as the runs wrote it\n"
+    assert (folder / "comparison.png").stat().st_size > 0  # redrawn from the curves
     with (folder / "convergence.csv").open(encoding="utf-8") as handle:
         convergence = list(csv.DictReader(handle))
     assert [(x["cell"], x["seed"]) for x in convergence] == [

@@ -149,24 +149,26 @@ def test_panels_give_each_group_a_column_and_each_metric_a_row(
 
 def test_a_method_keeps_its_colour_in_every_panel(tmp_path: Path, figures: list[Figure]) -> None:
     """Replication is the second method of one panel and the first of the next (AG News beside
-    DBpedia): it must be drawn, band and all, in one colour, and no other method in that one."""
+    DBpedia): it must be drawn, band and all, in one colour in both, and no other method of a
+    panel in that colour."""
     runs = {
         key: [_row(i + 1, accuracy, f1) for i, (accuracy, f1) in enumerate(scores)]
         for key, scores in SCORES.items()
     }
     seeds = {method: [runs[method, 0], runs[method, 1]] for method in ("flexlora", "replication")}
-    panels = {"both": seeds, "replication only": {"replication": seeds["replication"]}}
-    plot_panels(panels, tmp_path / "p.png", "t")
+    second = {"replication": seeds["replication"], "fedit": seeds["flexlora"]}
+    plot_panels({"first": seeds, "second": second}, tmp_path / "p.png", "t")
     (figure,) = figures
 
     def colours(ax: Axes) -> dict[str, str]:
         return {str(line.get_label()): str(line.get_color()) for line in ax.get_lines()}
 
-    both, alone = colours(figure.axes[0]), colours(figure.axes[1])
-    assert alone["replication (n=2)"] == both["replication (n=2)"] != both["flexlora (n=2)"]
-    (band,) = figure.axes[1].collections
+    first, then = colours(figure.axes[0]), colours(figure.axes[1])
+    assert then["replication (n=2)"] == first["replication (n=2)"]
+    assert first["flexlora (n=2)"] != first["replication (n=2)"] != then["fedit (n=2)"]
+    band = figure.axes[1].collections[0]  # replication's, drawn first
     (face,) = np.asarray(band.get_facecolor())[:, :3]
-    assert same_color(tuple(face), alone["replication (n=2)"])
+    assert same_color(tuple(face), then["replication (n=2)"])
 
 
 def test_the_run_plot_shows_macro_f1_beside_accuracy(tmp_path: Path, figures: list[Figure]) -> None:

@@ -88,7 +88,7 @@ def plot_panels(
     colors = method_colors(panels)
     for column, (name, runs) in enumerate(panels.items()):
         for ax, metric in zip(axes[:, column], metrics, strict=True):
-            _plot_seed_bands(ax, runs, metric, colors)
+            _plot_seed_bands(ax, runs, metric, colors[name])
             _baseline_lines(ax, next(iter(runs.values()), []), metric, "0.4")
             ax.set(xlabel="round", ylabel=metric.label, title=name or metric.label)
             ax.grid(alpha=0.3)
@@ -103,17 +103,20 @@ def plot_panels(
 
 def method_colors(
     panels: Mapping[str, Mapping[str, Sequence[Sequence[RoundMetrics]]]],
-) -> dict[str, str]:
-    """One colour per method across every panel, in order of first appearance: a method drawn
-    in two panels (AG News beside DBpedia) must not change colour between them."""
-    names = list(dict.fromkeys(method for runs in panels.values() for method in runs))
-    palette = "tab10" if len(names) <= 10 else "tab20"
-    cmap = _pyplot().get_cmap(palette)
-    return {name: _hex(cmap(i % cmap.N)) for i, name in enumerate(names)}
-
-
-def _hex(rgba: tuple[float, ...]) -> str:
-    return "#" + "".join(f"{round(channel * 255):02x}" for channel in rgba[:3])
+) -> dict[str, dict[str, str]]:
+    """Per panel, each method's colour.  A method drawn in several panels (a shared baseline,
+    AG News beside DBpedia) keeps one colour in all of them; the others take the colours left,
+    afresh in each panel, so that no two methods of a panel look alike (up to ten a panel)."""
+    palette = [f"C{i}" for i in range(10)]  # matplotlib's default cycle (tab10)
+    seen = [method for runs in panels.values() for method in runs]
+    shared = [m for m in dict.fromkeys(seen) if seen.count(m) > 1]
+    fixed = {method: palette[i % len(palette)] for i, method in enumerate(shared)}
+    free = [c for c in palette if c not in fixed.values()] or palette
+    colors: dict[str, dict[str, str]] = {}
+    for name, runs in panels.items():
+        own = [method for method in runs if method not in fixed]
+        colors[name] = {m: fixed.get(m) or free[own.index(m) % len(free)] for m in runs}
+    return colors
 
 
 def _plot_seed_bands(
