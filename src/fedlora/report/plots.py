@@ -85,7 +85,7 @@ def plot_panels(
             squeeze=False,
             sharey="row",
         )
-    colors = method_colors(panels)
+    colors = _method_colors(panels)
     for column, (name, runs) in enumerate(panels.items()):
         for ax, metric in zip(axes[:, column], metrics, strict=True):
             _plot_seed_bands(ax, runs, metric, colors[name])
@@ -101,7 +101,7 @@ def plot_panels(
     return path
 
 
-def method_colors(
+def _method_colors(
     panels: Mapping[str, Mapping[str, Sequence[Sequence[RoundMetrics]]]],
 ) -> dict[str, dict[str, str]]:
     """Per panel, each method's colour.  A method drawn in several panels (a shared baseline,
