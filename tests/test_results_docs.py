@@ -455,3 +455,55 @@ def test_every_file_a_document_links_to_is_committed(document: str) -> None:
     local = [link for link in links if not link.startswith(("http://", "https://"))]
     assert local, document
     assert [link for link in local if not (path.parent / link).exists()] == []
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a document's headings: the heading's text lowercased, without
+    punctuation but hyphens and underscores, spaces as hyphens; a repeated one numbered."""
+    anchors: set[str] = set()
+    in_code = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            in_code = not in_code
+        elif not in_code and (heading := re.match(r"#{1,6} (.+)", line)):
+            text = heading.group(1).strip().replace("`", "").lower()
+            slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+            anchor, n = slug, 0
+            while anchor in anchors:
+                n += 1
+                anchor = f"{slug}-{n}"
+            anchors.add(anchor)
+    return anchors
+
+
+def test_a_heading_anchor_is_as_github_makes_it() -> None:
+    text = (
+        "# A\n## Byun & Lee, Figure 2: `fig2` (in progress)\n```\n# not a heading\n```\n## A\n# A\n"
+    )
+    assert heading_anchors(text) == {
+        "a",
+        "byun--lee-figure-2-fig2-in-progress",
+        "a-1",
+        "a-2",
+    }
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
+def test_every_section_a_document_links_to_is_there(document: str) -> None:
+    """A renamed heading (a section no longer "in progress") must not leave a link dead."""
+    path = REPO_ROOT / document
+    links = re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", path.read_text(encoding="utf-8"))
+    assert links, document
+    dead = []
+    for target, anchor in links:
+        linked = path.parent / target if target else path
+        if anchor not in heading_anchors(linked.read_text(encoding="utf-8")):
+            dead.append(f"{target}#{anchor}")
+    assert dead == []
+
+
+def test_the_contents_of_the_results_list_every_section() -> None:
+    text = (REPO_ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^- \[[^\]]+\]\(#([^)]+)\)$", text.split("\n## ", 1)[0], flags=re.M)
+    sections = heading_anchors("\n".join(re.findall(r"^## .+$", text, flags=re.M)))
+    assert sorted(listed) == sorted(sections)
