@@ -15,8 +15,14 @@ The vectors: a cell's final values (``comparison.csv``), any per-seed column of 
 differences A − B, sign and all) and each class's and the worst class's recall
 (``diagnostics.csv``).  Tables and prose (table cells of prose too) are checked alike; code is
 not, nor lists of whole numbers (ranks, seeds).  So a number typed by hand, or left behind when a
-suite's results are rebuilt, fails here.  A single number in a sentence is not checked: among
-thousands of committed values, any three decimals match one.
+suite's results are rebuilt, fails here.
+
+Two numbers a sentence sets against each other ("0.761 against 0.716", "(0.08, 0.06 against 0.09,
+0.10)" seed by seed) must be given side by side by the section's suite (the suite a claims-table
+row links to): see :class:`SideBySide`.  A lone number in a sentence is not checked: among
+thousands of committed values, any three decimals match one.  Nor is a near miss always caught:
+one cell's value at a round often sits a few thousandths from another's (a last digit off by
+three passed in 15 of the 47 pairs of docs/results.md when tried).
 """
 
 from __future__ import annotations
@@ -56,10 +62,29 @@ def _decimals(token: str) -> int:
     return len(token.split(".")[1]) if "." in token else 0
 
 
-def _per_seed_vectors(path: Path) -> Iterator[Vector]:
-    """Every seed-ordered vector one result file holds."""
+def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        return list(csv.DictReader(handle))
+
+
+def _numeric(rows: list[dict[str, str]], column: str) -> bool:
+    return all(re.fullmatch(rf"{NUMBER}(?:e-?\d+)?|", row[column]) for row in rows)
+
+
+def _runs(
+    rows: list[dict[str, str]],
+) -> tuple[list[str], dict[tuple[str, ...], list[dict[str, str]]]]:
+    """The columns that tell one run's rows apart (its text columns: cell, metric, ...; and round
+    and rank), and the rows by those columns, in seed order."""
+    keys = [c for c in rows[0] if c != "seed" and (c in ("round", "rank") or not _numeric(rows, c))]
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
+    for row in sorted(rows, key=lambda row: int(row["seed"])):
+        groups[tuple(row[column] for column in keys)].append(row)
+    return keys, groups
+
+
+def _per_seed_vectors(rows: list[dict[str, str]]) -> Iterator[Vector]:
+    """Every seed-ordered vector one result file's rows hold."""
     if not rows:
         return
     if "final_per_seed" in rows[0]:
@@ -78,17 +103,8 @@ def _per_seed_vectors(path: Path) -> Iterator[Vector]:
         for runs in [*worst.values(), *per_class.values()]:
             yield tuple(runs[seed] for seed in sorted(runs))
         return
-
-    def numeric(column: str) -> bool:
-        return all(re.fullmatch(rf"{NUMBER}(?:e-?\d+)?|", row[column]) for row in rows)
-
-    # A run is told apart by its text columns (cell, metric, ...) and by round and rank.
-    keys = [c for c in rows[0] if c != "seed" and (c in ("round", "rank") or not numeric(c))]
-    groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
-    for row in rows:
-        groups[tuple(row[column] for column in keys)].append(row)
+    keys, groups = _runs(rows)
     for group in groups.values():
-        group.sort(key=lambda row: int(row["seed"]))
         for column in group[0]:
             if column not in keys and column != "seed":
                 yield tuple(_value(row[column]) for row in group)
@@ -97,11 +113,92 @@ def _per_seed_vectors(path: Path) -> Iterator[Vector]:
                 yield tuple(float(row[a]) - float(row[b]) for row in group)
 
 
-class Committed:
-    """Every committed vector, found by how a table shows it (to some number of decimals)."""
+def _kindred(columns: list[str]) -> list[list[str]]:
+    """Groups of columns that measure the same kind of thing, found by a shared word
+    (``a_final``/``b_final``, ``low_slot_norm``/``high_slot_norm``, ``loss_served``/``loss_after``),
+    not ``test_loss`` against ``test_accuracy``."""
+    words = {word for column in columns for word in column.split("_")} - {"a", "b", "test", "mean"}
+    kins = {tuple(c for c in columns if word in c.split("_")) for word in words}
+    return [list(kin) for kin in sorted(kins) if len(kin) > 1]
 
-    def __init__(self, vectors: list[Vector]) -> None:
+
+# The columns that name what a row is about (a cell, a contrast, a reference model), not where.
+SUBJECT_COLUMNS = {"cell", "method", "contrast", "a", "b", "reference"}
+
+
+class SideBySide:
+    """The pairs of committed values a sentence may set against each other ("0.761 against
+    0.716"): two values of one row; or two subjects' values in one column of one file at the same
+    round, metric or class, one seed's each, or their means or stds over seeds (``a_final`` and
+    ``b_final`` are one column); or anything the suite gives against a reference (the untuned
+    model, the majority class).  A random pair of three-decimal numbers passes for a figure's
+    suite about one time in thirty (one in ten for the populations, with their per-layer
+    energies)."""
+
+    def __init__(self, tables: dict[str, list[dict[str, str]]]) -> None:
+        groups: list[list[float]] = []
+        aligned: dict[tuple[str, ...], list[float]] = defaultdict(list)
+        self._references: list[float] = []
+        for name, rows in tables.items():
+            if not rows:
+                continue
+            values = [c for c in rows[0] if c != "seed" and c not in SUBJECT_COLUMNS]
+            values = [c for c in values if _numeric(rows, c) and c not in ("round", "rank")]
+            kins = _kindred(values)
+            groups += [[float(row[c]) for c in kin if row[c]] for row in rows for kin in kins]
+            if name.endswith("baselines.csv"):
+                self._references += [float(row[c]) for row in rows for c in values if row[c]]
+            if "seed" not in rows[0]:
+                continue
+            keys, runs = _runs(rows)
+            for key, run in runs.items():
+                where = [
+                    f"{c}={v}" for c, v in zip(keys, key, strict=True) if c not in SUBJECT_COLUMNS
+                ]
+                for column in values:
+                    family = (name, *where, column.removeprefix("a_").removeprefix("b_"))
+                    seeds = {row["seed"]: float(row[column]) for row in run if row[column]}
+                    for seed, value in seeds.items():
+                        aligned[(*family, seed)].append(value)
+                    if len(seeds) > 1:
+                        mean = statistics.fmean(seeds.values())
+                        aligned[(*family, "mean")].append(mean)
+                        aligned[(*family, "std")].append(statistics.stdev(seeds.values()))
+                        if name.endswith("baselines.csv"):
+                            self._references.append(mean)
+        self._groups = [*groups, *aligned.values()]
+        self._shown: dict[int, tuple[dict[str, set[int]], set[str], set[str]]] = {}
+
+    def _index(self, decimals: int) -> tuple[dict[str, set[int]], set[str], set[str]]:
+        """By how each value shows: the groups holding it; the references; every value."""
+        if decimals not in self._shown:
+            where: dict[str, set[int]] = defaultdict(set)
+            for index, group in enumerate(self._groups):
+                for value in group:
+                    where[_shown(value, decimals)].add(index)
+            references = {_shown(value, decimals) for value in self._references}
+            self._shown[decimals] = (where, references, set(where))
+        return self._shown[decimals]
+
+    def hold(self, a: str, b: str) -> bool:
+        """Whether the suite gives ``a`` and ``b`` side by side, each to its shown decimals."""
+        (where_a, references_a, every_a), (where_b, references_b, every_b) = (
+            self._index(_decimals(a)),
+            self._index(_decimals(b)),
+        )
+        a, b = _plain(a), _plain(b)
+        if where_a.get(a, set()) & where_b.get(b, set()):
+            return True
+        return (a in references_a and b in every_b) or (b in references_b and a in every_a)
+
+
+class Committed:
+    """Every committed vector, found by how a table shows it (to some number of decimals), and
+    the values each suite gives side by side."""
+
+    def __init__(self, vectors: list[Vector], sides: list[SideBySide] | None = None) -> None:
         self.vectors = vectors
+        self.sides = sides or []
         self._shown: dict[int, dict[tuple[str, ...], list[Vector]]] = {}
         self._summaries: dict[tuple[int, int], set[tuple[str, str]]] = {}
         self._stats: set[tuple[float, float]] = set()
@@ -132,9 +229,14 @@ class Committed:
         return (_plain(mean), _plain(std)) in self._summaries[decimals]
 
 
+def committed(tables: dict[str, list[dict[str, str]]]) -> Committed:
+    """What one suite's result files (their rows, by file name) give."""
+    vectors = [vector for rows in tables.values() for vector in _per_seed_vectors(rows)]
+    return Committed(vectors, [SideBySide(tables)])
+
+
 def committed_vectors(folder: Path) -> Committed:
-    paths = sorted(folder.rglob("*.csv"))
-    return Committed([vector for path in paths for vector in _per_seed_vectors(path)])
+    return committed({str(p.relative_to(folder)): _rows(p) for p in sorted(folder.rglob("*.csv"))})
 
 
 def suite_vectors() -> dict[str, Committed]:
@@ -185,6 +287,28 @@ def _mean_std_error(claimed: re.Match[str], seeds: str | None, vectors: Committe
 LISTED = re.compile(rf"\((?P<values>{SEED_LIST.pattern})(?=\)|;|,? [^\d\s+−-])")
 
 
+# "0.761 against 0.716": two numbers with decimals, not a mean's std ("± 0.02 against"), nor a
+# range ("against 2.32–2.35").  "(0.08, 0.06 against 0.09, 0.10)" sets seed against seed.
+AGAINST = re.compile(rf"(?<![\d.–])(?<!± )({NUMBER}) against ({NUMBER})(?!\.?\d|–)")
+LISTS_AGAINST = re.compile(rf"\(({SEED_LIST.pattern}) against ({SEED_LIST.pattern})(?=[);])")
+
+
+def _set_against(text: str) -> Iterator[tuple[int, str, str]]:
+    """(offset, a, b) of each pair of numbers with decimals ``text`` sets against each other."""
+    lists = [
+        (found.span(), a.split(", "), b.split(", "))
+        for found in LISTS_AGAINST.finditer(text)
+        for a, b in [found.groups()]
+        if len(a.split(", ")) == len(b.split(", "))
+    ]
+    for (start, _), a_values, b_values in lists:
+        yield from ((start, a, b) for a, b in zip(a_values, b_values, strict=True) if "." in a + b)
+    for pair in AGAINST.finditer(text):
+        inside = any(start <= pair.start() < end for (start, end), _, _ in lists)
+        if not inside and "." in pair.group(1) and "." in pair.group(2):
+            yield pair.start(), pair.group(1), pair.group(2)
+
+
 def _prose_errors(text: str, vectors: Committed, section: Committed) -> Iterator[tuple[int, str]]:
     """(offset, why) of each mean ± std and per-seed list in ``text`` no result file gives; a
     mean ± std without its seeds is looked up in the section's own suite only (among every
@@ -201,6 +325,9 @@ def _prose_errors(text: str, vectors: Committed, section: Committed) -> Iterator
         with_decimals = all("." in token for token in values.split(", ") if token != "—")
         if not inside and with_decimals and _unheld(values, vectors):
             yield listed.start(), f"({values}) is in no result file"
+    for offset, a, b in _set_against(text):
+        if not any(side.hold(a, b) for side in section.sides):
+            yield offset, f"{a} against {b}: no result file gives them side by side"
 
 
 def _table_errors(
@@ -243,6 +370,13 @@ class _Paragraph:
         return [f"line {self.line_at(offset)}: {error}" for offset, error in found]
 
 
+def _linked(row: str, suites: dict[str, Committed] | None) -> Committed | None:
+    """The suite whose section a table row links to (the claims table's evidence), if any."""
+    anchors = re.findall(r"\]\(#([^)]*)\)", row)
+    named = [name for name in suites or {} for anchor in anchors if name in anchor]
+    return suites[max(named, key=len)] if suites and named else None
+
+
 def document_errors(
     text: str, vectors: Committed, suites: dict[str, Committed] | None = None
 ) -> list[str]:
@@ -274,7 +408,7 @@ def document_errors(
             if not header:
                 header = cells
             elif not set("".join(cells)) <= set("-: "):
-                found = _table_errors(cells, header, vectors, section)
+                found = _table_errors(cells, header, vectors, _linked(line, suites) or section)
                 errors += [f"line {number}: {error}" for error in found]
         else:
             header = []
@@ -290,7 +424,10 @@ def suites() -> dict[str, Committed]:
 @pytest.fixture(scope="module")
 def vectors(suites: dict[str, Committed]) -> Committed:
     """Every suite's vectors together (the result files are read once, by suite)."""
-    return Committed([vector for suite in suites.values() for vector in suite.vectors])
+    return Committed(
+        [vector for suite in suites.values() for vector in suite.vectors],
+        [side for suite in suites.values() for side in suite.sides],
+    )
 
 
 @pytest.mark.parametrize("document", ["docs/results.md", "README.md"])
@@ -395,7 +532,7 @@ def test_a_contrast_is_held_to_its_sign(tmp_path: Path) -> None:
         "a - b,0,0.5,0.4,0.70,0.72\na - b,1,0.6,0.4,0.80,0.81\n",
         encoding="utf-8",
     )
-    committed = Committed(list(_per_seed_vectors(contrasts)))
+    committed = Committed(list(_per_seed_vectors(_rows(contrasts))))
     assert committed.showing(["+0.100", "+0.200"]) and committed.showing(["-0.020", "-0.010"])
     assert document_errors("A leads (+0.100, +0.200) over rounds.", committed) == []
     assert document_errors("B leads (−0.100, −0.200) over rounds.", committed) == [
@@ -446,6 +583,68 @@ def test_a_mean_and_std_without_seeds_must_be_the_sections_own_suite() -> None:
         "line 3: 0.800 ± 0.100 summarises no result file's seeds"
     ]
     assert document_errors("It learns: 0.800 ± 0.100 after round 20.\n", both, suites) == []
+
+
+def _table(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(text.splitlines()))
+
+
+SIDE_BY_SIDE = {
+    "rounds.csv": _table(
+        "cell,seed,round,test_loss,test_accuracy\n"
+        "a,0,2,0.9,0.500\na,1,2,0.8,0.600\na,0,4,0.7,0.750\na,1,4,0.6,0.850\n"
+        "b,0,2,1.1,0.400\nb,1,2,1.0,0.420\nb,0,4,0.9,0.640\nb,1,4,0.8,0.660\n"
+    ),
+    "contrasts.csv": _table(
+        "contrast,a,b,seed,a_mean_over_rounds,b_mean_over_rounds,a_final,b_final\n"
+        "a - b,a,b,0,0.625,0.520,0.750,0.640\n"
+    ),
+    "baselines.csv": _table("reference,seed,test_accuracy\nmajority_class,0,0.255\n"),
+}
+
+
+@pytest.mark.parametrize(
+    ("sentence", "unheld"),
+    [
+        ("A ends at 0.800 against 0.650 for B.", []),  # the means over seeds at round 4
+        ("In seed 1 it is at 0.850 against 0.660.", []),
+        ("After round 4 (0.750, 0.850 against 0.640, 0.660).", []),  # seed against seed
+        ("A is at 0.750 against the majority class's 0.255.", []),  # no pair: words between
+        ("Seed 0 sits near the majority class (0.400 against 0.255).", []),
+        ("A is at 0.800 against 0.660.", ["0.800 against 0.660"]),  # a mean against one seed
+        ("A at round 4, 0.800 against B at round 2, 0.410.", []),
+        ("A ends at 0.800 against 0.410.", ["0.800 against 0.410"]),  # B at round 2
+        ("A's loss, 0.7 against its accuracy 0.750.", []),
+        ("Its loss is 0.7 against 0.750.", ["0.7 against 0.750"]),  # a loss against an accuracy
+        ("(0.750, 0.850 against 0.660, 0.640)", ["0.750 against 0.660", "0.850 against 0.640"]),
+        ("Spread ± 0.071 against 0.014, ranks 5 against 20, loss 2.96 against 2.32–2.35.", []),
+    ],
+)
+def test_numbers_set_against_each_other_must_be_given_side_by_side(
+    sentence: str, unheld: list[str]
+) -> None:
+    """In "A against B", A and B must be values one result file gives for the same thing: two
+    cells at the same round and seed (or their means over seeds), two columns of one row that
+    measure the same (A − B's ``a_final`` and ``b_final``), or a value against a reference's."""
+    expected = [f"line 1: {pair}: no result file gives them side by side" for pair in unheld]
+    assert document_errors(sentence + "\n", committed(SIDE_BY_SIDE)) == expected
+    assert SideBySide(SIDE_BY_SIDE).hold("0.750", "0.640")  # a_final against b_final
+
+
+def test_a_claims_row_is_checked_against_the_suite_its_evidence_links_to() -> None:
+    """The claims table sits under no suite's heading; a row linking to a suite's section is
+    held to that suite's files, so a pair another suite happens to give does not pass."""
+    suites = {
+        "fig": committed(SIDE_BY_SIDE),
+        "fig_random": committed({"rounds.csv": _table("cell,seed,x\nc,0,0.3\n")}),
+    }
+    both = Committed([], [side for suite in suites.values() for side in suite.sides])
+    row = "| claim | evidence |\n|---|---|\n| holds | [Figure](#figure-{}): 0.800 against 0.650 |\n"
+    assert document_errors(row.format("fig"), both, suites) == []
+    assert document_errors(row.format("fig_random"), both, suites) == [
+        "line 3: 0.800 against 0.650: no result file gives them side by side"
+    ]
+    assert document_errors(row.format("elsewhere"), both, suites) == []
 
 
 @pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
