@@ -612,7 +612,8 @@ class ContrastLine(NamedTuple):
 
 
 def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
-    """Per contrast of the suite, a line per seed both cells finished (none yet: empty).
+    """Per contrast of the suite, a line per seed both cells finished (none yet: empty), up to
+    their last common round and up to each earlier round of the suite's ``contrast_rounds``.
 
     A and B must be measured alike, the same metric at the same rounds, or their difference
     would mean nothing: a contrast across suites could otherwise pair unlike runs silently.  A
@@ -633,31 +634,34 @@ def contrast_lines(finished: FinishedRuns) -> dict[str, list[ContrastLine]]:
         ]
         lasts = {seed: _last_common_round(a_rows, b_rows) for seed, a_rows, b_rows in pairs}
         last = min((n for n in lasts.values() if n is not None), default=0)
+        horizons = [r for r in finished.suite.contrast_rounds if r < last] + [last]
         lines = []
-        for seed, a_rows, b_rows in pairs:
-            metric = headline(a_rows).label
-            alike = headline(b_rows).label == metric and lasts[seed] is not None
-            a_rows = [row for row in a_rows if row.round <= last]
-            b_rows = [row for row in b_rows if row.round <= last]
-            if not alike or _last_common_round(a_rows, b_rows) != last:
-                raise ConfigError(
-                    f"suite {finished.suite.name}: contrast {title!r}, seed {seed}: "
-                    f"{a.pattern!r} and {b.pattern!r} are not measured alike (metric or rounds)"
+        for horizon in horizons:
+            for seed, a_rows, b_rows in pairs:
+                metric = headline(a_rows).label
+                alike = headline(b_rows).label == metric and lasts[seed] is not None
+                a_rows = [row for row in a_rows if row.round <= horizon]
+                b_rows = [row for row in b_rows if row.round <= horizon]
+                if not alike or _last_common_round(a_rows, b_rows) != horizon:
+                    raise ConfigError(
+                        f"suite {finished.suite.name}: contrast {title!r}, seed {seed}: "
+                        f"{a.pattern!r} and {b.pattern!r} are not measured alike up to round "
+                        f"{horizon} (metric or evaluated rounds)"
+                    )
+                lines.append(
+                    ContrastLine(
+                        title,
+                        a.pattern,
+                        b.pattern,
+                        seed,
+                        metric,
+                        horizon,
+                        mean_over_rounds(a_rows),
+                        mean_over_rounds(b_rows),
+                        final_value(a_rows),
+                        final_value(b_rows),
+                    )
                 )
-            lines.append(
-                ContrastLine(
-                    title,
-                    a.pattern,
-                    b.pattern,
-                    seed,
-                    metric,
-                    last,
-                    mean_over_rounds(a_rows),
-                    mean_over_rounds(b_rows),
-                    final_value(a_rows),
-                    final_value(b_rows),
-                )
-            )
         contrasts[title] = lines
     return contrasts
 
@@ -686,24 +690,25 @@ def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
         "| A ahead | after that round: A, B | A − B | per seed | A ahead |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for title, lines in contrasts.items():
-        if not lines:
+    for title, all_lines in contrasts.items():
+        if not all_lines:
             table.append(f"| {title} | no seed of both finished yet |" + " |" * 9)
-            continue
-        cells = [f"| {title}", ", ".join(str(line.seed) for line in lines)]
-        cells.append(str(lines[0].last_round))  # the same for every seed
-        for a_values, b_values in (
-            ([x.a_mean_over_rounds for x in lines], [x.b_mean_over_rounds for x in lines]),
-            ([x.a_final for x in lines], [x.b_final for x in lines]),
-        ):
-            differences = [x - y for x, y in zip(a_values, b_values, strict=True)]
-            cells += [
-                f"{statistics.fmean(a_values):.3f}, {statistics.fmean(b_values):.3f}",
-                _spread(differences, signed=True),
-                ", ".join(_signed(d) for d in differences),
-                _ahead(differences),
-            ]
-        table.append(" | ".join(cells) + " |")
+        horizons = dict.fromkeys(line.last_round for line in all_lines)
+        for horizon in horizons:
+            lines = [line for line in all_lines if line.last_round == horizon]
+            cells = [f"| {title}", ", ".join(str(line.seed) for line in lines), str(horizon)]
+            for a_values, b_values in (
+                ([x.a_mean_over_rounds for x in lines], [x.b_mean_over_rounds for x in lines]),
+                ([x.a_final for x in lines], [x.b_final for x in lines]),
+            ):
+                differences = [x - y for x, y in zip(a_values, b_values, strict=True)]
+                cells += [
+                    f"{statistics.fmean(a_values):.3f}, {statistics.fmean(b_values):.3f}",
+                    _spread(differences, signed=True),
+                    ", ".join(_signed(d) for d in differences),
+                    _ahead(differences),
+                ]
+            table.append(" | ".join(cells) + " |")
     (folder / "contrasts.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
 

@@ -19,11 +19,15 @@ Suite file::
     "from other suites" = [{label = "10 %", cell = "other_suite/replication, random"}]
     [contrasts]                        # optional: contrasts.md, A minus B paired by seed
     "replication - zero padding" = ["replication, random", "zero_padding, random"]
+    contrast_rounds = [20]             # optional: also compare up to these rounds
 
 A panel lists cell patterns (shell-style; ``suite/cell`` takes a cell of another suite's runs),
 each optionally with the label its line gets (default: the cell's name).  A contrast names two
 cells exactly (``suite/cell`` again for another suite's): the claims of the papers are
-comparisons, and a comparison over a few seeds is read seed by seed.
+comparisons, and a comparison over a few seeds is read seed by seed.  A contrast is taken up to
+the last round both cells reached, and also up to each earlier round ``contrast_rounds`` names
+(a suite continued from 20 to 40 rounds keeps its round-20 comparison: whether a lead at round 20
+is a faster start or a better end is read from both).
 """
 
 from __future__ import annotations
@@ -41,6 +45,16 @@ SUITES = REPO / "experiments" / "suites"
 RUNS = REPO / "runs" / "experiments"
 RECORDS = REPO / "experiments" / "records"
 RESULTS = REPO / "docs" / "results"
+SUITE_KEYS = {
+    "description",
+    "config",
+    "seeds",
+    "set",
+    "cells",
+    "panels",
+    "contrasts",
+    "contrast_rounds",
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class Suite:
     jobs: tuple[Job, ...]
     panels: dict[str, tuple[CellRef, ...]] = field(default_factory=dict)
     contrasts: dict[str, tuple[CellRef, CellRef]] = field(default_factory=dict)
+    contrast_rounds: tuple[int, ...] = ()
 
 
 def load_suite(path: Path) -> Suite:
@@ -105,7 +120,7 @@ def load_suite(path: Path) -> Suite:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    unknown = set(data) - {"description", "config", "seeds", "set", "cells", "panels", "contrasts"}
+    unknown = set(data) - SUITE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     config_path = REPO / data["config"] if data.get("config") else None
@@ -141,7 +156,14 @@ def load_suite(path: Path) -> Suite:
         for title, pair in data.get("contrasts", {}).items()
     }
     description = str(data.get("description", ""))
-    return Suite(path.stem, description, seeds, cells, tuple(jobs), panels, contrasts)
+    rounds = _contrast_rounds(path, data.get("contrast_rounds", []))
+    return Suite(path.stem, description, seeds, cells, tuple(jobs), panels, contrasts, rounds)
+
+
+def _contrast_rounds(path: Path, rounds: object) -> tuple[int, ...]:
+    if isinstance(rounds, list) and all(type(r) is int and r > 0 for r in rounds):
+        return tuple(sorted(set(rounds)))
+    raise ConfigError(f"{path}: contrast_rounds: {rounds!r} is not a list of rounds above 0")
 
 
 def _panel_entry(path: Path, title: str, entry: object) -> CellRef:

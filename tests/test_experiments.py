@@ -524,6 +524,57 @@ def test_a_longer_run_is_compared_over_the_shorter_ones_rounds(tmp_path: Path) -
     ]
 
 
+def test_a_contrast_is_also_taken_up_to_the_suites_earlier_contrast_rounds(tmp_path: Path) -> None:
+    """A run continued from 2 to 4 rounds keeps its round-2 comparison beside the round-4 one:
+    here B starts faster (ahead up to round 2 in both seeds) and A ends ahead.  A contrast round
+    at or past the last common round adds nothing; one at a round not evaluated is refused."""
+    report = _experiment_module("report")
+    contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
+    suite = SUITES.Suite(
+        "s", "", (0, 1), {"a": (), "b": ()}, (), contrasts=contrasts, contrast_rounds=(2, 4, 9)
+    )
+    runs = {
+        "a": [(0, _curve([0.5, 0.6, 0.9, 0.9])), (1, _curve([0.4, 0.6, 0.8, 0.9]))],
+        "b": [(0, _curve([0.7, 0.8, 0.8, 0.8])), (1, _curve([0.6, 0.7, 0.7, 0.7]))],
+    }
+    finished = report.FinishedRuns(suite, runs)
+    lines = report.contrast_lines(finished)["a - b"]
+    assert [(x.last_round, x.seed, x.a_final, x.b_final) for x in lines] == [
+        (2, 0, 0.6, 0.8),
+        (2, 1, 0.6, 0.7),
+        (4, 0, 0.9, 0.8),
+        (4, 1, 0.9, 0.7),
+    ]
+    assert [x.a_mean_over_rounds for x in lines[:2]] == [pytest.approx(0.55), pytest.approx(0.5)]
+    assert report.write_contrasts(finished, tmp_path)
+    table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
+    cells = [row.strip("| ").split(" | ") for row in table[2:]]
+    assert [row[1:3] + row[8:11] for row in cells] == [
+        ["0, 1", "2", "-0.150 ± 0.071", "-0.200, -0.100", "0 of 2"],
+        ["0, 1", "4", "+0.150 ± 0.071", "+0.100, +0.200", "2 of 2"],
+    ]
+    every_other = {
+        c: [(seed, _curve([0.5, 0.6], rounds=[2, 4])) for seed, _ in runs[c]] for c in runs
+    }
+    odd = SUITES.Suite(
+        "s", "", (0,), {"a": (), "b": ()}, (), contrasts=contrasts, contrast_rounds=(3,)
+    )
+    with pytest.raises(ConfigError, match=r"'a' and 'b' are not measured alike up to round 3"):
+        report.contrast_lines(report.FinishedRuns(odd, every_other))
+
+
+@pytest.mark.parametrize("rounds", ["[0]", "[20.0]", '["20"]', "20", "[true]"])
+def test_contrast_rounds_must_be_rounds_above_zero(tmp_path: Path, rounds: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f"contrast_rounds = {rounds}\n[cells.a]\nset = []\n", encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=r"bad\.toml: contrast_rounds: .* is not a list of rounds"
+    ):
+        SUITES.load_suite(path)
+    path.write_text("contrast_rounds = [20, 10]\n[cells.a]\nset = []\n", encoding="utf-8")
+    assert SUITES.load_suite(path).contrast_rounds == (10, 20)
+
+
 def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> None:
     run = _experiment_module("run")
     (suite,) = run.all_suites(["byun_lee_fig2_agnews"])

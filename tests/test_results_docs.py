@@ -44,6 +44,8 @@ SEED_LIST = re.compile(rf"(?:{NUMBER}|—)(?:, (?:{NUMBER}|—))+")
 MEAN_STD = re.compile(rf"({NUMBER}) ± ({NUMBER})(?: \(({SEED_LIST.pattern})\))?")
 
 Vector = tuple[float | None, ...]
+# Columns that say where in a run a row is, not what it measured.
+ROUND_COLUMNS = ("round", "rank", "last_round")
 
 
 def _value(text: str) -> float | None:
@@ -74,9 +76,9 @@ def _numeric(rows: list[dict[str, str]], column: str) -> bool:
 def _runs(
     rows: list[dict[str, str]],
 ) -> tuple[list[str], dict[tuple[str, ...], list[dict[str, str]]]]:
-    """The columns that tell one run's rows apart (its text columns: cell, metric, ...; and round
-    and rank), and the rows by those columns, in seed order."""
-    keys = [c for c in rows[0] if c != "seed" and (c in ("round", "rank") or not _numeric(rows, c))]
+    """The columns that tell one run's rows apart (its text columns: cell, metric, ...; and its
+    round columns), and the rows by those columns, in seed order."""
+    keys = [c for c in rows[0] if c != "seed" and (c in ROUND_COLUMNS or not _numeric(rows, c))]
     groups: dict[tuple[str, ...], list[dict[str, str]]] = defaultdict(list)
     for row in sorted(rows, key=lambda row: int(row["seed"])):
         groups[tuple(row[column] for column in keys)].append(row)
@@ -143,7 +145,7 @@ class SideBySide:
             if not rows:
                 continue
             values = [c for c in rows[0] if c != "seed" and c not in SUBJECT_COLUMNS]
-            values = [c for c in values if _numeric(rows, c) and c not in ("round", "rank")]
+            values = [c for c in values if _numeric(rows, c) and c not in ROUND_COLUMNS]
             kins = _kindred(values)
             groups += [[float(row[c]) for c in kin if row[c]] for row in rows for kin in kins]
             if name.endswith("baselines.csv"):
