@@ -15,9 +15,10 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``figure.png`` for suites that declare ``[panels]``: one panel per group of cells (cells of
   other suites included, e.g. a shared baseline), accuracy and macro-F1 per round;
 - ``convergence.csv`` / ``convergence.md``: per run the mean of the headline metric over every
-  evaluated round after round 0 (the area under its curve: higher is faster learning) and the
-  first round that reaches each of ``THRESHOLDS``, and how much it still gained late in the run,
-  from 3/4 of its rounds on (has the curve flattened?); the table gives mean ± std over seeds;
+  evaluated round after round 0 (the area under its curve: higher is faster learning), the first
+  round that reaches each of the suite's ``convergence_thresholds``, and how much it still gained
+  late in the run, from 3/4 of its rounds on (has the curve flattened?); the table gives mean ±
+  std over seeds;
 - ``contrasts.csv`` / ``contrasts.md`` for suites that declare ``[contrasts]``: per pair of
   cells (A, B) and per seed both finished, both curves' means over rounds and final values (up
   to the shorter run's last round, when one cell ran longer); the table gives the mean ± std of
@@ -66,7 +67,7 @@ from fedlora.errors import ConfigError, FedloraError
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
 from fedlora.runs import RoundMetrics, headline
 from records import check_nothing_dropped, recorded
-from suites import RESULTS, CellRef, Suite, all_suites
+from suites import RESULTS, THRESHOLDS, CellRef, Suite, all_suites
 
 ROUND_COLUMNS = (
     "test_loss",
@@ -293,9 +294,6 @@ def write_tiers(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: P
     return True
 
 
-THRESHOLDS = (0.6, 0.7)
-
-
 def _curve(rows: list[RoundMetrics]) -> list[tuple[int, float]]:
     """(round, headline metric) of every evaluated round after round 0 (the untuned model)."""
     metric = headline(rows)
@@ -326,7 +324,11 @@ def late_gain(rows: list[RoundMetrics]) -> tuple[int, int, float] | None:
     return start, last, final - value
 
 
-def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder: Path) -> None:
+def write_convergence(
+    runs: dict[str, list[tuple[int, list[RoundMetrics]]]],
+    folder: Path,
+    thresholds: Sequence[float] = THRESHOLDS,
+) -> None:
     """How fast each run learns: its curve's mean, the first round past each threshold, and
     whether it has flattened by its end (its gain from 3/4 of its rounds on)."""
     lines: list[list[Any]] = []  # CSV rows: cell, seed, metric, mean, first round per threshold
@@ -334,27 +336,27 @@ def write_convergence(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fol
         for seed, rows in seeds:
             metric = headline(rows)
             curve = _curve(rows)
-            first_rounds = [next((n for n, v in curve if v >= t), None) for t in THRESHOLDS]
+            first_rounds = [next((n for n, v in curve if v >= t), None) for t in thresholds]
             gained = late_gain(rows) or (None, None, None)
             lines.append([cell, seed, metric.label, mean_over_rounds(rows), *first_rounds, *gained])
     with (folder / "convergence.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        reached = [f"first_round_at_{t:g}" for t in THRESHOLDS]
+        reached = [f"first_round_at_{t:g}" for t in thresholds]
         gain = ["late_gain_from_round", "late_gain_to_round", "late_gain"]
         writer.writerow(["cell", "seed", "metric", "mean_over_rounds", *reached, *gain])
         writer.writerows(lines)
-    header = " | ".join(f"first round at {t:g}, per seed" for t in THRESHOLDS)
+    header = " | ".join(f"first round at {t:g}, per seed" for t in thresholds)
     table = [
         f"| method | seeds | mean over rounds | per seed | {header} "
         "| gain from 3/4 of the rounds on | per seed |"
     ]
-    table.append("|---|---|---|---|" + "---|" * len(THRESHOLDS) + "---|---|")
+    table.append("|---|---|---|---|" + "---|" * len(thresholds) + "---|---|")
     for cell in runs:
         mine = [line for line in lines if line[0] == cell]
         means = [line[3] for line in mine]
         firsts = [
             ", ".join("—" if line[4 + i] is None else str(line[4 + i]) for line in mine)
-            for i in range(len(THRESHOLDS))
+            for i in range(len(thresholds))
         ]
         spans = sorted({f"{line[-3]}–{line[-2]}" for line in mine if line[-1] is not None})
         gains = [line[-1] for line in mine]
@@ -778,7 +780,7 @@ def write_curve_results(
     if suite.panels:
         plot_panels(panel_runs(finished), folder / "figure.png", suite.description or suite.name)
     write_contrasts(finished, folder)
-    write_convergence(runs, folder)
+    write_convergence(runs, folder, suite.convergence_thresholds)
     return finished
 
 

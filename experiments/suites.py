@@ -20,6 +20,7 @@ Suite file::
     [contrasts]                        # optional: contrasts.md, A minus B paired by seed
     "replication - zero padding" = ["replication, random", "zero_padding, random"]
     contrast_rounds = [20]             # optional: also compare up to these rounds
+    convergence_thresholds = [0.6, 0.7, 0.8]  # optional: the first round past each (0.6, 0.7)
 
 A panel lists cell patterns (shell-style; ``suite/cell`` takes a cell of another suite's runs),
 each optionally with the label its line gets (default: the cell's name).  A contrast names two
@@ -32,6 +33,7 @@ is a faster start or a better end is read from both).
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -54,7 +56,10 @@ SUITE_KEYS = {
     "panels",
     "contrasts",
     "contrast_rounds",
+    "convergence_thresholds",
 }
+# By default convergence.md gives the first round at which each run reaches these.
+THRESHOLDS = (0.6, 0.7)
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,7 @@ class Suite:
     panels: dict[str, tuple[CellRef, ...]] = field(default_factory=dict)
     contrasts: dict[str, tuple[CellRef, CellRef]] = field(default_factory=dict)
     contrast_rounds: tuple[int, ...] = ()
+    convergence_thresholds: tuple[float, ...] = THRESHOLDS
 
 
 def load_suite(path: Path) -> Suite:
@@ -157,13 +163,29 @@ def load_suite(path: Path) -> Suite:
     }
     description = str(data.get("description", ""))
     rounds = _contrast_rounds(path, data.get("contrast_rounds", []))
-    return Suite(path.stem, description, seeds, cells, tuple(jobs), panels, contrasts, rounds)
+    thresholds = _thresholds(path, data.get("convergence_thresholds", list(THRESHOLDS)))
+    return Suite(
+        path.stem, description, seeds, cells, tuple(jobs), panels, contrasts, rounds, thresholds
+    )
 
 
 def _contrast_rounds(path: Path, rounds: object) -> tuple[int, ...]:
     if isinstance(rounds, list) and all(type(r) is int and r > 0 for r in rounds):
         return tuple(sorted(set(rounds)))
     raise ConfigError(f"{path}: contrast_rounds: {rounds!r} is not a list of rounds above 0")
+
+
+def _thresholds(path: Path, values: object) -> tuple[float, ...]:
+    if isinstance(values, list) and values and all(_number(v) and v > 0 for v in values):
+        return tuple(sorted({float(v) for v in values}))
+    raise ConfigError(
+        f"{path}: convergence_thresholds: {values!r} is not a list of metric values above 0"
+    )
+
+
+def _number(value: object) -> bool:
+    """An int or a finite float (TOML's ``true`` is no number, nor is ``inf``)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _panel_entry(path: Path, title: str, entry: object) -> CellRef:

@@ -1014,6 +1014,33 @@ def test_convergence_is_the_curves_mean_and_the_first_round_past_each_threshold(
     ) in table
 
 
+def test_a_suite_names_its_own_convergence_thresholds(tmp_path: Path) -> None:
+    """A dataset learnt past 0.8 (DBpedia-14 at 40 rounds) is told apart by a higher threshold."""
+    report = _experiment_module("report")
+    runs = {"m": [(0, _curve([0.5, 0.65, 0.85])), (1, _curve([0.62, 0.81, 0.83]))]}
+    report.write_convergence(runs, tmp_path, thresholds=(0.6, 0.8))
+    with (tmp_path / "convergence.csv").open(encoding="utf-8") as handle:
+        lines = list(csv.DictReader(handle))
+    assert [(line["first_round_at_0.6"], line["first_round_at_0.8"]) for line in lines] == [
+        ("2", "3"),
+        ("1", "2"),
+    ]
+    assert "first_round_at_0.7" not in lines[0]
+    header = (tmp_path / "convergence.md").read_text(encoding="utf-8").splitlines()[0]
+    assert "| first round at 0.6, per seed | first round at 0.8, per seed |" in header
+    path = tmp_path / "suite.toml"
+    path.write_text("convergence_thresholds = [0.8, 0.6, 1]\n[cells.a]\nset = []\n", "utf-8")
+    assert SUITES.load_suite(path).convergence_thresholds == (0.6, 0.8, 1.0)
+    path.write_text("[cells.a]\nset = []\n", encoding="utf-8")
+    assert SUITES.load_suite(path).convergence_thresholds == (0.6, 0.7)
+    for bad in ("[]", "[0.0]", '["0.8"]', "[true]", "0.8", "[inf]"):
+        path.write_text(f"convergence_thresholds = {bad}\n[cells.a]\nset = []\n", "utf-8")
+        with pytest.raises(
+            ConfigError, match=r"suite\.toml: convergence_thresholds: .* not a list"
+        ):
+            SUITES.load_suite(path)
+
+
 def test_the_late_gain_says_whether_a_curve_has_flattened() -> None:
     """The rise late in the run: from the first evaluation at or past 3/4 of the last round (16
     of 20 when every second round is evaluated) to the end; from the evaluation before the last
