@@ -11,7 +11,9 @@ Suite file::
     description = "..."
     config = "configs/x.toml"          # optional; relative to the repository
     seeds = [0, 1, 2]
-    set = ["run.rounds=20"]            # every cell
+    set = ["run.rounds=40"]            # every cell
+    contrast_rounds = [20]             # optional: contrasts also up to these rounds
+    convergence_thresholds = [0.6, 0.8]  # optional: the first round past each (0.6, 0.7)
     [cells.flexlora]
     set = ["aggregation.method=flexlora"]
     [panels]                           # optional: figure.png, one panel per entry
@@ -19,8 +21,6 @@ Suite file::
     "from other suites" = [{label = "10 %", cell = "other_suite/replication, random"}]
     [contrasts]                        # optional: contrasts.md, A minus B paired by seed
     "replication - zero padding" = ["replication, random", "zero_padding, random"]
-    contrast_rounds = [20]             # optional: also compare up to these rounds
-    convergence_thresholds = [0.6, 0.7, 0.8]  # optional: the first round past each (0.6, 0.7)
 
 A panel lists cell patterns (shell-style; ``suite/cell`` takes a cell of another suite's runs),
 each optionally with the label its line gets (default: the cell's name).  A contrast names two
@@ -129,13 +129,18 @@ def load_suite(path: Path) -> Suite:
     unknown = set(data) - SUITE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    for table in ("cells", "panels", "contrasts"):
+        if misplaced := sorted(set(data.get(table, {})) & SUITE_KEYS):
+            raise ConfigError(
+                f"{path}: {misplaced} under [{table}]: top-level keys go before the first [table]"
+            )
     config_path = REPO / data["config"] if data.get("config") else None
     shared = tuple(data.get("set", []))
     seeds = tuple(int(s) for s in data.get("seeds", [0]))
     cells = {name: tuple(cell.get("set", [])) for name, cell in data.get("cells", {}).items()}
     if not cells:
         raise ConfigError(f"{path}: a suite needs at least one [cells.NAME]")
-    jobs = []
+    jobs, longest = [], 0
     for cell, overrides in cells.items():
         for seed in seeds:
             job = Job(
@@ -151,7 +156,7 @@ def load_suite(path: Path) -> Suite:
                     f"run.out_dir='{RUNS / path.stem / f'{_slug(cell)}-seed{seed}'}'",
                 ),
             )
-            job.config()
+            longest = max(longest, job.config().run.rounds)
             jobs.append(job)
     panels = {
         str(title): tuple(_panel_entry(path, str(title), entry) for entry in entries)
@@ -162,17 +167,23 @@ def load_suite(path: Path) -> Suite:
         for title, pair in data.get("contrasts", {}).items()
     }
     description = str(data.get("description", ""))
-    rounds = _contrast_rounds(path, data.get("contrast_rounds", []))
+    rounds = _contrast_rounds(path, data.get("contrast_rounds", []), longest)
     thresholds = _thresholds(path, data.get("convergence_thresholds", list(THRESHOLDS)))
     return Suite(
         path.stem, description, seeds, cells, tuple(jobs), panels, contrasts, rounds, thresholds
     )
 
 
-def _contrast_rounds(path: Path, rounds: object) -> tuple[int, ...]:
-    if isinstance(rounds, list) and all(type(r) is int and r > 0 for r in rounds):
-        return tuple(sorted(set(rounds)))
-    raise ConfigError(f"{path}: contrast_rounds: {rounds!r} is not a list of rounds above 0")
+def _contrast_rounds(path: Path, rounds: object, longest: int) -> tuple[int, ...]:
+    """Earlier rounds to compare up to: each above 0 and below the suite's longest run."""
+    if not (isinstance(rounds, list) and all(type(r) is int and r > 0 for r in rounds)):
+        raise ConfigError(f"{path}: contrast_rounds: {rounds!r} is not a list of rounds above 0")
+    if late := [r for r in rounds if r >= longest]:
+        raise ConfigError(
+            f"{path}: contrast_rounds: {late} not before the last round of the suite's runs "
+            f"({longest}): a contrast is always taken up to the last round"
+        )
+    return tuple(sorted(set(rounds)))
 
 
 def _thresholds(path: Path, values: object) -> tuple[float, ...]:

@@ -571,8 +571,18 @@ def test_contrast_rounds_must_be_rounds_above_zero(tmp_path: Path, rounds: str) 
         ConfigError, match=r"bad\.toml: contrast_rounds: .* is not a list of rounds"
     ):
         SUITES.load_suite(path)
-    path.write_text("contrast_rounds = [20, 10]\n[cells.a]\nset = []\n", encoding="utf-8")
+    suite = 'set = ["run.rounds=40"]\ncontrast_rounds = {}\n[cells.a]\nset = []\n'
+    path.write_text(suite.format("[20, 10]"), encoding="utf-8")
     assert SUITES.load_suite(path).contrast_rounds == (10, 20)
+    path.write_text(suite.format("[20, 40]"), encoding="utf-8")
+    with pytest.raises(
+        ConfigError, match=r"contrast_rounds: \[40\] not before the last round .*\(40\)"
+    ):
+        SUITES.load_suite(path)
+    # Written after a [table], TOML puts the key in that table: said so, not "not two cells".
+    path.write_text("[cells.a]\nset = []\n[contrasts]\ncontrast_rounds = [2]\n", "utf-8")
+    with pytest.raises(ConfigError, match=r"\['contrast_rounds'\] under \[contrasts\]: top-level"):
+        SUITES.load_suite(path)
 
 
 def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> None:
