@@ -56,7 +56,7 @@ from fedlora.config import load_config
 from fedlora.engine import Evaluation, Experiment, build_experiment
 from fedlora.errors import FedloraError
 from fedlora.lora.factors import FoldedFactors
-from fedlora.runs import RunDir, load_checkpoint
+from fedlora.runs import RunDir, headline, load_checkpoint
 from records import RunRecord, check_nothing_dropped, record_of, recorded
 from suites import RESULTS, Job, Suite, all_suites
 
@@ -117,11 +117,13 @@ def final_model(
         return None
     state = final_state(run)
     evaluation = experiment.evaluate(state)
-    accuracy = evaluation.accuracy
-    reported = run.metrics()[-1].test_accuracy
-    if accuracy is None or reported is None or not math.isclose(accuracy, reported, abs_tol=1e-6):
+    rows = run.metrics()
+    metric = headline(rows)  # accuracy, or a causal LM's score
+    scored: float | None = getattr(evaluation, metric.field.removeprefix("test_"))
+    reported = metric.value(rows[-1])
+    if scored is None or reported is None or not math.isclose(scored, reported, abs_tol=1e-6):
         raise SystemExit(
-            f"{run.path}: the checkpoint's model scores {accuracy}, the run reported "
+            f"{run.path}: the checkpoint's model has {metric.label} {scored}, the run reported "
             f"{reported}: not the run's final model"
         )
     return experiment, state, evaluation
@@ -186,10 +188,11 @@ def cached(
 ) -> list[list[object]]:
     """``compute()``, kept with the run's record (``<what>.json``) and read back while the run's
     config, its last round's metrics and ``key`` are unchanged."""
-    last = record.metrics()[-1]
+    rows = record.metrics()
+    last = rows[-1]
     key = {
         "config_sha256": hashlib.sha256(record.config_file.read_bytes()).hexdigest(),
-        "last_round": [last.round, last.test_accuracy],
+        "last_round": [last.round, headline(rows).value(last)],  # accuracy for classifiers
         **key,
     }
     path = record.path / f"{what}.json"

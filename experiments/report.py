@@ -225,7 +225,7 @@ def write_holders(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], folder:
     for cell in dict.fromkeys(line[0] for line in lines):
         mine = [line for line in lines if line[0] == cell]
         seeds = ", ".join(str(line[1]) for line in mine)
-        per_round = _spread([line[4] for line in mine])
+        per_round = spread([line[4] for line in mine])
         ones = ", ".join(f"{line[5]} of {line[3]}" for line in mine)
         nones = ", ".join(str(line[6]) for line in mine)
         by_high = ", ".join(f"{line[8]} of {line[7]}" if line[8] != "" else "—" for line in mine)
@@ -360,11 +360,11 @@ def write_convergence(
         ]
         spans = sorted({f"{line[-3]}–{line[-2]}" for line in mine if line[-1] is not None})
         gains = [line[-1] for line in mine]
-        late = f"{_spread(gains, signed=True)} (rounds {', '.join(spans)})" if spans else "—"
+        late = f"{spread(gains, signed=True)} (rounds {', '.join(spans)})" if spans else "—"
         table.append(
-            f"| {cell} | {len(mine)} | {_spread(means)} | "
+            f"| {cell} | {len(mine)} | {spread(means)} | "
             f"{', '.join(f'{m:.3f}' for m in means)} | {' | '.join(firsts)} | {late} | "
-            f"{', '.join('—' if g is None else _signed(g) for g in gains)} |"
+            f"{', '.join('—' if g is None else with_sign(g) for g in gains)} |"
         )
     (folder / "convergence.md").write_text("\n".join(table) + "\n", encoding="utf-8")
 
@@ -406,14 +406,14 @@ def write_seen_tasks(runs: dict[str, list[tuple[int, list[RoundMetrics]]]], fold
         found = [values for _, values in sorted(lines[method].items())]
         per_seed = ", ".join("—" if x[0] is None else f"{x[0]:.3f}" for x in found)
         table.append(
-            f"| {method} | {len(found)} | {_spread([x[0] for x in found])} | {per_seed} | "
-            f"{_spread([x[1] for x in found])} | {_spread([x[4] for x in found])} |"
+            f"| {method} | {len(found)} | {spread([x[0] for x in found])} | {per_seed} | "
+            f"{spread([x[1] for x in found])} | {spread([x[4] for x in found])} |"
         )
     (folder / "seen_tasks.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
 
 
-def _spread(values: Sequence[float | None], signed: bool = False) -> str:
+def spread(values: Sequence[float | None], signed: bool = False) -> str:
     """``mean ± sample std`` of the values measured (``—`` if none), ``+`` shown if ``signed``."""
     known = [v for v in values if v is not None]
     if not known:
@@ -706,23 +706,23 @@ def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
                 differences = [x - y for x, y in zip(a_values, b_values, strict=True)]
                 cells += [
                     f"{statistics.fmean(a_values):.3f}, {statistics.fmean(b_values):.3f}",
-                    _spread(differences, signed=True),
-                    ", ".join(_signed(d) for d in differences),
-                    _ahead(differences),
+                    spread(differences, signed=True),
+                    ", ".join(with_sign(d) for d in differences),
+                    seeds_ahead(differences),
                 ]
             table.append(" | ".join(cells) + " |")
     (folder / "contrasts.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
 
 
-def _ahead(differences: list[float]) -> str:
+def seeds_ahead(differences: list[float]) -> str:
     """In how many seeds A is ahead: ``2 of 3``, with exact ties said apart (``1 of 3, 1 tied``)."""
     ahead = f"{sum(d > 0 for d in differences)} of {len(differences)}"
     tied = sum(d == 0 for d in differences)
     return f"{ahead}, {tied} tied" if tied else ahead
 
 
-def _signed(value: float) -> str:
+def with_sign(value: float) -> str:
     """``+0.012`` / ``-0.012``; an exact tie is ``0.000``, neither a gain nor a loss."""
     return "0.000" if value == 0 else f"{value:+.3f}"
 

@@ -7,6 +7,7 @@ and one local step, so that a broken suite fails in CI instead of hours into a r
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib
 import importlib.util
@@ -315,6 +316,52 @@ def test_a_local_round_is_measured_by_how_far_it_moved_the_effective_update() ->
     )
 
 
+def test_rescoring_checks_the_runs_own_model_then_scores_more_unseen_examples(
+    run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
+) -> None:
+    """At the run's own examples per task the rescored model scores exactly what the run
+    reported; at all of them (0) it scores more examples; the contrast is paired by seed."""
+    rescore = _experiment_module("rescore")
+    (suite,) = run_script.all_suites(["instruct_smollm2_seen"])
+    runs = {}
+    for cell in ("flexlora", "fedit (all rank 8)"):
+        job, run_dir, rows = _tiny_job(_job(run_script, suite.name, cell), models, shared_data_dir)
+        runs[cell] = (job, run_dir, rows)
+    done = [(job, run_script.recorded(job)) for job, _, _ in runs.values()]
+    args = argparse.Namespace(per_task=1, seen=False, name="same", drop_missing=False)
+    with (rescore.write_rescored(suite, done, args)).open(encoding="utf-8") as handle:
+        same = {line["cell"]: line for line in csv.DictReader(handle)}
+    for cell, (_, _, rows) in runs.items():
+        assert float(same[cell]["score"]) == pytest.approx(rows[-1].test_score, abs=1e-9)
+        assert same[cell]["score"] == same[cell]["run_score"]
+        assert same[cell]["examples"] == same[cell]["run_examples"]
+        assert same[cell]["seen_examples"] == ""  # the seen tasks left out
+    args.per_task, args.name = 0, "all"
+    with (rescore.write_rescored(suite, done, args)).open(encoding="utf-8") as handle:
+        every = {line["cell"]: line for line in csv.DictReader(handle)}
+    assert {c: int(x["examples"]) > int(x["run_examples"]) for c, x in every.items()} == {
+        "flexlora": True,
+        "fedit (all rank 8)": True,
+    }
+    table = (run_script.RESULTS / suite.name / "all.md").read_text(encoding="utf-8")
+    difference = float(every["flexlora"]["score"]) - float(every["fedit (all rank 8)"]["score"])
+    assert f"| flexlora - fedit (all rank 8) | 0 | {difference:+.3f} |" in table
+    # A final state that is not the one the run reported is refused before it is rescored.
+    job, run_dir, rows = runs["flexlora"]
+    run_dir.rewrite_metrics([*rows[:-1], replace(rows[-1], test_score=0.5)])
+    with pytest.raises(SystemExit, match="not the run's final model"):
+        rescore.rescore(run_dir, "flexlora", 0, per_task=0, seen=False)
+
+
+def test_rescoring_is_for_instruction_tuning_runs(
+    tmp_path: Path, models: dict[str, Path], shared_data_dir: Path
+) -> None:
+    rescore = _experiment_module("rescore")
+    run_dir, _ = _tiny_run("byun_lee_fig2_agnews", "fedit r5", tmp_path, models, shared_data_dir)
+    with pytest.raises(SystemExit, match="scores instruction-tuning runs only"):
+        rescore.rescore(run_dir, "fedit r5", 0, per_task=0, seen=False)
+
+
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
     """Means per class over seeds, the worst class per seed, and no high-slot weight for a cell
     whose rank has no slots above ``low`` (its 0.0 is not a measurement)."""
@@ -604,7 +651,7 @@ def run_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     run = _experiment_module("run")
     monkeypatch.setattr(sys.modules["suites"], "RUNS", tmp_path / "runs")
     monkeypatch.setattr(sys.modules["suites"], "RECORDS", tmp_path / "records")
-    for script in ("report", "diagnose", "run"):
+    for script in ("report", "diagnose", "rescore", "run"):
         monkeypatch.setattr(_experiment_module(script), "RESULTS", tmp_path / "results")
     return run
 
