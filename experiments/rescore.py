@@ -52,6 +52,8 @@ COLUMNS = (
     "run_score",
     "seen_examples",
     "seen_score",
+    "copy_score",
+    "untuned_score",
 )
 
 
@@ -62,9 +64,13 @@ def _examples(evaluator: object, seen: bool = False) -> int | None:
     return None if scored is None else len(scored.examples)
 
 
-def rescore(run: RunDir, cell: str, seed: int, per_task: int, seen: bool) -> list[object]:
+def rescore(
+    run: RunDir, cell: str, seed: int, per_task: int, seen: bool, untuned: bool = False
+) -> list[object]:
     """One run's line: its final model scored on the unseen tasks' examples (at most
-    ``per_task`` each, 0: all), after checking that it scores as the run reported."""
+    ``per_task`` each, 0: all), after checking that it scores as the run reported; the copy
+    baseline scored on them too, and with ``untuned`` the untuned model (the run's round-0 state,
+    the same for every cell of a seed)."""
     if not load_config(run.config_file).is_causal_lm:
         raise SystemExit(f"{run.path}: rescore.py scores instruction-tuning runs only")
     unseen_only = [] if seen else ["instruct.seen_test_fraction=0"]
@@ -77,6 +83,8 @@ def rescore(run: RunDir, cell: str, seed: int, per_task: int, seen: bool) -> lis
     )
     scores = experiment.evaluate(state)
     seen_scores = scores.extra.get("seen_tasks", {})
+    copied = experiment.evaluator.baselines()["copy_input"]
+    start = experiment.evaluate(experiment.initial_state()) if untuned else None
     return [
         cell,
         seed,
@@ -90,19 +98,21 @@ def rescore(run: RunDir, cell: str, seed: int, per_task: int, seen: bool) -> lis
         run_scores.score,
         _examples(experiment.evaluator, seen=True),
         seen_scores.get("score"),
+        copied.score,
+        None if start is None else start.score,
     ]
 
 
 def cached_rescore(
-    job: Job, record: RunRecord, per_task: int, seen: bool, name: str
+    job: Job, record: RunRecord, args: argparse.Namespace, untuned: bool
 ) -> list[object]:
     """:func:`rescore`, read from the run's record when it was rescored alike before."""
-    key = {"cell": job.cell, "seed": job.seed, "per_task": per_task, "seen": seen}
+    settings = {"per_task": args.per_task, "seen": args.seen, "untuned": untuned}
     lines = cached(
         record,
-        name,
-        key,
-        lambda: [rescore(checkpointed(job), job.cell, job.seed, per_task, seen)],
+        args.name,
+        {"cell": job.cell, "seed": job.seed, **settings},
+        lambda: [rescore(checkpointed(job), job.cell, job.seed, **settings)],
     )
     return lines[0]
 
@@ -128,6 +138,19 @@ def summary(lines: list[dict[str, str]], suite: Suite) -> str:
             f"| {', '.join(f'{s:.3f}' for s in scores)} | {spread(own)} ({run_examples}) "
             f"| {', '.join(f'{s:.3f}' for s in own)} |"
         )
+    for reference, column in (("untuned model", "untuned_score"), ("copy the input", "copy_score")):
+        by_seed: dict[int, tuple[str, float]] = {}
+        for line in lines:
+            if line[column]:
+                by_seed.setdefault(int(line["seed"]), (line["examples"], float(line[column])))
+        if by_seed:
+            seeds_in = sorted(by_seed)
+            scores = [by_seed[seed][1] for seed in seeds_in]
+            table.append(
+                f"| {reference} | {', '.join(map(str, seeds_in))} "
+                f"| {', '.join(by_seed[seed][0] for seed in seeds_in)} | {spread(scores)} "
+                f"| {', '.join(f'{s:.3f}' for s in scores)} | — | — |"
+            )
     contrasts = [
         "",
         "| contrast (A − B) | seeds | A − B, rescored | per seed | A ahead "
@@ -168,9 +191,10 @@ def write_rescored(
     path = folder / f"{args.name}.csv"
     if not args.drop_missing:
         check_nothing_dropped(path, {(job.cell, job.seed) for job, _ in done})
-    lines = [
-        cached_rescore(job, record, args.per_task, args.seen, args.name) for job, record in done
-    ]
+    firsts: dict[int, Job] = {}  # the untuned model is scored once per seed
+    for job, _ in done:
+        firsts.setdefault(job.seed, job)
+    lines = [cached_rescore(job, record, args, firsts[job.seed] is job) for job, record in done]
     write_csv(path, COLUMNS, lines)
     with path.open(encoding="utf-8", newline="") as handle:
         table = summary(list(csv.DictReader(handle)), suite)

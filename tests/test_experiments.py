@@ -336,6 +336,14 @@ def test_rescoring_checks_the_runs_own_model_then_scores_more_unseen_examples(
         assert same[cell]["score"] == same[cell]["run_score"]
         assert same[cell]["examples"] == same[cell]["run_examples"]
         assert same[cell]["seen_examples"] == ""  # the seen tasks left out
+        copied = rows[0].extra["baselines"]["copy_input"]["test_score"]
+        assert float(same[cell]["copy_score"]) == pytest.approx(copied, abs=1e-9)
+    # The untuned model, scored once per seed (by its first cell), is the run's round 0.
+    untuned = runs["flexlora"][2][0].test_score
+    assert float(same["flexlora"]["untuned_score"]) == pytest.approx(untuned, abs=1e-9)
+    assert same["fedit (all rank 8)"]["untuned_score"] == ""
+    table = (run_script.RESULTS / suite.name / "same.md").read_text(encoding="utf-8")
+    assert f"| untuned model | 0 | {same['flexlora']['examples']} | {untuned:.3f} |" in table
     args.per_task, args.name = 0, "all"
     with (rescore.write_rescored(suite, done, args)).open(encoding="utf-8") as handle:
         every = {line["cell"]: line for line in csv.DictReader(handle)}
