@@ -27,6 +27,7 @@ import argparse
 import csv
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import NamedTuple
 
 from diagnose import cached, checkpointed, final_model, write_csv
 from fedlora.commands.quiet import quiet_libraries
@@ -117,18 +118,50 @@ def cached_rescore(
     return lines[0]
 
 
-def summary(lines: list[dict[str, str]], suite: Suite) -> str:
-    """Per cell the rescored score beside the run's own; per contrast of the suite with both
-    cells rescored, A − B in every seed both have."""
+class Paired(NamedTuple):
+    """One seed of a contrast: A's and B's scores, rescored and as the runs scored them."""
+
+    contrast: str
+    a: str
+    b: str
+    seed: int
+    a_score: float
+    b_score: float
+    a_run_score: float
+    b_run_score: float
+
+
+def _by_cell(lines: list[dict[str, str]]) -> dict[str, dict[int, dict[str, str]]]:
     cells: dict[str, dict[int, dict[str, str]]] = {}
     for line in lines:
         cells.setdefault(line["cell"], {})[int(line["seed"])] = line
+    return cells
+
+
+def contrast_lines(lines: list[dict[str, str]], suite: Suite) -> list[Paired]:
+    """Per contrast of the suite whose cells were both rescored, per seed both have: A's and
+    B's scores, rescored and as the runs scored them."""
+    cells = _by_cell(lines)
+    paired: list[Paired] = []
+    for title, (a, b) in suite.contrasts.items():
+        if a.suite or b.suite or a.cell not in cells or b.cell not in cells:
+            continue
+        for seed in sorted(set(cells[a.cell]) & set(cells[b.cell])):
+            x, y = cells[a.cell][seed], cells[b.cell][seed]
+            scores = (x["score"], y["score"], x["run_score"], y["run_score"])
+            paired.append(Paired(title, a.cell, b.cell, seed, *map(float, scores)))
+    return paired
+
+
+def summary(lines: list[dict[str, str]], contrasts: list[Paired]) -> str:
+    """Per cell the rescored score beside the run's own, the untuned model's and the copy
+    baseline's on the same examples; per contrast, A − B in every seed both have."""
     table = [
         "| cell | seeds | examples scored, per seed | score | per seed "
         "| as the run scored it (examples) | per seed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for cell, seeds in cells.items():
+    for cell, seeds in _by_cell(lines).items():
         scores = [float(line["score"]) for line in seeds.values()]
         own = [float(line["run_score"]) for line in seeds.values()]
         examples = ", ".join(line["examples"] for line in seeds.values())
@@ -151,27 +184,23 @@ def summary(lines: list[dict[str, str]], suite: Suite) -> str:
                 f"| {', '.join(by_seed[seed][0] for seed in seeds_in)} | {spread(scores)} "
                 f"| {', '.join(f'{s:.3f}' for s in scores)} | — | — |"
             )
-    contrasts = [
-        "",
-        "| contrast (A − B) | seeds | A − B, rescored | per seed | A ahead "
-        "| as the runs scored it | per seed |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for title, (a, b) in suite.contrasts.items():
-        if a.suite or b.suite or a.cell not in cells or b.cell not in cells:
-            continue
-        paired = sorted(set(cells[a.cell]) & set(cells[b.cell]))
-        if not paired:
-            continue
-        rows = [(cells[a.cell][seed], cells[b.cell][seed]) for seed in paired]
-        now = [float(x["score"]) - float(y["score"]) for x, y in rows]
-        before = [float(x["run_score"]) - float(y["run_score"]) for x, y in rows]
-        contrasts.append(
-            f"| {title} | {', '.join(map(str, paired))} | {spread(now, signed=True)} "
+    if contrasts:
+        table += [
+            "",
+            "| contrast (A − B) | seeds | A − B, rescored | per seed | A ahead "
+            "| as the runs scored it | per seed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+    for title in dict.fromkeys(line.contrast for line in contrasts):
+        mine = [line for line in contrasts if line.contrast == title]
+        now = [x.a_score - x.b_score for x in mine]
+        before = [x.a_run_score - x.b_run_score for x in mine]
+        table.append(
+            f"| {title} | {', '.join(str(x.seed) for x in mine)} | {spread(now, signed=True)} "
             f"| {', '.join(with_sign(d) for d in now)} | {seeds_ahead(now)} "
             f"| {spread(before, signed=True)} | {', '.join(with_sign(d) for d in before)} |"
         )
-    return "\n".join(table + (contrasts if len(contrasts) > 3 else [])) + "\n"
+    return "\n".join(table) + "\n"
 
 
 def finished(suite: Suite, cells: list[str]) -> list[tuple[Job, RunRecord]]:
@@ -195,9 +224,14 @@ def write_rescored(
     for job, _ in done:
         firsts.setdefault(job.seed, job)
     lines = [cached_rescore(job, record, args, firsts[job.seed] is job) for job, record in done]
+    untuned = {line[1]: line[-1] for line in lines if line[-1] is not None}
+    lines = [[*line[:-1], untuned.get(line[1])] for line in lines]  # each with its seed's
     write_csv(path, COLUMNS, lines)
     with path.open(encoding="utf-8", newline="") as handle:
-        table = summary(list(csv.DictReader(handle)), suite)
+        named = list(csv.DictReader(handle))
+    contrasts = contrast_lines(named, suite)
+    write_csv(folder / f"{args.name}_contrasts.csv", Paired._fields, [list(x) for x in contrasts])
+    table = summary(named, contrasts)
     (folder / f"{args.name}.md").write_text(table, encoding="utf-8")
     print(f"{suite.name}: {len(done)} runs rescored -> {path}\n{table}")
     return path

@@ -338,10 +338,11 @@ def test_rescoring_checks_the_runs_own_model_then_scores_more_unseen_examples(
         assert same[cell]["seen_examples"] == ""  # the seen tasks left out
         copied = rows[0].extra["baselines"]["copy_input"]["test_score"]
         assert float(same[cell]["copy_score"]) == pytest.approx(copied, abs=1e-9)
-    # The untuned model, scored once per seed (by its first cell), is the run's round 0.
+    # The untuned model, scored once per seed (by its first cell) and given on every line of
+    # the seed, is the run's round 0.
     untuned = runs["flexlora"][2][0].test_score
     assert float(same["flexlora"]["untuned_score"]) == pytest.approx(untuned, abs=1e-9)
-    assert same["fedit (all rank 8)"]["untuned_score"] == ""
+    assert same["fedit (all rank 8)"]["untuned_score"] == same["flexlora"]["untuned_score"]
     table = (run_script.RESULTS / suite.name / "same.md").read_text(encoding="utf-8")
     assert f"| untuned model | 0 | {same['flexlora']['examples']} | {untuned:.3f} |" in table
     args.per_task, args.name = 0, "all"
@@ -354,6 +355,10 @@ def test_rescoring_checks_the_runs_own_model_then_scores_more_unseen_examples(
     table = (run_script.RESULTS / suite.name / "all.md").read_text(encoding="utf-8")
     difference = float(every["flexlora"]["score"]) - float(every["fedit (all rank 8)"]["score"])
     assert f"| flexlora - fedit (all rank 8) | 0 | {difference:+.3f} |" in table
+    with (run_script.RESULTS / suite.name / "all_contrasts.csv").open(encoding="utf-8") as handle:
+        (paired,) = list(csv.DictReader(handle))
+    assert (paired["a"], paired["b"], paired["seed"]) == ("flexlora", "fedit (all rank 8)", "0")
+    assert float(paired["a_score"]) - float(paired["b_score"]) == pytest.approx(difference)
     # A final state that is not the one the run reported is refused before it is rescored.
     job, run_dir, rows = runs["flexlora"]
     run_dir.rewrite_metrics([*rows[:-1], replace(rows[-1], test_score=0.5)])

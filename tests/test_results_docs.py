@@ -12,10 +12,10 @@ rounds, a test loss) must be the mean and std of such a vector of the suite its 
 every suite's thousands of vectors, about one in ten wrong digits would match one by chance.
 The vectors: a cell's final values (``comparison.csv``), any per-seed column of a file with a
 ``seed`` column (``convergence.csv``, ``rounds.csv`` per round, ``contrasts.csv`` with its paired
-differences A − B, sign and all) and each class's and the worst class's recall
-(``diagnostics.csv``).  Tables and prose (table cells of prose too) are checked alike; code is
-not, nor lists of whole numbers (ranks, seeds).  So a number typed by hand, or left behind when a
-suite's results are rebuilt, fails here.
+differences A − B from every pair of ``a_X`` and ``b_X`` columns, sign and all) and each class's
+and the worst class's recall (``diagnostics.csv``).  Tables and prose (table cells of prose too)
+are checked alike; code is not, nor lists of whole numbers (ranks, seeds).  So a number typed by
+hand, or left behind when a suite's results are rebuilt, fails here.
 
 Two numbers a sentence sets against each other ("0.761 against 0.716", "(0.08, 0.06 against 0.09,
 0.10)" seed by seed) must be given side by side by the section's suite (the suite a claims-table
@@ -110,9 +110,8 @@ def _per_seed_vectors(rows: list[dict[str, str]]) -> Iterator[Vector]:
         for column in group[0]:
             if column not in keys and column != "seed":
                 yield tuple(_value(row[column]) for row in group)
-        if "a_final" in group[0]:
-            for a, b in (("a_final", "b_final"), ("a_mean_over_rounds", "b_mean_over_rounds")):
-                yield tuple(float(row[a]) - float(row[b]) for row in group)
+        for a in [c for c in group[0] if c.startswith("a_") and f"b_{c[2:]}" in group[0]]:
+            yield tuple(float(row[a]) - float(row[f"b_{a[2:]}"]) for row in group)  # A − B
 
 
 def _kindred(columns: list[str]) -> list[list[str]]:
@@ -540,6 +539,10 @@ def test_a_contrast_is_held_to_its_sign(tmp_path: Path) -> None:
     assert document_errors("B leads (−0.100, −0.200) over rounds.", committed) == [
         "line 1: (−0.100, −0.200) is in no result file"
     ]
+    # Any a_X / b_X pair of columns is a contrast (rescore.py's a_score and b_score).
+    rescored = tmp_path / "rescored_contrasts.csv"
+    rescored.write_text("contrast,seed,a_score,b_score\na - b,0,0.15,0.14\na - b,1,0.07,0.09\n")
+    assert Committed(list(_per_seed_vectors(_rows(rescored)))).showing(["+0.010", "-0.020"])
 
 
 def test_a_list_broken_across_lines_or_followed_by_words_is_checked() -> None:
