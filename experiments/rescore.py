@@ -13,9 +13,11 @@ of the suite (its run directory, with the checkpoints, must be here):
 
 The seen-task test set (``instruct.seen_test_fraction``) is left out of both unless ``--seen``: it
 already holds a few hundred examples, and generation takes about a second per example on one CPU
-thread.  Written to ``docs/results/<suite>/<name>.csv`` (one line per run; kept with each run's
-record, so a second call scores only new runs) and ``<name>.md``: per cell the score (mean ± std
-over seeds, each seed's) beside the run's own; per contrast of the suite, A − B in each seed.
+thread.  The copy baseline and the untuned model (once per seed) are scored on the same examples.
+Written to ``docs/results/<suite>/<name>.csv`` (one line per run, with its seed's baselines; kept
+with each run's record, so a second call scores only new runs), ``<name>_contrasts.csv`` (per
+contrast of the suite and seed, A's and B's scores) and ``<name>.md``: per cell the score (mean ±
+std over seeds, each seed's) beside the run's own, the baselines, and A − B per contrast.
 
     python experiments/rescore.py SUITE [--cells PATTERN ...] [--per-task N] [--seen]
         [--name rescored] [--drop-missing]
