@@ -76,16 +76,24 @@ def committed_seconds(suite: str) -> dict[str, float]:
     }
 
 
+def workload(job: Job) -> tuple[str, str, int]:
+    """What a round of the job costs most: its model, its data and how many clients train."""
+    config = job.config()
+    return config.model.name, config.data.dataset, config.run.sampled_per_round()
+
+
 def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[Job]]:
     """Seconds of runs left, and the jobs nothing tells about.
 
     A job's rounds left are priced at the median seconds per round of the finished runs of its
     cell, else of its suite: medians (of rounds, then of runs), as a run paused for a while
     (SIGSTOP) records that pause in the round it paused.  With none finished, the cell's seconds
-    per round in the suite's committed results price it.
+    per round in the suite's committed results price it, else the finished runs of any suite
+    with its model, data and clients per round (a figure's cells run again on other shares).
     """
     by_cell: dict[tuple[str, str], list[float]] = {}
     by_suite: dict[str, list[float]] = {}
+    by_workload: dict[tuple[str, str, int], list[float]] = {}
     left: list[tuple[Job, RunDir]] = []
     for job, record in records.items():
         if record is None:
@@ -94,11 +102,14 @@ def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[J
         per_round = seconds_per_round(record.metrics())
         by_cell.setdefault((job.suite, job.cell), []).append(per_round)
         by_suite.setdefault(job.suite, []).append(per_round)
+        by_workload.setdefault(workload(job), []).append(per_round)
     seconds, unknown = 0.0, []
     committed = {suite: committed_seconds(suite) for suite in {job.suite for job, _ in left}}
     for job, run in left:
         known = by_cell.get((job.suite, job.cell)) or by_suite.get(job.suite)
         price = statistics.median(known) if known else committed[job.suite].get(job.cell)
+        if price is None and (alike := by_workload.get(workload(job))):
+            price = statistics.median(alike)
         if price is None:
             unknown.append(job)
             continue
@@ -116,8 +127,8 @@ def compute_left_line(records: Mapping[Job, RunRecord | None], workers: int) -> 
     return (
         f"about {seconds / 3600:.1f} h of runs left ({seconds / 3600 / workers:.1f} h "
         f"{workers} at a time), priced at their cell's or suite's finished runs, else at their "
-        "committed results' seconds per round"
-        + (f"; {len(unknown)} runs with none to price them" if unknown else "")
+        "committed results' seconds per round, else at finished runs of their model, data and "
+        "clients per round" + (f"; {len(unknown)} runs with none to price them" if unknown else "")
     )
 
 

@@ -730,6 +730,16 @@ def test_a_suite_given_more_rounds_continues_its_finished_runs(
         run.recorded(tiny)
 
 
+def _unrun(job: Any, like: Any, settings: dict[str, Any]) -> Any:
+    """``job`` with the model and data of the (tiny) job ``like`` and ``settings``, not run."""
+    config = job.config().replace({"model.name": like.config().model.name, **settings})
+    job.out.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(suffix=".toml", dir=job.out.parent)
+    os.close(handle)
+    Path(name).write_text(config.to_toml(), encoding="utf-8")
+    return replace(job, config_path=Path(name), overrides=())
+
+
 def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     run_script: ModuleType, models: dict[str, Path], shared_data_dir: Path
 ) -> None:
@@ -756,9 +766,17 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     hours = left.config().run.rounds * per_round / 3600
     assert run.compute_left_line(run.find_records([done, left, unpriced]), 2) == (
         f"about {hours:.1f} h of runs left ({hours / 2:.1f} h 2 at a time), priced at their "
-        "cell's or suite's finished runs, else at their committed results' seconds per round; "
+        "cell's or suite's finished runs, else at their committed results' seconds per round, "
+        "else at finished runs of their model, data and clients per round; "
         "1 runs with none to price them"
     )
+    # Another suite's job with the finished run's model, data and clients per round (a figure
+    # run again on other shares) is priced at it; one that trains more clients per round is not.
+    sampled = run.workload(done)[2]
+    alike, more = (_unrun(unpriced, done, {"run.clients_per_round": n}) for n in (sampled, 8))
+    assert run.workload(alike) == run.workload(done) != run.workload(more)
+    seconds, unknown = run.compute_left(run.find_records([done, alike, more]))
+    assert (seconds, unknown) == (pytest.approx(alike.config().run.rounds * per_round), [more])
     assert run.compute_left_line(run.find_records([unpriced]), 2) == (
         "1 runs left, none priced: no run of their cells done, nor committed results"
     )
