@@ -631,6 +631,12 @@ def test_contrast_rounds_must_be_rounds_above_zero(tmp_path: Path, rounds: str) 
         ConfigError, match=r"bad\.toml: contrast_rounds: .* is not a list of rounds"
     ):
         SUITES.load_suite(path)
+
+
+def test_contrast_rounds_come_before_the_last_round_and_before_the_first_table(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bad.toml"
     suite = 'set = ["run.rounds=40"]\ncontrast_rounds = {}\n[cells.a]\nset = []\n'
     path.write_text(suite.format("[20, 10]"), encoding="utf-8")
     assert SUITES.load_suite(path).contrast_rounds == (10, 20)
