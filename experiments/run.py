@@ -82,14 +82,18 @@ def workload(job: Job) -> tuple[str, str, int]:
     return config.model.name, config.data.dataset, config.run.sampled_per_round()
 
 
-def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[Job]]:
+def compute_left(
+    records: Mapping[Job, RunRecord | None],
+    alike: Mapping[Job, RunRecord | None] | None = None,
+) -> tuple[float, list[Job]]:
     """Seconds of runs left, and the jobs nothing tells about.
 
     A job's rounds left are priced at the median seconds per round of the finished runs of its
     cell, else of its suite: medians (of rounds, then of runs), as a run paused for a while
     (SIGSTOP) records that pause in the round it paused.  With none finished, the cell's seconds
-    per round in the suite's committed results price it, else the finished runs of any suite
-    with its model, data and clients per round (a figure's cells run again on other shares).
+    per round in the suite's committed results price it, else the finished runs in ``alike``
+    (default ``records``: give every suite's, so that a suite listed alone is priced too) with
+    its model, data and clients per round (a figure's cells run again on other shares).
     """
     by_cell: dict[tuple[str, str], list[float]] = {}
     by_suite: dict[str, list[float]] = {}
@@ -102,7 +106,9 @@ def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[J
         per_round = seconds_per_round(record.metrics())
         by_cell.setdefault((job.suite, job.cell), []).append(per_round)
         by_suite.setdefault(job.suite, []).append(per_round)
-        by_workload.setdefault(workload(job), []).append(per_round)
+    for job, record in (records if alike is None else alike).items():
+        if record is not None:
+            by_workload.setdefault(workload(job), []).append(seconds_per_round(record.metrics()))
     seconds, unknown = 0.0, []
     committed = {suite: committed_seconds(suite) for suite in {job.suite for job, _ in left}}
     for job, run in left:
@@ -117,10 +123,14 @@ def compute_left(records: Mapping[Job, RunRecord | None]) -> tuple[float, list[J
     return seconds, unknown
 
 
-def compute_left_line(records: Mapping[Job, RunRecord | None], workers: int) -> str:
+def compute_left_line(
+    records: Mapping[Job, RunRecord | None],
+    workers: int,
+    alike: Mapping[Job, RunRecord | None] | None = None,
+) -> str:
     """``--list``'s last line: the hours left, or that nothing finished can price them (an
     "about 0.0 h" for runs nobody has timed yet would read as nothing left)."""
-    seconds, unknown = compute_left(records)
+    seconds, unknown = compute_left(records, alike)
     left = len(pending(records))
     if left and len(unknown) == left:
         return f"{left} runs left, none priced: no run of their cells done, nor committed results"
@@ -197,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = prioritised(jobs, args.cells)
     try:
         records = find_records(jobs)
+        # Every suite's finished runs price the listed ones nothing of their own suite prices.
+        every = find_records([j for s in all_suites() for j in s.jobs]) if args.list else records
     except FedloraError as error:
         raise SystemExit(f"error: {error}") from None
     todo = pending(records)
@@ -204,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         for job, record in records.items():
             print(f"{job.suite}/{job.name:40} {progress(job, record)}")
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs finished")
-        print(compute_left_line(records, args.workers))
+        print(compute_left_line(records, args.workers, every))
         return 0
     print(f"{len(todo)} of {len(jobs)} runs to do, {args.workers} at a time", flush=True)
     return 1 if run_all(todo, args.workers, args.threads) else 0

@@ -783,6 +783,10 @@ def test_the_compute_left_is_priced_at_the_finished_runs_of_the_cell(
     assert run.workload(alike) == run.workload(done) != run.workload(more)
     seconds, unknown = run.compute_left(run.find_records([done, alike, more]))
     assert (seconds, unknown) == (pytest.approx(alike.config().run.rounds * per_round), [more])
+    # Listed alone, it is priced at the other suites' finished runs given beside it.
+    assert run.compute_left(run.find_records([alike])) == (0.0, [alike])
+    seconds, unknown = run.compute_left(run.find_records([alike]), run.find_records([done, more]))
+    assert (seconds, unknown) == (pytest.approx(alike.config().run.rounds * per_round), [])
     assert run.compute_left_line(run.find_records([unpriced]), 2) == (
         "1 runs left, none priced: no run of their cells done, nor committed results"
     )
