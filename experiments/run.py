@@ -114,8 +114,8 @@ def compute_left(
     for job, run in left:
         known = by_cell.get((job.suite, job.cell)) or by_suite.get(job.suite)
         price = statistics.median(known) if known else committed[job.suite].get(job.cell)
-        if price is None and (alike := by_workload.get(workload(job))):
-            price = statistics.median(alike)
+        if price is None and (same := by_workload.get(workload(job))):
+            price = statistics.median(same)
         if price is None:
             unknown.append(job)
             continue
