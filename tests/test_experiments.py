@@ -654,13 +654,19 @@ def test_contrast_rounds_come_before_the_last_round_and_before_the_first_table(
 def test_runs_are_taken_by_the_first_pattern_they_match_seeds_round_robin() -> None:
     run = _experiment_module("run")
     (suite,) = run.all_suites(["byun_lee_fig2_agnews"])
-    patterns = ["*/flexlora, *", "byun_lee_fig2_agnews/f*", "nothing/*"]
+    patterns = ["*/flexlora, *", "byun_lee_fig2_agnews/f*", "*/flexlora*"]
     order = [(job.cell, job.seed) for job in run.prioritised(list(suite.jobs), patterns)]
     flexlora = ["flexlora, high-quality", "flexlora, random"]
     fedit = ["fedit r5", "fedit r7", "fedit r20", "flexlora r5"]  # suite order, seeds interleaved
     assert order == [(c, seed) for seed in (0, 1, 2) for c in flexlora] + [
         (c, seed) for seed in (0, 1, 2) for c in fedit
-    ]
+    ]  # the last pattern takes no run (the others took them) and is no error
+    # A pattern that matches no cell at all (a typo, another suite) would leave its runs out.
+    for typo in ("byun_lee_fig2_agnews/fedit r 5", "byun_lee_fig2_dbpedia/*"):
+        with pytest.raises(ConfigError, match=rf"--cells '{re.escape(typo)}' matches no suite/cel"):
+            run.prioritised(list(suite.jobs), ["*/flexlora, *", typo])
+    with pytest.raises(SystemExit, match=r"error: --cells 'nothing/\*' matches no suite/cell; .*"):
+        run.main(["byun_lee_fig2_agnews", "--list", "--cells", "*", "nothing/*"])
 
 
 @pytest.fixture
