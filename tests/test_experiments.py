@@ -375,6 +375,14 @@ def test_rescoring_is_for_instruction_tuning_runs(
         rescore.rescore(run_dir, "fedit r5", 0, per_task=0, seen=False)
 
 
+def test_rescoring_refuses_a_cell_pattern_that_names_no_cell() -> None:
+    """One typo among several patterns would leave its cells unscored, silently."""
+    rescore = _experiment_module("rescore")
+    (suite,) = rescore.all_suites(["instruct_smollm2_seen"])
+    with pytest.raises(SystemExit, match=r"--cells 'fedit r 8' matches no cell; they are: \["):
+        rescore.finished(suite, ["flexlora*", "fedit r 8"])
+
+
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:
     """Means per class over seeds, the worst class per seed, and no high-slot weight for a cell
     whose rank has no slots above ``low`` (its 0.0 is not a measurement)."""
