@@ -22,8 +22,9 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 - ``contrasts.csv`` / ``contrasts.md`` for suites that declare ``[contrasts]``: per pair of
   cells (A, B) and per seed both finished, both curves' means over rounds and final values (up
   to the shorter run's last round, when one cell ran longer); the table gives the mean ± std of
-  the paired difference A − B and in how many seeds A is ahead (with three seeds, the per-seed
-  signs say more than a mean);
+  the paired difference A − B, its 95 % confidence interval (Student's t over the seeds: with
+  three, the mean ± 2.48 std, so a lead in every seed can still be chance) and in how many seeds
+  A is ahead;
 - ``rounds.csv``: every evaluated round of every run (the curves behind the figure);
 - ``baselines.csv``: per seed, every metric of the untuned model and of each trivial baseline
   (the same for every cell of a seed, read from round 0 of its first finished run);
@@ -47,13 +48,18 @@ For each suite with finished runs it writes, under ``docs/results/<suite>/``:
 These files are small and committed: every number in the README and docs/results.md comes from
 one of them.
 
-    python experiments/report.py [SUITE ...] [--drop-missing] [--out DIR]
+``--curves-only`` writes only what the curves give (figures, contrasts, convergence) from the
+committed ``rounds.csv`` of every suite, even one whose runs are being run again or continued:
+a new column or colour reaches every suite without waiting for its runs.
+
+    python experiments/report.py [SUITE ...] [--drop-missing] [--out DIR] [--curves-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -62,6 +68,8 @@ from dataclasses import replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from scipy import stats
 
 from fedlora.errors import ConfigError, FedloraError
 from fedlora.report import comparison_rows, plot_comparison, plot_panels, write_comparison
@@ -688,13 +696,13 @@ def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
         writer.writerow(ContrastLine._fields)
         writer.writerows(line for lines in contrasts.values() for line in lines)
     table = [
-        "| contrast (A − B) | seeds | up to round | over rounds: A, B | A − B | per seed "
-        "| A ahead | after that round: A, B | A − B | per seed | A ahead |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| contrast (A − B) | seeds | up to round | over rounds: A, B | A − B | 95 % CI | per seed "
+        "| A ahead | after that round: A, B | A − B | 95 % CI | per seed | A ahead |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for title, all_lines in contrasts.items():
         if not all_lines:
-            table.append(f"| {title} | no seed of both finished yet |" + " |" * 9)
+            table.append(f"| {title} | no seed of both finished yet |" + " |" * 11)
         horizons = dict.fromkeys(line.last_round for line in all_lines)
         for horizon in horizons:
             lines = [line for line in all_lines if line.last_round == horizon]
@@ -707,12 +715,25 @@ def write_contrasts(finished: FinishedRuns, folder: Path) -> bool:
                 cells += [
                     f"{statistics.fmean(a_values):.3f}, {statistics.fmean(b_values):.3f}",
                     spread(differences, signed=True),
+                    interval(differences),
                     ", ".join(with_sign(d) for d in differences),
                     seeds_ahead(differences),
                 ]
             table.append(" | ".join(cells) + " |")
     (folder / "contrasts.md").write_text("\n".join(table) + "\n", encoding="utf-8")
     return True
+
+
+def interval(differences: list[float]) -> str:
+    """The 95 % confidence interval of the mean paired difference, ``[low, high]`` (Student's t
+    with one degree of freedom fewer than seeds; ``—`` for a single seed): it holds zero when
+    the seeds' spread leaves the sign of the difference open."""
+    if len(differences) < 2:
+        return "—"
+    n = len(differences)
+    half = float(stats.t.ppf(0.975, n - 1)) * statistics.stdev(differences) / math.sqrt(n)
+    mean = statistics.fmean(differences)
+    return f"[{with_sign(mean - half)}, {with_sign(mean + half)}]"
 
 
 def seeds_ahead(differences: list[float]) -> str:
@@ -727,10 +748,15 @@ def with_sign(value: float) -> str:
     return "0.000" if value == 0 else f"{value:+.3f}"
 
 
-def report(suite: Suite, drop_missing: bool = False, folder: Path | None = None) -> Path | None:
+def report(
+    suite: Suite, drop_missing: bool = False, folder: Path | None = None, curves_only: bool = False
+) -> Path | None:
     """Write the suite's results to ``folder`` (default ``docs/results/<suite>/``)."""
-    runs = finished_runs(suite)
     folder = folder or RESULTS / suite.name
+    if curves_only:
+        curves = committed_runs(RESULTS / suite.name, list(suite.cells))
+        return rebuild_from_curves(suite, curves, folder) if curves else None
+    runs = finished_runs(suite)
     if not runs and (curves := committed_runs(RESULTS / suite.name, list(suite.cells))):
         return rebuild_from_curves(suite, curves, folder)
     if not drop_missing:
@@ -787,9 +813,10 @@ def write_curve_results(
 def rebuild_from_curves(
     suite: Suite, committed: dict[tuple[str, int], list[RoundMetrics]], folder: Path
 ) -> Path:
-    """A suite without a single record (its runs lost with the machine that ran them) keeps its
-    committed results, but what the curves alone give (its figures, contrasts, convergence) is
-    written again from its committed ``rounds.csv``, so that it has today's columns and colours."""
+    """A suite without a single record (its runs lost with the machine that ran them), or any
+    suite under ``--curves-only``, keeps its committed results, but what the curves alone give
+    (its figures, contrasts, convergence) is written again from its committed ``rounds.csv``, so
+    that it has today's columns and colours."""
     runs: dict[str, list[tuple[int, list[RoundMetrics]]]] = {}
     for (cell, seed), rows in sorted(committed.items(), key=lambda item: item[0][1]):
         runs.setdefault(cell, []).append((seed, rows))
@@ -798,8 +825,8 @@ def rebuild_from_curves(
     write_curve_results(suite, runs, folder)
     done = sum(len(seeds) for seeds in runs.values())
     print(
-        f"{suite.name}: no record holds its {done} runs: its figures, contrasts and convergence "
-        f"rewritten from its committed rounds.csv, every other table left as its runs wrote it"
+        f"{suite.name}: its figures, contrasts and convergence rewritten from the {done} runs of "
+        f"its committed rounds.csv, every other table left as its runs wrote it"
     )
     return folder
 
@@ -817,6 +844,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="write one suite's results here instead (e.g. a rebuild while runs are missing)",
     )
+    parser.add_argument(
+        "--curves-only",
+        action="store_true",
+        help="rewrite only figures, contrasts and convergence, from the committed rounds.csv",
+    )
     args = parser.parse_args(argv)
     suites = all_suites(args.suites)
     if args.out and len(suites) != 1:
@@ -824,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     refused = []
     for suite in suites:
         try:
-            folder = report(suite, args.drop_missing, args.out)
+            folder = report(suite, args.drop_missing, args.out, args.curves_only)
         except FedloraError as error:
             print(f"error: {error}", file=sys.stderr)
             refused.append(suite.name)

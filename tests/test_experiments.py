@@ -11,6 +11,7 @@ import argparse
 import csv
 import importlib
 import importlib.util
+import math
 import os
 import re
 import shutil
@@ -483,9 +484,9 @@ def test_a_contrast_pairs_the_seeds_both_cells_finished(tmp_path: Path) -> None:
     assert [float(line["b_final"]) for line in lines] == pytest.approx([0.6, 0.6, 0.5])
     table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
     assert table[2] == (
-        "| a - b | 0, 1, 3 | 2 | 0.633, 0.517 | +0.117 ± 0.104 | +0.200, +0.150, 0.000 "
-        "| 2 of 3, 1 tied | 0.600, 0.567 | +0.033 ± 0.153 | +0.200, -0.100, 0.000 "
-        "| 1 of 3, 1 tied |"
+        "| a - b | 0, 1, 3 | 2 | 0.633, 0.517 | +0.117 ± 0.104 | [-0.142, +0.375] "
+        "| +0.200, +0.150, 0.000 | 2 of 3, 1 tied | 0.600, 0.567 | +0.033 ± 0.153 "
+        "| [-0.346, +0.413] | +0.200, -0.100, 0.000 | 1 of 3, 1 tied |"
     )
     assert table[3].startswith("| a - c | no seed of both finished yet |")
     finished.runs["other"]["b"] = []
@@ -581,7 +582,7 @@ def test_a_longer_run_is_compared_over_the_shorter_ones_rounds(tmp_path: Path) -
     assert (b_a.last_round, b_a.b_final, b_a.a_final) == (2, 0.6, 0.4)
     assert report.write_contrasts(finished, tmp_path)
     table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
-    assert table[2].startswith("| a - b | 0 | 2 | 0.550, 0.350 | +0.200 | +0.200 | 1 of 1 |")
+    assert table[2].startswith("| a - b | 0 | 2 | 0.550, 0.350 | +0.200 | — | +0.200 | 1 of 1 |")
     # Seed 1 of both cells already continued to 4 rounds: every seed still ends at round 2.
     runs["a"].append((1, _curve([0.4, 0.5, 0.9, 0.9])))
     runs["b"].append((1, _curve([0.2, 0.3, 0.9, 0.9])))
@@ -617,9 +618,9 @@ def test_a_contrast_is_also_taken_up_to_the_suites_earlier_contrast_rounds(tmp_p
     assert report.write_contrasts(finished, tmp_path)
     table = (tmp_path / "contrasts.md").read_text(encoding="utf-8").splitlines()
     cells = [row.strip("| ").split(" | ") for row in table[2:]]
-    assert [row[1:3] + row[8:11] for row in cells] == [
-        ["0, 1", "2", "-0.150 ± 0.071", "-0.200, -0.100", "0 of 2"],
-        ["0, 1", "4", "+0.150 ± 0.071", "+0.100, +0.200", "2 of 2"],
+    assert [row[1:3] + row[9:13] for row in cells] == [
+        ["0, 1", "2", "-0.150 ± 0.071", "[-0.785, +0.485]", "-0.200, -0.100", "0 of 2"],
+        ["0, 1", "4", "+0.150 ± 0.071", "[-0.485, +0.785]", "+0.100, +0.200", "2 of 2"],
     ]
     every_other = {
         c: [(seed, _curve([0.5, 0.6], rounds=[2, 4])) for seed, _ in runs[c]] for c in runs
@@ -926,17 +927,39 @@ def test_results_are_not_rewritten_without_runs_they_report_that_no_record_holds
         assert {(r["cell"], r["seed"]) for r in csv.DictReader(handle)} == {("flexlora", "0")}
 
 
+def test_the_confidence_interval_of_a_contrast_is_students_t_over_the_seeds() -> None:
+    """Three seeds: the mean ± t(0.975, 2 df) = 4.3027 (a table's value) times std / sqrt(3),
+    so a lead in every seed still holds zero when the seeds spread; one seed has none."""
+    report = _experiment_module("report")
+    half = 4.302653 * 0.1 / math.sqrt(3)  # differences 0.1, 0.2, 0.3: mean 0.2, std 0.1
+    assert report.interval([0.1, 0.2, 0.3]) == f"[{0.2 - half:+.3f}, {0.2 + half:+.3f}]"
+    assert report.interval([0.1, 0.2, 0.3]) == "[-0.048, +0.448]"  # ahead in all 3, CI holds 0
+    assert report.interval([0.3, 0.31, 0.32]) == "[+0.285, +0.335]"
+    assert report.interval([0.1, 0.1, 0.1]) == "[+0.100, +0.100]"
+    assert report.interval([0.1]) == "—"
+
+
+@pytest.mark.parametrize("records", ["none", "ignored"])
 def test_a_suite_without_records_rewrites_only_its_curve_tables_from_its_committed_rounds(
-    run_script: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    run_script: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    records: str,
 ) -> None:
     """Its runs lost, a suite keeps every table its runs wrote (rounds.csv, comparison), but its
     figure, contrasts and convergence are made again from its committed curves, with today's
-    columns, the seeds paired and ordered as the suite has them."""
+    columns, the seeds paired and ordered as the suite has them.  ``--curves-only`` does the
+    same for a suite whose records are there (its runs being continued): never read."""
     report = _experiment_module("report")
     contrasts = {"a - b": (SUITES.CellRef("a"), SUITES.CellRef("b"))}
     suite = SUITES.Suite("lost", "", (0, 1), {"a": (), "b": ()}, (), contrasts=contrasts)
     monkeypatch.setattr(report, "all_suites", lambda names: [suite])
-    monkeypatch.setattr(report, "finished_runs", lambda suite: {})
+
+    def finished_runs(suite: Any) -> dict[str, Any]:
+        assert records == "none", "--curves-only read the records"
+        return {}
+
+    monkeypatch.setattr(report, "finished_runs", finished_runs)
     folder = report.RESULTS / "lost"
     folder.mkdir(parents=True)
     curves = {("b", 1): (0.2, 0.3, 0.5), ("a", 1): (0.2, 0.6, 0.4), ("a", 0): (0.2, 0.5, 0.9)}
@@ -951,8 +974,8 @@ def test_a_suite_without_records_rewrites_only_its_curve_tables_from_its_committ
     rounds = "\n".join([f"{header}test_exact_match", *lines]) + "\n"
     (folder / "rounds.csv").write_text(rounds, encoding="utf-8")
     (folder / "comparison.md").write_text("as the runs wrote it\n", encoding="utf-8")
-    assert report.main(["lost"]) == 0
-    assert "lost: no record holds its 4 runs: its figures, contrasts and convergence rewritten" in (
+    assert report.main(["lost"] + (["--curves-only"] if records == "ignored" else [])) == 0
+    assert "lost: its figures, contrasts and convergence rewritten from the 4 runs of its " in (
         capsys.readouterr().out
     )
     assert (folder / "rounds.csv").read_text(encoding="utf-8") == rounds
