@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from tests.conftest import REPO_ROOT
 
@@ -202,7 +203,8 @@ class Committed:
         self.sides = sides or []
         self._shown: dict[int, dict[tuple[str, ...], list[Vector]]] = {}
         self._summaries: dict[tuple[int, int], set[tuple[str, str]]] = {}
-        self._stats: set[tuple[float, float]] = set()
+        self._stats: set[tuple[float, float, int]] = set()
+        self._intervals: dict[int, set[tuple[str, str]]] = {}
 
     def showing(self, seeds: list[str]) -> list[Vector]:
         """The vectors that show as ``seeds``, each value to the decimals the list uses."""
@@ -217,17 +219,33 @@ class Committed:
     def summarised(self, mean: str, std: str) -> bool:
         """Some vector with a value in every seed has the mean and sample std shown."""
         decimals = (_decimals(mean), _decimals(std))
-        if not self._stats:  # in floats: exact statistics over every vector would take seconds
+        if decimals not in self._summaries:
+            self._summaries[decimals] = {
+                (_shown(m, decimals[0]), _shown(d, decimals[1])) for m, d, _ in self.statistics()
+            }
+        return (_plain(mean), _plain(std)) in self._summaries[decimals]
+
+    def statistics(self) -> set[tuple[float, float, int]]:
+        """(mean, sample std, seeds) of every vector with a value in every seed, in floats:
+        exact statistics over every vector would take seconds."""
+        if not self._stats:
             for vector in {v for v in self.vectors if len(v) > 1 and None not in v}:
                 values = [value for value in vector if value is not None]
                 centre = statistics.fmean(values)
                 spread = sum((value - centre) ** 2 for value in values) / (len(values) - 1)
-                self._stats.add((centre, spread**0.5))
-        if decimals not in self._summaries:
-            self._summaries[decimals] = {
-                (_shown(m, decimals[0]), _shown(d, decimals[1])) for m, d in self._stats
+                self._stats.add((centre, spread**0.5, len(values)))
+        return self._stats
+
+    def interval(self, low: str, high: str) -> bool:
+        """Some vector's 95 % confidence interval of its mean (Student's t) is the one shown."""
+        decimals = _decimals(low)
+        if decimals not in self._intervals:
+            t = {n: float(stats.t.ppf(0.975, n - 1)) for n in {n for _, _, n in self.statistics()}}
+            self._intervals[decimals] = {
+                (_shown(m - t[n] * d / n**0.5, decimals), _shown(m + t[n] * d / n**0.5, decimals))
+                for m, d, n in self.statistics()
             }
-        return (_plain(mean), _plain(std)) in self._summaries[decimals]
+        return (_plain(low), _plain(high)) in self._intervals[decimals]
 
 
 def committed(tables: dict[str, list[dict[str, str]]]) -> Committed:
@@ -292,6 +310,8 @@ LISTED = re.compile(rf"\((?P<values>{SEED_LIST.pattern})(?=\)|;|,? [^\d\s+−-])
 # range ("against 2.32–2.35").  "(0.08, 0.06 against 0.09, 0.10)" sets seed against seed.
 AGAINST = re.compile(rf"(?<![\d.–])(?<!± )({NUMBER}) against ({NUMBER})(?!\.?\d|–)")
 LISTS_AGAINST = re.compile(rf"\(({SEED_LIST.pattern}) against ({SEED_LIST.pattern})(?=[);])")
+# The 95 % confidence interval of a mean over seeds, as contrasts.md gives it.
+INTERVAL = re.compile(rf"95 % CI \[({NUMBER}), ({NUMBER})\]")
 
 
 def _set_against(text: str) -> Iterator[tuple[int, str, str]]:
@@ -329,6 +349,9 @@ def _prose_errors(text: str, vectors: Committed, section: Committed) -> Iterator
     for offset, a, b in _set_against(text):
         if not any(side.hold(a, b) for side in section.sides):
             yield offset, f"{a} against {b}: no result file gives them side by side"
+    for found in INTERVAL.finditer(text):
+        if not section.interval(*found.groups()):
+            yield found.start(), f"{found.group(0)} is the interval of no seeds of its suite"
 
 
 def _table_errors(
@@ -372,10 +395,27 @@ class _Paragraph:
 
 
 def _linked(row: str, suites: dict[str, Committed] | None) -> Committed | None:
-    """The suite whose section a table row links to (the claims table's evidence), if any."""
-    anchors = re.findall(r"\]\(#([^)]*)\)", row)
-    named = [name for name in suites or {} for anchor in anchors if name in anchor]
-    return suites[max(named, key=len)] if suites and named else None
+    """The suites whose sections a table row links to (the claims table's evidence), together,
+    if any: each anchor names one, the longest suite name it holds."""
+    named = []
+    for anchor in re.findall(r"\]\(#([^)]*)\)", row):
+        held = [name for name in suites or {} if name in anchor]
+        named += [max(held, key=len)] if held else []
+    if not suites or not named:
+        return None
+    names = tuple(dict.fromkeys(named))
+    if len(names) == 1:
+        return suites[names[0]]
+    key = (id(suites), names)  # built once: its statistics take seconds
+    if key not in _UNIONS:
+        _UNIONS[key] = Committed(
+            [vector for name in names for vector in suites[name].vectors],
+            [side for name in names for side in suites[name].sides],
+        )
+    return _UNIONS[key]
+
+
+_UNIONS: dict[tuple[int, tuple[str, ...]], Committed] = {}
 
 
 def document_errors(
@@ -491,6 +531,21 @@ def test_a_mean_and_std_without_their_seeds_must_summarise_some_committed_seeds(
     ]
     # (0.511, 0.52, —) lacks a seed: no mean of three seeds to give.
     assert document_errors(table.format("0.52 ± 0.01"), VECTORS) != []
+
+
+def test_a_confidence_interval_must_be_that_of_some_committed_seeds() -> None:
+    """(0.6, 0.65, 0.7): mean 0.65 ± t(0.975, 2) 4.3027 x 0.05 / sqrt(3) = 0.65 ± 0.124."""
+    text = "Over rounds +0.650, 95 % CI [{}, {}], ahead in every seed.\n"
+    assert document_errors(text.format("+0.526", "+0.774"), VECTORS) == []
+    assert document_errors(text.format("0.53", "0.77"), VECTORS) == []
+    for low, high in [("+0.526", "+0.775"), ("+0.551", "+0.749"), ("−0.526", "+0.774")]:
+        assert document_errors(text.format(low, high), VECTORS) == [
+            f"line 1: 95 % CI [{low}, {high}] is the interval of no seeds of its suite"
+        ]
+    row = "| claim | evidence |\n|---|---|\n| a | +0.650, 95 % CI [+0.526, +0.770] |\n"
+    assert document_errors(row, VECTORS) == [
+        "line 3: 95 % CI [+0.526, +0.770] is the interval of no seeds of its suite"
+    ]
 
 
 PROSE = """\
@@ -650,6 +705,10 @@ def test_a_claims_row_is_checked_against_the_suite_its_evidence_links_to() -> No
         "line 3: 0.800 against 0.650: no result file gives them side by side"
     ]
     assert document_errors(row.format("elsewhere"), both, suites) == []
+    # A row citing both suites (one claim on two figures) is held to the two together.
+    two = "| claim | evidence |\n|---|---|\n| holds | [a](#a-fig_random) 0.800 against 0.650{} |\n"
+    assert document_errors(two.format(", [b](#b-fig)"), both, suites) == []
+    assert document_errors(two.format(""), both, suites) != []
 
 
 @pytest.mark.parametrize("document", ["README.md", "docs/results.md"])
