@@ -39,7 +39,7 @@ from fedlora.engine.instruction import GenerationEvaluator
 from fedlora.errors import FedloraError
 from fedlora.runs import RunDir
 from records import RunRecord, check_nothing_dropped, recorded
-from report import seeds_ahead, spread, with_sign
+from report import interval, seeds_ahead, spread, with_sign
 from suites import RESULTS, Job, Suite, all_suites
 
 COLUMNS = (
@@ -189,9 +189,9 @@ def summary(lines: list[dict[str, str]], contrasts: list[Paired]) -> str:
     if contrasts:
         table += [
             "",
-            "| contrast (A − B) | seeds | A − B, rescored | per seed | A ahead "
+            "| contrast (A − B) | seeds | A − B, rescored | 95 % CI | per seed | A ahead "
             "| as the runs scored it | per seed |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
     for title in dict.fromkeys(line.contrast for line in contrasts):
         mine = [line for line in contrasts if line.contrast == title]
@@ -199,7 +199,7 @@ def summary(lines: list[dict[str, str]], contrasts: list[Paired]) -> str:
         before = [x.a_run_score - x.b_run_score for x in mine]
         table.append(
             f"| {title} | {', '.join(str(x.seed) for x in mine)} | {spread(now, signed=True)} "
-            f"| {', '.join(with_sign(d) for d in now)} | {seeds_ahead(now)} "
+            f"| {interval(now)} | {', '.join(with_sign(d) for d in now)} | {seeds_ahead(now)} "
             f"| {spread(before, signed=True)} | {', '.join(with_sign(d) for d in before)} |"
         )
     return "\n".join(table) + "\n"
