@@ -861,7 +861,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             refused.append(suite.name)
             continue
-        print(f"written: {folder}" if folder else f"{suite.name}: no finished run yet")
+        nothing = "no committed rounds.csv" if args.curves_only else "no finished run yet"
+        print(f"written: {folder}" if folder else f"{suite.name}: {nothing}")
     if refused:
         print(f"not rewritten: {', '.join(refused)} (see the errors above)", file=sys.stderr)
     return 1 if refused else 0

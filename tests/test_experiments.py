@@ -1002,6 +1002,10 @@ def test_a_suite_without_records_rewrites_only_its_curve_tables_from_its_committ
         ("0", "4", 0.9, 0.6),
         ("1", "4", 0.4, 0.5),
     ]
+    if records == "ignored":  # nothing committed to rewrite from: said so, not "no run"
+        (folder / "rounds.csv").unlink()
+        assert report.main(["lost", "--curves-only"]) == 0
+        assert capsys.readouterr().out == "lost: no committed rounds.csv\n"
 
 
 def test_a_rebuild_says_which_runs_it_found_as_committed_and_which_changed() -> None:
