@@ -40,7 +40,7 @@ from fedlora.errors import FedloraError
 from fedlora.runs import RunDir
 from records import RunRecord, check_nothing_dropped, recorded
 from report import interval, seeds_ahead, spread, with_sign
-from suites import RESULTS, Job, Suite, all_suites
+from suites import RESULTS, Job, Suite, all_suites, check_patterns
 
 COLUMNS = (
     "cell",
@@ -207,11 +207,7 @@ def summary(lines: list[dict[str, str]], contrasts: list[Paired]) -> str:
 
 def finished(suite: Suite, cells: list[str]) -> list[tuple[Job, RunRecord]]:
     """The suite's finished runs of the cells ``cells`` (patterns) names, with their records."""
-    names = list(suite.cells)
-    for pattern in cells:
-        if not any(fnmatch(name, pattern) for name in names):
-            message = f"--cells {pattern!r} matches no cell; they are: {names}"
-            raise SystemExit(f"{suite.name}: {message}")
+    check_patterns(cells, list(suite.cells), f"cell of {suite.name}")
     jobs = [job for job in suite.jobs if any(fnmatch(job.cell, pattern) for pattern in cells)]
     done = [(job, record) for job in jobs if (record := recorded(job)) is not None]
     if not done:

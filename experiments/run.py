@@ -29,10 +29,10 @@ import time
 from collections.abc import Mapping
 from fnmatch import fnmatch
 
-from fedlora.errors import ConfigError, FedloraError
+from fedlora.errors import FedloraError
 from fedlora.runs import RunDir, seconds_per_round
 from records import RunRecord, archive, recorded, shorter
-from suites import RESULTS, Job, all_suites
+from suites import RESULTS, Job, all_suites, check_patterns
 
 
 def command(job: Job) -> list[str]:
@@ -155,10 +155,7 @@ def pending(records: Mapping[Job, RunRecord | None]) -> list[Job]:
 def prioritised(jobs: list[Job], patterns: list[str]) -> list[Job]:
     """The jobs matching ``patterns``, by the first pattern each matches (see the module doc).
     A pattern that matches no job at all is a typo (its runs would silently not run): refused."""
-    cells = list(dict.fromkeys(f"{j.suite}/{j.cell}" for j in jobs))
-    for pattern in patterns:
-        if not any(fnmatch(cell, pattern) for cell in cells):
-            raise ConfigError(f"--cells {pattern!r} matches no suite/cell; they are: {cells}")
+    check_patterns(patterns, list(dict.fromkeys(f"{j.suite}/{j.cell}" for j in jobs)), "suite/cell")
     ordered: list[Job] = []
     for pattern in patterns:
         matched = [j for j in jobs if j not in ordered and fnmatch(f"{j.suite}/{j.cell}", pattern)]
@@ -211,9 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cells:
             jobs = prioritised(jobs, args.cells)
-        records = find_records(jobs)
-        # Every suite's finished runs price the listed ones nothing of their own suite prices.
-        every = find_records([j for s in all_suites() for j in s.jobs]) if args.list else records
+        if args.list:  # every suite's finished runs price what the listed ones' do not
+            every = find_records([job for suite in all_suites() for job in suite.jobs])
+            records = {job: every[job] for job in jobs}
+        else:
+            records = find_records(jobs)
     except FedloraError as error:
         raise SystemExit(f"error: {error}") from None
     todo = pending(records)

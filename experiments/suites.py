@@ -36,7 +36,9 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 from fedlora.config import ExperimentConfig, load_config
@@ -217,6 +219,14 @@ def _contrast(path: Path, title: str, pair: object) -> tuple[CellRef, CellRef]:
     ):
         return CellRef(pair[0]), CellRef(pair[1])
     raise ConfigError(f"{path}: contrasts.{title!r}: {pair!r} is not two cell names [A, B]")
+
+
+def check_patterns(patterns: Sequence[str], names: Sequence[str], of: str) -> None:
+    """A ``--cells`` pattern that matches none of ``names`` is a typo: the runs it meant would
+    silently be left out, so it is refused, with the names it could match."""
+    for pattern in patterns:
+        if not any(fnmatch(name, pattern) for name in names):
+            raise ConfigError(f"--cells {pattern!r} matches no {of}; they are: {list(names)}")
 
 
 def all_suites(names: list[str] | None = None) -> list[Suite]:

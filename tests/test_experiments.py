@@ -381,8 +381,13 @@ def test_rescoring_refuses_a_cell_pattern_that_names_no_cell() -> None:
     """One typo among several patterns would leave its cells unscored, silently."""
     rescore = _experiment_module("rescore")
     (suite,) = rescore.all_suites(["instruct_smollm2_seen"])
-    with pytest.raises(SystemExit, match=r"--cells 'fedit r 8' matches no cell; they are: \["):
+    with pytest.raises(
+        ConfigError,
+        match=r"--cells 'fedit r 8' matches no cell of instruct_smollm2_seen; they are: \[",
+    ):
         rescore.finished(suite, ["flexlora*", "fedit r 8"])
+    with pytest.raises(SystemExit, match=r"error: --cells 'fedit r 8' matches no cell of "):
+        rescore.main(["instruct_smollm2_seen", "--cells", "flexlora*", "fedit r 8"])
 
 
 def test_the_diagnostics_summary_averages_each_cell_over_its_seeds() -> None:

@@ -31,7 +31,7 @@ import csv
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -394,9 +394,21 @@ class _Paragraph:
         return [f"line {self.line_at(offset)}: {error}" for offset, error in found]
 
 
-def _linked(row: str, suites: dict[str, Committed] | None) -> Committed | None:
+def together(suites: Iterable[Committed]) -> Committed:
+    """Several suites' vectors and side-by-side pairs as one."""
+    suites = list(suites)
+    return Committed(
+        [vector for suite in suites for vector in suite.vectors],
+        [side for suite in suites for side in suite.sides],
+    )
+
+
+def _linked(
+    row: str, suites: dict[str, Committed] | None, unions: dict[tuple[str, ...], Committed]
+) -> Committed | None:
     """The suites whose sections a table row links to (the claims table's evidence), together,
-    if any: each anchor names one, the longest suite name it holds."""
+    if any: each anchor names one, the longest suite name it holds.  ``unions`` keeps each
+    combination built once, as its statistics take seconds."""
     named = []
     for anchor in re.findall(r"\]\(#([^)]*)\)", row):
         held = [name for name in suites or {} if name in anchor]
@@ -406,16 +418,9 @@ def _linked(row: str, suites: dict[str, Committed] | None) -> Committed | None:
     names = tuple(dict.fromkeys(named))
     if len(names) == 1:
         return suites[names[0]]
-    key = (id(suites), names)  # built once: its statistics take seconds
-    if key not in _UNIONS:
-        _UNIONS[key] = Committed(
-            [vector for name in names for vector in suites[name].vectors],
-            [side for name in names for side in suites[name].sides],
-        )
-    return _UNIONS[key]
-
-
-_UNIONS: dict[tuple[int, tuple[str, ...]], Committed] = {}
+    if names not in unions:
+        unions[names] = together(suites[name] for name in names)
+    return unions[names]
 
 
 def document_errors(
@@ -430,6 +435,7 @@ def document_errors(
     paragraph = _Paragraph()
     section = vectors
     in_code = False
+    unions: dict[tuple[str, ...], Committed] = {}
     for number, raw in enumerate([*text.splitlines(), ""], start=1):
         fence = raw.lstrip().startswith("```")
         line = re.sub(r"`[^`]*`", "``", raw) if not in_code else ""
@@ -449,7 +455,8 @@ def document_errors(
             if not header:
                 header = cells
             elif not set("".join(cells)) <= set("-: "):
-                found = _table_errors(cells, header, vectors, _linked(line, suites) or section)
+                held = _linked(line, suites, unions) or section
+                found = _table_errors(cells, header, vectors, held)
                 errors += [f"line {number}: {error}" for error in found]
         else:
             header = []
@@ -465,10 +472,7 @@ def suites() -> dict[str, Committed]:
 @pytest.fixture(scope="module")
 def vectors(suites: dict[str, Committed]) -> Committed:
     """Every suite's vectors together (the result files are read once, by suite)."""
-    return Committed(
-        [vector for suite in suites.values() for vector in suite.vectors],
-        [side for suite in suites.values() for side in suite.sides],
-    )
+    return together(suites.values())
 
 
 @pytest.mark.parametrize("document", ["docs/results.md", "README.md"])
